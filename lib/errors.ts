@@ -1,0 +1,99 @@
+/**
+ * Stable error codes carried by {@link AuthError}. Match on these, never on messages.
+ *
+ * | code | status | meaning |
+ * | --- | --- | --- |
+ * | `invalid_request` | 400 | malformed, oversized or repeated parameters |
+ * | `invalid_state` | 400 | callback `state` missing, unknown, expired or already used |
+ * | `access_denied` | 403 | the user or the authorization server refused the authorization |
+ * | `authorization_error` | 400 | any other error response from the authorization endpoint |
+ * | `invalid_response` | 400 | the authorization response failed a check (`iss` per RFC 9207, …) |
+ * | `invalid_id_token` | 400 | the ID token failed validation (signature, `iss`, `aud`, `nonce`, `exp`, …) |
+ * | `token_exchange_failed` | 400 | the token endpoint refused the code (`invalid_grant`, …) or answered nonsense |
+ * | `idp_unreachable` | 502 / 504 | the authorization server could not be reached, or timed out (504) |
+ * | `discovery_failed` | 502 | the issuer's metadata could not be fetched or is unacceptable |
+ * | `session_unavailable` | 503 | the session store (Redis) failed; nobody is let in |
+ * | `session_missing` | 500 | express-session is not mounted before `auth()` |
+ * | `login_required` | 401 | no usable login: not logged in, or the login has ended |
+ * | `refresh_failed` | 503 | a refresh failed for a transient reason; the login is kept |
+ * | `unauthorized` | 401 | `requireAuth()` refused an anonymous API request |
+ * | `forbidden` | 403 | `requireAuth(check)` refused a logged-in user, or a cross-site request |
+ * | `method_not_allowed` | 405 | e.g. `GET` on the logout route |
+ * | `misconfigured` | 500 | the library is used wrongly (e.g. `requireAuth()` without `auth()`) |
+ */
+export const AuthErrorCode = {
+  INVALID_REQUEST: 'invalid_request',
+  INVALID_STATE: 'invalid_state',
+  ACCESS_DENIED: 'access_denied',
+  AUTHORIZATION_ERROR: 'authorization_error',
+  INVALID_RESPONSE: 'invalid_response',
+  INVALID_ID_TOKEN: 'invalid_id_token',
+  TOKEN_EXCHANGE_FAILED: 'token_exchange_failed',
+  IDP_UNREACHABLE: 'idp_unreachable',
+  DISCOVERY_FAILED: 'discovery_failed',
+  SESSION_UNAVAILABLE: 'session_unavailable',
+  SESSION_MISSING: 'session_missing',
+  LOGIN_REQUIRED: 'login_required',
+  REFRESH_FAILED: 'refresh_failed',
+  UNAUTHORIZED: 'unauthorized',
+  FORBIDDEN: 'forbidden',
+  METHOD_NOT_ALLOWED: 'method_not_allowed',
+  MISCONFIGURED: 'misconfigured',
+} as const;
+
+/** One of the {@link AuthErrorCode} values. */
+export type AuthErrorCode = (typeof AuthErrorCode)[keyof typeof AuthErrorCode];
+
+/** Extra facts an {@link AuthError} may carry. */
+export interface AuthErrorOptions {
+  /** The underlying error. Kept for logs; never serialised by `toJSON()`. */
+  cause?: unknown;
+  /** The authorization server's own `error` code (RFC 6749 §4.1.2.1, §5.2), when it sent one. */
+  error?: string;
+  /** The authorization server's `error_description`, when it sent one. */
+  errorDescription?: string;
+}
+
+/**
+ * The only error type this library throws or passes to `next()`.
+ *
+ * `code` is stable and `status` is the HTTP status to answer with. Messages never contain tokens,
+ * codes, verifiers or secrets, and `JSON.stringify(err)` gives only `code`, `status`, `message` and the
+ * upstream `error`/`error_description`.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   const token = await req.auth.getAccessToken();
+ * } catch (err) {
+ *   if (err instanceof AuthError && err.code === AuthErrorCode.LOGIN_REQUIRED) return res.redirect('/login');
+ *   throw err;
+ * }
+ * ```
+ */
+export class AuthError extends Error {
+  override readonly name = 'AuthError';
+  readonly code: AuthErrorCode;
+  readonly status: number;
+  readonly error: string | undefined;
+  readonly errorDescription: string | undefined;
+
+  constructor(code: AuthErrorCode, status: number, message: string, options: AuthErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.status = status;
+    this.error = options.error;
+    this.errorDescription = options.errorDescription;
+  }
+
+  /** What a client may see: no stack, no cause. */
+  toJSON(): { error: string; error_description: string; status: number; upstream_error?: string; upstream_error_description?: string } {
+    return {
+      error: this.code,
+      error_description: this.message,
+      status: this.status,
+      ...(this.error === undefined ? {} : { upstream_error: this.error }),
+      ...(this.errorDescription === undefined ? {} : { upstream_error_description: this.errorDescription }),
+    };
+  }
+}

@@ -1,0 +1,46 @@
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import { kRuntime, RequestAuth, type IdTokenClaims } from './context.js';
+import { AuthError, AuthErrorCode } from './errors.js';
+import { prefersHtml, sendError } from './respond.js';
+
+/** A predicate a logged-in user must satisfy (roles, groups, a verified email…). */
+export type AuthCheck = (claims: IdTokenClaims | undefined, req: Request) => boolean | Promise<boolean>;
+
+/**
+ * Guards a route. A logged-in request passes. Otherwise a browser `GET` is redirected (302) to the login route with
+ * `returnTo` set to the original URL, and any other request gets 401 `{ "error": "unauthorized" }`. With `check`, a
+ * logged-in user who fails it gets 403 `forbidden`, never a login loop.
+ *
+ * @example
+ * ```ts
+ * app.get('/profile', requireAuth(), (req, res) => res.render('profile', { user: req.auth.claims }));
+ * app.get('/admin', requireAuth((claims) => claims?.groups?.includes('admin') === true), adminPage);
+ * ```
+ */
+export function requireAuth(check?: AuthCheck): RequestHandler {
+  if (check !== undefined && typeof check !== 'function') {
+    throw new TypeError('express-oauth-pkce: requireAuth(check) takes a function (claims, req) => boolean | Promise<boolean>.');
+  }
+  return async function requireAuthentication(req: Request, res: Response, next: NextFunction): Promise<void> {
+    const context = (req as { auth?: unknown }).auth;
+    if (!(context instanceof RequestAuth)) {
+      next(new AuthError(AuthErrorCode.MISCONFIGURED, 500, 'requireAuth() found no req.auth: mount auth({ ... }) before the routes it guards.'));
+      return;
+    }
+    if (!context.isAuthenticated) {
+      if ((req.method === 'GET' || req.method === 'HEAD') && prefersHtml(req)) {
+        const loginPath = context[kRuntime].config.loginPath;
+        res.set('Cache-Control', 'no-store');
+        res.redirect(302, `${loginPath}?returnTo=${encodeURIComponent(req.originalUrl)}`);
+        return;
+      }
+      sendError(req, res, new AuthError(AuthErrorCode.UNAUTHORIZED, 401, 'Log in to use this resource.'));
+      return;
+    }
+    if (check !== undefined && !(await check(context.claims, req))) {
+      sendError(req, res, new AuthError(AuthErrorCode.FORBIDDEN, 403, 'You are logged in but not allowed to use this resource.'));
+      return;
+    }
+    next();
+  };
+}

@@ -1,0 +1,26 @@
+/** Where a login lands when `returnTo` is missing or unsafe. */
+export const DEFAULT_RETURN_TO = '/';
+
+const MAX_RETURN_TO_LENGTH = 2048;
+const PROBE_ORIGIN = 'http://return-to.invalid';
+
+/**
+ * Keeps `returnTo` only when it is a same-origin path (RFC 9700 §4.11): `/x?y#z` passes; `//host`, `/\host`,
+ * `https:…`, `javascript:…`, encoded or control-character variants all become `/`.
+ */
+export function sanitizeReturnTo(value: unknown): string {
+  if (typeof value !== 'string' || value.length === 0 || value.length > MAX_RETURN_TO_LENGTH) return DEFAULT_RETURN_TO;
+  // Browsers strip tabs and newlines and treat `\` as `/`, so `/\t/evil` and `/\evil` are protocol-relative to them.
+  if (!value.startsWith('/') || value.startsWith('//') || value.startsWith('/\\')) return DEFAULT_RETURN_TO;
+  if (/[\u0000-\u001F\u007F\\]/.test(value)) return DEFAULT_RETURN_TO;
+  let url: URL;
+  try {
+    url = new URL(value, PROBE_ORIGIN);
+  } catch {
+    return DEFAULT_RETURN_TO;
+  }
+  if (url.origin !== PROBE_ORIGIN) return DEFAULT_RETURN_TO;
+  const path = `${url.pathname}${url.search}${url.hash}`;
+  // A decoded path that starts with `//` would turn protocol-relative if anything decodes it again.
+  return path.startsWith('//') ? DEFAULT_RETURN_TO : path;
+}

@@ -1,0 +1,101 @@
+import { randomBytes } from 'node:crypto';
+import type { NextFunction, Request, Response } from 'express';
+import * as client from 'openid-client';
+import { AuthError, AuthErrorCode } from '../errors.js';
+import { rawQuery, strictQuery } from '../query.js';
+import { setNoStore } from '../respond.js';
+import type { Runtime } from '../runtime.js';
+import { readState, regenerateSession, requireSession, saveSession, writableState } from '../session.js';
+import { toStoredTokens } from '../tokens.js';
+import { TRANSACTION_TTL_MS, takeTransaction } from '../transaction.js';
+import { exchangeError } from '../upstream.js';
+
+/** Authorization-response parameters that must appear at most once. */
+const CALLBACK_PARAMS = ['code', 'state', 'iss', 'error', 'error_description', 'error_uri', 'session_state'];
+
+function invalidState(message: string): AuthError {
+  return new AuthError(AuthErrorCode.INVALID_STATE, 400, message);
+}
+
+/** RFC 9207 §2.4: `iss` must equal the issuer, and must be present when the server says it sends it. */
+function checkIssuer(params: URLSearchParams, metadata: client.ServerMetadata): void {
+  const iss = params.get('iss');
+  if (iss === null) {
+    if (metadata.authorization_response_iss_parameter_supported === true) {
+      throw new AuthError(AuthErrorCode.INVALID_RESPONSE, 400, 'The authorization response has no "iss" parameter, which this server always sends (RFC 9207).');
+    }
+    return;
+  }
+  if (iss !== metadata.issuer) {
+    throw new AuthError(AuthErrorCode.INVALID_RESPONSE, 400, 'The authorization response comes from another issuer (RFC 9207 mix-up defence).');
+  }
+}
+
+function authorizationResponseError(params: URLSearchParams): AuthError {
+  const error = params.get('error') ?? 'unknown_error';
+  const description = params.get('error_description') ?? undefined;
+  const upstream = { error, ...(description === undefined ? {} : { errorDescription: description.slice(0, 500) }) };
+  if (error === 'access_denied') {
+    return new AuthError(AuthErrorCode.ACCESS_DENIED, 403, 'The sign-in was cancelled or refused.', upstream);
+  }
+  return new AuthError(AuthErrorCode.AUTHORIZATION_ERROR, 400, `The authorization server refused the sign-in: ${error}.`, upstream);
+}
+
+/**
+ * `GET <redirectUri path>`: checks the authorization response, exchanges the code over the back channel, rotates
+ * the session id and lands on the transaction's `returnTo`.
+ */
+export function callbackRoute(runtime: Runtime) {
+  const { config } = runtime;
+  // The redirect_uri sent to the token endpoint comes from configuration, never from Host or X-Forwarded-*.
+  const callbackBase = `${config.redirectUri.origin}${config.redirectUri.pathname}`;
+
+  return async function callback(req: Request, res: Response, _next: NextFunction): Promise<void> {
+    setNoStore(res);
+    const params = strictQuery(req, CALLBACK_PARAMS);
+    requireSession(req);
+    const stateValue = params.get('state');
+    if (stateValue === null || stateValue === '') throw invalidState('The callback has no "state"; start the sign-in again.');
+
+    // Single use: the transaction leaves the session before anything looks at the response.
+    const transaction = takeTransaction(readState(req), stateValue);
+    if (transaction === undefined) throw invalidState('The sign-in link is unknown, expired or already used; start the sign-in again.');
+    if (!(await runtime.once.claim(`state:${stateValue}`, TRANSACTION_TTL_MS))) {
+      throw invalidState('This sign-in response was already used; start the sign-in again.');
+    }
+
+    const configuration = await runtime.server();
+    checkIssuer(params, configuration.serverMetadata());
+    if (params.has('error')) throw authorizationResponseError(params);
+    if (!params.get('code')) throw new AuthError(AuthErrorCode.INVALID_REQUEST, 400, 'The callback has no authorization "code".');
+
+    const currentUrl = new URL(`${callbackBase}?${rawQuery(req)}`);
+    let response: Awaited<ReturnType<typeof client.authorizationCodeGrant>>;
+    try {
+      response = await client.authorizationCodeGrant(configuration, currentUrl, {
+        pkceCodeVerifier: transaction.verifier,
+        expectedState: stateValue,
+        ...(transaction.nonce === undefined ? {} : { expectedNonce: transaction.nonce }),
+        idTokenExpected: config.openid,
+      });
+    } catch (err) {
+      throw exchangeError(err);
+    }
+
+    const idClaims = config.openid ? response.claims() : undefined;
+    const tokens = toStoredTokens(response);
+    const pending = readState(req)?.tx;
+
+    const session = await regenerateSession(req);
+    const state = writableState(session);
+    // Other tabs' logins belong to the same browser: they survive the id rotation.
+    if (pending !== undefined && Object.keys(pending).length > 0) state.tx = pending;
+    state.login = {
+      id: randomBytes(16).toString('base64url'),
+      ...(idClaims === undefined ? {} : { claims: { ...idClaims } }),
+      tokens,
+    };
+    await saveSession(session);
+    res.redirect(302, transaction.returnTo);
+  };
+}

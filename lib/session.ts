@@ -1,0 +1,75 @@
+import type { Request } from 'express';
+import type { Session } from 'express-session';
+import { AuthError, AuthErrorCode } from './errors.js';
+import type { StoredTokens } from './tokens.js';
+import type { Transaction } from './transaction.js';
+
+/** What one login keeps in the server-side session. The browser only ever holds the session id. */
+export interface LoginState {
+  /** Random id of this login: names its token-store key and refresh lock, survives session-id rotation. */
+  id: string;
+  /** Validated ID-token claims (undefined without `openid`). */
+  claims?: Record<string, unknown>;
+  tokens: StoredTokens;
+}
+
+/** The library's slice of the session, under one key so that it never collides with the app's data. */
+export interface OAuthSessionState {
+  /** Pending login transactions keyed by `state`, so several tabs can log in at once. */
+  tx?: Record<string, Transaction>;
+  login?: LoginState;
+}
+
+/** The session key the library owns. */
+export const SESSION_KEY = 'oauth';
+
+type SessionWithState = Session & { [SESSION_KEY]?: OAuthSessionState };
+
+/** The session of a request, or a clear error when express-session is not mounted before `auth()`. */
+export function requireSession(req: Request): SessionWithState {
+  const session = (req as { session?: Session }).session;
+  if (session === undefined || session === null) {
+    throw new AuthError(
+      AuthErrorCode.SESSION_MISSING,
+      500,
+      'req.session is missing: mount express-session (with a store such as connect-redis) before auth(): app.use(session({ ... })); app.use(auth({ ... })).',
+    );
+  }
+  return session as SessionWithState;
+}
+
+/** The library's state in a session, when there is any. Reading never marks the session as modified. */
+export function readState(req: Request): OAuthSessionState | undefined {
+  return (req as { session?: SessionWithState }).session?.[SESSION_KEY];
+}
+
+/** The library's state, created on first write. */
+export function writableState(session: SessionWithState): OAuthSessionState {
+  return (session[SESSION_KEY] ??= {});
+}
+
+function storeError(operation: string, err: unknown): AuthError {
+  return new AuthError(AuthErrorCode.SESSION_UNAVAILABLE, 503, `The session store failed to ${operation} the session; try again.`, {
+    cause: err,
+  });
+}
+
+// express-session's callback methods, promise-wrapped once. A store failure becomes a 503: nobody is let in.
+function wrap(operation: string, method: 'save' | 'regenerate' | 'destroy' | 'reload') {
+  return function run(session: Session): Promise<void> {
+    return new Promise((resolve, reject) => {
+      session[method]((err?: unknown) => (err ? reject(storeError(operation, err)) : resolve()));
+    });
+  };
+}
+
+export const saveSession = wrap('save', 'save');
+export const destroySession = wrap('destroy', 'destroy');
+export const reloadSession = wrap('reload', 'reload');
+
+/** Regenerates the session id (session fixation defence) and returns the new session object. */
+export async function regenerateSession(req: Request): Promise<SessionWithState> {
+  const session = requireSession(req);
+  await wrap('regenerate', 'regenerate')(session);
+  return requireSession(req);
+}

@@ -1,0 +1,61 @@
+import * as client from 'openid-client';
+import { AuthError, AuthErrorCode } from './errors.js';
+
+/** oauth4webapi codes that only ID-token validation raises. */
+const ID_TOKEN_CODES = new Set(['OAUTH_JWT_TIMESTAMP_CHECK_FAILED', 'OAUTH_JWT_CLAIM_COMPARISON_FAILED', 'OAUTH_KEY_SELECTION_FAILED']);
+
+function messages(err: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) parts.push(e.message);
+  return parts.join(' | ');
+}
+
+/** True for failures to reach the server at all: DNS, refused connection, reset, TLS. */
+export function isNetworkError(err: unknown): boolean {
+  return err instanceof TypeError && /fetch failed|network|ECONN|ENOTFOUND|EAI_AGAIN|socket/i.test(messages(err));
+}
+
+/** True when openid-client gave up waiting (the configured `httpTimeout`). */
+export function isTimeout(err: unknown): boolean {
+  return (err as { code?: unknown } | null)?.code === 'OAUTH_TIMEOUT';
+}
+
+/**
+ * Classifies a failure of the code exchange (token request plus ID-token validation). Upstream `error` and
+ * `error_description` are kept; tokens and codes never reach the message.
+ */
+export function exchangeError(err: unknown): AuthError {
+  if (err instanceof AuthError) return err;
+  if (isTimeout(err)) {
+    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The token endpoint did not answer in time.', { cause: err });
+  }
+  if (isNetworkError(err)) {
+    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The token endpoint could not be reached.', { cause: err });
+  }
+  if (err instanceof client.ResponseBodyError) {
+    const upstream = { cause: err, error: err.error, ...(err.error_description ? { errorDescription: err.error_description } : {}) };
+    if (err.status >= 500) {
+      return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${err.status}).`, upstream);
+    }
+    return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token endpoint refused the authorization code: ${err.error}.`, upstream);
+  }
+  const code = (err as { code?: unknown } | null)?.code;
+  const text = messages(err);
+  if ((typeof code === 'string' && ID_TOKEN_CODES.has(code)) || /ID Token|JWT|JWS|signature/i.test(text)) {
+    return new AuthError(AuthErrorCode.INVALID_ID_TOKEN, 400, `The ID token is invalid: ${describe(err)}.`, { cause: err });
+  }
+  if (code === 'OAUTH_RESPONSE_IS_NOT_CONFORM') {
+    const status = (err as { cause?: { status?: unknown } }).cause?.status;
+    if (typeof status === 'number' && status >= 500) {
+      return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${status}).`, { cause: err });
+    }
+  }
+  return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${describe(err)}.`, { cause: err });
+}
+
+/** The most specific message in the chain; oauth4webapi's messages name claims and parameters, never their values. */
+function describe(err: unknown): string {
+  let last = 'invalid response';
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) last = e.message;
+  return last.replace(/\.$/, '');
+}
