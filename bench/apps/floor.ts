@@ -1,0 +1,45 @@
+/**
+ * The floor: express-session + connect-redis on ioredis and nothing else, the cheapest way to serve a logged-in
+ * user from a Redis session. Its bench-only login stores the claims the library serves, so both answer the same JSON.
+ */
+import type { RequestListener } from 'node:http';
+import { RedisStore } from 'connect-redis';
+import express from 'express';
+import session from 'express-session';
+import { benchApp, connect, renderError } from './common.js';
+import { BENCH_SESSION_SECRET, type AppConfig } from './protocol.js';
+
+declare module 'express-session' {
+  interface SessionData {
+    user?: Record<string, unknown>;
+  }
+}
+
+export async function build(config: AppConfig): Promise<{ handler: RequestListener; close(): Promise<void> }> {
+  const redis = connect(config);
+  const app = benchApp();
+  app.use(
+    session({
+      store: new RedisStore({ client: redis, prefix: config.sessionPrefix }),
+      secret: BENCH_SESSION_SECRET,
+      resave: false,
+      saveUninitialized: false,
+    }),
+  );
+  app.post('/login', express.json(), (req, res, next) => {
+    req.session.regenerate((err) => {
+      if (err) return next(err);
+      req.session.user = req.body as Record<string, unknown>;
+      req.session.save((saveErr) => (saveErr ? next(saveErr) : res.redirect(303, '/me')));
+    });
+  });
+  app.get('/me', (req, res) => {
+    if (req.session.user === undefined) {
+      res.status(401).json({ error: 'unauthorized' });
+      return;
+    }
+    res.json(req.session.user);
+  });
+  app.use(renderError);
+  return { handler: app, close: async () => void (await redis.quit()) };
+}

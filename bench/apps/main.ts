@@ -1,0 +1,60 @@
+/**
+ * Entry of one app process: `node --import tsx bench/apps/main.ts <contender>`.
+ *
+ * The process listens first and reports its port, because the provider must register the callback URL before the
+ * app can be configured against it; the orchestrator then sends the configuration over IPC.
+ */
+import { createServer, type RequestListener } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { AppConfig, Contender, FromApp, ToApp } from './protocol.js';
+
+const contender = process.argv[2] as Contender;
+const builders: Record<Contender, () => Promise<{ build(config: AppConfig): Promise<{ handler: RequestListener; close(): Promise<void> }> }>> = {
+  library: () => import('./library.js'),
+  floor: () => import('./floor.js'),
+  'eoc-cookie': () => import('./eoc.js').then((m) => ({ build: (config: AppConfig) => m.build(config, 'cookie') })),
+  'eoc-redis': () => import('./eoc.js').then((m) => ({ build: (config: AppConfig) => m.build(config, 'redis') })),
+};
+
+function send(message: FromApp): void {
+  process.send?.(message);
+}
+
+if (!(contender in builders) || process.send === undefined) {
+  console.error(`usage: node --import tsx bench/apps/main.ts <${Object.keys(builders).join('|')}> (spawned with an IPC channel)`);
+  process.exit(2);
+}
+
+let handler: RequestListener = (_req, res) => {
+  res.statusCode = 503;
+  res.end('not ready');
+};
+let closeApp: () => Promise<void> = async () => {};
+const server = createServer((req, res) => handler(req, res));
+server.keepAliveTimeout = 30_000;
+server.listen(0, '127.0.0.1', () => send({ type: 'listening', port: (server.address() as AddressInfo).port }));
+
+async function shutdown(): Promise<void> {
+  server.closeAllConnections();
+  server.close();
+  await closeApp().catch(() => undefined);
+  // A normal exit, so that --cpu-prof writes its profile.
+  process.exit(0);
+}
+
+process.on('message', (message: ToApp) => {
+  if (message.type === 'configure') {
+    builders[contender]()
+      .then((module) => module.build(message.config))
+      .then((app) => {
+        handler = app.handler;
+        closeApp = app.close;
+        send({ type: 'ready' });
+      })
+      .catch((err: unknown) => send({ type: 'failed', message: err instanceof Error ? err.message : String(err) }));
+  } else if (message.type === 'shutdown') {
+    void shutdown();
+  }
+});
+// The orchestrator died: do not linger.
+process.on('disconnect', () => void shutdown());

@@ -1,0 +1,74 @@
+/** The shape of bench/results.json. */
+import type { Contender } from './apps/protocol.js';
+import type { AutocannonOutcome } from './load.js';
+
+export interface Throughput {
+  /** Median requests per second over the rounds. */
+  rps: number;
+  /** Median over rounds of (this contender's req/s ÷ the floor's req/s in the same round). */
+  ratio: number;
+  /** Median req/s ÷ the floor's median req/s (a cross-check of `ratio`). */
+  ratioOfMedians: number;
+  /** Medians over rounds of autocannon's p50/p99 latency, milliseconds. */
+  p50: number;
+  p99: number;
+  perRound: number[];
+}
+
+export interface CommandCost {
+  /** Redis commands per authenticated request (all commands, from `INFO commandstats` deltas). */
+  perRequest: number;
+  breakdown: Record<string, number>;
+  requests: number;
+}
+
+export interface LoginCost {
+  /** Median app-process CPU per complete login, milliseconds. */
+  cpuMs: number;
+  perRound: number[];
+}
+
+export interface SessionSize {
+  /** `MEMORY USAGE` of the session key, bytes (Redis contenders). */
+  memoryUsage?: number;
+  /** Length of the stored value, bytes. */
+  valueBytes?: number;
+  /** Other Redis keys that belong to this one login (the library's per-login keys), with their `MEMORY USAGE`. */
+  loginKeys?: Record<string, number>;
+  /** Bytes of the session cookie(s) as sent in the `Cookie` header. */
+  cookieBytes: number;
+}
+
+export interface StormRun {
+  requests: number;
+  tokenCalls: number;
+  statuses: Record<string, number>;
+  distinctTokens: number;
+  p50Ms: number;
+  p99Ms: number;
+  maxMs: number;
+  wallMs: number;
+  grantSurvives: boolean;
+}
+
+export interface StormResult {
+  /** False when `getAccessToken()` could not refresh at all (the build has no refresh). */
+  refreshAvailable: boolean;
+  note?: string;
+  single: { latenciesMs: number[]; medianMs: number; tokenCalls: number[]; statuses: number[] };
+  storms: StormRun[];
+  median?: { p50Ms: number; p99Ms: number; p50OverSingle: number; p99OverSingle: number };
+}
+
+export interface BenchResults {
+  date: string;
+  durationSeconds: number;
+  machine: { cpu: string; cores: number; node: string; redis: string; commit: string };
+  settings: Record<string, number>;
+  labels: Record<Contender, string>;
+  case1: { throughput: Record<Contender, Throughput>; runs: Array<{ round: number; contender: Contender } & AutocannonOutcome> };
+  case2: Record<Contender, CommandCost>;
+  case3: StormResult;
+  case4: Partial<Record<Contender, LoginCost>>;
+  case5: Record<Contender, SessionSize>;
+}
