@@ -1,6 +1,7 @@
 /**
  * The load generator, always in a process of its own so that it never shares an event loop with an app or the
- * provider. Reads one JSON job from stdin, prints one JSON result on stdout.
+ * provider. Spawned with an IPC channel it takes jobs as messages; otherwise one JSON job on stdin, one JSON result
+ * on stdout.
  *
  * - `autocannon`: sustained load on one URL (throughput and latency, cases 1 and 2).
  * - `burst`: N requests started at once over fresh connections, split over several URLs, each timed on its own and
@@ -99,15 +100,22 @@ async function runBurst(job: BurstJob): Promise<BurstOutcome> {
   };
 }
 
-async function main(): Promise<void> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
-  const job = JSON.parse(Buffer.concat(chunks).toString('utf8')) as AutocannonJob | BurstJob;
-  const outcome = job.mode === 'autocannon' ? await runAutocannon(job) : await runBurst(job);
-  process.stdout.write(JSON.stringify(outcome));
+async function run(job: AutocannonJob | BurstJob): Promise<AutocannonOutcome | BurstOutcome> {
+  return job.mode === 'autocannon' ? runAutocannon(job) : runBurst(job);
 }
 
-main().catch((err: unknown) => {
-  console.error(err instanceof Error ? err.message : err);
-  process.exit(1);
-});
+if (process.send !== undefined) {
+  // Long-lived mode: one job per IPC message, so that a run of many short rounds does not pay a process start each.
+  process.on('message', (job: AutocannonJob | BurstJob) => {
+    run(job).then(
+      (outcome) => process.send!({ ok: true, outcome }),
+      (err: unknown) => process.send!({ ok: false, message: err instanceof Error ? err.message : String(err) }),
+    );
+  });
+  process.on('disconnect', () => process.exit(0));
+} else {
+  // One-shot mode: a JSON job on stdin, the JSON outcome on stdout.
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  process.stdout.write(JSON.stringify(await run(JSON.parse(Buffer.concat(chunks).toString('utf8')) as AutocannonJob | BurstJob)));
+}

@@ -6,7 +6,7 @@ import type { AutocannonJob, AutocannonOutcome, BurstJob, BurstOutcome } from '.
 import type { AppConfig, Contender, FromApp, ToApp } from './apps/protocol.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
-/** Where `BENCH_CPU_PROF=1` makes every app process write its `.cpuprofile`. */
+/** Where `BENCH_CPU_PROF=1` makes the case-1 apps write a `.cpuprofile` of the measured rounds. */
 export const PROFILE_DIR = join(here, 'profiles');
 
 function nodeArgs(script: string, extra: string[] = []): string[] {
@@ -33,9 +33,7 @@ export class AppProcess {
   }
 
   static async start(name: string, contender: Contender): Promise<AppProcess> {
-    const profile = process.env.BENCH_CPU_PROF === '1' ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`] : [];
-    if (profile.length > 0) mkdirSync(PROFILE_DIR, { recursive: true });
-    const child = spawn(process.execPath, nodeArgs('apps/main.ts', profile).concat(contender), {
+    const child = spawn(process.execPath, nodeArgs('apps/main.ts').concat(contender), {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       env: { ...process.env, NODE_ENV: 'production' },
     });
@@ -71,6 +69,21 @@ export class AppProcess {
     return user + system;
   }
 
+  /** Starts V8's CPU profiler in the app (only when started with BENCH_CPU_PROF=1). */
+  async startProfile(): Promise<void> {
+    const response = await fetch(`${this.url}/__bench/profile/start`, { method: 'POST' });
+    if (!response.ok) throw new Error(`${this.name}: profiler did not start (${response.status})`);
+  }
+
+  /** Stops the profiler and has the app write `bench/profiles/<name>.cpuprofile`; returns the path. */
+  async stopProfile(): Promise<string> {
+    mkdirSync(PROFILE_DIR, { recursive: true });
+    const file = join(PROFILE_DIR, `${this.name}.cpuprofile`);
+    const response = await fetch(`${this.url}/__bench/profile/stop`, { method: 'POST', body: file, headers: { 'content-type': 'text/plain' } });
+    if (!response.ok) throw new Error(`${this.name}: profiler did not stop (${response.status})`);
+    return file;
+  }
+
   async stop(): Promise<void> {
     if (this.#exited) return;
     const exited = new Promise<void>((resolve) => this.child.once('exit', () => resolve()));
@@ -81,26 +94,39 @@ export class AppProcess {
   }
 }
 
-/** Runs one load job in a fresh load-generator process. */
-export function runLoad(job: AutocannonJob): Promise<AutocannonOutcome>;
-export function runLoad(job: BurstJob): Promise<BurstOutcome>;
-export function runLoad(job: AutocannonJob | BurstJob): Promise<AutocannonOutcome | BurstOutcome> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, nodeArgs('load.ts'), { stdio: ['pipe', 'pipe', 'inherit'] });
-    const out: Buffer[] = [];
-    child.stdout.on('data', (chunk: Buffer) => out.push(chunk));
-    child.on('error', reject);
-    child.on('exit', (code) => {
-      if (code !== 0) {
-        reject(new Error(`load generator exited with ${code}`));
-        return;
-      }
-      try {
-        resolve(JSON.parse(Buffer.concat(out).toString('utf8')) as AutocannonOutcome | BurstOutcome);
-      } catch (err) {
-        reject(err instanceof Error ? err : new Error(String(err)));
-      }
-    });
-    child.stdin.end(JSON.stringify(job));
-  });
+/** The load generator: one child process, kept for the whole run, doing one job at a time. */
+export class LoadProcess {
+  readonly #child: ChildProcess;
+  #queue: Promise<unknown> = Promise.resolve();
+
+  constructor() {
+    this.#child = spawn(process.execPath, nodeArgs('load.ts'), { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  }
+
+  run(job: AutocannonJob): Promise<AutocannonOutcome>;
+  run(job: BurstJob): Promise<BurstOutcome>;
+  run(job: AutocannonJob | BurstJob): Promise<AutocannonOutcome | BurstOutcome> {
+    const next = this.#queue.then(
+      () =>
+        new Promise<AutocannonOutcome | BurstOutcome>((resolve, reject) => {
+          const onExit = (code: number | null) => reject(new Error(`the load generator exited (${code})`));
+          this.#child.once('exit', onExit);
+          this.#child.once('message', (reply: { ok: true; outcome: AutocannonOutcome | BurstOutcome } | { ok: false; message: string }) => {
+            this.#child.off('exit', onExit);
+            if (reply.ok) resolve(reply.outcome);
+            else reject(new Error(`load generator: ${reply.message}`));
+          });
+          this.#child.send(job);
+        }),
+    );
+    this.#queue = next.catch(() => undefined);
+    return next;
+  }
+
+  async stop(): Promise<void> {
+    if (this.#child.exitCode !== null) return;
+    const exited = new Promise<void>((resolve) => this.#child.once('exit', () => resolve()));
+    this.#child.disconnect();
+    await exited;
+  }
 }

@@ -13,6 +13,11 @@ export interface Throughput {
   p50: number;
   p99: number;
   perRound: number[];
+  /** Median over rounds of the app process's CPU time per request, microseconds. */
+  cpuUsPerRequest: number;
+  /** Median over rounds of (the floor's CPU per request ÷ this contender's, same round): the throughput ratio a CPU-bound app would reach. */
+  cpuRatio: number;
+  cpuPerRound: number[];
 }
 
 export interface CommandCost {
@@ -66,7 +71,7 @@ export interface BenchResults {
   machine: { cpu: string; cores: number; node: string; redis: string; commit: string };
   settings: Record<string, number>;
   labels: Record<Contender, string>;
-  case1: { throughput: Record<Contender, Throughput>; runs: Array<{ round: number; contender: Contender } & AutocannonOutcome> };
+  case1: { throughput: Record<Contender, Throughput>; runs: Array<{ round: number; contender: Contender; instance: string; cpuUsPerRequest: number } & AutocannonOutcome> };
   case2: Record<Contender, CommandCost>;
   case3: StormResult;
   case4: Partial<Record<Contender, LoginCost>>;

@@ -17,7 +17,7 @@ import { startProvider, type TestProvider } from '../test/helpers/provider.js';
 import { startPrivateRedis, type PrivateRedis } from '../test/setup/global-setup.js';
 import type { Contender } from './apps/protocol.js';
 import type { AutocannonOutcome, BurstOutcome } from './load.js';
-import { AppProcess, runLoad } from './processes.js';
+import { AppProcess, LoadProcess } from './processes.js';
 import { commandCounts, countDelta, total, type CommandCounts } from './redis-stats.js';
 import { renderReport } from './report.js';
 import type { BenchResults, CommandCost, LoginCost, SessionSize, StormResult, Throughput } from './results.js';
@@ -36,12 +36,14 @@ function intFromEnv(name: string, fallback: number): number {
 /** Knobs (environment variables) with defaults sized for a 2-core machine: the whole run takes about 3 minutes. */
 export const settings = {
   /** Alternating rounds of case 1 (each contender once per round, order rotated each round). */
-  rounds: intFromEnv('BENCH_ROUNDS', 5),
+  rounds: intFromEnv('BENCH_ROUNDS', 7),
   /** Seconds of load per contender per round. */
-  duration: intFromEnv('BENCH_DURATION', 6),
+  duration: intFromEnv('BENCH_DURATION', 4),
   /** Seconds of warm-up per contender before the rounds. */
   warmup: intFromEnv('BENCH_WARMUP', 2),
   connections: intFromEnv('BENCH_CONNECTIONS', 10),
+  /** App processes per contender for case 1, used in turn. */
+  instances: intFromEnv('BENCH_INSTANCES', 2),
   /** Requests per contender for the exact Redis command count (case 2). */
   countedRequests: intFromEnv('BENCH_COUNTED_REQUESTS', 2000),
   /** Logins per contender per round, and rounds, for the login cost (case 4). */
@@ -145,23 +147,38 @@ async function main(): Promise<void> {
     cleanups.push(async () => admin.disconnect());
 
     log('starting app processes');
-    const [library, floor, eocCookie, eocRedis, stormA, stormB] = await Promise.all([
-      AppProcess.start('library', 'library'),
-      AppProcess.start('floor', 'floor'),
-      AppProcess.start('eoc-cookie', 'eoc-cookie'),
-      AppProcess.start('eoc-redis', 'eoc-redis'),
-      AppProcess.start('storm-a', 'library'),
-      AppProcess.start('storm-b', 'library'),
-    ]);
-    const all = [library!, floor!, eocCookie!, eocRedis!, stormA!, stormB!];
+    // Several processes per contender, used in turn by the rounds of case 1: one process's memory layout and JIT
+    // choices can make it a few per cent faster or slower than its twin, and that must not decide a ratio.
+    const instances = {} as Record<Contender, AppProcess[]>;
+    const starting: Array<Promise<unknown>> = [];
+    for (const c of CONTENDERS) {
+      instances[c] = [];
+      for (let i = 0; i < settings.instances; i++) {
+        starting.push(AppProcess.start(`${c}-${i + 1}`, c).then((app) => (instances[c][i] = app)));
+      }
+    }
+    const stormApps: AppProcess[] = [];
+    starting.push(...['storm-a', 'storm-b'].map((name, i) => AppProcess.start(name, 'library').then((app) => (stormApps[i] = app))));
+    const outcomes = await Promise.allSettled(starting);
+    const all = [...CONTENDERS.flatMap((c) => instances[c]), ...stormApps].filter((a): a is AppProcess => a !== undefined);
     cleanups.push(() => Promise.all(all.map((a) => a.stop())));
-    const apps: Record<Contender, AppProcess> = { library: library!, floor: floor!, 'eoc-cookie': eocCookie!, 'eoc-redis': eocRedis! };
+    const failed = outcomes.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
+    const stormA = stormApps[0]!;
+    const stormB = stormApps[1]!;
+    const load = new LoadProcess();
+    cleanups.push(() => load.stop());
+    // The first process of each contender takes the logins (its callback URL is the registered one); sessions live
+    // in Redis (or in the encrypted cookie), so every twin serves the same cookie.
+    const apps = Object.fromEntries(CONTENDERS.map((c) => [c, instances[c][0]!])) as Record<Contender, AppProcess>;
+    const library = apps.library;
+    const floor = apps.floor;
 
     const defaultTtl = { AccessToken: 3600, AuthorizationCode: 60, IdToken: 3600, RefreshToken: 86400, Interaction: 600, Session: 86400, Grant: 86400 };
     const provider = await startProvider({
       clients: [
         ...OAUTH_CONTENDERS.map((c) => oauthClient(`bench-${c}`, apps[c].url)),
-        oauthClient(STORM_CLIENT, stormA!.url),
+        oauthClient(STORM_CLIENT, stormA.url),
       ],
       configuration: {
         ttl: {
@@ -180,32 +197,32 @@ async function main(): Promise<void> {
 
     const base = { issuer: provider.issuer, clientSecret: CLIENT_SECRET, redisUrl: redisServer.url };
     await Promise.all([
-      ...CONTENDERS.map((c) =>
-        apps[c].configure({ ...base, clientId: `bench-${c}`, sessionPrefix: SESSION_PREFIX[c], keyPrefix: `bench:${c}:` }),
+      ...CONTENDERS.flatMap((c) =>
+        instances[c].map((app) => app.configure({ ...base, clientId: `bench-${c}`, sessionPrefix: SESSION_PREFIX[c], keyPrefix: `bench:${c}:` })),
       ),
-      ...[stormA!, stormB!].map((a) => a.configure({ ...base, clientId: STORM_CLIENT, sessionPrefix: 'bench:storm:sess:', keyPrefix: 'bench:storm:' })),
+      ...[stormA, stormB].map((a) => a.configure({ ...base, clientId: STORM_CLIENT, sessionPrefix: 'bench:storm:sess:', keyPrefix: 'bench:storm:' })),
     ]);
 
     // ---- Every contender logged in for real ----
     log('logging every contender in');
     const browsers = {} as Record<Contender, Browser>;
     for (const c of OAUTH_CONTENDERS) browsers[c] = await oauthLogin(apps[c]);
-    const libraryClaims = await expectLoggedIn(library!, browsers.library);
+    const libraryClaims = await expectLoggedIn(library, browsers.library);
     // The floor's login stores exactly the claims the library serves: both routes answer the same JSON.
     browsers.floor = new Browser();
-    const floorLogin = await browsers.floor.request(`${floor!.url}/login`, {
+    const floorLogin = await browsers.floor.request(`${floor.url}/login`, {
       method: 'POST',
       body: JSON.stringify(libraryClaims),
       headers: { 'content-type': 'application/json' },
     });
     if (floorLogin.status !== 303) throw new Error(`floor: login answered ${floorLogin.status}`);
-    await expectLoggedIn(floor!, browsers.floor);
+    await expectLoggedIn(floor, browsers.floor);
     const cookies = Object.fromEntries(CONTENDERS.map((c) => [c, cookieFor(apps[c], browsers[c])])) as Record<Contender, string>;
 
     // ---- Case 3, part 1: storm logins now, so that their tokens expire while the other cases run ----
     log('logging in the refresh-storm sessions');
     const stormBrowsers: Browser[] = [];
-    for (let i = 0; i < settings.singleRefreshes + settings.storms; i++) stormBrowsers.push(await oauthLogin(stormA!));
+    for (let i = 0; i < settings.singleRefreshes + settings.storms; i++) stormBrowsers.push(await oauthLogin(stormA));
     const stormLoggedInAt = Date.now();
 
     // ---- Case 2: Redis commands per authenticated request (exact request count; also warms every app up) ----
@@ -213,7 +230,7 @@ async function main(): Promise<void> {
     const commands = {} as Record<Contender, CommandCost>;
     for (const c of CONTENDERS) {
       const before = await commandCounts(admin);
-      const outcome = await runLoad({
+      const outcome = await load.run({
         mode: 'autocannon',
         url: `${apps[c].url}/me`,
         headers: { cookie: cookies[c] },
@@ -230,27 +247,46 @@ async function main(): Promise<void> {
     // ---- Case 1: throughput, alternating contenders ----
     log(`case 1: warm-up ${settings.warmup}s each, then ${settings.rounds} rounds × ${settings.duration}s × ${CONTENDERS.length} contenders`);
     for (const c of CONTENDERS) {
-      checkLoad(c, await runLoad({ mode: 'autocannon', url: `${apps[c].url}/me`, headers: { cookie: cookies[c] }, connections: settings.connections, duration: settings.warmup }));
+      for (const app of instances[c]) {
+        checkLoad(c, await load.run({ mode: 'autocannon', url: `${app.url}/me`, headers: { cookie: cookies[c] }, connections: settings.connections, duration: settings.warmup }));
+      }
     }
-    const runs: Array<{ round: number; contender: Contender; outcome: AutocannonOutcome }> = [];
+    const profiling = process.env.BENCH_CPU_PROF === '1';
+    if (profiling) for (const c of CONTENDERS) for (const app of instances[c]) await app.startProfile();
+    const runs: Array<{ round: number; contender: Contender; instance: string; outcome: AutocannonOutcome; cpuUsPerRequest: number }> = [];
     for (let round = 0; round < settings.rounds; round++) {
-      // Rotating the order spreads any drift (thermal, GC, noisy neighbours) over every contender.
-      const order = CONTENDERS.map((_, i) => CONTENDERS[(i + round) % CONTENDERS.length]!);
+      // Forward, then backward (ABBA): the floor and the library always run back to back, and any drift (other
+      // processes on the machine, thermal) falls evenly on every contender.
+      const order = round % 2 === 0 ? CONTENDERS : [...CONTENDERS].reverse();
       for (const c of order) {
-        const outcome = await runLoad({
+        const app = instances[c][round % settings.instances]!;
+        const cpuBefore = await app.cpu();
+        const outcome = await load.run({
           mode: 'autocannon',
-          url: `${apps[c].url}/me`,
+          url: `${app.url}/me`,
           headers: { cookie: cookies[c] },
           connections: settings.connections,
           duration: settings.duration,
         });
+        // The app's own CPU per request: unlike req/s, it barely moves when other processes compete for the cores.
+        const cpuUsPerRequest = ((await app.cpu()) - cpuBefore) / outcome.requests;
         checkLoad(c, outcome);
-        runs.push({ round, contender: c, outcome });
-        log(`  round ${round + 1} ${c}: ${Math.round(outcome.rps)} req/s, p50 ${outcome.p50} ms, p99 ${outcome.p99} ms`);
+        runs.push({ round, contender: c, instance: app.name, outcome, cpuUsPerRequest });
+        log(`  round ${round + 1} ${app.name}: ${Math.round(outcome.rps)} req/s, p50 ${outcome.p50} ms, p99 ${outcome.p99} ms, ${Math.round(cpuUsPerRequest)} µs CPU/request`);
       }
     }
     const throughput = {} as Record<Contender, Throughput>;
-    const floorByRound = new Map(runs.filter((r) => r.contender === 'floor').map((r) => [r.round, r.outcome.rps]));
+    if (profiling) {
+      const served = new Map<string, number>();
+      for (const r of runs) served.set(r.instance, (served.get(r.instance) ?? 0) + r.outcome.requests);
+      for (const c of CONTENDERS) {
+        for (const app of instances[c]) log(`  profile: ${await app.stopProfile()}:${served.get(app.name) ?? 0}`);
+      }
+      log('  summarise with: node --import tsx bench/profile-summary.ts <file>:<requests> ...');
+    }
+    const floorRuns = runs.filter((r) => r.contender === 'floor');
+    const floorByRound = new Map(floorRuns.map((r) => [r.round, r.outcome.rps]));
+    const floorCpuByRound = new Map(floorRuns.map((r) => [r.round, r.cpuUsPerRequest]));
     const floorMedian = median([...floorByRound.values()]);
     for (const c of CONTENDERS) {
       const mine = runs.filter((r) => r.contender === c);
@@ -262,6 +298,9 @@ async function main(): Promise<void> {
         p50: median(mine.map((r) => r.outcome.p50)),
         p99: median(mine.map((r) => r.outcome.p99)),
         perRound: mine.map((r) => round(r.outcome.rps, 0)),
+        cpuUsPerRequest: round(median(mine.map((r) => r.cpuUsPerRequest)), 1),
+        cpuRatio: round(median(mine.map((r) => floorCpuByRound.get(r.round)! / r.cpuUsPerRequest)), 3),
+        cpuPerRound: mine.map((r) => round(r.cpuUsPerRequest, 1)),
       };
     }
 
@@ -280,7 +319,7 @@ async function main(): Promise<void> {
       await sleep(waitMs);
     }
     log('case 3: refresh storm');
-    const storm = await measureStorm(provider, stormA!, stormB!, stormBrowsers);
+    const storm = await measureStorm(load, provider, stormA, stormB, stormBrowsers);
 
     const results: BenchResults = {
       date: new Date().toISOString(),
@@ -294,7 +333,7 @@ async function main(): Promise<void> {
       },
       settings,
       labels: LABELS,
-      case1: { throughput, runs: runs.map((r) => ({ round: r.round, contender: r.contender, ...r.outcome })) },
+      case1: { throughput, runs: runs.map((r) => ({ round: r.round, contender: r.contender, instance: r.instance, cpuUsPerRequest: round(r.cpuUsPerRequest, 1), ...r.outcome })) },
       case2: commands,
       case3: storm,
       case4: loginCost,
@@ -407,13 +446,13 @@ function tally(statuses: number[]): Record<string, number> {
  * the first one in each process warms it up and is dropped. Then each storm: `stormRequests` requests of one
  * expired login at once, half on each process.
  */
-async function measureStorm(provider: TestProvider, a: AppProcess, b: AppProcess, browsers: Browser[]): Promise<StormResult> {
+async function measureStorm(load: LoadProcess, provider: TestProvider, a: AppProcess, b: AppProcess, browsers: Browser[]): Promise<StormResult> {
   const cookie = (browser: Browser) => cookieFor(a, browser);
   const single: StormResult['single'] = { latenciesMs: [], medianMs: Number.NaN, tokenCalls: [], statuses: [] };
   for (let i = 0; i < settings.singleRefreshes; i++) {
     const app = i % 2 === 0 ? a : b;
     const before = refreshCalls(provider);
-    const outcome: BurstOutcome = await runLoad({ mode: 'burst', targets: [{ url: `${app.url}/token`, count: 1 }], headers: { cookie: cookie(browsers[i]!) } });
+    const outcome: BurstOutcome = await load.run({ mode: 'burst', targets: [{ url: `${app.url}/token`, count: 1 }], headers: { cookie: cookie(browsers[i]!) } });
     single.tokenCalls.push(refreshCalls(provider) - before);
     single.statuses.push(outcome.statuses[0]!);
     if (i >= 2) single.latenciesMs.push(round(outcome.latencies[0]!, 2));
@@ -427,7 +466,7 @@ async function measureStorm(provider: TestProvider, a: AppProcess, b: AppProcess
     const browser = browsers[settings.singleRefreshes + s]!;
     const before = refreshCalls(provider);
     const half = Math.floor(settings.stormRequests / 2);
-    const outcome: BurstOutcome = await runLoad({
+    const outcome: BurstOutcome = await load.run({
       mode: 'burst',
       targets: [
         { url: `${a.url}/token`, count: settings.stormRequests - half },

@@ -1,4 +1,6 @@
 import { createHash } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
 import express, { type ErrorRequestHandler, type Express } from 'express';
 import { Redis } from 'ioredis';
 import type { AppConfig } from './protocol.js';
@@ -13,6 +15,26 @@ export function benchApp(): Express {
     const { user, system } = process.cpuUsage();
     res.json({ user, system });
   });
+  // Only with BENCH_CPU_PROF=1: V8's CPU profiler over a window the orchestrator chooses (the measured load, not
+  // the start-up), written where the orchestrator says.
+  if (process.env.BENCH_CPU_PROF === '1') {
+    let inspector: Session | undefined;
+    app.post('/__bench/profile/start', async (_req, res) => {
+      inspector = new Session();
+      inspector.connect();
+      await inspector.post('Profiler.enable');
+      await inspector.post('Profiler.start');
+      res.end();
+    });
+    app.post('/__bench/profile/stop', express.text(), async (req, res) => {
+      if (inspector === undefined) return void res.status(409).end();
+      const { profile } = await inspector.post('Profiler.stop');
+      inspector.disconnect();
+      inspector = undefined;
+      writeFileSync(String(req.body), JSON.stringify(profile));
+      res.end();
+    });
+  }
   return app;
 }
 
