@@ -1,4 +1,4 @@
-import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { RequestAuth } from './context.js';
 import { AuthError } from './errors.js';
 import { resolveOptions, type AuthOptions } from './options.js';
@@ -10,7 +10,7 @@ import { createRuntime } from './runtime.js';
 import { requireSession } from './session.js';
 
 /**
- * Creates the login router. Mount it at the app root, after express-session.
+ * Creates the login middleware. Mount it at the app root, after express-session.
  *
  * Routes: `GET /login`, `GET <path of redirectUri>`, `POST /logout`. Every request gets `req.auth`.
  * Options are validated here, once: a mistake throws a `TypeError` at startup.
@@ -28,42 +28,57 @@ import { requireSession } from './session.js';
  * app.get('/me', requireAuth(), (req, res) => res.json(req.auth.claims));
  * ```
  */
-export function auth(options: AuthOptions): Router {
+export function auth(options: AuthOptions): RequestHandler {
   const config = resolveOptions(options);
   const runtime = createRuntime(config);
   const login = loginRoute(runtime);
   const callback = callbackRoute(runtime);
   const logout = logoutRoute(runtime);
-  const router = express.Router();
 
-  // One middleware with exact path matches instead of three routes: cheaper on every request, and the
-  // configured paths are never interpreted as route patterns.
-  router.use(function authenticate(req: Request, res: Response, next: NextFunction) {
-    try {
-      requireSession(req);
-    } catch (err) {
-      next(err);
-      return;
-    }
-    req.auth = new RequestAuth(req, runtime);
-    const path = req.path;
-    if (path === config.callbackPath) {
-      if (req.method === 'GET') return callback(req, res, next);
-    } else if (path === config.loginPath) {
-      if (req.method === 'GET') return login(req, res, next);
-    } else if (path === config.logoutPath) {
-      return req.method === 'POST' ? logout(req, res, next) : logoutMethodNotAllowed(req, res, next);
-    }
-    next();
-  });
-
-  router.use(function renderAuthError(err: unknown, req: Request, res: Response, next: NextFunction) {
+  // AuthErrors become clean 4xx/5xx answers here; anything else goes on to the app's error handling.
+  function renderAuthError(err: unknown, req: Request, res: Response, next: NextFunction): void {
     if (!(err instanceof AuthError) || res.headersSent) {
       next(err);
       return;
     }
     sendError(req, res, err);
-  });
+  }
 
-  return router;
+  function run(
+    route: (req: Request, res: Response, next: NextFunction) => void | Promise<void>,
+    req: Request,
+    res: Response,
+    next: NextFunction,
+  ): void {
+    const fail = (err: unknown) => renderAuthError(err, req, res, next);
+    // As inside the former router: `next()` (and 'route'/'router') go on with the app, an error is rendered here.
+    const routeNext: NextFunction = (err?: unknown) => (err === undefined || err === 'route' || err === 'router' ? next() : fail(err));
+    try {
+      const pending = route(req, res, routeNext);
+      if (pending !== undefined) pending.catch(fail);
+    } catch (err) {
+      fail(err);
+    }
+  }
+
+  // A plain middleware with exact path matches, not an express.Router: every request of the app passes through
+  // here, and a nested router costs more per request than the rest of this function (bench/FIXES.md).
+  return function authenticate(req: Request, res: Response, next: NextFunction): void {
+    try {
+      requireSession(req);
+    } catch (err) {
+      renderAuthError(err, req, res, next);
+      return;
+    }
+    req.auth = new RequestAuth(req, runtime);
+    const path = req.path;
+    if (path === config.callbackPath) {
+      if (req.method === 'GET') return run(callback, req, res, next);
+    } else if (path === config.loginPath) {
+      if (req.method === 'GET') return run(login, req, res, next);
+    } else if (path === config.logoutPath) {
+      return run(req.method === 'POST' ? logout : logoutMethodNotAllowed, req, res, next);
+    }
+    next();
+  };
 }

@@ -21,7 +21,9 @@ export function requireAuth(check?: AuthCheck): RequestHandler {
   if (check !== undefined && typeof check !== 'function') {
     throw new TypeError('express-oauth-pkce: requireAuth(check) takes a function (claims, req) => boolean | Promise<boolean>.');
   }
-  return async function requireAuthentication(req: Request, res: Response, next: NextFunction): Promise<void> {
+  // Synchronous unless the check is asynchronous: this runs on every guarded request, and a promise per request
+  // is measurable there (bench/FIXES.md).
+  return function requireAuthentication(req: Request, res: Response, next: NextFunction): void {
     const context = (req as { auth?: unknown }).auth;
     if (!(context instanceof RequestAuth)) {
       next(new AuthError(AuthErrorCode.MISCONFIGURED, 500, 'requireAuth() found no req.auth: mount auth({ ... }) before the routes it guards.'));
@@ -37,10 +39,17 @@ export function requireAuth(check?: AuthCheck): RequestHandler {
       sendError(req, res, new AuthError(AuthErrorCode.UNAUTHORIZED, 401, 'Log in to use this resource.'));
       return;
     }
-    if (check !== undefined && !(await check(context.claims, req))) {
-      sendError(req, res, new AuthError(AuthErrorCode.FORBIDDEN, 403, 'You are logged in but not allowed to use this resource.'));
+    if (check === undefined) {
+      next();
       return;
     }
-    next();
+    const decide = (allowed: unknown) => {
+      if (allowed) next();
+      else sendError(req, res, new AuthError(AuthErrorCode.FORBIDDEN, 403, 'You are logged in but not allowed to use this resource.'));
+    };
+    const verdict: unknown = check(context.claims, req);
+    // Any thenable is awaited, never taken as a truthy "allowed".
+    if (typeof (verdict as { then?: unknown } | null)?.then === 'function') Promise.resolve(verdict).then(decide, next);
+    else decide(verdict);
   };
 }

@@ -1,0 +1,150 @@
+/**
+ * auth() is one plain middleware (not an express.Router, for per-request cost: bench/FIXES.md) and requireAuth() is
+ * synchronous unless its check is not. These tests pin what that must not change: AuthErrors from every route are
+ * rendered by auth() itself, other requests reach the app, and a guard's check is never taken as "allowed" unless it
+ * says so, synchronously or not.
+ */
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import express, { type ErrorRequestHandler, type Express } from 'express';
+import { auth, requireAuth, type AuthCheck } from '../../lib/index.js';
+import { listen, startStack, type Listener, type Stack } from '../helpers/app.js';
+
+/** The app's own last-resort error handler: anything reaching it was not rendered by the library. */
+const appErrorHandler: ErrorRequestHandler = (_err, _req, res, _next) => {
+  res.status(599).json({ reachedApp: true });
+};
+
+let stack: Stack;
+let cookie: string;
+
+function guarded(app: Express): void {
+  const check = (name: string, fn: AuthCheck) => app.get(`/check/${name}`, requireAuth(fn), (_req, res) => void res.json({ passed: name }));
+  check('sync-true', () => true);
+  check('sync-false', () => false);
+  check('async-true', async () => true);
+  check('async-false', async () => false);
+  // Not a native promise: must still be awaited, not taken as a truthy value.
+  check('thenable-false', () => ({ then: (resolve: (v: boolean) => void) => resolve(false) }) as unknown as Promise<boolean>);
+  check('async-throws', async () => {
+    throw new Error('check failed');
+  });
+  check('sync-throws', () => {
+    throw new Error('check failed');
+  });
+  app.get('/after-auth', (req, res) => void res.json({ authenticated: req.auth.isAuthenticated }));
+  app.use(appErrorHandler);
+}
+
+beforeAll(async () => {
+  stack = await startStack({ routes: guarded });
+  await stack.browser.login(`${stack.appUrl}/login?returnTo=/me`);
+  cookie = stack.browser.cookieHeader(new URL(`${stack.appUrl}/me`));
+});
+afterAll(async () => stack.close());
+
+async function get(path: string, headers: Record<string, string> = {}) {
+  const response = await fetch(`${stack.appUrl}${path}`, { redirect: 'manual', headers: { accept: 'application/json', cookie, ...headers } });
+  return { status: response.status, headers: response.headers, body: (await response.json()) as Record<string, unknown> };
+}
+
+describe('auth() renders its own errors', () => {
+  test('a route that calls next(err) (GET /logout) gets a clean 405 with its code, not the app error handler', async () => {
+    const response = await get('/logout');
+
+    expect(response.status).toBe(405);
+    expect(response.headers.get('allow')).toBe('POST');
+    expect(response.body).toMatchObject({ error: 'method_not_allowed', status: 405 });
+  });
+
+  test('a route that throws asynchronously (callback without state) gets a clean 400', async () => {
+    const response = await get('/callback?code=abc');
+
+    expect(response.status).toBe(400);
+    expect(response.body).toMatchObject({ error: 'invalid_state' });
+    expect(JSON.stringify(response.body)).not.toMatch(/at .*\.ts:\d+/);
+  });
+
+  test('other requests go on to the app with req.auth set', async () => {
+    expect(await get('/after-auth')).toMatchObject({ status: 200, body: { authenticated: true } });
+    expect(await get('/after-auth', { cookie: '' })).toMatchObject({ status: 200, body: { authenticated: false } });
+  });
+});
+
+describe('auth() without a reachable authorization server or session', () => {
+  let listener: Listener;
+  let bare: Listener;
+  beforeAll(async () => {
+    listener = await listen();
+    const app = stackLikeApp(listener.url);
+    listener.handle(app);
+    bare = await listen();
+    const noSession = express();
+    noSession.use(auth({ issuer: 'http://127.0.0.1:9', clientId: 'c', clientSecret: 's', redirectUri: `${bare.url}/callback`, allowInsecureRequests: true }));
+    noSession.use(appErrorHandler);
+    bare.handle(noSession);
+  });
+  afterAll(async () => {
+    await listener.close();
+    await bare.close();
+  });
+
+  function stackLikeApp(url: string): Express {
+    const app = express();
+    // A stand-in session is enough here: the login route fails at discovery, before the session is touched.
+    app.use((req, _res, next) => {
+      (req as unknown as { session: object }).session = { save: (cb: () => void) => cb() };
+      next();
+    });
+    app.use(auth({ issuer: 'http://127.0.0.1:9', clientId: 'c', clientSecret: 's', redirectUri: `${url}/callback`, allowInsecureRequests: true, httpTimeout: 1000 }));
+    app.use(appErrorHandler);
+    return app;
+  }
+
+  test('a failing login route (discovery unreachable) is a clean 5xx from the library, not the app handler', async () => {
+    const response = await fetch(`${listener.url}/login`, { redirect: 'manual', headers: { accept: 'application/json' } });
+    const body = (await response.json()) as Record<string, unknown>;
+
+    expect(response.status).toBeGreaterThanOrEqual(500);
+    expect(response.status).toBeLessThan(599);
+    // Which of the two codes depends on server.ts's classification (under jest's VM realm `instanceof TypeError`
+    // does not see fetch's TypeError); what matters here is that auth() rendered it.
+    expect(['idp_unreachable', 'discovery_failed']).toContain(body.error);
+  });
+
+  test('without express-session every request gets session_missing (500) from the library', async () => {
+    const response = await fetch(`${bare.url}/anything`, { headers: { accept: 'application/json' } });
+
+    expect(response.status).toBe(500);
+    expect(await response.json()).toMatchObject({ error: 'session_missing' });
+  });
+});
+
+describe('requireAuth(check)', () => {
+  test.each([
+    ['sync-true', 200],
+    ['async-true', 200],
+    ['sync-false', 403],
+    ['async-false', 403],
+    ['thenable-false', 403],
+  ])('%s → %i', async (name, status) => {
+    const response = await get(`/check/${name}`);
+
+    expect(response.status).toBe(status);
+    if (status === 200) expect(response.body).toEqual({ passed: name });
+    else expect(response.body).toMatchObject({ error: 'forbidden' });
+  });
+
+  test.each(['sync-throws', 'async-throws'])('a check that fails (%s) never lets the request through: it reaches the app error handler', async (name) => {
+    const response = await get(`/check/${name}`);
+
+    expect(response.status).toBe(599);
+    expect(response.body).toEqual({ reachedApp: true });
+  });
+
+  test('without a login the check is not consulted: 401 for API clients', async () => {
+    const response = await get('/check/sync-true', { cookie: '' });
+
+    expect(response.status).toBe(401);
+    expect(response.body).toMatchObject({ error: 'unauthorized' });
+  });
+});
