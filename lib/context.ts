@@ -1,5 +1,6 @@
 import type { Request } from 'express';
 import { AuthError, AuthErrorCode } from './errors.js';
+import { fetchResource, type ResourceRequestInit } from './resource.js';
 import type { Runtime } from './runtime.js';
 import { readState, type LoginState } from './session.js';
 import { isExpired, publicTokens, type TokenSet } from './tokens.js';
@@ -34,10 +35,30 @@ export interface AuthContext {
   /** The current tokens (never the refresh token); undefined when logged out. */
   readonly tokens: TokenSet | undefined;
   /**
+   * What the `fetchUser` option returned at login, kept in the session with it; undefined when logged out or when
+   * `fetchUser` is not set. The way to know who logged in at a server without ID tokens (no `openid` scope).
+   */
+  readonly user: Readonly<Record<string, unknown>> | undefined;
+  /**
    * A usable access token. Rejects with {@link AuthError} `login_required` (401) when there is no login or the
    * token has expired and cannot be renewed.
    */
   getAccessToken(): Promise<string>;
+  /**
+   * Calls a resource server (an API) with the login's access token, in the `Authorization` header only. A DPoP-bound
+   * token (option `dpop`) goes as `DPoP <token>` with a fresh proof, retried once when the server asks for a new
+   * nonce; otherwise as `Bearer <token>`. Every response is returned as is, 401 included (the token may have been
+   * revoked, or have an unknown expiry: the app decides whether to refresh or log in again). Rejects with
+   * {@link AuthError} `login_required` (401) like `getAccessToken()`, `resource_request_failed` (502/504) when the
+   * server cannot be reached within `httpTimeout`, and `misconfigured` for a relative or (without
+   * `allowInsecureRequests`) `http:` URL, or when `Authorization`/`DPoP` headers are passed in.
+   *
+   * @example
+   * ```ts
+   * const response = await req.auth.fetch('https://api.example.com/orders', { method: 'POST', body: JSON.stringify(order), headers: { 'content-type': 'application/json' } });
+   * ```
+   */
+  fetch(url: string | URL, init?: ResourceRequestInit): Promise<Response>;
 }
 
 declare global {
@@ -79,6 +100,18 @@ export class RequestAuth implements AuthContext {
   get tokens(): TokenSet | undefined {
     const login = this.#login();
     return login === undefined ? undefined : publicTokens(login.tokens);
+  }
+
+  get user(): Readonly<Record<string, unknown>> | undefined {
+    return this.#login()?.user;
+  }
+
+  async fetch(url: string | URL, init?: ResourceRequestInit): Promise<Response> {
+    // Through getAccessToken(), so that whatever it does about expiry applies here too.
+    const accessToken = await this.getAccessToken();
+    const login = this.#login();
+    if (login === undefined) throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'Not logged in.');
+    return fetchResource(this[kRuntime], { accessToken, tokenType: login.tokens.tokenType, dpopKey: login.dpopKey }, url, init);
   }
 
   async getAccessToken(): Promise<string> {

@@ -10,6 +10,9 @@
  * | `invalid_response` | 400 | the authorization response failed a check (`iss` per RFC 9207, …) |
  * | `invalid_id_token` | 400 | the ID token failed validation (signature, `iss`, `aud`, `nonce`, `exp`, …) |
  * | `token_exchange_failed` | 400 | the token endpoint refused the code (`invalid_grant`, …) or answered nonsense |
+ * | `par_failed` | 502 | the pushed authorization request (RFC 9126) was refused; nothing was stored |
+ * | `user_fetch_failed` | 502 | the `fetchUser` hook failed or returned no object; no login was stored |
+ * | `resource_request_failed` | 502 / 504 | `req.auth.fetch()` could not reach the resource server, or timed out (504) |
  * | `idp_unreachable` | 502 / 504 | the authorization server could not be reached, or timed out (504) |
  * | `discovery_failed` | 502 | the issuer's metadata could not be fetched or is unacceptable |
  * | `session_unavailable` | 503 | the session store (Redis) failed; nobody is let in |
@@ -29,6 +32,9 @@ export const AuthErrorCode = {
   INVALID_RESPONSE: 'invalid_response',
   INVALID_ID_TOKEN: 'invalid_id_token',
   TOKEN_EXCHANGE_FAILED: 'token_exchange_failed',
+  PAR_FAILED: 'par_failed',
+  USER_FETCH_FAILED: 'user_fetch_failed',
+  RESOURCE_REQUEST_FAILED: 'resource_request_failed',
   IDP_UNREACHABLE: 'idp_unreachable',
   DISCOVERY_FAILED: 'discovery_failed',
   SESSION_UNAVAILABLE: 'session_unavailable',

@@ -1,5 +1,6 @@
 import type { Request } from 'express';
 import type { Session } from 'express-session';
+import type { JWK } from 'jose';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { StoredTokens } from './tokens.js';
 import type { Transaction } from './transaction.js';
@@ -10,7 +11,11 @@ export interface LoginState {
   id: string;
   /** Validated ID-token claims (undefined without `openid`). */
   claims?: Record<string, unknown>;
+  /** What the `fetchUser` hook returned at login. */
+  user?: Record<string, unknown>;
   tokens: StoredTokens;
+  /** The login's DPoP private key (RFC 9449), when `dpop` is on. Server-side only: the tokens are bound to it. */
+  dpopKey?: JWK;
 }
 
 /** The library's slice of the session, under one key so that it never collides with the app's data. */

@@ -54,7 +54,7 @@ export function exchangeError(err: unknown): AuthError {
 }
 
 /** The most specific message in the chain; oauth4webapi's messages name claims and parameters, never their values. */
-function describe(err: unknown): string {
+export function describe(err: unknown): string {
   let last = 'invalid response';
   for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) last = e.message;
   return last.replace(/\.$/, '');

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { NextFunction, Request, Response } from 'express';
 import * as client from 'openid-client';
+import { assertDPoPBound, dpopOptionsFor } from '../dpop.js';
 import { AuthError, AuthErrorCode } from '../errors.js';
 import { rawQuery, strictQuery } from '../query.js';
 import { setNoStore } from '../respond.js';
@@ -9,6 +10,7 @@ import { readState, regenerateSession, requireSession, saveSession, writableStat
 import { toStoredTokens } from '../tokens.js';
 import { TRANSACTION_TTL_MS, takeTransaction } from '../transaction.js';
 import { exchangeError } from '../upstream.js';
+import { loadUser } from '../user.js';
 
 /** Authorization-response parameters that must appear at most once. */
 const CALLBACK_PARAMS = ['code', 'state', 'iss', 'error', 'error_description', 'error_uri', 'session_state'];
@@ -70,20 +72,30 @@ export function callbackRoute(runtime: Runtime) {
     if (!params.get('code')) throw new AuthError(AuthErrorCode.INVALID_REQUEST, 400, 'The callback has no authorization "code".');
 
     const currentUrl = new URL(`${callbackBase}?${rawQuery(req)}`);
+    const dpop = await dpopOptionsFor(runtime, transaction);
     let response: Awaited<ReturnType<typeof client.authorizationCodeGrant>>;
     try {
-      response = await client.authorizationCodeGrant(configuration, currentUrl, {
-        pkceCodeVerifier: transaction.verifier,
-        expectedState: stateValue,
-        ...(transaction.nonce === undefined ? {} : { expectedNonce: transaction.nonce }),
-        idTokenExpected: config.openid,
-      });
+      response = await client.authorizationCodeGrant(
+        configuration,
+        currentUrl,
+        {
+          pkceCodeVerifier: transaction.verifier,
+          expectedState: stateValue,
+          ...(transaction.nonce === undefined ? {} : { expectedNonce: transaction.nonce }),
+          idTokenExpected: config.openid,
+        },
+        undefined,
+        dpop,
+      );
+      assertDPoPBound(config, response);
     } catch (err) {
       throw exchangeError(err);
     }
 
     const idClaims = config.openid ? response.claims() : undefined;
     const tokens = toStoredTokens(response);
+    // Before the session changes: a failing hook leaves no half-made login.
+    const user = await loadUser(runtime, tokens, transaction);
     const pending = readState(req)?.tx;
 
     const session = await regenerateSession(req);
@@ -93,7 +105,9 @@ export function callbackRoute(runtime: Runtime) {
     state.login = {
       id: randomBytes(16).toString('base64url'),
       ...(idClaims === undefined ? {} : { claims: { ...idClaims } }),
+      ...(user === undefined ? {} : { user }),
       tokens,
+      ...(transaction.dpopKey === undefined ? {} : { dpopKey: transaction.dpopKey }),
     };
     await saveSession(session);
     res.redirect(302, transaction.returnTo);

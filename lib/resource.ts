@@ -1,0 +1,79 @@
+import * as client from 'openid-client';
+import { dpopOptionsFor, type DPoPBound } from './dpop.js';
+import { AuthError, AuthErrorCode } from './errors.js';
+import type { Runtime } from './runtime.js';
+import { describe, isNetworkError, isTimeout } from './upstream.js';
+
+/**
+ * The request of {@link AuthContext.fetch}. No streams: when a resource server asks for a new DPoP nonce, the request
+ * is sent a second time, body included.
+ */
+export interface ResourceRequestInit {
+  /** @default `'GET'` */
+  method?: string;
+  /** Extra headers. `Authorization` and `DPoP` are set by the library and may not be given. */
+  headers?: HeadersInit;
+  body?: string | URLSearchParams | Uint8Array | ArrayBuffer | null;
+}
+
+/** `fetch` with the login's access token: `(url, init?) => Promise<Response>`. */
+export type ResourceFetch = (url: string | URL, init?: ResourceRequestInit) => Promise<Response>;
+
+/** The access token to send, and how it is bound. */
+export interface ResourceCredentials extends DPoPBound {
+  readonly accessToken: string;
+  readonly tokenType: string;
+}
+
+function misuse(message: string, cause?: unknown): AuthError {
+  return new AuthError(AuthErrorCode.MISCONFIGURED, 500, message, cause === undefined ? {} : { cause });
+}
+
+/**
+ * Calls a resource server with the access token in the `Authorization` header (RFC 6750 §2.1): `DPoP <token>` plus a
+ * fresh proof for a DPoP-bound token (RFC 9449 §7), else `Bearer <token>`. A `use_dpop_nonce` challenge is retried
+ * once with the server's nonce (openid-client); any other answer, 401 included, is returned to the caller as is.
+ */
+export async function fetchResource(
+  runtime: Runtime,
+  credentials: ResourceCredentials,
+  url: string | URL,
+  init: ResourceRequestInit = {},
+): Promise<Response> {
+  let target: URL;
+  try {
+    target = new URL(url);
+  } catch (err) {
+    throw misuse('req.auth.fetch() needs an absolute URL.', err);
+  }
+  const headers = new Headers(init.headers);
+  if (headers.has('authorization') || headers.has('dpop')) {
+    throw misuse('req.auth.fetch() sets the Authorization and DPoP headers itself; do not pass them.');
+  }
+  const bound = credentials.tokenType === 'DPoP';
+  const options = bound ? await dpopOptionsFor(runtime, credentials) : undefined;
+  if (bound && options === undefined) {
+    throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The access token is DPoP-bound but the login has no DPoP key; log in again.');
+  }
+  const configuration = await runtime.server();
+  try {
+    return await client.fetchProtectedResource(
+      configuration,
+      credentials.accessToken,
+      target,
+      (init.method ?? 'GET').toUpperCase(),
+      init.body ?? undefined,
+      headers,
+      options,
+    );
+  } catch (err) {
+    // openid-client throws on any WWW-Authenticate challenge; the app decides what a 401 means (refresh, log in again).
+    if (err instanceof client.WWWAuthenticateChallengeError) return err.response;
+    if (isTimeout(err)) throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 504, 'The resource server did not answer in time.', { cause: err });
+    if (isNetworkError(err)) throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 502, 'The resource server could not be reached.', { cause: err });
+    if ((err as { code?: unknown } | null)?.code === 'ERR_INVALID_ARG_VALUE' && target.protocol === 'http:') {
+      throw misuse('req.auth.fetch() sends tokens over https: only (allowInsecureRequests is off).', err);
+    }
+    throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 502, `The resource request failed: ${describe(err)}.`, { cause: err });
+  }
+}
