@@ -20,13 +20,21 @@ function invalidState(message: string): AuthError {
 }
 
 /** RFC 9207 §2.4: `iss` must equal the issuer, and must be present when the server says it sends it. */
-function checkIssuer(params: URLSearchParams, metadata: client.ServerMetadata): void {
+function checkIssuer(params: URLSearchParams, metadata: client.ServerMetadata, issuerKnown: boolean): void {
   const iss = params.get('iss');
   if (iss === null) {
     if (metadata.authorization_response_iss_parameter_supported === true) {
       throw new AuthError(AuthErrorCode.INVALID_RESPONSE, 400, 'The authorization response has no "iss" parameter, which this server always sends (RFC 9207).');
     }
     return;
+  }
+  if (!issuerKnown) {
+    // A server configured by hand without `issuer`: there is nothing to compare with, so the response cannot be trusted.
+    throw new AuthError(
+      AuthErrorCode.INVALID_RESPONSE,
+      400,
+      'The authorization server sends an "iss" parameter (RFC 9207), but no issuer is configured: set `server.issuer` to its issuer identifier.',
+    );
   }
   if (iss !== metadata.issuer) {
     throw new AuthError(AuthErrorCode.INVALID_RESPONSE, 400, 'The authorization response comes from another issuer (RFC 9207 mix-up defence).');
@@ -67,7 +75,7 @@ export function callbackRoute(runtime: Runtime) {
     }
 
     const configuration = await runtime.server();
-    checkIssuer(params, configuration.serverMetadata());
+    checkIssuer(params, configuration.serverMetadata(), config.issuer !== undefined);
     if (params.has('error')) throw authorizationResponseError(params);
     if (!params.get('code')) throw new AuthError(AuthErrorCode.INVALID_REQUEST, 400, 'The callback has no authorization "code".');
 
