@@ -71,7 +71,7 @@ export async function fetchResource(
     if (err instanceof client.WWWAuthenticateChallengeError) return err.response;
     if (isTimeout(err)) throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 504, 'The resource server did not answer in time.', { cause: err });
     if (isNetworkError(err)) throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 502, 'The resource server could not be reached.', { cause: err });
-    if ((err as { code?: unknown } | null)?.code === 'ERR_INVALID_ARG_VALUE' && target.protocol === 'http:') {
+    if ((err as { code?: unknown } | null)?.code === 'OAUTH_HTTP_REQUEST_FORBIDDEN') {
       throw misuse('req.auth.fetch() sends tokens over https: only (allowInsecureRequests is off).', err);
     }
     throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 502, `The resource request failed: ${describe(err)}.`, { cause: err });

@@ -44,6 +44,8 @@ export function exchangeError(err: unknown): AuthError {
   if ((typeof code === 'string' && ID_TOKEN_CODES.has(code)) || /ID Token|JWT|JWS|signature/i.test(text)) {
     return new AuthError(AuthErrorCode.INVALID_ID_TOKEN, 400, `The ID token is invalid: ${describe(err)}.`, { cause: err });
   }
+  const shape = tokenResponseShapeError(err);
+  if (shape !== undefined) return shape;
   if (code === 'OAUTH_RESPONSE_IS_NOT_CONFORM') {
     const status = (err as { cause?: { status?: unknown } }).cause?.status;
     if (typeof status === 'number' && status >= 500) {
@@ -51,6 +53,38 @@ export function exchangeError(err: unknown): AuthError {
     }
   }
   return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${describe(err)}.`, { cause: err });
+}
+
+/**
+ * A 2xx token response that is not what RFC 6749 §5.1 describes: not a JSON object, no `access_token`, no
+ * `token_type`, or a `token_type` other than Bearer (RFC 6750) or DPoP (RFC 9449). openid-client refuses all of these;
+ * this names the problem. Some servers (GitHub) answer errors with HTTP 200: their `error` is kept.
+ */
+function tokenResponseShapeError(err: unknown): AuthError | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  const refused = (why: string, extra: { error?: string; errorDescription?: string } = {}) =>
+    new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${why}.`, { cause: err, ...extra });
+  if (code === 'OAUTH_RESPONSE_IS_NOT_JSON' || code === 'OAUTH_PARSE_ERROR') return refused('it is not JSON');
+  // openid-client wraps oauth4webapi's error, whose message names the member and whose cause holds the parsed body.
+  let detail: Error | undefined;
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) {
+    if (e.message.startsWith('"response" body') || e.message.includes('`token_type`')) detail = e;
+  }
+  if (detail === undefined) return undefined;
+  if (detail.message.includes('`token_type`')) return refused('its token_type is neither Bearer nor DPoP');
+  const body = (detail.cause as { body?: unknown } | undefined)?.body;
+  const upstream = typeof body === 'object' && body !== null ? (body as { error?: unknown; error_description?: unknown }) : {};
+  if (typeof upstream.error === 'string') {
+    return refused(`the token endpoint answered with error ${upstream.error}`, {
+      error: upstream.error,
+      ...(typeof upstream.error_description === 'string' ? { errorDescription: upstream.error_description.slice(0, 500) } : {}),
+    });
+  }
+  if (detail.message.includes('top level object')) return refused('it is not a JSON object');
+  for (const member of ['access_token', 'token_type', 'expires_in', 'refresh_token', 'scope', 'id_token']) {
+    if (detail.message.includes(`"${member}"`)) return refused(`its ${member} is missing or malformed`);
+  }
+  return undefined;
 }
 
 /** The most specific message in the chain; oauth4webapi's messages name claims and parameters, never their values. */

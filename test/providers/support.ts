@@ -60,3 +60,9 @@ export async function storedSessions(redis: Redis, prefix: string): Promise<Arra
   const values = await Promise.all(keys.map((key) => redis.get(key)));
   return values.flatMap((value) => (value === null ? [] : [JSON.parse(value) as Record<string, unknown>]));
 }
+
+/** Deletes every stored session under a prefix (tests that assert "no login was stored" start from none). */
+export async function clearSessions(redis: Redis, prefix: string): Promise<void> {
+  const keys = await redis.keys(`${prefix}*`);
+  if (keys.length > 0) await redis.del(...keys);
+}
