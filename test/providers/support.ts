@@ -6,6 +6,7 @@ import { exportJWK, generateKeyPair, type JWK } from 'jose';
 import type { AuthOptions } from '../../lib/index.js';
 import { buildApp, listen, type Listener } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
+import { startProvider, type TestProvider, type TestProviderOptions } from '../helpers/provider.js';
 
 /** Requests a server received, as `METHOD /path`, for assertions on what the library called. */
 export function recordRequests(server: Server): string[] {
@@ -65,4 +66,28 @@ export async function storedSessions(redis: Redis, prefix: string): Promise<Arra
 export async function clearSessions(redis: Redis, prefix: string): Promise<void> {
   const keys = await redis.keys(`${prefix}*`);
   if (keys.length > 0) await redis.del(...keys);
+}
+
+/** A deep copy made of this realm's objects (JSON-like values only, which is all client metadata holds). */
+function realmClone<T>(value: T): T {
+  if (Array.isArray(value)) return value.map(realmClone) as T;
+  if (typeof value === 'object' && value !== null) {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, realmClone(v)])) as T;
+  }
+  return value;
+}
+
+/**
+ * startProvider for clients with a `jwks`. oidc-provider copies static clients with `structuredClone`, which jest's
+ * node environment takes from the outer realm, and then checks `jwk.constructor === Object` with the sandbox's
+ * Object: every client key set would look invalid. Only under jest; the copy is swapped for the constructor call only.
+ */
+export async function startProviderWithClientKeys(options: TestProviderOptions): Promise<TestProvider> {
+  const original = globalThis.structuredClone;
+  globalThis.structuredClone = realmClone as typeof structuredClone;
+  try {
+    return await startProvider(options);
+  } finally {
+    globalThis.structuredClone = original;
+  }
 }
