@@ -35,6 +35,10 @@ function parError(err: unknown): AuthError {
       ...(err.error_description ? { errorDescription: err.error_description } : {}),
     });
   }
+  const status = (err as { cause?: { status?: unknown } } | null)?.cause?.status;
+  if ((err as { code?: unknown } | null)?.code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' && typeof status === 'number' && status >= 500) {
+    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The pushed authorization request endpoint failed (HTTP ${status}).`, { cause: err });
+  }
   return new AuthError(AuthErrorCode.PAR_FAILED, 502, `The pushed authorization request failed: ${describe(err)}.`, { cause: err });
 }
 
