@@ -46,7 +46,7 @@ class KeySetUnavailable extends Error {}
 
 /**
  * Builds the validator of back-channel `logout_token`s (Back-Channel Logout 1.0 §2.6): signature with the issuer's
- * keys (`jwks_uri` from its metadata, re-fetched once for an unknown `kid`), an asymmetric algorithm the server
+ * keys (`jwks_uri` from its metadata, re-fetched for an unknown `kid` after a cooldown), an asymmetric algorithm the server
  * advertises, `iss`, `aud`, `iat`, `exp`, `jti`, the back-channel `events` member, no `nonce`, and `sub` and/or `sid`.
  * Replay of `jti` is checked by the caller, which owns the shared store.
  */
