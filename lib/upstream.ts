@@ -4,15 +4,33 @@ import { AuthError, AuthErrorCode } from './errors.js';
 /** oauth4webapi codes that only ID-token validation raises. */
 const ID_TOKEN_CODES = new Set(['OAUTH_JWT_TIMESTAMP_CHECK_FAILED', 'OAUTH_JWT_CLAIM_COMPARISON_FAILED', 'OAUTH_KEY_SELECTION_FAILED']);
 
+interface ErrorLike {
+  name?: unknown;
+  message?: unknown;
+  code?: unknown;
+  cause?: unknown;
+}
+
+// Errors from fetch (undici) may come from another realm (jest's VM context, worker threads), where `instanceof
+// TypeError` is false: walk the chain by shape instead.
+function chain(err: unknown): ErrorLike[] {
+  const links: ErrorLike[] = [];
+  for (let e: unknown = err; typeof e === 'object' && e !== null && links.length < 5; e = (e as ErrorLike).cause) {
+    links.push(e as ErrorLike);
+  }
+  return links;
+}
+
 function messages(err: unknown): string {
-  const parts: string[] = [];
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) parts.push(e.message);
-  return parts.join(' | ');
+  return chain(err)
+    .map((e) => `${String(e.message ?? '')} ${typeof e.code === 'string' ? e.code : ''}`)
+    .join(' | ');
 }
 
 /** True for failures to reach the server at all: DNS, refused connection, reset, TLS. */
 export function isNetworkError(err: unknown): boolean {
-  return err instanceof TypeError && /fetch failed|network|ECONN|ENOTFOUND|EAI_AGAIN|socket/i.test(messages(err));
+  // openid-client wraps a foreign-realm TypeError in a ClientError, so look along the whole chain.
+  return chain(err).some((e) => e.name === 'TypeError' && /fetch failed|network/i.test(String(e.message)));
 }
 
 /** True when openid-client gave up waiting (the configured `httpTimeout`). */
@@ -66,12 +84,12 @@ function tokenResponseShapeError(err: unknown): AuthError | undefined {
     new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${why}.`, { cause: err, ...extra });
   if (code === 'OAUTH_RESPONSE_IS_NOT_JSON' || code === 'OAUTH_PARSE_ERROR') return refused('it is not JSON');
   // openid-client wraps oauth4webapi's error, whose message names the member and whose cause holds the parsed body.
-  let detail: Error | undefined;
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) {
-    if (e.message.startsWith('"response" body') || e.message.includes('`token_type`')) detail = e;
-  }
+  const detail = chain(err)
+    .filter((e) => typeof e.message === 'string' && (e.message.startsWith('"response" body') || e.message.includes('`token_type`')))
+    .at(-1);
   if (detail === undefined) return undefined;
-  if (detail.message.includes('`token_type`')) return refused('its token_type is neither Bearer nor DPoP');
+  const message = String(detail.message);
+  if (message.includes('`token_type`')) return refused('its token_type is neither Bearer nor DPoP');
   const body = (detail.cause as { body?: unknown } | undefined)?.body;
   const upstream = typeof body === 'object' && body !== null ? (body as { error?: unknown; error_description?: unknown }) : {};
   if (typeof upstream.error === 'string') {
@@ -80,16 +98,18 @@ function tokenResponseShapeError(err: unknown): AuthError | undefined {
       ...(typeof upstream.error_description === 'string' ? { errorDescription: upstream.error_description.slice(0, 500) } : {}),
     });
   }
-  if (detail.message.includes('top level object')) return refused('it is not a JSON object');
+  if (message.includes('top level object')) return refused('it is not a JSON object');
   for (const member of ['access_token', 'token_type', 'expires_in', 'refresh_token', 'scope', 'id_token']) {
-    if (detail.message.includes(`"${member}"`)) return refused(`its ${member} is missing or malformed`);
+    if (message.includes(`"${member}"`)) return refused(`its ${member} is missing or malformed`);
   }
   return undefined;
 }
 
 /** The most specific message in the chain; oauth4webapi's messages name claims and parameters, never their values. */
 export function describe(err: unknown): string {
-  let last = 'invalid response';
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) last = e.message;
-  return last.replace(/\.$/, '');
+  const last = chain(err)
+    .map((e) => e.message)
+    .filter((m): m is string => typeof m === 'string' && m !== '')
+    .at(-1);
+  return (last ?? 'invalid response').replace(/\.$/, '');
 }

@@ -7,6 +7,7 @@ import { rawQuery, strictQuery } from '../query.js';
 import { setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
 import { readState, regenerateSession, requireSession, saveSession, writableState } from '../session.js';
+import { indexLogin } from '../session-index.js';
 import { toStoredTokens } from '../tokens.js';
 import { TRANSACTION_TTL_MS, takeTransaction } from '../transaction.js';
 import { exchangeError } from '../upstream.js';
@@ -117,6 +118,7 @@ export function callbackRoute(runtime: Runtime) {
       tokens,
       ...(transaction.dpopKey === undefined ? {} : { dpopKey: transaction.dpopKey }),
     };
+    await indexLogin(runtime.sessionIndex, config, session);
     await saveSession(session);
     res.redirect(302, transaction.returnTo);
   };
