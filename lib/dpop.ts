@@ -9,7 +9,10 @@ const DPOP_ALG = 'ES256';
 /** Handles kept per process; each remembers the server's last DPoP nonce, which spares a retry per request. */
 const MAX_CACHED_HANDLES = 1000;
 
-const handleCaches = new WeakMap<Runtime, Map<string, Promise<client.DPoPHandle>>>();
+/** What DPoP needs from the runtime: the server configuration (its resolver is one per `auth()` instance). */
+export type DPoPServices = Pick<Runtime, 'server'>;
+
+const handleCaches = new WeakMap<DPoPServices['server'], Map<string, Promise<client.DPoPHandle>>>();
 
 /** The part of a login (or transaction) that DPoP needs: its private key, absent when the login is not DPoP-bound. */
 export interface DPoPBound {
@@ -38,17 +41,19 @@ async function keyPairFrom(jwk: JWK): Promise<CryptoKeyPair> {
   return { privateKey: privateKey as CryptoKey, publicKey: publicKey as CryptoKey };
 }
 
-function cacheOf(runtime: Runtime): Map<string, Promise<client.DPoPHandle>> {
-  let cache = handleCaches.get(runtime);
+// Keyed by the resolver rather than the runtime object, so that callers holding a narrower view of the runtime (the
+// refresher) share the handles, and with them the nonces.
+function cacheOf(runtime: DPoPServices): Map<string, Promise<client.DPoPHandle>> {
+  let cache = handleCaches.get(runtime.server);
   if (cache === undefined) {
     cache = new Map();
-    handleCaches.set(runtime, cache);
+    handleCaches.set(runtime.server, cache);
   }
   return cache;
 }
 
 /** The handle of a stored key, shared by the requests of the same login in this process. */
-function handleFor(runtime: Runtime, jwk: JWK): Promise<client.DPoPHandle> {
+function handleFor(runtime: DPoPServices, jwk: JWK): Promise<client.DPoPHandle> {
   const cache = cacheOf(runtime);
   // The public x coordinate names the key pair; it is no secret.
   const key = `${String(jwk.x)}.${String(jwk.y)}`;
@@ -78,7 +83,7 @@ function handleFor(runtime: Runtime, jwk: JWK): Promise<client.DPoPHandle> {
  * A fresh key pair for one login, made at `/login`: the private JWK goes into the transaction (and then the login),
  * server-side only, and the handle signs the proofs.
  */
-export async function createDPoPKey(runtime: Runtime): Promise<{ jwk: JWK; handle: client.DPoPHandle }> {
+export async function createDPoPKey(runtime: DPoPServices): Promise<{ jwk: JWK; handle: client.DPoPHandle }> {
   const pair = await client.randomDPoPKeyPair(DPOP_ALG, { extractable: true });
   const { kty, crv, x, y, d } = await exportJWK(pair.privateKey);
   const jwk: JWK = { kty, crv, x, y, d };
@@ -95,7 +100,7 @@ export async function createDPoPKey(runtime: Runtime): Promise<{ jwk: JWK; handl
  * assertDPoPBound(runtime.config, response);
  * ```
  */
-export async function dpopOptionsFor(runtime: Runtime, login: DPoPBound): Promise<{ DPoP: client.DPoPHandle } | undefined> {
+export async function dpopOptionsFor(runtime: DPoPServices, login: DPoPBound): Promise<{ DPoP: client.DPoPHandle } | undefined> {
   if (login.dpopKey === undefined) return undefined;
   return { DPoP: await handleFor(runtime, login.dpopKey) };
 }

@@ -1,7 +1,6 @@
 import * as client from 'openid-client';
-import { dpopOptionsFor, type DPoPBound } from './dpop.js';
+import { dpopOptionsFor, type DPoPBound, type DPoPServices } from './dpop.js';
 import { AuthError, AuthErrorCode } from './errors.js';
-import type { Runtime } from './runtime.js';
 import { describe, isNetworkError, isTimeout } from './upstream.js';
 
 /**
@@ -35,7 +34,7 @@ function misuse(message: string, cause?: unknown): AuthError {
  * once with the server's nonce (openid-client); any other answer, 401 included, is returned to the caller as is.
  */
 export async function fetchResource(
-  runtime: Runtime,
+  runtime: DPoPServices,
   credentials: ResourceCredentials,
   url: string | URL,
   init: ResourceRequestInit = {},
