@@ -33,7 +33,14 @@ export interface ServerEndpoints {
   pushedAuthorizationRequestEndpoint?: string | URL;
 }
 
-/** A `private_key_jwt` key given with its metadata. */
+/**
+ * A `private_key_jwt` key given with its metadata.
+ *
+ * @example
+ * ```ts
+ * privateKey: { key: readFileSync('client-key.pem', 'utf8'), kid: '2024-01', audience: 'token_endpoint' }
+ * ```
+ */
 export interface ClientPrivateKeyOptions {
   /** A PEM private key (PKCS#8, PKCS#1 or SEC1) or a private JWK. */
   key: string | JWK;
@@ -52,7 +59,14 @@ export interface ClientPrivateKeyOptions {
   audience?: 'issuer' | 'token_endpoint';
 }
 
-/** The private key of `private_key_jwt`: a private JWK that carries its `kid`, or {@link ClientPrivateKeyOptions}. */
+/**
+ * The private key of `private_key_jwt`: a private JWK that carries its `kid`, or {@link ClientPrivateKeyOptions}.
+ *
+ * @example
+ * ```ts
+ * privateKey: JSON.parse(process.env.CLIENT_PRIVATE_JWK!) // { kty: 'EC', crv: 'P-256', x, y, d, kid: 'key-1' }
+ * ```
+ */
 export type ClientPrivateKey = JWK | ClientPrivateKeyOptions;
 
 /**

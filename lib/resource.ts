@@ -4,8 +4,13 @@ import { AuthError, AuthErrorCode } from './errors.js';
 import { describe, isNetworkError, isTimeout } from './upstream.js';
 
 /**
- * The request of {@link AuthContext.fetch}. No streams: when a resource server asks for a new DPoP nonce, the request
- * is sent a second time, body included.
+ * The request of `req.auth.fetch()`. No streams: when a resource server asks for a new DPoP nonce, the request is sent
+ * a second time, body included.
+ *
+ * @example
+ * ```ts
+ * await req.auth.fetch('https://api.example.com/orders', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(order) });
+ * ```
  */
 export interface ResourceRequestInit {
   /** @default `'GET'` */
@@ -15,7 +20,14 @@ export interface ResourceRequestInit {
   body?: string | URLSearchParams | Uint8Array | ArrayBuffer | null;
 }
 
-/** `fetch` with the login's access token: `(url, init?) => Promise<Response>`. */
+/**
+ * `fetch` with the login's access token: `(url, init?) => Promise<Response>`, as given to `fetchUser`.
+ *
+ * @example
+ * ```ts
+ * fetchUser: async (tokens, { fetch }) => (await fetch('https://api.github.com/user')).json()
+ * ```
+ */
 export type ResourceFetch = (url: string | URL, init?: ResourceRequestInit) => Promise<Response>;
 
 /** The access token to send, and how it is bound. */
