@@ -29,6 +29,9 @@ async function makeKey(kid: string, alg: 'RS256' | 'ES256'): Promise<RogueKey> {
   return { kid, alg, privateKey, publicJwk: { ...(await exportJWK(publicKey)), kid, alg, use: 'sig' } };
 }
 
+/** How long a `'hang'` reply keeps the request open before dropping the connection without an answer. */
+export const HANG_MS = 1500;
+
 /** What the token endpoint answers; `'hang'` never answers (a timeout). */
 export type TokenReply = { status: number; body: unknown; headers?: Record<string, string> } | 'hang';
 
@@ -52,6 +55,15 @@ export interface SignOptions {
   kid?: string | null;
   /** Raw key material, for HMAC algorithms. */
   secret?: Uint8Array;
+}
+
+/** client_secret_basic (RFC 6749 §2.3.1): form-urlencoded id and secret, joined by a colon, in base64. */
+function clientAuthenticated(header: string | undefined): boolean {
+  const match = /^Basic ([A-Za-z0-9+/=]+)$/.exec(header ?? '');
+  if (match === null) return false;
+  const [id = '', secret = ''] = Buffer.from(match[1]!, 'base64').toString('utf8').split(':');
+  const decode = (value: string) => decodeURIComponent(value.replace(/\+/g, ' '));
+  return decode(id) === CLIENT_ID && decode(secret) === CLIENT_SECRET;
 }
 
 const b64u = (value: string | Buffer) => Buffer.from(value).toString('base64url');
@@ -186,8 +198,7 @@ export class RogueProvider {
     json: (status: number, value: unknown, headers?: Record<string, string>) => void,
   ): Promise<void> {
     // The parts a correct server checks, so that a library bug (wrong verifier, wrong redirect_uri) still shows.
-    const expectedAuth = `Basic ${Buffer.from(`${encodeURIComponent(CLIENT_ID)}:${encodeURIComponent(CLIENT_SECRET)}`).toString('base64')}`;
-    if (req.headers.authorization !== expectedAuth) return json(401, { error: 'invalid_client' });
+    if (!clientAuthenticated(req.headers.authorization)) return json(401, { error: 'invalid_client' });
     if (form.get('grant_type') !== 'authorization_code') return json(400, { error: 'unsupported_grant_type' });
     const grant = this.#grants.get(form.get('code') ?? '');
     if (grant === undefined || grant.redeemed) return json(400, { error: 'invalid_grant', error_description: 'unknown or used code' });
@@ -224,7 +235,11 @@ export class RogueProvider {
       },
     };
     const reply = await this.onToken(context);
-    if (reply === 'hang') return; // the socket stays open until the test closes the server
+    if (reply === 'hang') {
+      // Long enough for any client timeout in the tests; dropping the connection then frees the client's socket.
+      setTimeout(() => res.destroy(), HANG_MS);
+      return;
+    }
     json(reply.status, reply.body, reply.headers);
   }
 
