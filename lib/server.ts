@@ -84,6 +84,10 @@ export function createServerResolver(config: ResolvedConfig): ServerResolver {
         },
       );
       checkMetadata(config, configuration.serverMetadata());
+      // openid-client trusts a token-endpoint ID token on TLS alone (OIDC Core §3.1.3.7 step 6 allows it); we verify
+      // its signature against the issuer's JWKS anyway, so a forged, tampered, unsigned or HMAC-signed ID token is
+      // refused. An unknown `kid` re-fetches the key set (at most once a minute), which is how key rotation works.
+      client.enableNonRepudiationChecks(configuration);
       configuration.timeout = timeoutSeconds;
       return configuration;
     } catch (err) {
