@@ -20,37 +20,74 @@ export function isTimeout(err: unknown): boolean {
   return (err as { code?: unknown } | null)?.code === 'OAUTH_TIMEOUT';
 }
 
+/** Replaces every occurrence of the `secrets` (codes, verifiers, tokens, the client secret) in `text`. */
+function redactor(secrets: ReadonlyArray<string | undefined>): (text: string) => string {
+  const values = secrets.filter((s): s is string => typeof s === 'string' && s.length >= 8);
+  return (text) => values.reduce((result, secret) => result.split(secret).join('[redacted]'), text);
+}
+
+/** Own properties of openid-client / oauth4webapi errors that are plain facts, never token material. */
+const SAFE_FIELDS = ['name', 'code', 'status', 'error', 'error_description'] as const;
+
+/**
+ * A copy of an error chain that keeps what helps a log reader (prototype, message, stack, code, status, upstream error)
+ * and drops what oauth4webapi attaches as `cause` or `response`: token-response bodies (access and refresh tokens),
+ * raw JWTs, ID-token claims, keys. `AuthError.cause` is what an app logs with `console.error(err)`.
+ */
+function safeCause(err: unknown, redact: (text: string) => string, depth = 0): Error | undefined {
+  if (!(err instanceof Error) || depth > 4) return undefined;
+  const copy = Object.create(Object.getPrototypeOf(err) as object) as Error;
+  const define = (name: string, value: unknown) =>
+    Object.defineProperty(copy, name, { value, writable: true, configurable: true, enumerable: name !== 'stack' && name !== 'message' });
+  define('message', redact(err.message));
+  if (typeof err.stack === 'string') define('stack', redact(err.stack));
+  for (const name of SAFE_FIELDS) {
+    if (!Object.hasOwn(err, name)) continue;
+    const value = (err as unknown as Record<string, unknown>)[name];
+    if (typeof value === 'string') define(name, redact(value));
+    else if (typeof value === 'number') define(name, value);
+  }
+  const cause = safeCause(err.cause, redact, depth + 1);
+  if (cause !== undefined) Object.defineProperty(copy, 'cause', { value: cause, writable: true, configurable: true, enumerable: false });
+  return copy;
+}
+
 /**
  * Classifies a failure of the code exchange (token request plus ID-token validation). Upstream `error` and
- * `error_description` are kept; tokens and codes never reach the message.
+ * `error_description` are kept; tokens and codes never reach the message, and `secrets` (the code, the verifier, the
+ * client secret…) are redacted from whatever the server echoed. The cause is a sanitised copy (see `safeCause`).
  */
-export function exchangeError(err: unknown): AuthError {
+export function exchangeError(err: unknown, secrets: ReadonlyArray<string | undefined> = []): AuthError {
   if (err instanceof AuthError) return err;
+  const redact = redactor(secrets);
+  const cause = safeCause(err, redact);
   if (isTimeout(err)) {
-    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The token endpoint did not answer in time.', { cause: err });
+    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The token endpoint did not answer in time.', { cause });
   }
   if (isNetworkError(err)) {
-    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The token endpoint could not be reached.', { cause: err });
+    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The token endpoint could not be reached.', { cause });
   }
   if (err instanceof client.ResponseBodyError) {
-    const upstream = { cause: err, error: err.error, ...(err.error_description ? { errorDescription: err.error_description } : {}) };
+    const error = redact(err.error);
+    const upstream = { cause, error, ...(err.error_description ? { errorDescription: redact(err.error_description) } : {}) };
     if (err.status >= 500) {
       return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${err.status}).`, upstream);
     }
-    return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token endpoint refused the authorization code: ${err.error}.`, upstream);
+    return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token endpoint refused the authorization code: ${error}.`, upstream);
   }
   const code = (err as { code?: unknown } | null)?.code;
   const text = messages(err);
-  if ((typeof code === 'string' && ID_TOKEN_CODES.has(code)) || /ID Token|JWT|JWS|signature/i.test(text)) {
-    return new AuthError(AuthErrorCode.INVALID_ID_TOKEN, 400, `The ID token is invalid: ${describe(err)}.`, { cause: err });
+  // `"id_token"` covers a token response without one although the scope has `openid`.
+  if ((typeof code === 'string' && ID_TOKEN_CODES.has(code)) || /ID Token|"id_token"|JWT|JWS|signature/i.test(text)) {
+    return new AuthError(AuthErrorCode.INVALID_ID_TOKEN, 400, `The ID token is invalid: ${redact(describe(err))}.`, { cause });
   }
   if (code === 'OAUTH_RESPONSE_IS_NOT_CONFORM') {
     const status = (err as { cause?: { status?: unknown } }).cause?.status;
     if (typeof status === 'number' && status >= 500) {
-      return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${status}).`, { cause: err });
+      return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${status}).`, { cause });
     }
   }
-  return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${describe(err)}.`, { cause: err });
+  return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${redact(describe(err))}.`, { cause });
 }
 
 /** The most specific message in the chain; oauth4webapi's messages name claims and parameters, never their values. */

@@ -79,7 +79,7 @@ export function callbackRoute(runtime: Runtime) {
         idTokenExpected: config.openid,
       });
     } catch (err) {
-      throw exchangeError(err);
+      throw exchangeError(err, [params.get('code') ?? undefined, transaction.verifier, transaction.nonce, config.clientSecret]);
     }
 
     const idClaims = config.openid ? response.claims() : undefined;
