@@ -189,8 +189,11 @@ export interface RefusalExpectation {
    * (sorted), e.g. `['POST /token']` when the refusal comes after the code exchange. Default: none at all.
    */
   calls?: string[];
-  /** Values that must not appear in the response, in console/stdout/stderr output or in process warnings. */
-  secrets?: Array<string | undefined>;
+  /**
+   * Values that must not appear in the response, in console/stdout/stderr output or in process warnings. A function
+   * is called after the request, for values made while it ran (tokens a server issued).
+   */
+  secrets?: Array<string | undefined> | (() => Array<string | undefined>);
 }
 
 /** Values no output may ever contain, whatever the test. */
@@ -230,7 +233,8 @@ export async function expectRefusal(
 
   expect(observed.traffic.since(mark)).toEqual([...(expectation.calls ?? [])].sort());
 
-  const secrets = [...ALWAYS_SECRET, ...(expectation.secrets ?? [])].filter((s): s is string => typeof s === 'string' && s.length >= 8);
+  const listed = typeof expectation.secrets === 'function' ? expectation.secrets() : (expectation.secrets ?? []);
+  const secrets = [...ALWAYS_SECRET, ...listed].filter((s): s is string => typeof s === 'string' && s.length >= 8);
   const printed = output.text();
   const headers = JSON.stringify([...response.headers]);
   for (const secret of secrets) {
