@@ -1,6 +1,7 @@
 import * as client from 'openid-client';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { ClientAuthMethod, ResolvedConfig } from './options.js';
+import { isNetworkError } from './upstream.js';
 
 /** Resolves the openid-client `Configuration` once and shares it; a failure is not cached. */
 export type ServerResolver = () => Promise<client.Configuration>;
@@ -52,7 +53,7 @@ function discoveryError(err: unknown): AuthError {
   if (code === 'OAUTH_TIMEOUT') {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The authorization server did not answer discovery in time.', { cause: err });
   }
-  if (err instanceof TypeError && !('code' in err && typeof err.code === 'string' && err.code.startsWith('ERR_INVALID'))) {
+  if (isNetworkError(err) || (err instanceof TypeError && !('code' in err && typeof err.code === 'string' && err.code.startsWith('ERR_INVALID')))) {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The authorization server could not be reached for discovery.', { cause: err });
   }
   const detail = code === 'OAUTH_JSON_ATTRIBUTE_COMPARISON_FAILED' ? ': the metadata names another issuer than the configured one' : '';

@@ -4,15 +4,30 @@ import { AuthError, AuthErrorCode } from './errors.js';
 /** oauth4webapi codes that only ID-token validation raises. */
 const ID_TOKEN_CODES = new Set(['OAUTH_JWT_TIMESTAMP_CHECK_FAILED', 'OAUTH_JWT_CLAIM_COMPARISON_FAILED', 'OAUTH_KEY_SELECTION_FAILED']);
 
+/**
+ * The error and its causes, at most 5 deep. Duck-typed rather than `instanceof Error`: fetch's errors can come from
+ * another realm (a vm context such as jest's), where `instanceof` fails and openid-client wraps them in a ClientError.
+ */
+function chain(err: unknown): Array<{ name: string; message: string }> {
+  const links: Array<{ name: string; message: string }> = [];
+  for (let e: unknown = err; links.length < 5 && typeof e === 'object' && e !== null; e = (e as { cause?: unknown }).cause) {
+    const { name, message } = e as { name?: unknown; message?: unknown };
+    if (typeof message !== 'string') break;
+    links.push({ name: typeof name === 'string' ? name : 'Error', message });
+  }
+  return links;
+}
+
 function messages(err: unknown): string {
-  const parts: string[] = [];
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) parts.push(e.message);
-  return parts.join(' | ');
+  return chain(err)
+    .map((e) => e.message)
+    .join(' | ');
 }
 
 /** True for failures to reach the server at all: DNS, refused connection, reset, TLS. */
 export function isNetworkError(err: unknown): boolean {
-  return err instanceof TypeError && /fetch failed|network|ECONN|ENOTFOUND|EAI_AGAIN|socket/i.test(messages(err));
+  const links = chain(err);
+  return links.some((e) => e.name === 'TypeError') && /fetch failed|network|ECONN|ENOTFOUND|EAI_AGAIN|socket/i.test(messages(err));
 }
 
 /** True when openid-client gave up waiting (the configured `httpTimeout`). */
@@ -35,19 +50,20 @@ const SAFE_FIELDS = ['name', 'code', 'status', 'error', 'error_description'] as 
  * raw JWTs, ID-token claims, keys. `AuthError.cause` is what an app logs with `console.error(err)`.
  */
 function safeCause(err: unknown, redact: (text: string) => string, depth = 0): Error | undefined {
-  if (!(err instanceof Error) || depth > 4) return undefined;
+  if (typeof err !== 'object' || err === null || typeof (err as { message?: unknown }).message !== 'string' || depth > 4) return undefined;
   const copy = Object.create(Object.getPrototypeOf(err) as object) as Error;
   const define = (name: string, value: unknown) =>
     Object.defineProperty(copy, name, { value, writable: true, configurable: true, enumerable: name !== 'stack' && name !== 'message' });
-  define('message', redact(err.message));
-  if (typeof err.stack === 'string') define('stack', redact(err.stack));
+  const source = err as Error;
+  define('message', redact(source.message));
+  if (typeof source.stack === 'string') define('stack', redact(source.stack));
   for (const name of SAFE_FIELDS) {
     if (!Object.hasOwn(err, name)) continue;
     const value = (err as unknown as Record<string, unknown>)[name];
     if (typeof value === 'string') define(name, redact(value));
     else if (typeof value === 'number') define(name, value);
   }
-  const cause = safeCause(err.cause, redact, depth + 1);
+  const cause = safeCause(source.cause, redact, depth + 1);
   if (cause !== undefined) Object.defineProperty(copy, 'cause', { value: cause, writable: true, configurable: true, enumerable: false });
   return copy;
 }
@@ -92,7 +108,5 @@ export function exchangeError(err: unknown, secrets: ReadonlyArray<string | unde
 
 /** The most specific message in the chain; oauth4webapi's messages name claims and parameters, never their values. */
 function describe(err: unknown): string {
-  let last = 'invalid response';
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) last = e.message;
-  return last.replace(/\.$/, '');
+  return (chain(err).at(-1)?.message ?? 'invalid response').replace(/\.$/, '');
 }
