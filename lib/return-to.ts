@@ -21,6 +21,23 @@ export function sanitizeReturnTo(value: unknown): string {
   }
   if (url.origin !== PROBE_ORIGIN) return DEFAULT_RETURN_TO;
   const path = `${url.pathname}${url.search}${url.hash}`;
-  // A decoded path that starts with `//` would turn protocol-relative if anything decodes it again.
-  return path.startsWith('//') ? DEFAULT_RETURN_TO : path;
+  // A normalised path that starts with `//` (from `/.//host`) is protocol-relative; so is one that turns into `//`,
+  // `/\` or `/<tab>/` once something percent-decodes it (`/%2F%2Fhost`, `/%5Chost`, `/%09/host`, double-encoded…).
+  return turnsProtocolRelative(path) ? DEFAULT_RETURN_TO : path;
+}
+
+function turnsProtocolRelative(path: string): boolean {
+  let current = path;
+  for (let round = 0; round < 4; round++) {
+    if (/^\/[\s\u0000-\u001F\u007F]*[/\\]/.test(current)) return true;
+    let decoded: string;
+    try {
+      decoded = decodeURIComponent(current);
+    } catch {
+      return false;
+    }
+    if (decoded === current) return false;
+    current = decoded;
+  }
+  return true;
 }
