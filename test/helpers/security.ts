@@ -230,6 +230,10 @@ export async function expectRefusal(
     expect(before.has(sid) ? sid : `new session ${sid}`).toBe(sid);
     expect(session.oauth?.login?.id).toBe(before.get(sid)?.oauth?.login?.id);
   }
+  for (const [sid, session] of before) {
+    // Nor was a login ended: a refused request changes nothing for the user either.
+    if (session.oauth?.login !== undefined) expect(after.get(sid)?.oauth?.login?.id ?? `login of ${sid} ended`).toBe(session.oauth.login.id);
+  }
 
   expect(observed.traffic.since(mark)).toEqual([...(expectation.calls ?? [])].sort());
 
