@@ -45,26 +45,23 @@ function redactor(secrets: ReadonlyArray<string | undefined>): (text: string) =>
 const SAFE_FIELDS = ['name', 'code', 'status', 'error', 'error_description'] as const;
 
 /**
- * A copy of an error chain that keeps what helps a log reader (prototype, message, stack, code, status, upstream error)
+ * A copy of an error chain that keeps what helps a log reader (name, message, stack, code, status, upstream error)
  * and drops what oauth4webapi attaches as `cause` or `response`: token-response bodies (access and refresh tokens),
- * raw JWTs, ID-token claims, keys. `AuthError.cause` is what an app logs with `console.error(err)`.
+ * raw JWTs, ID-token claims, keys. `AuthError.cause` is what an app logs with `console.error(err)`. The copies are
+ * plain `Error`s: the original classes (DOMException…) cannot be faithfully copied without their internals.
  */
 function safeCause(err: unknown, redact: (text: string) => string, depth = 0): Error | undefined {
-  if (typeof err !== 'object' || err === null || typeof (err as { message?: unknown }).message !== 'string' || depth > 4) return undefined;
-  const copy = Object.create(Object.getPrototypeOf(err) as object) as Error;
-  const define = (name: string, value: unknown) =>
-    Object.defineProperty(copy, name, { value, writable: true, configurable: true, enumerable: name !== 'stack' && name !== 'message' });
-  const source = err as Error;
-  define('message', redact(source.message));
-  if (typeof source.stack === 'string') define('stack', redact(source.stack));
-  for (const name of SAFE_FIELDS) {
-    if (!Object.hasOwn(err, name)) continue;
-    const value = (err as unknown as Record<string, unknown>)[name];
-    if (typeof value === 'string') define(name, redact(value));
-    else if (typeof value === 'number') define(name, value);
-  }
+  if (typeof err !== 'object' || err === null || depth > 4) return undefined;
+  const source = err as { message?: unknown; stack?: unknown; cause?: unknown; name?: unknown };
+  if (typeof source.message !== 'string') return undefined;
   const cause = safeCause(source.cause, redact, depth + 1);
-  if (cause !== undefined) Object.defineProperty(copy, 'cause', { value: cause, writable: true, configurable: true, enumerable: false });
+  const copy = new Error(redact(source.message), cause === undefined ? undefined : { cause });
+  if (typeof source.stack === 'string') copy.stack = redact(source.stack);
+  for (const name of SAFE_FIELDS) {
+    const value = name === 'name' ? source.name : Object.hasOwn(err, name) ? (err as Record<string, unknown>)[name] : undefined;
+    if (typeof value === 'string') Object.assign(copy, { [name]: redact(value) });
+    else if (typeof value === 'number') Object.assign(copy, { [name]: value });
+  }
   return copy;
 }
 
