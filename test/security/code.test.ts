@@ -179,6 +179,25 @@ test('a token endpoint that never answers times out (504) and is not retried', a
   }
 });
 
+test('an unreachable token endpoint fails closed (502) after one attempt, and the state cannot be reused to retry', async () => {
+  const closed = await listen();
+  await closed.close();
+  rogue.rogue.metadata.token_endpoint = `${closed.url}/token`;
+  // A fresh app: discovery is cached per auth() instance.
+  const app = await startRogueStack({ rogue: rogue.rogue });
+  try {
+    const browser = new Browser();
+    const pending = await loginUntilCallback(app, browser);
+    const seen = { redis: app.redis, sessionPrefix: app.sessionPrefix, traffic: app.traffic };
+
+    await expectRefusal(seen, () => browser.request(pending.callbackUrl), { status: 502, code: 'idp_unreachable', secrets: pending.secrets });
+    await expectRefusal(seen, () => browser.request(pending.callbackUrl), { status: 400, code: 'invalid_state', secrets: pending.secrets });
+  } finally {
+    rogue.rogue.reset();
+    await app.close();
+  }
+});
+
 test('the single-use guard fails closed: Redis down at the callback lets nobody in and redeems nothing', async () => {
   const browser = new Browser();
   const app = { appUrl: broken.url, redis: stack.redis, sessionPrefix: stack.sessionPrefix };
