@@ -78,8 +78,11 @@ export function readConfig(env: Env): ExampleConfig {
 
   const clientId = value(env, 'CLIENT_ID');
   if (clientId === undefined) throw new ConfigError('ISSUER is set, so CLIENT_ID is required: the client id registered at your provider.');
-  const port = integer(env, 'PORT', 3000, 0, 65535);
-  const redirectUri = absoluteUrl(env, 'REDIRECT_URI', 'http://localhost:3000/callback') ?? `http://localhost:${port}/callback`;
+  const givenRedirectUri = absoluteUrl(env, 'REDIRECT_URI', 'http://localhost:3000/callback');
+  // Listen where the callback points, unless told otherwise (behind a proxy the two differ).
+  const redirectPort = givenRedirectUri === undefined ? '' : new URL(givenRedirectUri).port;
+  const port = integer(env, 'PORT', redirectPort === '' ? 3000 : Number(redirectPort), 0, 65535);
+  const redirectUri = givenRedirectUri ?? `http://localhost:${port}/callback`;
   const apiAudience = value(env, 'API_AUDIENCE');
   if (apiAudience !== undefined && apiAudience === clientId) {
     // An ID token's `aud` is the client id: such an API would accept ID tokens as access tokens.

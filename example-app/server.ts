@@ -8,7 +8,6 @@ import type { AddressInfo } from 'node:net';
 import type { AuthOptions } from 'express-oauth-pkce';
 import { createApp } from './app.js';
 import { ConfigError, readConfig, type ExampleConfig } from './config.js';
-import { API_SCOPE, DEMO_USER, startDevProvider, type DevProvider } from './dev-provider.js';
 import { createResourceServer } from './resource-server.js';
 import { memoryStoreWarning, openSessionBackend, redactUrl, type SessionBackend } from './session-store.js';
 
@@ -40,6 +39,11 @@ async function listen(port: number, host: string): Promise<Listening> {
         server.close(() => resolve());
       }),
   };
+}
+
+function isLoopbackHttp(url: string): boolean {
+  const { protocol, hostname } = new URL(url);
+  return protocol === 'http:' && (hostname === 'localhost' || hostname === '[::1]' || /^127(\.\d{1,3}){3}$/.test(hostname));
 }
 
 function loopbackName(host: string): string {
@@ -75,7 +79,9 @@ async function main(config: ExampleConfig): Promise<() => Promise<void>> {
     if (config.mode === 'dev') {
       appUrl = `http://${loopbackName(config.host)}:${web.port}`;
       const redirectUri = `${appUrl}/callback`;
-      const dev: DevProvider = await startDevProvider({ redirectUri, apiAudience: apiOrigin, accessTokenTtl: config.accessTokenTtl });
+      // Loaded only here: oidc-provider is a development dependency, not needed with a real provider.
+      const { API_SCOPE, DEMO_USER, startDevProvider } = await import('./dev-provider.js');
+      const dev = await startDevProvider({ redirectUri, apiAudience: apiOrigin, accessTokenTtl: config.accessTokenTtl });
       closers.push(dev.close);
       api.handle(createResourceServer({ issuer: dev.issuer, audience: apiOrigin, requiredScope: API_SCOPE, requireAtJwtType: true }));
       authOptions = {
@@ -101,6 +107,8 @@ async function main(config: ExampleConfig): Promise<() => Promise<void>> {
         redirectUri: config.redirectUri,
         scope: config.scope,
         ...(config.apiAudience ? { authorizationParams: { resource: config.apiAudience } } : {}),
+        // A provider on this machine (Keycloak in a container, say) may be plain http; anything else must be https.
+        allowInsecureRequests: isLoopbackHttp(config.issuer),
       };
       about.push(`  Provider                  ${config.issuer}`, `  Callback                  ${config.redirectUri}`);
     }

@@ -42,7 +42,9 @@ async function answers(url: string, timeoutMs: number): Promise<{ ok: true } | {
   } catch (err) {
     return { ok: false, reason: err instanceof Error ? err.message : String(err) };
   } finally {
-    probe.disconnect();
+    // After a refused connection the client has already ended; disconnecting again would leave ioredis's
+    // 2-second stream-destroy timer holding the process open.
+    if (probe.status !== 'end') probe.disconnect();
   }
 }
 
