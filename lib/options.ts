@@ -204,8 +204,9 @@ function parseUrl(value: unknown, name: string, example: string): URL {
 
 function routePath(value: unknown, name: string, fallback: string): string {
   if (value === undefined) return fallback;
-  if (typeof value !== 'string' || !/^\/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$/.test(value)) {
-    fail(`\`routes.${name}\` must be a plain path starting with '/', such as '${fallback}'.`);
+  // Matched literally, never as an Express pattern: refuse characters that would suggest otherwise (`:id`, `*`).
+  if (typeof value !== 'string' || !/^\/[A-Za-z0-9._~-]+(\/[A-Za-z0-9._~-]+)*$/.test(value)) {
+    fail(`\`routes.${name}\` must be a plain path starting with '/' (letters, digits, '.', '_', '~', '-'), such as '${fallback}'.`);
   }
   return value;
 }
