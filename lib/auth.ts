@@ -5,7 +5,10 @@ import { resolveOptions, type AuthOptions } from './options.js';
 import { sendError } from './respond.js';
 import { callbackRoute } from './routes/callback.js';
 import { loginRoute } from './routes/login.js';
+import { createLogoutTokenVerifier } from './logout-token.js';
+import { backchannelLogoutRoute, backchannelMethodNotAllowed } from './routes/backchannel-logout.js';
 import { logoutMethodNotAllowed, logoutRoute } from './routes/logout.js';
+import { postLogoutRoute } from './routes/post-logout.js';
 import { createRuntime } from './runtime.js';
 import { requireSession } from './session.js';
 import { checkSessionCookie, uninitializedSessionProbe } from './warnings.js';
@@ -13,7 +16,8 @@ import { checkSessionCookie, uninitializedSessionProbe } from './warnings.js';
 /**
  * Creates the login router. Mount it at the app root, after express-session.
  *
- * Routes: `GET /login`, `GET <path of redirectUri>`, `POST /logout`. Every request gets `req.auth`.
+ * Routes: `GET /login`, `GET <path of redirectUri>`, `POST /logout`; with `idpLogout`, `GET /logout/callback`; with
+ * `redis`, `POST /backchannel-logout`. Every request gets `req.auth`.
  * Options are validated here, once: a mistake throws a `TypeError` at startup. An insecure express-session setup
  * (`saveUninitialized: true`; in production a cookie without `Secure`, or the MemoryStore; …) is reported once per
  * process through `process.emitWarning` (type `ExpressOAuthPkceWarning`) as soon as requests show it.
@@ -37,6 +41,11 @@ export function auth(options: AuthOptions): Router {
   const login = loginRoute(runtime);
   const callback = callbackRoute(runtime);
   const logout = logoutRoute(runtime);
+  const postLogout = postLogoutRoute(runtime);
+  const backchannel =
+    runtime.sessionIndex === undefined
+      ? undefined
+      : backchannelLogoutRoute(runtime, runtime.sessionIndex, createLogoutTokenVerifier(config, runtime.server));
   const probeSession = uninitializedSessionProbe();
   const router = express.Router();
 
@@ -60,6 +69,10 @@ export function auth(options: AuthOptions): Router {
       }
     } else if (path === config.logoutPath) {
       return req.method === 'POST' ? logout(req, res, next) : logoutMethodNotAllowed(req, res, next);
+    } else if (path === config.postLogoutPath) {
+      if (req.method === 'GET') return postLogout(req, res, next);
+    } else if (backchannel !== undefined && path === config.backchannelLogoutPath) {
+      return req.method === 'POST' ? backchannel(req, res, next) : backchannelMethodNotAllowed(req, res, next);
     }
     probeSession(req, res);
     next();

@@ -4,30 +4,33 @@ import { AuthError, AuthErrorCode } from './errors.js';
 /** oauth4webapi codes that only ID-token validation raises. */
 const ID_TOKEN_CODES = new Set(['OAUTH_JWT_TIMESTAMP_CHECK_FAILED', 'OAUTH_JWT_CLAIM_COMPARISON_FAILED', 'OAUTH_KEY_SELECTION_FAILED']);
 
-/**
- * The error and its causes, at most 5 deep. Duck-typed rather than `instanceof Error`: fetch's errors can come from
- * another realm (a vm context such as jest's), where `instanceof` fails and openid-client wraps them in a ClientError.
- */
-function chain(err: unknown): Array<{ name: string; message: string }> {
-  const links: Array<{ name: string; message: string }> = [];
-  for (let e: unknown = err; links.length < 5 && typeof e === 'object' && e !== null; e = (e as { cause?: unknown }).cause) {
-    const { name, message } = e as { name?: unknown; message?: unknown };
-    if (typeof message !== 'string') break;
-    links.push({ name: typeof name === 'string' ? name : 'Error', message });
+interface ErrorLike {
+  name?: unknown;
+  message?: unknown;
+  code?: unknown;
+  cause?: unknown;
+}
+
+// Errors from fetch (undici) may come from another realm (jest's VM context, worker threads), where `instanceof
+// TypeError` is false: walk the chain by shape instead.
+function chain(err: unknown): ErrorLike[] {
+  const links: ErrorLike[] = [];
+  for (let e: unknown = err; typeof e === 'object' && e !== null && links.length < 5; e = (e as ErrorLike).cause) {
+    links.push(e as ErrorLike);
   }
   return links;
 }
 
 function messages(err: unknown): string {
   return chain(err)
-    .map((e) => e.message)
+    .map((e) => `${String(e.message ?? '')} ${typeof e.code === 'string' ? e.code : ''}`)
     .join(' | ');
 }
 
 /** True for failures to reach the server at all: DNS, refused connection, reset, TLS. */
 export function isNetworkError(err: unknown): boolean {
-  const links = chain(err);
-  return links.some((e) => e.name === 'TypeError') && /fetch failed|network|ECONN|ENOTFOUND|EAI_AGAIN|socket/i.test(messages(err));
+  // openid-client wraps a foreign-realm TypeError in a ClientError, so look along the whole chain.
+  return chain(err).some((e) => e.name === 'TypeError' && /fetch failed|network/i.test(String(e.message)));
 }
 
 /** True when openid-client gave up waiting (the configured `httpTimeout`). */
@@ -105,5 +108,9 @@ export function exchangeError(err: unknown, secrets: ReadonlyArray<string | unde
 
 /** The most specific message in the chain; oauth4webapi's messages name claims and parameters, never their values. */
 function describe(err: unknown): string {
-  return (chain(err).at(-1)?.message ?? 'invalid response').replace(/\.$/, '');
+  const last = chain(err)
+    .map((e) => e.message)
+    .filter((m): m is string => typeof m === 'string' && m !== '')
+    .at(-1);
+  return (last ?? 'invalid response').replace(/\.$/, '');
 }

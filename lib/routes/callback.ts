@@ -6,6 +6,7 @@ import { rawQuery, strictQuery } from '../query.js';
 import { setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
 import { readState, regenerateSession, requireSession, saveSession, writableState } from '../session.js';
+import { indexLogin } from '../session-index.js';
 import { toStoredTokens } from '../tokens.js';
 import { TRANSACTION_TTL_MS, takeTransaction } from '../transaction.js';
 import { exchangeError } from '../upstream.js';
@@ -95,6 +96,7 @@ export function callbackRoute(runtime: Runtime) {
       ...(idClaims === undefined ? {} : { claims: { ...idClaims } }),
       tokens,
     };
+    await indexLogin(runtime.sessionIndex, config, session);
     await saveSession(session);
     res.redirect(302, transaction.returnTo);
   };
