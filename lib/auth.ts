@@ -11,13 +11,16 @@ import { logoutMethodNotAllowed, logoutRoute } from './routes/logout.js';
 import { postLogoutRoute } from './routes/post-logout.js';
 import { createRuntime } from './runtime.js';
 import { requireSession } from './session.js';
+import { checkSessionCookie, uninitializedSessionProbe } from './warnings.js';
 
 /**
  * Creates the login router. Mount it at the app root, after express-session.
  *
  * Routes: `GET /login`, `GET <path of redirectUri>`, `POST /logout`; with `idpLogout`, `GET /logout/callback`; with
  * `redis`, `POST /backchannel-logout`. Every request gets `req.auth`.
- * Options are validated here, once: a mistake throws a `TypeError` at startup.
+ * Options are validated here, once: a mistake throws a `TypeError` at startup. An insecure express-session setup
+ * (`saveUninitialized: true`; in production a cookie without `Secure`, or the MemoryStore; …) is reported once per
+ * process through `process.emitWarning` (type `ExpressOAuthPkceWarning`) as soon as requests show it.
  *
  * @example
  * ```ts
@@ -43,6 +46,7 @@ export function auth(options: AuthOptions): Router {
     runtime.sessionIndex === undefined
       ? undefined
       : backchannelLogoutRoute(runtime, runtime.sessionIndex, createLogoutTokenVerifier(config, runtime.server));
+  const probeSession = uninitializedSessionProbe();
   const router = express.Router();
 
   // One middleware with exact path matches instead of three routes: cheaper on every request, and the
@@ -59,7 +63,10 @@ export function auth(options: AuthOptions): Router {
     if (path === config.callbackPath) {
       if (req.method === 'GET') return callback(req, res, next);
     } else if (path === config.loginPath) {
-      if (req.method === 'GET') return login(req, res, next);
+      if (req.method === 'GET') {
+        checkSessionCookie(req);
+        return login(req, res, next);
+      }
     } else if (path === config.logoutPath) {
       return req.method === 'POST' ? logout(req, res, next) : logoutMethodNotAllowed(req, res, next);
     } else if (path === config.postLogoutPath) {
@@ -67,6 +74,7 @@ export function auth(options: AuthOptions): Router {
     } else if (backchannel !== undefined && path === config.backchannelLogoutPath) {
       return req.method === 'POST' ? backchannel(req, res, next) : backchannelMethodNotAllowed(req, res, next);
     }
+    probeSession(req, res);
     next();
   });
 

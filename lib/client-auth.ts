@@ -2,6 +2,7 @@ import { importJWK } from 'jose';
 import * as client from 'openid-client';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { ClientAuthMethod, ResolvedConfig, ResolvedPrivateKey } from './options.js';
+import { sanitisedCause } from './upstream.js';
 
 /**
  * The token-endpoint client authentication of the configuration. The `private_key_jwt` key is imported here, once per
@@ -29,7 +30,7 @@ async function privateKeyJwt(privateKey: ResolvedPrivateKey): Promise<client.Cli
     key = (await importJWK({ ...privateKey.jwk }, privateKey.alg, { extractable: false })) as CryptoKey;
   } catch (err) {
     // options.ts already read the key with node:crypto; WebCrypto may still refuse a combination it does not support.
-    throw new AuthError(AuthErrorCode.MISCONFIGURED, 500, `The privateKey could not be imported for ${privateKey.alg}.`, { cause: err });
+    throw new AuthError(AuthErrorCode.MISCONFIGURED, 500, `The privateKey could not be imported for ${privateKey.alg}.`, { cause: sanitisedCause(err) });
   }
   return (as, metadata, body, headers) => {
     const sign = client.PrivateKeyJwt(

@@ -78,11 +78,12 @@ export const kRuntime = Symbol('express-oauth-pkce.runtime');
 /** @internal The per-request `req.auth`. Cheap to build: every getter reads the session lazily. */
 export class RequestAuth implements AuthContext {
   readonly #req: Request;
-  readonly [kRuntime]: Runtime;
+  declare readonly [kRuntime]: Runtime;
 
   constructor(req: Request, runtime: Runtime) {
     this.#req = req;
-    this[kRuntime] = runtime;
+    // Non-enumerable: the runtime holds the client secret, and nothing that walks req.auth may come across it.
+    Object.defineProperty(this, kRuntime, { value: runtime });
   }
 
   #login(): LoginState | undefined {
@@ -124,5 +125,10 @@ export class RequestAuth implements AuthContext {
   toJSON(): { isAuthenticated: boolean } {
     // Keeps tokens out of anything that serialises the request by accident.
     return { isAuthenticated: this.isAuthenticated };
+  }
+
+  /** What `console.log(req.auth)` prints (util.inspect), for the same reason: no tokens, no configuration. */
+  [Symbol.for('nodejs.util.inspect.custom')](): string {
+    return `RequestAuth { isAuthenticated: ${String(this.isAuthenticated)} }`;
   }
 }

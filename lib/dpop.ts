@@ -3,6 +3,7 @@ import * as client from 'openid-client';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { ResolvedConfig } from './options.js';
 import type { Runtime } from './runtime.js';
+import { sanitisedCause } from './upstream.js';
 
 /** Every DPoP server supports ES256 (oidc-provider, Keycloak, Okta); one algorithm keeps the stored keys uniform. */
 const DPOP_ALG = 'ES256';
@@ -69,7 +70,7 @@ function handleFor(runtime: DPoPServices, jwk: JWK): Promise<client.DPoPHandle> 
     try {
       pair = await keyPairFrom(jwk);
     } catch (err) {
-      throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, "The login's DPoP key could not be read; log in again.", { cause: err });
+      throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, "The login's DPoP key could not be read; log in again.", { cause: sanitisedCause(err) });
     }
     return client.getDPoPHandle(configuration, pair);
   })();

@@ -27,6 +27,7 @@ export interface ServerEndpoints {
   tokenEndpoint: string | URL;
   revocationEndpoint?: string | URL;
   userinfoEndpoint?: string | URL;
+  /** The server's key set. Required when `scope` has `openid`: ID-token signatures are verified with it. */
   jwksUri?: string | URL;
   endSessionEndpoint?: string | URL;
   /** Needed for `pushedAuthorizationRequests: true`. */
@@ -429,6 +430,9 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   const openid = scope.split(' ').includes('openid');
   if (openid && server !== undefined && server.issuer === undefined) {
     fail("`scope` has 'openid', so ID tokens are checked against the issuer: set `server.issuer`, or remove 'openid' from `scope` for a plain OAuth 2.0 server.");
+  }
+  if (openid && server !== undefined && server.jwksUri === undefined) {
+    fail("`scope` has 'openid', so ID-token signatures are verified with the server's keys: set `server.jwksUri`, or remove 'openid' from `scope` for a plain OAuth 2.0 server.");
   }
 
   const authorizationParams = options.authorizationParams ?? {};

@@ -1,7 +1,7 @@
 import * as client from 'openid-client';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { ResolvedConfig } from './options.js';
-import { describe, isNetworkError, isTimeout } from './upstream.js';
+import { describe, isNetworkError, isTimeout, sanitisedCause } from './upstream.js';
 
 /** PAR (RFC 9126) is used when the app asks for it, and always when the server requires it (RFC 9126 §5). */
 export function usesPushedAuthorization(config: ResolvedConfig, metadata: client.ServerMetadata): boolean {
@@ -22,24 +22,25 @@ export function checkPushedAuthorizationSupport(config: ResolvedConfig, metadata
 }
 
 function parError(err: unknown): AuthError {
+  const cause = sanitisedCause(err);
   if (isTimeout(err)) {
-    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The pushed authorization request endpoint did not answer in time.', { cause: err });
+    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The pushed authorization request endpoint did not answer in time.', { cause });
   }
   if (isNetworkError(err)) {
-    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The pushed authorization request endpoint could not be reached.', { cause: err });
+    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The pushed authorization request endpoint could not be reached.', { cause });
   }
   if (err instanceof client.ResponseBodyError) {
     return new AuthError(AuthErrorCode.PAR_FAILED, 502, `The authorization server refused the pushed authorization request: ${err.error}.`, {
-      cause: err,
+      cause,
       error: err.error,
       ...(err.error_description ? { errorDescription: err.error_description } : {}),
     });
   }
   const status = (err as { cause?: { status?: unknown } } | null)?.cause?.status;
   if ((err as { code?: unknown } | null)?.code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' && typeof status === 'number' && status >= 500) {
-    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The pushed authorization request endpoint failed (HTTP ${status}).`, { cause: err });
+    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The pushed authorization request endpoint failed (HTTP ${status}).`, { cause });
   }
-  return new AuthError(AuthErrorCode.PAR_FAILED, 502, `The pushed authorization request failed: ${describe(err)}.`, { cause: err });
+  return new AuthError(AuthErrorCode.PAR_FAILED, 502, `The pushed authorization request failed: ${describe(err)}.`, { cause });
 }
 
 /**

@@ -1,7 +1,7 @@
 import * as client from 'openid-client';
 import { dpopOptionsFor, type DPoPBound, type DPoPServices } from './dpop.js';
 import { AuthError, AuthErrorCode } from './errors.js';
-import { describe, isNetworkError, isTimeout } from './upstream.js';
+import { describe, isNetworkError, isTimeout, sanitisedCause } from './upstream.js';
 
 /**
  * The request of `req.auth.fetch()`. No streams: when a resource server asks for a new DPoP nonce, the request is sent
@@ -80,11 +80,12 @@ export async function fetchResource(
   } catch (err) {
     // openid-client throws on any WWW-Authenticate challenge; the app decides what a 401 means (refresh, log in again).
     if (err instanceof client.WWWAuthenticateChallengeError) return err.response;
-    if (isTimeout(err)) throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 504, 'The resource server did not answer in time.', { cause: err });
-    if (isNetworkError(err)) throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 502, 'The resource server could not be reached.', { cause: err });
+    const cause = sanitisedCause(err, [credentials.accessToken]);
+    if (isTimeout(err)) throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 504, 'The resource server did not answer in time.', { cause });
+    if (isNetworkError(err)) throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 502, 'The resource server could not be reached.', { cause });
     if ((err as { code?: unknown } | null)?.code === 'OAUTH_HTTP_REQUEST_FORBIDDEN') {
-      throw misuse('req.auth.fetch() sends tokens over https: only (allowInsecureRequests is off).', err);
+      throw misuse('req.auth.fetch() sends tokens over https: only (allowInsecureRequests is off).', cause);
     }
-    throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 502, `The resource request failed: ${describe(err)}.`, { cause: err });
+    throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 502, `The resource request failed: ${describe(cause)}.`, { cause });
   }
 }

@@ -94,6 +94,11 @@ export function createServerResolver(config: ResolvedConfig): ServerResolver {
       }
       checkPushedAuthorizationSupport(config, configuration.serverMetadata());
       checkDPoPSupport(config, configuration.serverMetadata());
+      // openid-client trusts a token-endpoint ID token on TLS alone (OIDC Core §3.1.3.7 step 6 allows it); we verify
+      // its signature against the issuer's JWKS anyway, so a forged, tampered, unsigned or HMAC-signed ID token is
+      // refused. An unknown `kid` re-fetches the key set (at most once a minute), which is how key rotation works.
+      // A server given by hand with `openid` must name its `jwksUri` (options.ts); without `openid` no ID token is read.
+      client.enableNonRepudiationChecks(configuration);
       configuration.timeout = timeoutSeconds;
       return configuration;
     } catch (err) {

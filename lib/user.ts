@@ -2,6 +2,7 @@ import { AuthError, AuthErrorCode } from './errors.js';
 import { fetchResource, type ResourceCredentials } from './resource.js';
 import type { Runtime } from './runtime.js';
 import { publicTokens, type StoredTokens } from './tokens.js';
+import { sanitisedCause } from './upstream.js';
 
 function failed(message: string, cause?: unknown): AuthError {
   return new AuthError(AuthErrorCode.USER_FETCH_FAILED, 502, message, cause === undefined ? {} : { cause });
@@ -23,8 +24,8 @@ export async function loadUser(
   try {
     user = await hook(publicTokens(tokens), { fetch: (url, init) => fetchResource(runtime, credentials, url, init) });
   } catch (err) {
-    // The hook's own message may quote a response; only the cause keeps it, and toJSON() never shows causes.
-    throw failed('fetchUser failed, so the login was not completed; try again.', err);
+    // The hook's own message may quote a response: only a sanitised copy is kept, as the cause (never in toJSON()).
+    throw failed('fetchUser failed, so the login was not completed; try again.', sanitisedCause(err, [tokens.accessToken, tokens.refreshToken, tokens.idToken]));
   }
   if (typeof user !== 'object' || user === null || Array.isArray(user)) {
     throw failed('fetchUser must resolve to a plain object describing the user.');
@@ -33,7 +34,7 @@ export async function loadUser(
   try {
     copy = JSON.parse(JSON.stringify(user));
   } catch (err) {
-    throw failed('fetchUser returned an object that cannot be stored in the session (it must be JSON-serialisable).', err);
+    throw failed('fetchUser returned an object that cannot be stored in the session (it must be JSON-serialisable).', sanitisedCause(err));
   }
   return copy as Record<string, unknown>;
 }

@@ -98,7 +98,7 @@ export function callbackRoute(runtime: Runtime) {
       );
       assertDPoPBound(config, response);
     } catch (err) {
-      throw exchangeError(err);
+      throw exchangeError(err, [params.get('code') ?? undefined, transaction.verifier, transaction.nonce, config.clientSecret]);
     }
 
     const idClaims = config.openid ? response.claims() : undefined;

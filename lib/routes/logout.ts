@@ -11,9 +11,15 @@ import { destroySession, readState, regenerateSession, requireSession, saveSessi
 /** How long the `state` of an RP-initiated logout waits for the browser to come back. */
 export const LOGOUT_STATE_TTL_MS = 10 * 60 * 1000;
 
-/** Cross-site requests may not end a login (logout CSRF): the Fetch Metadata and Origin headers tell. */
+/**
+ * Cross-site requests may not end a login (logout CSRF). Fetch Metadata decides when the browser sends it: a page with
+ * `Referrer-Policy: no-referrer` (helmet's default) makes Chromium send `Origin: null` on its own same-origin form
+ * posts, so `same-origin` must win over Origin. `same-site` (a sibling subdomain) still has to pass the Origin check.
+ */
 export function isCrossSite(req: Request, appOrigin: string): boolean {
-  if (req.get('sec-fetch-site') === 'cross-site') return true;
+  const site = req.get('sec-fetch-site');
+  if (site === 'cross-site') return true;
+  if (site === 'same-origin' || site === 'none') return false;
   const origin = req.get('origin');
   return origin !== undefined && origin !== appOrigin;
 }

@@ -79,10 +79,14 @@ describe('requests that must not log out', () => {
   test.each([
     ['a foreign Origin', { origin: 'http://evil.example' }],
     ['Sec-Fetch-Site: cross-site', { origin: '', 'sec-fetch-site': 'cross-site' }],
+    ['Sec-Fetch-Site: cross-site with a forged same Origin', { origin: 'SELF', 'sec-fetch-site': 'cross-site' }],
+    ['Sec-Fetch-Site: same-site from a sibling origin', { origin: 'http://sibling.127.0.0.1.nip.example', 'sec-fetch-site': 'same-site' }],
+    ['Origin: null without Fetch Metadata', { origin: 'null' }],
   ])('a cross-site POST (%s) is refused with 403 and keeps the login', async (_name, headers) => {
     const { browser, accessToken } = await loggedIn();
     const sent: Record<string, string> = { ...headers, accept: 'application/json' };
     if (sent.origin === '') delete sent.origin;
+    if (sent.origin === 'SELF') sent.origin = stack.appUrl;
     const response = await browser.request(`${stack.appUrl}/logout`, {
       method: 'POST',
       headers: { 'content-type': 'application/x-www-form-urlencoded', ...sent },
@@ -92,6 +96,20 @@ describe('requests that must not log out', () => {
     expect(JSON.parse(response.body)).toMatchObject({ error: 'forbidden' });
     expect((await me(browser, stack.appUrl)).status).toBe(200);
     expect(await userinfoStatus(stack.provider.issuer, accessToken)).toBe(200);
+  });
+});
+
+describe('same-origin posts that browsers label oddly', () => {
+  // Chromium sends `Origin: null` on a same-origin form post from a page with `Referrer-Policy: no-referrer`.
+  test('Origin: null with Sec-Fetch-Site: same-origin logs out', async () => {
+    const { browser } = await loggedIn();
+    const response = await browser.request(`${stack.appUrl}/logout`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded', origin: 'null', 'sec-fetch-site': 'same-origin' },
+      body: '',
+    });
+    expect(response.status).toBe(303);
+    expect((await me(browser, stack.appUrl)).status).toBe(401);
   });
 });
 

@@ -36,8 +36,9 @@ describe('issuer or server: exactly one', () => {
     );
   });
 
-  test("openid in scope needs server.issuer; a plain OAuth scope does not", () => {
+  test('openid in scope needs server.issuer and server.jwksUri; a plain OAuth scope needs neither', () => {
     expect(failure({ ...base, server })).toMatch(/has 'openid'.*set `server.issuer`/);
+    expect(failure({ ...base, server: { ...server, issuer: 'https://idp.example.com' } })).toMatch(/has 'openid'.*set `server.jwksUri`/);
     const config = resolveOptions({ ...base, server, scope: 'read:user' });
     expect(config.issuer).toBeUndefined();
     expect(config.openid).toBe(false);
@@ -45,7 +46,7 @@ describe('issuer or server: exactly one', () => {
   });
 
   test('server.issuer is kept exactly as given (ID tokens compare it as a string)', () => {
-    const config = resolveOptions({ ...base, server: { ...server, issuer: 'https://idp.example.com' } });
+    const config = resolveOptions({ ...base, server: { ...server, issuer: 'https://idp.example.com', jwksUri: 'https://idp.example.com/jwks' } });
     expect(config.server?.issuerIdentifier).toBe('https://idp.example.com');
     expect(config.discovery).toBe('oidc');
   });
