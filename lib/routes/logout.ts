@@ -2,7 +2,7 @@ import type { NextFunction, Request, Response } from 'express';
 import { AuthError, AuthErrorCode } from '../errors.js';
 import { setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
-import { destroySession, requireSession } from '../session.js';
+import { destroySession, readState, requireSession } from '../session.js';
 
 /** Cross-site requests may not end a login (logout CSRF): the Fetch Metadata and Origin headers tell. */
 export function isCrossSite(req: Request, appOrigin: string): boolean {
@@ -19,7 +19,11 @@ export function logoutRoute(runtime: Runtime) {
     if (isCrossSite(req, appOrigin)) {
       throw new AuthError(AuthErrorCode.FORBIDDEN, 403, 'Cross-site logout requests are refused.');
     }
-    await destroySession(requireSession(req));
+    const session = requireSession(req);
+    const login = readState(req)?.login;
+    // The login's token-store entry goes with its session.
+    if (login !== undefined) await runtime.tokenStore.remove(login.id);
+    await destroySession(session);
     res.redirect(303, '/');
   };
 }
