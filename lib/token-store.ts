@@ -46,11 +46,12 @@ export const DEFAULT_SESSION_TTL_SECONDS = 86_400;
  */
 export function sessionTtlSeconds(req: Request): number {
   const session = (req as { session?: { cookie?: { expires?: unknown } } }).session;
-  const storeTtl = (req as { sessionStore?: { ttl?: unknown } }).sessionStore?.ttl;
+  const store = (req as { sessionStore?: { ttl?: unknown } }).sessionStore;
+  const storeTtl = store?.ttl;
   let ttl: unknown;
   if (typeof storeTtl === 'function') {
     try {
-      ttl = (storeTtl as (sess: unknown) => unknown)(session);
+      ttl = (storeTtl as (this: unknown, sess: unknown) => unknown).call(store, session);
     } catch {
       ttl = undefined;
     }

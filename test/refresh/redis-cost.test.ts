@@ -74,3 +74,16 @@ test('a login writes the token store once, with the key prefix and a TTL', async
   expect(keys.length).toBeGreaterThan(0);
   for (const key of keys) expect(await stack.redis.ttl(key)).toBeGreaterThan(0);
 });
+
+test('logout removes the login from the token store', async () => {
+  const browser = new Browser();
+  expect((await browser.login(`${stack.appUrl}/login?returnTo=/me`)).status).toBe(200);
+  const login = await readLogin(stack, browser);
+  const key = `${String(stack.authOptions.keyPrefix)}tokens:${login.id}`;
+  expect(await stack.redis.exists(key)).toBe(1);
+
+  const response = await browser.request(`${stack.appUrl}/logout`, { method: 'POST', headers: { origin: stack.appUrl } });
+
+  expect(response.status).toBe(303);
+  expect(await stack.redis.exists(key)).toBe(0);
+});
