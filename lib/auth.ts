@@ -5,14 +5,18 @@ import { resolveOptions, type AuthOptions } from './options.js';
 import { sendError } from './respond.js';
 import { callbackRoute } from './routes/callback.js';
 import { loginRoute } from './routes/login.js';
+import { createLogoutTokenVerifier } from './logout-token.js';
+import { backchannelLogoutRoute, backchannelMethodNotAllowed } from './routes/backchannel-logout.js';
 import { logoutMethodNotAllowed, logoutRoute } from './routes/logout.js';
+import { postLogoutRoute } from './routes/post-logout.js';
 import { createRuntime } from './runtime.js';
 import { requireSession } from './session.js';
 
 /**
  * Creates the login router. Mount it at the app root, after express-session.
  *
- * Routes: `GET /login`, `GET <path of redirectUri>`, `POST /logout`. Every request gets `req.auth`.
+ * Routes: `GET /login`, `GET <path of redirectUri>`, `POST /logout`; with `idpLogout`, `GET /logout/callback`; with
+ * `redis`, `POST /backchannel-logout`. Every request gets `req.auth`.
  * Options are validated here, once: a mistake throws a `TypeError` at startup.
  *
  * @example
@@ -34,6 +38,11 @@ export function auth(options: AuthOptions): Router {
   const login = loginRoute(runtime);
   const callback = callbackRoute(runtime);
   const logout = logoutRoute(runtime);
+  const postLogout = postLogoutRoute(runtime);
+  const backchannel =
+    runtime.sessionIndex === undefined
+      ? undefined
+      : backchannelLogoutRoute(runtime, runtime.sessionIndex, createLogoutTokenVerifier(config, runtime.server));
   const router = express.Router();
 
   // One middleware with exact path matches instead of three routes: cheaper on every request, and the
@@ -53,6 +62,10 @@ export function auth(options: AuthOptions): Router {
       if (req.method === 'GET') return login(req, res, next);
     } else if (path === config.logoutPath) {
       return req.method === 'POST' ? logout(req, res, next) : logoutMethodNotAllowed(req, res, next);
+    } else if (path === config.postLogoutPath) {
+      if (req.method === 'GET') return postLogout(req, res, next);
+    } else if (backchannel !== undefined && path === config.backchannelLogoutPath) {
+      return req.method === 'POST' ? backchannel(req, res, next) : backchannelMethodNotAllowed(req, res, next);
     }
     next();
   });

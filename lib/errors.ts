@@ -19,6 +19,7 @@
  * | `unauthorized` | 401 | `requireAuth()` refused an anonymous API request |
  * | `forbidden` | 403 | `requireAuth(check)` refused a logged-in user, or a cross-site request |
  * | `method_not_allowed` | 405 | e.g. `GET` on the logout route |
+ * | `invalid_logout_token` | 400 | a back-channel `logout_token` failed validation (signature, `iss`, `aud`, `events`, replayed `jti`, …) |
  * | `misconfigured` | 500 | the library is used wrongly (e.g. `requireAuth()` without `auth()`) |
  */
 export const AuthErrorCode = {
@@ -38,6 +39,7 @@ export const AuthErrorCode = {
   UNAUTHORIZED: 'unauthorized',
   FORBIDDEN: 'forbidden',
   METHOD_NOT_ALLOWED: 'method_not_allowed',
+  INVALID_LOGOUT_TOKEN: 'invalid_logout_token',
   MISCONFIGURED: 'misconfigured',
 } as const;
 

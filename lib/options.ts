@@ -1,4 +1,5 @@
 import type { Redis, Cluster } from 'ioredis';
+import { sanitizeReturnTo } from './return-to.js';
 
 /** How the client authenticates at the token endpoint. */
 export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'none';
@@ -58,7 +59,42 @@ export interface AuthOptions {
     login?: string;
     /** @default `'/logout'` */
     logout?: string;
+    /**
+     * Where the authorization server sends the browser back after RP-initiated logout (`GET`). Only with
+     * `idpLogout: true`; register `<origin of redirectUri><this path>` as a `post_logout_redirect_uri`.
+     * @default `'/logout/callback'`
+     */
+    postLogout?: string;
+    /**
+     * OpenID Connect Back-Channel Logout endpoint (`POST`). Mounted only with `redis` and an `openid` scope; register
+     * `<origin of redirectUri><this path>` as the client's `backchannel_logout_uri`.
+     * @default `'/backchannel-logout'`
+     */
+    backchannelLogout?: string;
   };
+  /**
+   * Same-origin path the browser lands on after logout (local, and after the return from RP-initiated logout).
+   * @default `'/'`
+   */
+  postLogoutRedirect?: string;
+  /**
+   * RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0): after the local logout, send the browser to the
+   * server's `end_session_endpoint` to end the login there too. Needs `routes.postLogout` registered at the server.
+   * @default false
+   */
+  idpLogout?: boolean;
+  /**
+   * Name of express-session's cookie (its `name` option), so that logout can clear it. express-session does not
+   * expose the name on the request.
+   * @default `'connect.sid'`
+   */
+  sessionCookieName?: string;
+  /**
+   * How long, in seconds, the back-channel logout index remembers a login (`sid`/`sub` → session ids). Must cover
+   * the longest time a session can live; the session cookie's `maxAge` is used when it is longer.
+   * @default 1209600 (14 days)
+   */
+  sessionIndexTtl?: number;
   /**
    * Timeout of each request to the authorization server, in milliseconds.
    * @default 5000
@@ -98,6 +134,14 @@ export interface ResolvedConfig {
   readonly allowInsecureRequests: boolean;
   readonly loginPath: string;
   readonly logoutPath: string;
+  /** Undefined unless `idpLogout`. */
+  readonly postLogoutPath: string | undefined;
+  /** Undefined when back-channel logout is not mounted (no `redis`, or no `openid` scope). */
+  readonly backchannelLogoutPath: string | undefined;
+  readonly postLogoutRedirect: string;
+  readonly idpLogout: boolean;
+  readonly sessionCookieName: string;
+  readonly sessionIndexTtl: number;
   readonly httpTimeout: number;
   readonly clockTolerance: number;
   readonly refreshSkew: number;
@@ -117,6 +161,10 @@ const KNOWN_OPTIONS = [
   'routes',
   'httpTimeout',
   'clockTolerance',
+  'postLogoutRedirect',
+  'idpLogout',
+  'sessionCookieName',
+  'sessionIndexTtl',
   'refreshSkew',
 ] as const satisfies ReadonlyArray<keyof AuthOptions>;
 
@@ -169,8 +217,9 @@ function parseUrl(value: unknown, name: string, example: string): URL {
 
 function routePath(value: unknown, name: string, fallback: string): string {
   if (value === undefined) return fallback;
-  if (typeof value !== 'string' || !/^\/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$/.test(value)) {
-    fail(`\`routes.${name}\` must be a plain path starting with '/', such as '${fallback}'.`);
+  // Matched literally, never as an Express pattern: refuse characters that would suggest otherwise (`:id`, `*`).
+  if (typeof value !== 'string' || !/^\/[A-Za-z0-9._~-]+(\/[A-Za-z0-9._~-]+)*$/.test(value)) {
+    fail(`\`routes.${name}\` must be a plain path starting with '/' (letters, digits, '.', '_', '~', '-'), such as '${fallback}'.`);
   }
   return value;
 }
@@ -258,15 +307,17 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   const routes = options.routes ?? {};
   if (!isPlainObject(routes)) fail('`routes` must be an object: { login, logout }.');
   for (const key of Object.keys(routes)) {
-    if (key !== 'login' && key !== 'logout') {
-      fail(`unknown route \`routes.${key}\`; known: login, logout (the callback path comes from \`redirectUri\`).`);
+    if (!(ROUTE_NAMES as readonly string[]).includes(key)) {
+      fail(`unknown route \`routes.${key}\`; known: ${ROUTE_NAMES.join(', ')} (the callback path comes from \`redirectUri\`).`);
     }
   }
   const loginPath = routePath(routes.login, 'login', '/login');
   const logoutPath = routePath(routes.logout, 'logout', '/logout');
   const callbackPath = redirectUri.pathname;
-  if (new Set([loginPath, logoutPath, callbackPath]).size !== 3) {
-    fail(`the login (${loginPath}), logout (${logoutPath}) and callback (${callbackPath}) paths must differ.`);
+  const logout = resolveLogoutOptions(options, routes, redis !== undefined, scope.split(' ').includes('openid'));
+  const paths = [loginPath, logoutPath, callbackPath, logout.postLogoutPath, logout.backchannelLogoutPath].filter((p) => p !== undefined);
+  if (new Set(paths).size !== paths.length) {
+    fail(`the route paths must differ: ${paths.join(', ')} (login, logout, callback${paths.length > 3 ? ' and the logout return routes' : ''}).`);
   }
 
   const httpTimeout = positiveNumber(options.httpTimeout, 'httpTimeout', 5000, 'milliseconds');
@@ -289,10 +340,51 @@ export function resolveOptions(input: unknown): ResolvedConfig {
     allowInsecureRequests,
     loginPath,
     logoutPath,
+    ...logout,
     httpTimeout,
     clockTolerance,
     refreshSkew,
   });
+}
+
+const ROUTE_NAMES = ['login', 'logout', 'postLogout', 'backchannelLogout'] as const;
+
+/** The logout options (`idpLogout`, `postLogoutRedirect`, the return routes, the cookie name, the index TTL). */
+function resolveLogoutOptions(
+  options: Partial<AuthOptions>,
+  routes: NonNullable<AuthOptions['routes']>,
+  hasRedis: boolean,
+  openid: boolean,
+) {
+  const idpLogout = options.idpLogout ?? false;
+  if (typeof idpLogout !== 'boolean') fail('`idpLogout` must be a boolean.');
+  if (routes.postLogout !== undefined && !idpLogout) {
+    fail('`routes.postLogout` is the return route of RP-initiated logout: set `idpLogout: true` too, or remove it.');
+  }
+  const postLogoutPath = idpLogout ? routePath(routes.postLogout, 'postLogout', '/logout/callback') : undefined;
+
+  if (routes.backchannelLogout !== undefined && !(hasRedis && openid)) {
+    fail(
+      '`routes.backchannelLogout` needs `redis` (the index of sessions to end lives there, shared by every process) and an `openid` scope (logout tokens name the `sub`/`sid` of the ID token).',
+    );
+  }
+  const backchannelLogoutPath = hasRedis && openid ? routePath(routes.backchannelLogout, 'backchannelLogout', '/backchannel-logout') : undefined;
+
+  const postLogoutRedirect = options.postLogoutRedirect ?? '/';
+  if (typeof postLogoutRedirect !== 'string' || sanitizeReturnTo(postLogoutRedirect) !== postLogoutRedirect) {
+    fail(`\`postLogoutRedirect\` must be a same-origin path such as '/' or '/goodbye', got ${JSON.stringify(postLogoutRedirect)}.`);
+  }
+
+  const sessionCookieName = options.sessionCookieName ?? 'connect.sid';
+  // RFC 6265 §4.1.1 cookie-name is an RFC 2616 token.
+  if (typeof sessionCookieName !== 'string' || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(sessionCookieName)) {
+    fail("`sessionCookieName` must be express-session's cookie name (its `name` option), such as 'connect.sid'.");
+  }
+
+  const sessionIndexTtl = positiveNumber(options.sessionIndexTtl, 'sessionIndexTtl', 14 * 24 * 60 * 60, 'seconds');
+  if (!Number.isInteger(sessionIndexTtl) || sessionIndexTtl < 60) fail('`sessionIndexTtl` must be a whole number of seconds, at least 60.');
+
+  return { postLogoutPath, backchannelLogoutPath, postLogoutRedirect, idpLogout, sessionCookieName, sessionIndexTtl };
 }
 
 function isLoopback(hostname: string): boolean {

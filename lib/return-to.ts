@@ -21,6 +21,12 @@ export function sanitizeReturnTo(value: unknown): string {
   }
   if (url.origin !== PROBE_ORIGIN) return DEFAULT_RETURN_TO;
   const path = `${url.pathname}${url.search}${url.hash}`;
-  // A decoded path that starts with `//` would turn protocol-relative if anything decodes it again.
-  return path.startsWith('//') ? DEFAULT_RETURN_TO : path;
+  // `/%2F%2Fhost` is same-origin as written, but turns protocol-relative for anything downstream that decodes it.
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(url.pathname);
+  } catch {
+    return DEFAULT_RETURN_TO;
+  }
+  return /^[/\\]{2}/.test(decoded) || /^\/[\s]*[/\\]/.test(decoded) ? DEFAULT_RETURN_TO : path;
 }

@@ -1,6 +1,7 @@
 import * as client from 'openid-client';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { ClientAuthMethod, ResolvedConfig } from './options.js';
+import { isNetworkError, isTimeout } from './upstream.js';
 
 /** Resolves the openid-client `Configuration` once and shares it; a failure is not cached. */
 export type ServerResolver = () => Promise<client.Configuration>;
@@ -48,13 +49,13 @@ function checkMetadata(config: ResolvedConfig, metadata: client.ServerMetadata):
 
 function discoveryError(err: unknown): AuthError {
   if (err instanceof AuthError) return err;
-  const code = (err as { code?: unknown } | null)?.code;
-  if (code === 'OAUTH_TIMEOUT') {
+  if (isTimeout(err)) {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The authorization server did not answer discovery in time.', { cause: err });
   }
-  if (err instanceof TypeError && !('code' in err && typeof err.code === 'string' && err.code.startsWith('ERR_INVALID'))) {
+  if (isNetworkError(err)) {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The authorization server could not be reached for discovery.', { cause: err });
   }
+  const code = (err as { code?: unknown } | null)?.code;
   const detail = code === 'OAUTH_JSON_ATTRIBUTE_COMPARISON_FAILED' ? ': the metadata names another issuer than the configured one' : '';
   return new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, `The authorization server metadata could not be used${detail}.`, { cause: err });
 }

@@ -20,12 +20,14 @@ export interface OAuthSessionState {
   /** Pending login transactions keyed by `state`, so several tabs can log in at once. */
   tx?: Record<string, Transaction>;
   login?: LoginState;
+  /** A pending RP-initiated logout: the `state` sent to the end-session endpoint (see `routes/post-logout.ts`). */
+  logout?: { state: string; createdAt: number };
 }
 
 /** The session key the library owns. */
 export const SESSION_KEY = 'oauth';
 
-type SessionWithState = Session & { [SESSION_KEY]?: OAuthSessionState };
+export type SessionWithState = Session & { [SESSION_KEY]?: OAuthSessionState };
 
 /** The session of a request, or a clear error when express-session is not mounted before `auth()`. */
 export function requireSession(req: Request): SessionWithState {

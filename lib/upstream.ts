@@ -4,15 +4,33 @@ import { AuthError, AuthErrorCode } from './errors.js';
 /** oauth4webapi codes that only ID-token validation raises. */
 const ID_TOKEN_CODES = new Set(['OAUTH_JWT_TIMESTAMP_CHECK_FAILED', 'OAUTH_JWT_CLAIM_COMPARISON_FAILED', 'OAUTH_KEY_SELECTION_FAILED']);
 
+interface ErrorLike {
+  name?: unknown;
+  message?: unknown;
+  code?: unknown;
+  cause?: unknown;
+}
+
+// Errors from fetch (undici) may come from another realm (jest's VM context, worker threads), where `instanceof
+// TypeError` is false: walk the chain by shape instead.
+function chain(err: unknown): ErrorLike[] {
+  const links: ErrorLike[] = [];
+  for (let e: unknown = err; typeof e === 'object' && e !== null && links.length < 5; e = (e as ErrorLike).cause) {
+    links.push(e as ErrorLike);
+  }
+  return links;
+}
+
 function messages(err: unknown): string {
-  const parts: string[] = [];
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) parts.push(e.message);
-  return parts.join(' | ');
+  return chain(err)
+    .map((e) => `${String(e.message ?? '')} ${typeof e.code === 'string' ? e.code : ''}`)
+    .join(' | ');
 }
 
 /** True for failures to reach the server at all: DNS, refused connection, reset, TLS. */
 export function isNetworkError(err: unknown): boolean {
-  return err instanceof TypeError && /fetch failed|network|ECONN|ENOTFOUND|EAI_AGAIN|socket/i.test(messages(err));
+  // openid-client wraps a foreign-realm TypeError in a ClientError, so look along the whole chain.
+  return chain(err).some((e) => e.name === 'TypeError' && /fetch failed|network/i.test(String(e.message)));
 }
 
 /** True when openid-client gave up waiting (the configured `httpTimeout`). */
@@ -55,9 +73,11 @@ export function exchangeError(err: unknown): AuthError {
 
 /** The most specific message in the chain; oauth4webapi's messages name claims and parameters, never their values. */
 function describe(err: unknown): string {
-  let last = 'invalid response';
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) last = e.message;
-  return last.replace(/\.$/, '');
+  const last = chain(err)
+    .map((e) => e.message)
+    .filter((m): m is string => typeof m === 'string' && m !== '')
+    .at(-1);
+  return (last ?? 'invalid response').replace(/\.$/, '');
 }
 
 /**

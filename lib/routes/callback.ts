@@ -6,6 +6,7 @@ import { rawQuery, strictQuery } from '../query.js';
 import { setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
 import { readState, regenerateSession, requireSession, saveSession, writableState, type LoginState } from '../session.js';
+import { indexLogin } from '../session-index.js';
 import { sessionTtlSeconds } from '../token-store.js';
 import { toStoredTokens } from '../tokens.js';
 import { TRANSACTION_TTL_MS, takeTransaction } from '../transaction.js';
@@ -99,6 +100,7 @@ export function callbackRoute(runtime: Runtime) {
     // Version 1 in the token store before the session can name it; a Redis failure leaves no login behind.
     await runtime.tokenStore.create(login, sessionTtlSeconds(req));
     state.login = login;
+    await indexLogin(runtime.sessionIndex, config, session);
     await saveSession(session);
     res.redirect(302, transaction.returnTo);
   };
