@@ -11,6 +11,8 @@ export interface LoginState {
   /** Validated ID-token claims (undefined without `openid`). */
   claims?: Record<string, unknown>;
   tokens: StoredTokens;
+  /** Version of `tokens` in the token store (absent: 1, the login's own); the session copy is a cache of it. */
+  version?: number;
 }
 
 /** The library's slice of the session, under one key so that it never collides with the app's data. */
