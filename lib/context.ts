@@ -1,9 +1,11 @@
 import type { Request } from 'express';
 import { AuthError, AuthErrorCode } from './errors.js';
 import { fetchResource, type ResourceRequestInit } from './resource.js';
+import { endsLogin, needsRefresh } from './refresh.js';
 import type { Runtime } from './runtime.js';
 import { readState, type LoginState } from './session.js';
-import { isExpired, publicTokens, type TokenSet } from './tokens.js';
+import { sessionTtlSeconds } from './token-store.js';
+import { publicTokens, type StoredTokens, type TokenSet } from './tokens.js';
 
 /** Validated ID-token claims (OpenID Connect Core §2, §5.1). */
 export interface IdTokenClaims {
@@ -40,10 +42,37 @@ export interface AuthContext {
    */
   readonly user: Readonly<Record<string, unknown>> | undefined;
   /**
-   * A usable access token. Rejects with {@link AuthError} `login_required` (401) when there is no login or the
-   * token has expired and cannot be renewed.
+   * A usable access token. When the session's copy is valid for more than `refreshSkew` seconds (at most half its
+   * lifetime), it is returned at no cost; otherwise the tokens are refreshed first, once per login however many
+   * requests (and, with `redis`, processes) ask at the same time.
+   *
+   * Rejects with {@link AuthError}:
+   * - `login_required` (401) when there is no login, when the token expired and there is no refresh token, or when the
+   *   authorization server ended the login (`invalid_grant`): the login is then removed from the session.
+   * - `refresh_failed` (503, or 502 when the server refused for another reason) when the refresh failed; the login and
+   *   its tokens are kept, and a later call retries.
+   * - `session_unavailable` (503) when Redis failed.
+   *
+   * @example
+   * ```ts
+   * const token = await req.auth.getAccessToken();
+   * await fetch(url, { headers: { authorization: `Bearer ${token}` } });
+   * ```
+   * With `dpop` on, the token is useless without a proof: call APIs through {@link AuthContext.fetch} instead.
    */
   getAccessToken(): Promise<string>;
+  /**
+   * Refreshes the tokens now, whatever their expiry (for instance after a resource server answered 401), and returns
+   * the new public token set. Concurrent callers share one refresh; a version another request or process stored since
+   * this request read its session counts as the refresh. Rejects like {@link AuthContext.getAccessToken}.
+   *
+   * @example
+   * ```ts
+   * let response = await callApi(await req.auth.getAccessToken());
+   * if (response.status === 401) response = await callApi((await req.auth.refresh()).accessToken);
+   * ```
+   */
+  refresh(): Promise<TokenSet>;
   /**
    * Calls a resource server (an API) with the login's access token, in the `Authorization` header only. A DPoP-bound
    * token (option `dpop`) goes as `DPoP <token>` with a fresh proof, retried once when the server asks for a new
@@ -117,9 +146,36 @@ export class RequestAuth implements AuthContext {
 
   async getAccessToken(): Promise<string> {
     const login = this.#login();
-    if (login === undefined) throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'Not logged in.');
-    if (!isExpired(login.tokens)) return login.tokens.accessToken;
-    throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The access token has expired; log in again.');
+    if (login === undefined) throw notLoggedIn();
+    // The hot path: the session copy is still good, so no Redis command and no allocation beyond this check.
+    if (!needsRefresh(login.tokens, this[kRuntime].config.refreshSkew)) return login.tokens.accessToken;
+    return (await this.#renew(login, false)).accessToken;
+  }
+
+  async refresh(): Promise<TokenSet> {
+    const login = this.#login();
+    if (login === undefined) throw notLoggedIn();
+    return publicTokens(await this.#renew(login, true));
+  }
+
+  /** Asks the refresher, then puts its version into the session (express-session saves it with the response). */
+  async #renew(login: LoginState, force: boolean): Promise<StoredTokens> {
+    const runtime = this[kRuntime];
+    try {
+      const record = await runtime.refresher.current(login, { force, ttlSeconds: sessionTtlSeconds(this.#req) });
+      const state = readState(this.#req);
+      if (state?.login?.id === login.id && (state.login.version ?? 1) !== record.v) {
+        const { claims: _previous, ...rest } = state.login;
+        state.login = { ...rest, tokens: record.tokens, version: record.v, ...(record.claims === undefined ? {} : { claims: record.claims }) };
+      }
+      return record.tokens;
+    } catch (err) {
+      if (endsLogin(err)) {
+        const state = readState(this.#req);
+        if (state?.login?.id === login.id) delete state.login;
+      }
+      throw err;
+    }
   }
 
   toJSON(): { isAuthenticated: boolean } {
@@ -131,4 +187,8 @@ export class RequestAuth implements AuthContext {
   [Symbol.for('nodejs.util.inspect.custom')](): string {
     return `RequestAuth { isAuthenticated: ${String(this.isAuthenticated)} }`;
   }
+}
+
+function notLoggedIn(): AuthError {
+  return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'Not logged in.');
 }

@@ -98,7 +98,7 @@ export async function createDPoPKey(runtime: DPoPServices): Promise<{ jwk: JWK; 
  * @example
  * ```ts
  * const response = await client.refreshTokenGrant(configuration, refreshToken, undefined, await dpopOptionsFor(runtime, login));
- * assertDPoPBound(runtime.config, response);
+ * assertDPoPBound(runtime.config, response, 'refresh');
  * ```
  */
 export async function dpopOptionsFor(runtime: DPoPServices, login: DPoPBound): Promise<{ DPoP: client.DPoPHandle } | undefined> {
@@ -108,14 +108,14 @@ export async function dpopOptionsFor(runtime: DPoPServices, login: DPoPBound): P
 
 /**
  * With `dpop` on, a Bearer token is a downgrade the app did not ask for (RFC 9449 §5: the server decides, so the client
- * has to look). Applies to code and refresh responses alike.
+ * has to look). A code exchange that gets one fails the login; a refresh that gets one fails (`refresh_failed`, the
+ * login is kept as it was).
  */
-export function assertDPoPBound(config: ResolvedConfig, response: { token_type: string }): void {
+export function assertDPoPBound(config: ResolvedConfig, response: { token_type: string }, during: 'exchange' | 'refresh' = 'exchange'): void {
   if (config.dpop && response.token_type.toLowerCase() !== 'dpop') {
-    throw new AuthError(
-      AuthErrorCode.TOKEN_EXCHANGE_FAILED,
-      400,
-      `dpop is on, but the authorization server issued a ${response.token_type} token instead of a DPoP-bound one; enable DPoP for this client at the server.`,
-    );
+    const message = `dpop is on, but the authorization server issued a ${response.token_type} token instead of a DPoP-bound one; enable DPoP for this client at the server.`;
+    throw during === 'exchange'
+      ? new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, message)
+      : new AuthError(AuthErrorCode.REFRESH_FAILED, 502, message);
   }
 }

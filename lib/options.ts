@@ -208,6 +208,17 @@ export interface AuthOptions {
    * @default 30
    */
   clockTolerance?: number;
+  /**
+   * Refresh the access token when it expires within this many seconds, so that it does not expire on its way to the
+   * resource server. Never more than half of the token's issued lifetime is used, so short-lived tokens are not
+   * refreshed on every call. `0` refreshes only once the token has expired.
+   * @default 60
+   * @example
+   * ```ts
+   * auth({ ...options, refreshSkew: 30 });
+   * ```
+   */
+  refreshSkew?: number;
 }
 
 /** The validated, normalised form of {@link AuthOptions} that the rest of the library reads. */
@@ -244,6 +255,7 @@ export interface ResolvedConfig {
   readonly sessionIndexTtl: number;
   readonly httpTimeout: number;
   readonly clockTolerance: number;
+  readonly refreshSkew: number;
 }
 
 /** {@link ServerEndpoints} as URLs. */
@@ -292,6 +304,7 @@ const KNOWN_OPTIONS = [
   'idpLogout',
   'sessionCookieName',
   'sessionIndexTtl',
+  'refreshSkew',
 ] as const satisfies ReadonlyArray<keyof AuthOptions>;
 
 /** Parameters the library owns; letting `authorizationParams` set them would undo PKCE, state or nonce. */
@@ -471,6 +484,7 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   const httpTimeout = positiveNumber(options.httpTimeout, 'httpTimeout', 5000, 'milliseconds');
   if (httpTimeout < 1) fail('`httpTimeout` must be at least 1 millisecond.');
   const clockTolerance = positiveNumber(options.clockTolerance, 'clockTolerance', 30, 'seconds');
+  const refreshSkew = positiveNumber(options.refreshSkew, 'refreshSkew', 60, 'seconds');
 
   return Object.freeze({
     issuer,
@@ -496,6 +510,7 @@ export function resolveOptions(input: unknown): ResolvedConfig {
     ...logout,
     httpTimeout,
     clockTolerance,
+    refreshSkew,
   });
 }
 

@@ -16,6 +16,8 @@ export interface LoginState {
   tokens: StoredTokens;
   /** The login's DPoP private key (RFC 9449), when `dpop` is on. Server-side only: the tokens are bound to it. */
   dpopKey?: JWK;
+  /** Version of `tokens` in the token store (absent: 1, the login's own); the session copy is a cache of it. */
+  version?: number;
 }
 
 /** The library's slice of the session, under one key so that it never collides with the app's data. */

@@ -6,8 +6,9 @@ import { AuthError, AuthErrorCode } from '../errors.js';
 import { rawQuery, strictQuery } from '../query.js';
 import { setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
-import { readState, regenerateSession, requireSession, saveSession, writableState } from '../session.js';
+import { readState, regenerateSession, requireSession, saveSession, writableState, type LoginState } from '../session.js';
 import { indexLogin } from '../session-index.js';
+import { sessionTtlSeconds } from '../token-store.js';
 import { toStoredTokens } from '../tokens.js';
 import { TRANSACTION_TTL_MS, takeTransaction } from '../transaction.js';
 import { exchangeError } from '../upstream.js';
@@ -111,13 +112,16 @@ export function callbackRoute(runtime: Runtime) {
     const state = writableState(session);
     // Other tabs' logins belong to the same browser: they survive the id rotation.
     if (pending !== undefined && Object.keys(pending).length > 0) state.tx = pending;
-    state.login = {
+    const login: LoginState = {
       id: randomBytes(16).toString('base64url'),
       ...(idClaims === undefined ? {} : { claims: { ...idClaims } }),
       ...(user === undefined ? {} : { user }),
       tokens,
       ...(transaction.dpopKey === undefined ? {} : { dpopKey: transaction.dpopKey }),
     };
+    // Version 1 in the token store before the session can name it; a Redis failure leaves no login behind.
+    await runtime.tokenStore.create(login, sessionTtlSeconds(req));
+    state.login = login;
     await indexLogin(runtime.sessionIndex, config, session);
     await saveSession(session);
     res.redirect(302, transaction.returnTo);

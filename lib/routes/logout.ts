@@ -7,6 +7,7 @@ import { revokeTokens } from '../revocation.js';
 import type { Runtime } from '../runtime.js';
 import { subjectOf } from '../session-index.js';
 import { destroySession, readState, regenerateSession, requireSession, saveSession, writableState, type LoginState, type SessionWithState } from '../session.js';
+import type { StoredTokens } from '../tokens.js';
 
 /** How long the `state` of an RP-initiated logout waits for the browser to come back. */
 export const LOGOUT_STATE_TTL_MS = 10 * 60 * 1000;
@@ -77,6 +78,17 @@ async function startIdpLogout(
   return client.buildEndSessionUrl(configuration, parameters).href;
 }
 
+/** The login's newest tokens, and its token-store entry removed; Redis trouble must not block the logout. */
+async function currentTokens(runtime: Runtime, login: LoginState): Promise<StoredTokens> {
+  try {
+    const entry = await runtime.tokenStore.read(login.id);
+    await runtime.tokenStore.remove(login.id);
+    return entry !== undefined && !entry.ended && entry.v > (login.version ?? 1) ? entry.tokens : login.tokens;
+  } catch {
+    return login.tokens;
+  }
+}
+
 /**
  * `POST /logout`: same-origin only. Removes the login from the back-channel index, destroys the session and clears
  * its cookie, revokes the tokens (best effort), then redirects 303 to `postLogoutRedirect` — or, with `idpLogout`,
@@ -96,6 +108,8 @@ export function logoutRoute(runtime: Runtime) {
       // A stale index entry only names a session that no longer exists; it must not block the logout.
       await runtime.sessionIndex.remove(session.id, subjectOf(login.claims)).catch(() => undefined);
     }
+    // The token store holds the newest tokens (the session copy may be an older version); its entry goes with the login.
+    const tokens = login === undefined ? undefined : await currentTokens(runtime, login);
 
     const configuration = login === undefined ? undefined : await serverOrNothing(runtime);
     let target = config.postLogoutRedirect;
@@ -105,9 +119,9 @@ export function logoutRoute(runtime: Runtime) {
       await endSession(res, config, session);
     }
 
-    if (login !== undefined && configuration !== undefined) {
+    if (tokens !== undefined && configuration !== undefined) {
       // After the local logout on purpose: a slow or failing revocation cannot leave the session alive.
-      await revokeTokens(configuration, login.tokens).catch(() => 0);
+      await revokeTokens(configuration, tokens).catch(() => 0);
     }
     res.redirect(303, target);
   };

@@ -47,6 +47,15 @@ function options(slot: AppSlot, issuer: string, extra: Partial<AuthOptions> = {}
 function routes(issuer: string) {
   return (app: Express): void => {
     app.get('/whoami', (req, res) => res.json({ isAuthenticated: req.auth.isAuthenticated, tokenType: req.auth.tokens?.tokenType ?? null }));
+    app.get('/refresh', async (req, res, next) => {
+      try {
+        const before = req.auth.tokens?.accessToken;
+        const after = await req.auth.refresh();
+        res.json({ changed: after.accessToken !== before, tokenType: after.tokenType });
+      } catch (err) {
+        next(err);
+      }
+    });
     app.get('/userinfo', async (req, res, next) => {
       try {
         const response = await req.auth.fetch(`${issuer}/me`);
@@ -147,6 +156,19 @@ describe('DPoP at a provider that requires nonces and DPoP-bound tokens', () => 
     expect(await bearer.json()).toMatchObject({ error: 'invalid_token' });
     expect(unproven.status).toBe(400);
     expect(await unproven.json()).toMatchObject({ error: 'invalid_request', error_description: '`DPoP` header not provided' });
+  });
+
+  test('a refresh carries a proof of the same key: the new token is DPoP-bound and works at userinfo', async () => {
+    const tokenCalls = requests.filter((r) => r === 'POST /token').length;
+    const refreshed = await app.browser.request(`${app.url}/refresh`, { headers: { accept: 'application/json' } });
+
+    expect(refreshed.status).toBe(200);
+    expect(JSON.parse(refreshed.body)).toEqual({ changed: true, tokenType: 'DPoP' });
+    // The nonce of the earlier requests is remembered: one refresh request, no retry.
+    expect(requests.filter((r) => r === 'POST /token').length).toBe(tokenCalls + 1);
+    const userinfo = await app.browser.request(`${app.url}/userinfo`, { headers: { accept: 'application/json' } });
+    expect(userinfo.status).toBe(200);
+    expect(JSON.parse(userinfo.body)).toMatchObject({ sub: 'alice' });
   });
 
   test('with PAR the pushed request carries the proof, and the login is DPoP-bound', async () => {
