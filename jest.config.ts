@@ -15,6 +15,7 @@ const config: Config = {
   setupFiles: ['<rootDir>/test/setup/quiet-provider.ts'],
   globalSetup: '<rootDir>/test/setup/global-setup.ts',
   globalTeardown: '<rootDir>/test/setup/global-teardown.ts',
+  reporters: ['default', '<rootDir>/test/setup/summary-reporter.cjs'],
   testTimeout: 30_000,
   maxWorkers: 2,
 };
