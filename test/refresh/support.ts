@@ -223,6 +223,14 @@ export async function spawnAppProcess(stack: Stack): Promise<AppProcess> {
       reject(new Error(`app process exited (${String(code)}): ${stderr}`));
     });
   });
+  // Discovery is lazy and each process does its own: run it now, so that the first timed request of a test does not
+  // also carry discovery (with a short httpTimeout on a loaded machine that can time out, and is retried).
+  for (let attempt = 0; ; attempt++) {
+    const warm = await fetch(`${url}/login`, { redirect: 'manual' });
+    await warm.arrayBuffer();
+    if (warm.status === 302) break;
+    if (attempt === 10) throw new Error(`app process could not discover the issuer (HTTP ${warm.status})`);
+  }
   return {
     url,
     child,
