@@ -161,7 +161,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
     try {
       response = await requestRefresh(runtime, { ...login, tokens: record.tokens });
     } catch (caught) {
-      const err = refreshError(caught);
+      const err = refreshError(caught, [record.tokens.refreshToken, record.tokens.accessToken, config.clientSecret]);
       if (err.code !== AuthErrorCode.LOGIN_REQUIRED) throw err;
       const ended = endsLoginError(err);
       if (err.error === 'invalid_grant' && rereadAllowed) {

@@ -164,32 +164,36 @@ export function describe(err: unknown): string {
  * it), or a refreshed ID token that fails validation. Anything else keeps the login: `refresh_failed`, 503 when a
  * retry may work (network, timeout, 5xx), 502 when the server refused for another reason.
  */
-export function refreshError(err: unknown): AuthError {
+export function refreshError(err: unknown, secrets: ReadonlyArray<string | undefined> = []): AuthError {
   if (err instanceof AuthError) return err;
+  // The same hygiene as the code exchange: the raw error can hold the refresh response (new tokens) and raw JWTs.
+  const redact = redactor(secrets);
+  const cause = safeCause(err, redact);
   if (isTimeout(err)) {
-    return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, 'The token endpoint did not answer the refresh in time; try again.', { cause: err });
+    return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, 'The token endpoint did not answer the refresh in time; try again.', { cause });
   }
   if (isNetworkError(err)) {
-    return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, 'The token endpoint could not be reached to refresh the tokens; try again.', { cause: err });
+    return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, 'The token endpoint could not be reached to refresh the tokens; try again.', { cause });
   }
   if (err instanceof client.ResponseBodyError) {
-    const upstream = { cause: err, error: err.error, ...(err.error_description ? { errorDescription: err.error_description } : {}) };
+    const error = redact(err.error);
+    const upstream = { cause, error, ...(err.error_description ? { errorDescription: redact(err.error_description) } : {}) };
     if (err.status >= 500) {
       return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, `The token endpoint failed to refresh the tokens (HTTP ${err.status}); try again.`, upstream);
     }
     if (err.error === 'invalid_grant') {
       return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The authorization server ended this login (invalid_grant); log in again.', upstream);
     }
-    return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The token endpoint refused the refresh: ${err.error}.`, upstream);
+    return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The token endpoint refused the refresh: ${error}.`, upstream);
   }
   const code = (err as { code?: unknown } | null)?.code;
   const text = messages(err);
   if ((typeof code === 'string' && ID_TOKEN_CODES.has(code)) || /ID Token|JWT|JWS|signature/i.test(text)) {
-    return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, `The refreshed ID token is invalid (${describe(err)}); log in again.`, { cause: err });
+    return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, `The refreshed ID token is invalid (${redact(describe(err))}); log in again.`, { cause });
   }
   const status = (err as { cause?: { status?: unknown } }).cause?.status;
   if (code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' && typeof status === 'number' && status >= 500) {
-    return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, `The token endpoint failed to refresh the tokens (HTTP ${status}); try again.`, { cause: err });
+    return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, `The token endpoint failed to refresh the tokens (HTTP ${status}); try again.`, { cause });
   }
-  return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The refresh response was refused: ${describe(err)}.`, { cause: err });
+  return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The refresh response was refused: ${redact(describe(err))}.`, { cause });
 }

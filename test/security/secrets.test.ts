@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import * as client from 'openid-client';
 import { auth, AuthError } from '../../lib/index.js';
-import { exchangeError } from '../../lib/upstream.js';
+import { exchangeError, refreshError } from '../../lib/upstream.js';
 import { CLIENT_ID, CLIENT_SECRET, startStack, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import { startRogueStack, type RogueStack, type TokenContext, type TokenReply } from '../helpers/rogue-provider.js';
@@ -134,6 +134,17 @@ test('the raw openid-client error of a token response without an ID token does c
 
   expect(inspectDeep(raw)).toContain(accessToken);
   expect(everyRendering(exchangeError(raw))).not.toContain(accessToken);
+});
+
+test('a refresh failure keeps the same sanitised cause: the token response it carried never reaches the AuthError', async () => {
+  // oauth4webapi processes refresh responses with the same code as code-exchange responses, so the raw error is alike.
+  const { raw, secrets } = await rawExchangeFailure(async (c) => c.respond(null));
+  const accessToken = secrets.findLast((s) => s.startsWith('at-'))!;
+
+  expect(inspectDeep(raw)).toContain(accessToken);
+  const err = refreshError(raw, secrets);
+  expect(err).toBeInstanceOf(AuthError);
+  expect(everyRendering(err)).not.toContain(accessToken);
 });
 
 test('an upstream error description is redacted, not dropped: the rest of it still reaches the page', async () => {
