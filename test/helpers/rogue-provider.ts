@@ -4,16 +4,14 @@
  * endpoint that fails or hangs. Everything it does is correct unless a test tells it otherwise, so each test changes
  * exactly one thing.
  */
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Express } from 'express';
 import type { SessionOptions } from 'express-session';
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWK } from 'jose';
-import type { Redis } from 'ioredis';
 import type { AuthOptions } from '../../lib/index.js';
-import { buildApp, CLIENT_ID, CLIENT_SECRET, connectRedis, listen, type Listener } from './app.js';
-import { Browser } from './browser.js';
+import { CLIENT_ID, CLIENT_SECRET, listen, mountApp, type MountedApp } from './app.js';
 import { trafficLog, type RecordedRequest, type Traffic } from './security.js';
 
 /** A signing key of the rogue server; `publicJwk` is what its JWKS would publish. */
@@ -251,15 +249,8 @@ export class RogueProvider {
   }
 }
 
-export interface RogueStack {
+export interface RogueStack extends MountedApp {
   rogue: RogueProvider;
-  app: Express;
-  appUrl: string;
-  listener: Listener;
-  redis: Redis;
-  sessionPrefix: string;
-  authOptions: AuthOptions;
-  browser: Browser;
   traffic: Traffic;
   close(): Promise<void>;
 }
@@ -273,41 +264,15 @@ export async function startRogueStack(
 ): Promise<RogueStack> {
   const rogue = options.rogue ?? (await RogueProvider.start());
   const listener = await listen();
-  const redis = connectRedis();
-  const sessionPrefix = `test:${randomUUID()}:sess:`;
-  const authOptions: AuthOptions = {
-    issuer: rogue.issuer,
-    clientId: CLIENT_ID,
-    clientSecret: CLIENT_SECRET,
-    redirectUri: `${listener.url}/callback`,
-    allowInsecureRequests: true,
-    scope: 'openid email',
-    redis,
-    keyPrefix: `test:${randomUUID()}:`,
-    ...options.auth,
-  };
-  const app = buildApp({
-    redis,
-    sessionPrefix,
-    auth: authOptions,
-    ...(options.session ? { session: options.session } : {}),
-    ...(options.routes ? { routes: options.routes } : {}),
-  });
-  listener.handle(app);
+  const mounted = mountApp(listener, rogue.issuer, options);
   return {
     rogue,
-    app,
-    appUrl: listener.url,
-    listener,
-    redis,
-    sessionPrefix,
-    authOptions,
-    browser: new Browser(),
+    ...mounted,
     traffic: rogue.traffic,
     async close() {
       await listener.close();
       if (options.rogue === undefined) await rogue.close();
-      redis.disconnect();
+      mounted.redis.disconnect();
     },
   };
 }

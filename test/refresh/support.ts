@@ -6,7 +6,7 @@ import type { Redis } from 'ioredis';
 import type { AuthOptions } from '../../lib/index.js';
 import type { Browser } from '../helpers/browser.js';
 import type { Stack } from '../helpers/app.js';
-import type { TestProvider } from '../helpers/provider.js';
+import { TEST_TTLS, type TestProvider } from '../helpers/provider.js';
 
 /** Access tokens live 4 s; expired tokens are refused at once (oidc-provider tolerates 15 s by default). */
 export const ACCESS_TOKEN_TTL = 4;
@@ -15,18 +15,7 @@ export const ACCESS_TOKEN_TTL = 4;
 export const refreshingProvider: Partial<Configuration> = {
   rotateRefreshToken: true,
   clockTolerance: 0,
-  ttl: {
-    AccessToken: ACCESS_TOKEN_TTL,
-    AuthorizationCode: 60,
-    IdToken: 3600,
-    RefreshToken: 86400,
-    Interaction: 600,
-    Session: 86400,
-    Grant: 86400,
-    BackchannelAuthenticationRequest: 600,
-    ClientCredentials: 600,
-    DeviceCode: 600,
-  },
+  ttl: { ...TEST_TTLS, AccessToken: ACCESS_TOKEN_TTL },
 };
 
 /** Refreshes 1 s before expiry: with 4 s tokens, a fresh token stays usable for 2–3 s, plenty for a burst of calls. */
