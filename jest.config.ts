@@ -12,8 +12,10 @@ const config: Config = {
   },
   roots: ['<rootDir>/test'],
   testMatch: ['**/*.test.ts'],
+  setupFiles: ['<rootDir>/test/setup/quiet-provider.ts'],
   globalSetup: '<rootDir>/test/setup/global-setup.ts',
   globalTeardown: '<rootDir>/test/setup/global-teardown.ts',
+  reporters: ['default', '<rootDir>/test/setup/summary-reporter.cjs'],
   testTimeout: 30_000,
   maxWorkers: 2,
 };

@@ -5,15 +5,22 @@ import { resolveOptions, type AuthOptions } from './options.js';
 import { sendError } from './respond.js';
 import { callbackRoute } from './routes/callback.js';
 import { loginRoute } from './routes/login.js';
+import { createLogoutTokenVerifier } from './logout-token.js';
+import { backchannelLogoutRoute, backchannelMethodNotAllowed } from './routes/backchannel-logout.js';
 import { logoutMethodNotAllowed, logoutRoute } from './routes/logout.js';
+import { postLogoutRoute } from './routes/post-logout.js';
 import { createRuntime } from './runtime.js';
 import { requireSession } from './session.js';
+import { checkSessionCookie, uninitializedSessionProbe } from './warnings.js';
 
 /**
  * Creates the login middleware. Mount it at the app root, after express-session.
  *
- * Routes: `GET /login`, `GET <path of redirectUri>`, `POST /logout`. Every request gets `req.auth`.
- * Options are validated here, once: a mistake throws a `TypeError` at startup.
+ * Routes: `GET /login`, `GET <path of redirectUri>`, `POST /logout`; with `idpLogout`, `GET /logout/callback`; with
+ * `redis`, `POST /backchannel-logout`. Every request gets `req.auth`.
+ * Options are validated here, once: a mistake throws a `TypeError` at startup. An insecure express-session setup
+ * (`saveUninitialized: true`; in production a cookie without `Secure`, or the MemoryStore; …) is reported once per
+ * process through `process.emitWarning` (type `ExpressOAuthPkceWarning`) as soon as requests show it.
  *
  * @example
  * ```ts
@@ -34,6 +41,12 @@ export function auth(options: AuthOptions): RequestHandler {
   const login = loginRoute(runtime);
   const callback = callbackRoute(runtime);
   const logout = logoutRoute(runtime);
+  const postLogout = postLogoutRoute(runtime);
+  const backchannel =
+    runtime.sessionIndex === undefined
+      ? undefined
+      : backchannelLogoutRoute(runtime, runtime.sessionIndex, createLogoutTokenVerifier(config, runtime.server));
+  const probeSession = uninitializedSessionProbe();
 
   // AuthErrors become clean 4xx/5xx answers here; anything else goes on to the app's error handling.
   function renderAuthError(err: unknown, req: Request, res: Response, next: NextFunction): void {
@@ -75,10 +88,18 @@ export function auth(options: AuthOptions): RequestHandler {
     if (path === config.callbackPath) {
       if (req.method === 'GET') return run(callback, req, res, next);
     } else if (path === config.loginPath) {
-      if (req.method === 'GET') return run(login, req, res, next);
+      if (req.method === 'GET') {
+        checkSessionCookie(req);
+        return run(login, req, res, next);
+      }
     } else if (path === config.logoutPath) {
       return run(req.method === 'POST' ? logout : logoutMethodNotAllowed, req, res, next);
+    } else if (path === config.postLogoutPath) {
+      if (req.method === 'GET') return run(postLogout, req, res, next);
+    } else if (backchannel !== undefined && path === config.backchannelLogoutPath) {
+      return run(req.method === 'POST' ? backchannel : backchannelMethodNotAllowed, req, res, next);
     }
+    probeSession(req, res);
     next();
   };
 }

@@ -1,8 +1,11 @@
 import type { Request } from 'express';
 import { AuthError, AuthErrorCode } from './errors.js';
+import { fetchResource, type ResourceRequestInit } from './resource.js';
+import { endsLogin, needsRefresh } from './refresh.js';
 import type { Runtime } from './runtime.js';
 import { readState, type LoginState } from './session.js';
-import { isExpired, publicTokens, type TokenSet } from './tokens.js';
+import { sessionTtlSeconds } from './token-store.js';
+import { publicTokens, type StoredTokens, type TokenSet } from './tokens.js';
 
 /** Validated ID-token claims (OpenID Connect Core §2, §5.1). */
 export interface IdTokenClaims {
@@ -34,10 +37,57 @@ export interface AuthContext {
   /** The current tokens (never the refresh token); undefined when logged out. */
   readonly tokens: TokenSet | undefined;
   /**
-   * A usable access token. Rejects with {@link AuthError} `login_required` (401) when there is no login or the
-   * token has expired and cannot be renewed.
+   * What the `fetchUser` option returned at login, kept in the session with it; undefined when logged out or when
+   * `fetchUser` is not set. The way to know who logged in at a server without ID tokens (no `openid` scope).
+   */
+  readonly user: Readonly<Record<string, unknown>> | undefined;
+  /**
+   * A usable access token. When the session's copy is valid for more than `refreshSkew` seconds (at most half its
+   * lifetime), it is returned at no cost; otherwise the tokens are refreshed first, once per login however many
+   * requests (and, with `redis`, processes) ask at the same time.
+   *
+   * Rejects with {@link AuthError}:
+   * - `login_required` (401) when there is no login, when the token expired and there is no refresh token, or when the
+   *   authorization server ended the login (`invalid_grant`): the login is then removed from the session.
+   * - `refresh_failed` (503, or 502 when the server refused for another reason) when the refresh failed; the login and
+   *   its tokens are kept, and a later call retries.
+   * - `session_unavailable` (503) when Redis failed.
+   *
+   * @example
+   * ```ts
+   * const token = await req.auth.getAccessToken();
+   * await fetch(url, { headers: { authorization: `Bearer ${token}` } });
+   * ```
+   * With `dpop` on, the token is useless without a proof: call APIs through {@link AuthContext.fetch} instead.
    */
   getAccessToken(): Promise<string>;
+  /**
+   * Refreshes the tokens now, whatever their expiry (for instance after a resource server answered 401), and returns
+   * the new public token set. Concurrent callers share one refresh; a version another request or process stored since
+   * this request read its session counts as the refresh. Rejects like {@link AuthContext.getAccessToken}.
+   *
+   * @example
+   * ```ts
+   * let response = await callApi(await req.auth.getAccessToken());
+   * if (response.status === 401) response = await callApi((await req.auth.refresh()).accessToken);
+   * ```
+   */
+  refresh(): Promise<TokenSet>;
+  /**
+   * Calls a resource server (an API) with the login's access token, in the `Authorization` header only. A DPoP-bound
+   * token (option `dpop`) goes as `DPoP <token>` with a fresh proof, retried once when the server asks for a new
+   * nonce; otherwise as `Bearer <token>`. Every response is returned as is, 401 included (the token may have been
+   * revoked, or have an unknown expiry: the app decides whether to refresh or log in again). Rejects with
+   * {@link AuthError} `login_required` (401) like `getAccessToken()`, `resource_request_failed` (502/504) when the
+   * server cannot be reached within `httpTimeout`, and `misconfigured` for a relative or (without
+   * `allowInsecureRequests`) `http:` URL, or when `Authorization`/`DPoP` headers are passed in.
+   *
+   * @example
+   * ```ts
+   * const response = await req.auth.fetch('https://api.example.com/orders', { method: 'POST', body: JSON.stringify(order), headers: { 'content-type': 'application/json' } });
+   * ```
+   */
+  fetch(url: string | URL, init?: ResourceRequestInit): Promise<Response>;
 }
 
 declare global {
@@ -57,11 +107,12 @@ export const kRuntime = Symbol('express-oauth-pkce.runtime');
 /** @internal The per-request `req.auth`. Cheap to build: every getter reads the session lazily. */
 export class RequestAuth implements AuthContext {
   readonly #req: Request;
-  readonly [kRuntime]: Runtime;
+  declare readonly [kRuntime]: Runtime;
 
   constructor(req: Request, runtime: Runtime) {
     this.#req = req;
-    this[kRuntime] = runtime;
+    // Non-enumerable: the runtime holds the client secret, and nothing that walks req.auth may come across it.
+    Object.defineProperty(this, kRuntime, { value: runtime });
   }
 
   #login(): LoginState | undefined {
@@ -81,15 +132,63 @@ export class RequestAuth implements AuthContext {
     return login === undefined ? undefined : publicTokens(login.tokens);
   }
 
-  async getAccessToken(): Promise<string> {
+  get user(): Readonly<Record<string, unknown>> | undefined {
+    return this.#login()?.user;
+  }
+
+  async fetch(url: string | URL, init?: ResourceRequestInit): Promise<Response> {
+    // Through getAccessToken(), so that whatever it does about expiry applies here too.
+    const accessToken = await this.getAccessToken();
     const login = this.#login();
     if (login === undefined) throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'Not logged in.');
-    if (!isExpired(login.tokens)) return login.tokens.accessToken;
-    throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The access token has expired; log in again.');
+    return fetchResource(this[kRuntime], { accessToken, tokenType: login.tokens.tokenType, dpopKey: login.dpopKey }, url, init);
+  }
+
+  async getAccessToken(): Promise<string> {
+    const login = this.#login();
+    if (login === undefined) throw notLoggedIn();
+    // The hot path: the session copy is still good, so no Redis command and no allocation beyond this check.
+    if (!needsRefresh(login.tokens, this[kRuntime].config.refreshSkew)) return login.tokens.accessToken;
+    return (await this.#renew(login, false)).accessToken;
+  }
+
+  async refresh(): Promise<TokenSet> {
+    const login = this.#login();
+    if (login === undefined) throw notLoggedIn();
+    return publicTokens(await this.#renew(login, true));
+  }
+
+  /** Asks the refresher, then puts its version into the session (express-session saves it with the response). */
+  async #renew(login: LoginState, force: boolean): Promise<StoredTokens> {
+    const runtime = this[kRuntime];
+    try {
+      const record = await runtime.refresher.current(login, { force, ttlSeconds: sessionTtlSeconds(this.#req) });
+      const state = readState(this.#req);
+      if (state?.login?.id === login.id && (state.login.version ?? 1) !== record.v) {
+        const { claims: _previous, ...rest } = state.login;
+        state.login = { ...rest, tokens: record.tokens, version: record.v, ...(record.claims === undefined ? {} : { claims: record.claims }) };
+      }
+      return record.tokens;
+    } catch (err) {
+      if (endsLogin(err)) {
+        const state = readState(this.#req);
+        if (state?.login?.id === login.id) delete state.login;
+      }
+      throw err;
+    }
   }
 
   toJSON(): { isAuthenticated: boolean } {
     // Keeps tokens out of anything that serialises the request by accident.
     return { isAuthenticated: this.isAuthenticated };
   }
+
+  /** What `console.log(req.auth)` prints (util.inspect), for the same reason: no tokens, no configuration. */
+  [Symbol.for('nodejs.util.inspect.custom')](): string {
+    return `RequestAuth { isAuthenticated: ${String(this.isAuthenticated)} }`;
+  }
+}
+
+function notLoggedIn(): AuthError {
+  return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'Not logged in.');
 }

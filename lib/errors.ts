@@ -10,15 +10,19 @@
  * | `invalid_response` | 400 | the authorization response failed a check (`iss` per RFC 9207, …) |
  * | `invalid_id_token` | 400 | the ID token failed validation (signature, `iss`, `aud`, `nonce`, `exp`, …) |
  * | `token_exchange_failed` | 400 | the token endpoint refused the code (`invalid_grant`, …) or answered nonsense |
+ * | `par_failed` | 502 | the pushed authorization request (RFC 9126) was refused; nothing was stored |
+ * | `user_fetch_failed` | 502 | the `fetchUser` hook failed or returned no object; no login was stored |
+ * | `resource_request_failed` | 502 / 504 | `req.auth.fetch()` could not reach the resource server, or timed out (504) |
  * | `idp_unreachable` | 502 / 504 | the authorization server could not be reached, or timed out (504) |
  * | `discovery_failed` | 502 | the issuer's metadata could not be fetched or is unacceptable |
  * | `session_unavailable` | 503 | the session store (Redis) failed; nobody is let in |
  * | `session_missing` | 500 | express-session is not mounted before `auth()` |
  * | `login_required` | 401 | no usable login: not logged in, or the login has ended |
- * | `refresh_failed` | 503 | a refresh failed for a transient reason; the login is kept |
+ * | `refresh_failed` | 503 / 502 | a refresh failed; the login is kept. 503: transient (network, timeout, 5xx), retry later; 502: the server refused it for a reason other than `invalid_grant` (e.g. `invalid_client`) |
  * | `unauthorized` | 401 | `requireAuth()` refused an anonymous API request |
  * | `forbidden` | 403 | `requireAuth(check)` refused a logged-in user, or a cross-site request |
  * | `method_not_allowed` | 405 | e.g. `GET` on the logout route |
+ * | `invalid_logout_token` | 400 | a back-channel `logout_token` failed validation (signature, `iss`, `aud`, `events`, replayed `jti`, …) |
  * | `misconfigured` | 500 | the library is used wrongly (e.g. `requireAuth()` without `auth()`) |
  */
 export const AuthErrorCode = {
@@ -29,6 +33,9 @@ export const AuthErrorCode = {
   INVALID_RESPONSE: 'invalid_response',
   INVALID_ID_TOKEN: 'invalid_id_token',
   TOKEN_EXCHANGE_FAILED: 'token_exchange_failed',
+  PAR_FAILED: 'par_failed',
+  USER_FETCH_FAILED: 'user_fetch_failed',
+  RESOURCE_REQUEST_FAILED: 'resource_request_failed',
   IDP_UNREACHABLE: 'idp_unreachable',
   DISCOVERY_FAILED: 'discovery_failed',
   SESSION_UNAVAILABLE: 'session_unavailable',
@@ -38,6 +45,7 @@ export const AuthErrorCode = {
   UNAUTHORIZED: 'unauthorized',
   FORBIDDEN: 'forbidden',
   METHOD_NOT_ALLOWED: 'method_not_allowed',
+  INVALID_LOGOUT_TOKEN: 'invalid_logout_token',
   MISCONFIGURED: 'misconfigured',
 } as const;
 

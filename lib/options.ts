@@ -1,7 +1,85 @@
+import { createPrivateKey, type KeyObject } from 'node:crypto';
 import type { Redis, Cluster } from 'ioredis';
+import type { JWK } from 'jose';
+import type { ResourceFetch } from './resource.js';
+import { sanitizeReturnTo } from './return-to.js';
+import type { TokenSet } from './tokens.js';
 
 /** How the client authenticates at the token endpoint. */
-export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'none';
+export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt' | 'none';
+
+/**
+ * The endpoints of an authorization server that publishes no metadata (GitHub, Strava, Dropbox, in-house servers).
+ * Used instead of `issuer`: no discovery request is made.
+ *
+ * @example
+ * ```ts
+ * server: {
+ *   authorizationEndpoint: 'https://github.com/login/oauth/authorize',
+ *   tokenEndpoint: 'https://github.com/login/oauth/access_token',
+ * }
+ * ```
+ */
+export interface ServerEndpoints {
+  /** The issuer identifier, when the server has one. Required when `scope` has `openid` (ID tokens name it in `iss`). */
+  issuer?: string | URL;
+  authorizationEndpoint: string | URL;
+  tokenEndpoint: string | URL;
+  revocationEndpoint?: string | URL;
+  userinfoEndpoint?: string | URL;
+  /** The server's key set. Required when `scope` has `openid`: ID-token signatures are verified with it. */
+  jwksUri?: string | URL;
+  endSessionEndpoint?: string | URL;
+  /** Needed for `pushedAuthorizationRequests: true`. */
+  pushedAuthorizationRequestEndpoint?: string | URL;
+}
+
+/**
+ * A `private_key_jwt` key given with its metadata.
+ *
+ * @example
+ * ```ts
+ * privateKey: { key: readFileSync('client-key.pem', 'utf8'), kid: '2024-01', audience: 'token_endpoint' }
+ * ```
+ */
+export interface ClientPrivateKeyOptions {
+  /** A PEM private key (PKCS#8, PKCS#1 or SEC1) or a private JWK. */
+  key: string | JWK;
+  /** The key id registered with the server (its JWKS `kid`). Defaults to the JWK's own `kid`. */
+  kid?: string;
+  /**
+   * The JWS algorithm of the client assertion.
+   * @default the JWK's `alg`, else `RS256` for RSA keys, `ES256`/`ES384`/`ES512` by curve, `EdDSA` for Ed25519
+   */
+  alg?: string;
+  /**
+   * The assertion's `aud`: the issuer identifier (Auth0, Keycloak) or the token endpoint URL (Okta, Entra ID, servers
+   * without an issuer).
+   * @default `'issuer'` (the token endpoint when the server has no issuer)
+   */
+  audience?: 'issuer' | 'token_endpoint';
+}
+
+/**
+ * The private key of `private_key_jwt`: a private JWK that carries its `kid`, or {@link ClientPrivateKeyOptions}.
+ *
+ * @example
+ * ```ts
+ * privateKey: JSON.parse(process.env.CLIENT_PRIVATE_JWK!) // { kty: 'EC', crv: 'P-256', x, y, d, kid: 'key-1' }
+ * ```
+ */
+export type ClientPrivateKey = JWK | ClientPrivateKeyOptions;
+
+/**
+ * Loads the user after a login, for servers without ID tokens (or to add profile data). Called once per login,
+ * before the login is stored; the result is kept in the session as `req.auth.user`. A rejection fails the login.
+ *
+ * @example
+ * ```ts
+ * fetchUser: async (tokens, { fetch }) => (await fetch('https://api.github.com/user')).json(),
+ * ```
+ */
+export type FetchUser = (tokens: TokenSet, helpers: { fetch: ResourceFetch }) => Promise<object>;
 
 /**
  * Options of {@link auth}. Validated once, when `auth()` is called: a mistake is a `TypeError` at startup
@@ -20,17 +98,43 @@ export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'n
  * ```
  */
 export interface AuthOptions {
-  /** The issuer identifier. Its metadata is discovered from `/.well-known/openid-configuration` on first use. */
-  issuer: string | URL;
+  /**
+   * The issuer identifier. Its metadata is discovered on first use (see `discovery`). Give either `issuer` or `server`.
+   */
+  issuer?: string | URL;
+  /** The server's endpoints, for a server without discovery. Give either `issuer` or `server`. */
+  server?: ServerEndpoints;
+  /**
+   * Which metadata document `issuer` publishes: OpenID Connect Discovery (`/.well-known/openid-configuration`) or
+   * RFC 8414 (`/.well-known/oauth-authorization-server`).
+   * @default `'oidc'`
+   */
+  discovery?: 'oidc' | 'oauth2';
   /** The client identifier registered at the authorization server. */
   clientId: string;
   /** The client secret. Omit it for a public client (PKCE only, `clientAuthMethod: 'none'`). */
   clientSecret?: string | undefined;
   /**
-   * Token-endpoint client authentication.
-   * @default `'client_secret_basic'` when `clientSecret` is set, otherwise `'none'`
+   * Token-endpoint client authentication. It must be one the server advertises, when it publishes metadata.
+   * @default `'private_key_jwt'` when `privateKey` is set, `'client_secret_basic'` when `clientSecret` is set, otherwise `'none'`
    */
   clientAuthMethod?: ClientAuthMethod;
+  /** The client's private key for `private_key_jwt` (RFC 7523). Read once, at startup. */
+  privateKey?: ClientPrivateKey;
+  /** Loads `req.auth.user` after each login (see {@link FetchUser}). */
+  fetchUser?: FetchUser;
+  /**
+   * Push the authorization request over the back channel (PAR, RFC 9126): the browser only carries `request_uri` and
+   * `client_id`. Always on when the server's metadata says `require_pushed_authorization_requests`.
+   * @default false
+   */
+  pushedAuthorizationRequests?: boolean;
+  /**
+   * Sender-constrained tokens (DPoP, RFC 9449): a key pair per login, kept in the session, proves possession on every
+   * token request and on `req.auth.fetch()`. A server that answers with a Bearer token fails the login.
+   * @default false
+   */
+  dpop?: boolean;
   /** Absolute callback URL, exactly as registered. Its path is where `GET` callback route is mounted. */
   redirectUri: string | URL;
   /**
@@ -58,7 +162,42 @@ export interface AuthOptions {
     login?: string;
     /** @default `'/logout'` */
     logout?: string;
+    /**
+     * Where the authorization server sends the browser back after RP-initiated logout (`GET`). Only with
+     * `idpLogout: true`; register `<origin of redirectUri><this path>` as a `post_logout_redirect_uri`.
+     * @default `'/logout/callback'`
+     */
+    postLogout?: string;
+    /**
+     * OpenID Connect Back-Channel Logout endpoint (`POST`). Mounted only with `redis` and an `openid` scope; register
+     * `<origin of redirectUri><this path>` as the client's `backchannel_logout_uri`.
+     * @default `'/backchannel-logout'`
+     */
+    backchannelLogout?: string;
   };
+  /**
+   * Same-origin path the browser lands on after logout (local, and after the return from RP-initiated logout).
+   * @default `'/'`
+   */
+  postLogoutRedirect?: string;
+  /**
+   * RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0): after the local logout, send the browser to the
+   * server's `end_session_endpoint` to end the login there too. Needs `routes.postLogout` registered at the server.
+   * @default false
+   */
+  idpLogout?: boolean;
+  /**
+   * Name of express-session's cookie (its `name` option), so that logout can clear it. express-session does not
+   * expose the name on the request.
+   * @default `'connect.sid'`
+   */
+  sessionCookieName?: string;
+  /**
+   * How long, in seconds, the back-channel logout index remembers a login (`sid`/`sub` → session ids). Must cover
+   * the longest time a session can live; the session cookie's `maxAge` is used when it is longer.
+   * @default 1209600 (14 days)
+   */
+  sessionIndexTtl?: number;
   /**
    * Timeout of each request to the authorization server, in milliseconds.
    * @default 5000
@@ -69,14 +208,33 @@ export interface AuthOptions {
    * @default 30
    */
   clockTolerance?: number;
+  /**
+   * Refresh the access token when it expires within this many seconds, so that it does not expire on its way to the
+   * resource server. Never more than half of the token's issued lifetime is used, so short-lived tokens are not
+   * refreshed on every call. `0` refreshes only once the token has expired.
+   * @default 60
+   * @example
+   * ```ts
+   * auth({ ...options, refreshSkew: 30 });
+   * ```
+   */
+  refreshSkew?: number;
 }
 
 /** The validated, normalised form of {@link AuthOptions} that the rest of the library reads. */
 export interface ResolvedConfig {
-  readonly issuer: URL;
+  /** The issuer identifier; undefined for a `server` configured without one. */
+  readonly issuer: URL | undefined;
+  /** The hand-given endpoints; undefined when the metadata is discovered. */
+  readonly server: ResolvedServer | undefined;
+  readonly discovery: 'oidc' | 'oauth2';
   readonly clientId: string;
   readonly clientSecret: string | undefined;
   readonly clientAuthMethod: ClientAuthMethod;
+  readonly privateKey: ResolvedPrivateKey | undefined;
+  readonly fetchUser: FetchUser | undefined;
+  readonly pushedAuthorizationRequests: boolean;
+  readonly dpop: boolean;
   readonly redirectUri: URL;
   readonly callbackPath: string;
   readonly scope: string;
@@ -87,15 +245,52 @@ export interface ResolvedConfig {
   readonly allowInsecureRequests: boolean;
   readonly loginPath: string;
   readonly logoutPath: string;
+  /** Undefined unless `idpLogout`. */
+  readonly postLogoutPath: string | undefined;
+  /** Undefined when back-channel logout is not mounted (no `redis`, or no `openid` scope). */
+  readonly backchannelLogoutPath: string | undefined;
+  readonly postLogoutRedirect: string;
+  readonly idpLogout: boolean;
+  readonly sessionCookieName: string;
+  readonly sessionIndexTtl: number;
   readonly httpTimeout: number;
   readonly clockTolerance: number;
+  readonly refreshSkew: number;
+}
+
+/** {@link ServerEndpoints} as URLs. */
+export interface ResolvedServer {
+  readonly issuer: URL | undefined;
+  /** `issuer` exactly as given: ID tokens and RFC 9207 `iss` are compared as strings, and URL parsing adds a '/'. */
+  readonly issuerIdentifier: string | undefined;
+  readonly authorizationEndpoint: URL;
+  readonly tokenEndpoint: URL;
+  readonly revocationEndpoint: URL | undefined;
+  readonly userinfoEndpoint: URL | undefined;
+  readonly jwksUri: URL | undefined;
+  readonly endSessionEndpoint: URL | undefined;
+  readonly pushedAuthorizationRequestEndpoint: URL | undefined;
+}
+
+/** A checked `private_key_jwt` key, normalised to a private JWK (imported once, on first use). */
+export interface ResolvedPrivateKey {
+  readonly jwk: Readonly<JWK>;
+  readonly kid: string;
+  readonly alg: string;
+  readonly audience: 'issuer' | 'token_endpoint';
 }
 
 const KNOWN_OPTIONS = [
   'issuer',
+  'server',
+  'discovery',
   'clientId',
   'clientSecret',
   'clientAuthMethod',
+  'privateKey',
+  'fetchUser',
+  'pushedAuthorizationRequests',
+  'dpop',
   'redirectUri',
   'scope',
   'authorizationParams',
@@ -105,6 +300,11 @@ const KNOWN_OPTIONS = [
   'routes',
   'httpTimeout',
   'clockTolerance',
+  'postLogoutRedirect',
+  'idpLogout',
+  'sessionCookieName',
+  'sessionIndexTtl',
+  'refreshSkew',
 ] as const satisfies ReadonlyArray<keyof AuthOptions>;
 
 /** Parameters the library owns; letting `authorizationParams` set them would undo PKCE, state or nonce. */
@@ -120,9 +320,10 @@ const PROTECTED_PARAMS = new Set([
   'request',
   'request_uri',
   'response_mode',
+  'dpop_jkt',
 ]);
 
-const CLIENT_AUTH_METHODS: readonly ClientAuthMethod[] = ['client_secret_basic', 'client_secret_post', 'none'];
+const CLIENT_AUTH_METHODS: readonly ClientAuthMethod[] = ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none'];
 
 function fail(message: string): never {
   throw new TypeError(`express-oauth-pkce: ${message}`);
@@ -156,8 +357,9 @@ function parseUrl(value: unknown, name: string, example: string): URL {
 
 function routePath(value: unknown, name: string, fallback: string): string {
   if (value === undefined) return fallback;
-  if (typeof value !== 'string' || !/^\/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$/.test(value)) {
-    fail(`\`routes.${name}\` must be a plain path starting with '/', such as '${fallback}'.`);
+  // Matched literally, never as an Express pattern: refuse characters that would suggest otherwise (`:id`, `*`).
+  if (typeof value !== 'string' || !/^\/[A-Za-z0-9._~-]+(\/[A-Za-z0-9._~-]+)*$/.test(value)) {
+    fail(`\`routes.${name}\` must be a plain path starting with '/' (letters, digits, '.', '_', '~', '-'), such as '${fallback}'.`);
   }
   return value;
 }
@@ -188,11 +390,7 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   const allowInsecureRequests = options.allowInsecureRequests ?? false;
   if (typeof allowInsecureRequests !== 'boolean') fail('`allowInsecureRequests` must be a boolean.');
 
-  const issuer = parseUrl(options.issuer, 'issuer', 'https://idp.example.com');
-  if (issuer.protocol === 'http:' && !allowInsecureRequests) {
-    fail(`\`issuer\` '${issuer.href}' uses http:. Use https:, or set \`allowInsecureRequests: true\` in development and tests only.`);
-  }
-  if (issuer.search !== '' || issuer.hash !== '') fail('`issuer` must not have a query or fragment (RFC 8414 §2).');
+  const { issuer, server, discovery } = resolveServerOptions(options, allowInsecureRequests);
 
   if (typeof options.clientId !== 'string' || options.clientId === '') {
     fail('`clientId` is required: the client identifier registered at the authorization server.');
@@ -203,16 +401,34 @@ export function resolveOptions(input: unknown): ResolvedConfig {
     fail('`clientSecret` must be a non-empty string; omit it for a public client.');
   }
 
-  const clientAuthMethod = options.clientAuthMethod ?? (clientSecret === undefined ? 'none' : 'client_secret_basic');
+  const clientAuthMethod =
+    options.clientAuthMethod ?? (options.privateKey !== undefined ? 'private_key_jwt' : clientSecret === undefined ? 'none' : 'client_secret_basic');
   if (!CLIENT_AUTH_METHODS.includes(clientAuthMethod)) {
     fail(`\`clientAuthMethod\` must be one of ${CLIENT_AUTH_METHODS.join(', ')}, got ${JSON.stringify(clientAuthMethod)}.`);
   }
   if (clientAuthMethod === 'none' && clientSecret !== undefined) {
     fail("`clientAuthMethod: 'none'` is for public clients: remove `clientSecret`, or use 'client_secret_basic'.");
   }
-  if (clientAuthMethod !== 'none' && clientSecret === undefined) {
-    fail(`\`clientAuthMethod: '${clientAuthMethod}'\` needs \`clientSecret\`.`);
+  if (clientAuthMethod === 'private_key_jwt') {
+    if (clientSecret !== undefined) fail("`clientAuthMethod: 'private_key_jwt'` signs with `privateKey`: remove `clientSecret`.");
+    if (options.privateKey === undefined) fail("`clientAuthMethod: 'private_key_jwt'` needs `privateKey` (a private JWK with `kid`, or { key: PEM, kid }).");
+  } else {
+    if (options.privateKey !== undefined) fail(`\`privateKey\` is only used with \`clientAuthMethod: 'private_key_jwt'\`, not '${clientAuthMethod}'.`);
+    if (clientAuthMethod !== 'none' && clientSecret === undefined) fail(`\`clientAuthMethod: '${clientAuthMethod}'\` needs \`clientSecret\`.`);
   }
+  const privateKey = clientAuthMethod === 'private_key_jwt' ? parsePrivateKey(options.privateKey) : undefined;
+
+  const fetchUser = options.fetchUser;
+  if (fetchUser !== undefined && typeof fetchUser !== 'function') {
+    fail('`fetchUser` must be a function: async (tokens, { fetch }) => user object.');
+  }
+  const pushedAuthorizationRequests = options.pushedAuthorizationRequests ?? false;
+  if (typeof pushedAuthorizationRequests !== 'boolean') fail('`pushedAuthorizationRequests` must be a boolean.');
+  if (pushedAuthorizationRequests && server !== undefined && server.pushedAuthorizationRequestEndpoint === undefined) {
+    fail('`pushedAuthorizationRequests: true` needs `server.pushedAuthorizationRequestEndpoint`.');
+  }
+  const dpop = options.dpop ?? false;
+  if (typeof dpop !== 'boolean') fail('`dpop` must be a boolean.');
 
   const redirectUri = parseUrl(options.redirectUri, 'redirectUri', 'https://app.example.com/callback');
   if (redirectUri.hash !== '') fail('`redirectUri` must not have a fragment (RFC 6749 §3.1.2).');
@@ -223,6 +439,13 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   const scope = options.scope ?? 'openid';
   if (typeof scope !== 'string' || scope.trim() === '' || !/^[\x21\x23-\x5B\x5D-\x7E]+( [\x21\x23-\x5B\x5D-\x7E]+)*$/.test(scope)) {
     fail(`\`scope\` must be space-separated scope tokens such as 'openid email', got ${JSON.stringify(scope)}.`);
+  }
+  const openid = scope.split(' ').includes('openid');
+  if (openid && server !== undefined && server.issuer === undefined) {
+    fail("`scope` has 'openid', so ID tokens are checked against the issuer: set `server.issuer`, or remove 'openid' from `scope` for a plain OAuth 2.0 server.");
+  }
+  if (openid && server !== undefined && server.jwksUri === undefined) {
+    fail("`scope` has 'openid', so ID-token signatures are verified with the server's keys: set `server.jwksUri`, or remove 'openid' from `scope` for a plain OAuth 2.0 server.");
   }
 
   const authorizationParams = options.authorizationParams ?? {};
@@ -245,41 +468,222 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   const routes = options.routes ?? {};
   if (!isPlainObject(routes)) fail('`routes` must be an object: { login, logout }.');
   for (const key of Object.keys(routes)) {
-    if (key !== 'login' && key !== 'logout') {
-      fail(`unknown route \`routes.${key}\`; known: login, logout (the callback path comes from \`redirectUri\`).`);
+    if (!(ROUTE_NAMES as readonly string[]).includes(key)) {
+      fail(`unknown route \`routes.${key}\`; known: ${ROUTE_NAMES.join(', ')} (the callback path comes from \`redirectUri\`).`);
     }
   }
   const loginPath = routePath(routes.login, 'login', '/login');
   const logoutPath = routePath(routes.logout, 'logout', '/logout');
   const callbackPath = redirectUri.pathname;
-  if (new Set([loginPath, logoutPath, callbackPath]).size !== 3) {
-    fail(`the login (${loginPath}), logout (${logoutPath}) and callback (${callbackPath}) paths must differ.`);
+  const logout = resolveLogoutOptions(options, routes, redis !== undefined, scope.split(' ').includes('openid'));
+  const paths = [loginPath, logoutPath, callbackPath, logout.postLogoutPath, logout.backchannelLogoutPath].filter((p) => p !== undefined);
+  if (new Set(paths).size !== paths.length) {
+    fail(`the route paths must differ: ${paths.join(', ')} (login, logout, callback${paths.length > 3 ? ' and the logout return routes' : ''}).`);
   }
 
   const httpTimeout = positiveNumber(options.httpTimeout, 'httpTimeout', 5000, 'milliseconds');
   if (httpTimeout < 1) fail('`httpTimeout` must be at least 1 millisecond.');
   const clockTolerance = positiveNumber(options.clockTolerance, 'clockTolerance', 30, 'seconds');
+  const refreshSkew = positiveNumber(options.refreshSkew, 'refreshSkew', 60, 'seconds');
 
   return Object.freeze({
     issuer,
+    server,
+    discovery,
     clientId: options.clientId,
     clientSecret,
     clientAuthMethod,
+    privateKey,
+    fetchUser,
+    pushedAuthorizationRequests,
+    dpop,
     redirectUri,
     callbackPath,
     scope,
-    openid: scope.split(' ').includes('openid'),
+    openid,
     authorizationParams: Object.freeze({ ...authorizationParams }),
     redis,
     keyPrefix,
     allowInsecureRequests,
     loginPath,
     logoutPath,
+    ...logout,
     httpTimeout,
     clockTolerance,
+    refreshSkew,
   });
+}
+
+const ROUTE_NAMES = ['login', 'logout', 'postLogout', 'backchannelLogout'] as const;
+
+/** The logout options (`idpLogout`, `postLogoutRedirect`, the return routes, the cookie name, the index TTL). */
+function resolveLogoutOptions(
+  options: Partial<AuthOptions>,
+  routes: NonNullable<AuthOptions['routes']>,
+  hasRedis: boolean,
+  openid: boolean,
+) {
+  const idpLogout = options.idpLogout ?? false;
+  if (typeof idpLogout !== 'boolean') fail('`idpLogout` must be a boolean.');
+  if (routes.postLogout !== undefined && !idpLogout) {
+    fail('`routes.postLogout` is the return route of RP-initiated logout: set `idpLogout: true` too, or remove it.');
+  }
+  const postLogoutPath = idpLogout ? routePath(routes.postLogout, 'postLogout', '/logout/callback') : undefined;
+
+  if (routes.backchannelLogout !== undefined && !(hasRedis && openid)) {
+    fail(
+      '`routes.backchannelLogout` needs `redis` (the index of sessions to end lives there, shared by every process) and an `openid` scope (logout tokens name the `sub`/`sid` of the ID token).',
+    );
+  }
+  const backchannelLogoutPath = hasRedis && openid ? routePath(routes.backchannelLogout, 'backchannelLogout', '/backchannel-logout') : undefined;
+
+  const postLogoutRedirect = options.postLogoutRedirect ?? '/';
+  if (typeof postLogoutRedirect !== 'string' || sanitizeReturnTo(postLogoutRedirect) !== postLogoutRedirect) {
+    fail(`\`postLogoutRedirect\` must be a same-origin path such as '/' or '/goodbye', got ${JSON.stringify(postLogoutRedirect)}.`);
+  }
+
+  const sessionCookieName = options.sessionCookieName ?? 'connect.sid';
+  // RFC 6265 §4.1.1 cookie-name is an RFC 2616 token.
+  if (typeof sessionCookieName !== 'string' || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(sessionCookieName)) {
+    fail("`sessionCookieName` must be express-session's cookie name (its `name` option), such as 'connect.sid'.");
+  }
+
+  const sessionIndexTtl = positiveNumber(options.sessionIndexTtl, 'sessionIndexTtl', 14 * 24 * 60 * 60, 'seconds');
+  if (!Number.isInteger(sessionIndexTtl) || sessionIndexTtl < 60) fail('`sessionIndexTtl` must be a whole number of seconds, at least 60.');
+
+  return { postLogoutPath, backchannelLogoutPath, postLogoutRedirect, idpLogout, sessionCookieName, sessionIndexTtl };
 }
 
 function isLoopback(hostname: string): boolean {
   return hostname === 'localhost' || hostname === '[::1]' || /^127(\.\d{1,3}){3}$/.test(hostname);
+}
+
+function httpsUnlessAllowed(url: URL, name: string, allowInsecureRequests: boolean): URL {
+  if (url.protocol === 'http:' && !allowInsecureRequests) {
+    fail(`\`${name}\` '${url.href}' uses http:. Use https:, or set \`allowInsecureRequests: true\` in development and tests only.`);
+  }
+  return url;
+}
+
+function parseIssuer(value: unknown, name: string, allowInsecureRequests: boolean): URL {
+  const issuer = httpsUnlessAllowed(parseUrl(value, name, 'https://idp.example.com'), name, allowInsecureRequests);
+  if (issuer.search !== '' || issuer.hash !== '') fail(`\`${name}\` must not have a query or fragment (RFC 8414 §2).`);
+  return issuer;
+}
+
+const SERVER_ENDPOINTS = [
+  ['authorizationEndpoint', true],
+  ['tokenEndpoint', true],
+  ['revocationEndpoint', false],
+  ['userinfoEndpoint', false],
+  ['jwksUri', false],
+  ['endSessionEndpoint', false],
+  ['pushedAuthorizationRequestEndpoint', false],
+] as const satisfies ReadonlyArray<readonly [keyof ServerEndpoints, boolean]>;
+
+/** `issuer` (discovered) or `server` (by hand): exactly one of the two. */
+function resolveServerOptions(
+  options: Partial<AuthOptions>,
+  allowInsecureRequests: boolean,
+): { issuer: URL | undefined; server: ResolvedServer | undefined; discovery: 'oidc' | 'oauth2' } {
+  const hasIssuer = options.issuer !== undefined;
+  const hasServer = options.server !== undefined;
+  if (hasIssuer === hasServer) {
+    fail(
+      hasIssuer
+        ? 'give either `issuer` (metadata is discovered) or `server` (endpoints by hand), not both; put the issuer identifier in `server.issuer`.'
+        : "`issuer` is required: an absolute URL such as 'https://idp.example.com' (or, for a server without discovery, `server: { authorizationEndpoint, tokenEndpoint }`).",
+    );
+  }
+  if (options.discovery !== undefined && options.discovery !== 'oidc' && options.discovery !== 'oauth2') {
+    fail(`\`discovery\` must be 'oidc' or 'oauth2', got ${JSON.stringify(options.discovery)}.`);
+  }
+  if (hasIssuer) {
+    return { issuer: parseIssuer(options.issuer, 'issuer', allowInsecureRequests), server: undefined, discovery: options.discovery ?? 'oidc' };
+  }
+  if (options.discovery !== undefined) fail('`discovery` applies to `issuer`; with `server` the endpoints are given by hand and nothing is discovered.');
+  const input = options.server;
+  if (!isPlainObject(input)) fail('`server` must be an object: { authorizationEndpoint, tokenEndpoint, ... }.');
+  const known = ['issuer', ...SERVER_ENDPOINTS.map(([name]) => name)];
+  for (const key of Object.keys(input)) {
+    if (!known.includes(key)) {
+      const hint = closest(key, known);
+      fail(`unknown option \`server.${key}\`${hint ? ` (did you mean \`server.${hint}\`?)` : ''}. Known: ${known.join(', ')}.`);
+    }
+  }
+  const endpoints: Record<string, URL | undefined> = {};
+  for (const [name, required] of SERVER_ENDPOINTS) {
+    const value = input[name];
+    if (value === undefined && !required) continue;
+    const url = httpsUnlessAllowed(parseUrl(value, `server.${name}`, `https://idp.example.com/${name}`), `server.${name}`, allowInsecureRequests);
+    if (url.hash !== '') fail(`\`server.${name}\` must not have a fragment.`);
+    endpoints[name] = url;
+  }
+  const issuer = input.issuer === undefined ? undefined : parseIssuer(input.issuer, 'server.issuer', allowInsecureRequests);
+  return {
+    issuer,
+    server: Object.freeze({
+      issuer,
+      issuerIdentifier: issuer === undefined ? undefined : String(input.issuer),
+      authorizationEndpoint: endpoints.authorizationEndpoint as URL,
+      tokenEndpoint: endpoints.tokenEndpoint as URL,
+      revocationEndpoint: endpoints.revocationEndpoint,
+      userinfoEndpoint: endpoints.userinfoEndpoint,
+      jwksUri: endpoints.jwksUri,
+      endSessionEndpoint: endpoints.endSessionEndpoint,
+      pushedAuthorizationRequestEndpoint: endpoints.pushedAuthorizationRequestEndpoint,
+    }),
+    discovery: 'oidc',
+  };
+}
+
+/** Algorithms a key type can sign with; the first is the default. */
+function algorithmsFor(jwk: JWK): readonly string[] {
+  switch (jwk.kty) {
+    case 'RSA':
+      return ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'];
+    case 'EC':
+      return jwk.crv === 'P-256' ? ['ES256'] : jwk.crv === 'P-384' ? ['ES384'] : jwk.crv === 'P-521' ? ['ES512'] : [];
+    case 'OKP':
+      return jwk.crv === 'Ed25519' ? ['EdDSA', 'Ed25519'] : [];
+    default:
+      return [];
+  }
+}
+
+/**
+ * Reads the `private_key_jwt` key now, so that a wrong key fails at startup rather than at the first login. Messages
+ * describe the problem, never the key.
+ */
+function parsePrivateKey(value: unknown): ResolvedPrivateKey {
+  const shape = '`privateKey` must be a private JWK with a `kid`, or { key: <PEM or private JWK>, kid, alg?, audience? }';
+  if (!isPlainObject(value)) fail(`${shape}.`);
+  const form: Record<string, unknown> = typeof value.kty === 'string' ? { key: value } : value;
+  for (const key of Object.keys(form)) {
+    if (!['key', 'kid', 'alg', 'audience'].includes(key)) fail(`unknown option \`privateKey.${key}\`; ${shape}.`);
+  }
+  const source = form.key;
+  let keyObject: KeyObject;
+  try {
+    if (typeof source === 'string') keyObject = createPrivateKey(source);
+    else if (isPlainObject(source)) keyObject = createPrivateKey({ key: source, format: 'jwk' });
+    else throw new TypeError('no key');
+  } catch {
+    fail(`${shape}; the key given is not a readable unencrypted private key (PEM PKCS#8/PKCS#1/SEC1, or a JWK with "d").`);
+  }
+  const jwk = keyObject.export({ format: 'jwk' }) as JWK;
+  const given = isPlainObject(source) ? (source as JWK) : undefined;
+  const kid = form.kid ?? given?.kid;
+  if (typeof kid !== 'string' || kid === '') {
+    fail('`privateKey` needs a `kid`: the key id registered with the server (in the JWK, or as `privateKey.kid`).');
+  }
+  const algorithms = algorithmsFor(jwk);
+  if (algorithms.length === 0) fail('`privateKey` must be an RSA, EC (P-256, P-384, P-521) or Ed25519 key.');
+  const alg = form.alg ?? given?.alg ?? algorithms[0];
+  if (typeof alg !== 'string' || !algorithms.includes(alg)) {
+    fail(`\`privateKey.alg\` ${JSON.stringify(alg)} does not fit this ${jwk.kty} key; use one of ${algorithms.join(', ')}.`);
+  }
+  const audience = form.audience ?? 'issuer';
+  if (audience !== 'issuer' && audience !== 'token_endpoint') fail("`privateKey.audience` must be 'issuer' or 'token_endpoint'.");
+  return Object.freeze({ jwk: Object.freeze(jwk), kid, alg, audience });
 }

@@ -16,8 +16,9 @@ export function rawQuery(req: Request): string {
 }
 
 /**
- * Parses the query strictly: bounded length, valid percent-encoding, and each of `names` at most once. Express's
- * own parser turns repeats into arrays and lets bad escapes through; protocol parameters must be unambiguous.
+ * Parses the query strictly: bounded length, valid percent-encoding, each of `names` at most once and never in
+ * array/object form (`name[]=`, `name[k]=`). Express's own parser turns repeats into arrays and lets bad escapes
+ * through; protocol parameters must be unambiguous.
  */
 export function strictQuery(req: Request, names: readonly string[]): URLSearchParams {
   const raw = rawQuery(req);
@@ -26,6 +27,13 @@ export function strictQuery(req: Request, names: readonly string[]): URLSearchPa
   const params = new URLSearchParams(raw);
   for (const name of names) {
     if (params.getAll(name).length > 1) throw invalid(`The parameter "${name}" must not be repeated.`);
+  }
+  for (const key of params.keys()) {
+    // `state[]=x` or `state[a]=x` is how arrays and objects are written for qs-style parsers (Express's `extended`);
+    // a protocol parameter in that shape is an attempt to confuse some parser, never a mistake worth guessing about.
+    const bracket = key.indexOf('[');
+    const base = bracket > 0 ? key.slice(0, bracket) : undefined;
+    if (base !== undefined && names.includes(base)) throw invalid(`The parameter "${base}" must be a single string value.`);
   }
   try {
     // URLSearchParams decodes lone surrogates and invalid UTF-8 to U+FFFD without failing; refuse them instead.

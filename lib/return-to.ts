@@ -21,6 +21,25 @@ export function sanitizeReturnTo(value: unknown): string {
   }
   if (url.origin !== PROBE_ORIGIN) return DEFAULT_RETURN_TO;
   const path = `${url.pathname}${url.search}${url.hash}`;
-  // A decoded path that starts with `//` would turn protocol-relative if anything decodes it again.
-  return path.startsWith('//') ? DEFAULT_RETURN_TO : path;
+  // A normalised path that starts with `//` (from `/.//host`) is protocol-relative; so is one that turns into `//`,
+  // `/\` or `/<tab>/` once anything downstream percent-decodes it (`/%2F%2Fhost`, `/%5Chost`, `/%09/host`, and the
+  // same double-encoded).
+  return turnsProtocolRelative(url.pathname) ? DEFAULT_RETURN_TO : path;
+}
+
+/** True when the path, as is or decoded up to three times, starts like a protocol-relative URL; undecodable too. */
+function turnsProtocolRelative(pathname: string): boolean {
+  let current = pathname;
+  for (let round = 0; round < 4; round++) {
+    if (/^[/\\][\s\u0000-\u001F\u007F]*[/\\]/.test(current)) return true;
+    let decoded: string;
+    try {
+      decoded = decodeURIComponent(current);
+    } catch {
+      return true;
+    }
+    if (decoded === current) return false;
+    current = decoded;
+  }
+  return true;
 }

@@ -1,20 +1,13 @@
 import * as client from 'openid-client';
+import { checkClientAuthSupport, clientAuthentication } from './client-auth.js';
+import { checkDPoPSupport } from './dpop.js';
 import { AuthError, AuthErrorCode } from './errors.js';
-import type { ClientAuthMethod, ResolvedConfig } from './options.js';
+import type { ResolvedConfig, ResolvedServer } from './options.js';
+import { checkPushedAuthorizationSupport } from './par.js';
+import { isNetworkError, isTimeout } from './upstream.js';
 
 /** Resolves the openid-client `Configuration` once and shares it; a failure is not cached. */
 export type ServerResolver = () => Promise<client.Configuration>;
-
-function clientAuthentication(method: ClientAuthMethod, secret: string | undefined): client.ClientAuth {
-  switch (method) {
-    case 'client_secret_basic':
-      return client.ClientSecretBasic(secret);
-    case 'client_secret_post':
-      return client.ClientSecretPost(secret);
-    case 'none':
-      return client.None();
-  }
-}
 
 /**
  * Refuses metadata that would silently weaken the flow. Each check names the fix, because the person who reads it
@@ -30,31 +23,42 @@ function checkMetadata(config: ResolvedConfig, metadata: client.ServerMetadata):
       `The authorization server does not support PKCE S256 (code_challenge_methods_supported: ${pkceMethods.join(', ') || 'none'}); this library never falls back to "plain".`,
     );
   }
-  const authMethods = metadata.token_endpoint_auth_methods_supported;
-  // RFC 8414 §2: absent means client_secret_basic only.
-  const supported = Array.isArray(authMethods) ? authMethods : ['client_secret_basic'];
-  if (config.clientAuthMethod !== 'none' && !supported.includes(config.clientAuthMethod)) {
-    throw new AuthError(
-      AuthErrorCode.DISCOVERY_FAILED,
-      502,
-      `The authorization server does not support clientAuthMethod '${config.clientAuthMethod}'; it supports: ${supported.join(', ')}.`,
-    );
-  }
+  checkClientAuthSupport(config, metadata);
   const responseTypes = metadata.response_types_supported;
   if (Array.isArray(responseTypes) && !responseTypes.includes('code')) {
     throw new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, 'The authorization server does not support response_type=code.');
   }
 }
 
+/**
+ * Metadata for a server configured by hand. Without an issuer identifier the token endpoint stands in: openid-client
+ * needs one, and it is what `private_key_jwt` then uses as audience (RFC 7523 §3 allows it).
+ */
+function handGivenMetadata(server: ResolvedServer): client.ServerMetadata {
+  const optional = {
+    revocation_endpoint: server.revocationEndpoint,
+    userinfo_endpoint: server.userinfoEndpoint,
+    jwks_uri: server.jwksUri,
+    end_session_endpoint: server.endSessionEndpoint,
+    pushed_authorization_request_endpoint: server.pushedAuthorizationRequestEndpoint,
+  };
+  return {
+    issuer: server.issuerIdentifier ?? server.tokenEndpoint.href,
+    authorization_endpoint: server.authorizationEndpoint.href,
+    token_endpoint: server.tokenEndpoint.href,
+    ...Object.fromEntries(Object.entries(optional).flatMap(([name, url]) => (url === undefined ? [] : [[name, url.href]]))),
+  };
+}
+
 function discoveryError(err: unknown): AuthError {
   if (err instanceof AuthError) return err;
-  const code = (err as { code?: unknown } | null)?.code;
-  if (code === 'OAUTH_TIMEOUT') {
+  if (isTimeout(err)) {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The authorization server did not answer discovery in time.', { cause: err });
   }
-  if (err instanceof TypeError && !('code' in err && typeof err.code === 'string' && err.code.startsWith('ERR_INVALID'))) {
+  if (isNetworkError(err)) {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The authorization server could not be reached for discovery.', { cause: err });
   }
+  const code = (err as { code?: unknown } | null)?.code;
   const detail = code === 'OAUTH_JSON_ATTRIBUTE_COMPARISON_FAILED' ? ': the metadata names another issuer than the configured one' : '';
   return new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, `The authorization server metadata could not be used${detail}.`, { cause: err });
 }
@@ -69,21 +73,32 @@ export function createServerResolver(config: ResolvedConfig): ServerResolver {
 
   async function discover(): Promise<client.Configuration> {
     try {
-      const configuration = await client.discovery(
-        config.issuer,
-        config.clientId,
-        {
-          redirect_uris: [config.redirectUri.href],
-          response_types: ['code'],
-          [client.clockTolerance]: config.clockTolerance,
-        },
-        clientAuthentication(config.clientAuthMethod, config.clientSecret),
-        {
+      const clientMetadata: Partial<client.ClientMetadata> = {
+        redirect_uris: [config.redirectUri.href],
+        response_types: ['code'],
+        [client.clockTolerance]: config.clockTolerance,
+      };
+      const clientAuth = await clientAuthentication(config);
+      let configuration: client.Configuration;
+      if (config.server !== undefined) {
+        configuration = new client.Configuration(handGivenMetadata(config.server), config.clientId, clientMetadata, clientAuth);
+        if (config.allowInsecureRequests) client.allowInsecureRequests(configuration);
+      } else {
+        if (config.issuer === undefined) throw new AuthError(AuthErrorCode.MISCONFIGURED, 500, 'Neither issuer nor server is configured.');
+        configuration = await client.discovery(config.issuer, config.clientId, clientMetadata, clientAuth, {
+          algorithm: config.discovery,
           timeout: timeoutSeconds,
           execute: config.allowInsecureRequests ? [client.allowInsecureRequests] : [],
-        },
-      );
-      checkMetadata(config, configuration.serverMetadata());
+        });
+        checkMetadata(config, configuration.serverMetadata());
+      }
+      checkPushedAuthorizationSupport(config, configuration.serverMetadata());
+      checkDPoPSupport(config, configuration.serverMetadata());
+      // openid-client trusts a token-endpoint ID token on TLS alone (OIDC Core §3.1.3.7 step 6 allows it); we verify
+      // its signature against the issuer's JWKS anyway, so a forged, tampered, unsigned or HMAC-signed ID token is
+      // refused. An unknown `kid` re-fetches the key set (at most once a minute), which is how key rotation works.
+      // A server given by hand with `openid` must name its `jwksUri` (options.ts); without `openid` no ID token is read.
+      client.enableNonRepudiationChecks(configuration);
       configuration.timeout = timeoutSeconds;
       return configuration;
     } catch (err) {

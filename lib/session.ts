@@ -1,5 +1,6 @@
 import type { Request } from 'express';
 import type { Session } from 'express-session';
+import type { JWK } from 'jose';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { StoredTokens } from './tokens.js';
 import type { Transaction } from './transaction.js';
@@ -10,7 +11,13 @@ export interface LoginState {
   id: string;
   /** Validated ID-token claims (undefined without `openid`). */
   claims?: Record<string, unknown>;
+  /** What the `fetchUser` hook returned at login. */
+  user?: Record<string, unknown>;
   tokens: StoredTokens;
+  /** The login's DPoP private key (RFC 9449), when `dpop` is on. Server-side only: the tokens are bound to it. */
+  dpopKey?: JWK;
+  /** Version of `tokens` in the token store (absent: 1, the login's own); the session copy is a cache of it. */
+  version?: number;
 }
 
 /** The library's slice of the session, under one key so that it never collides with the app's data. */
@@ -18,12 +25,14 @@ export interface OAuthSessionState {
   /** Pending login transactions keyed by `state`, so several tabs can log in at once. */
   tx?: Record<string, Transaction>;
   login?: LoginState;
+  /** A pending RP-initiated logout: the `state` sent to the end-session endpoint (see `routes/post-logout.ts`). */
+  logout?: { state: string; createdAt: number };
 }
 
 /** The session key the library owns. */
 export const SESSION_KEY = 'oauth';
 
-type SessionWithState = Session & { [SESSION_KEY]?: OAuthSessionState };
+export type SessionWithState = Session & { [SESSION_KEY]?: OAuthSessionState };
 
 /** The session of a request, or a clear error when express-session is not mounted before `auth()`. */
 export function requireSession(req: Request): SessionWithState {

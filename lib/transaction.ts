@@ -1,3 +1,4 @@
+import type { JWK } from 'jose';
 import * as client from 'openid-client';
 import type { OAuthSessionState } from './session.js';
 
@@ -7,6 +8,8 @@ export interface Transaction {
   verifier: string;
   /** OIDC nonce, when the scope has `openid`. */
   nonce?: string;
+  /** The DPoP private key the login will be bound to, when `dpop` is on. */
+  dpopKey?: JWK;
   /** Sanitised same-origin path to land on after login. */
   returnTo: string;
   /** Creation time, epoch milliseconds. */

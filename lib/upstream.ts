@@ -4,15 +4,33 @@ import { AuthError, AuthErrorCode } from './errors.js';
 /** oauth4webapi codes that only ID-token validation raises. */
 const ID_TOKEN_CODES = new Set(['OAUTH_JWT_TIMESTAMP_CHECK_FAILED', 'OAUTH_JWT_CLAIM_COMPARISON_FAILED', 'OAUTH_KEY_SELECTION_FAILED']);
 
+interface ErrorLike {
+  name?: unknown;
+  message?: unknown;
+  code?: unknown;
+  cause?: unknown;
+}
+
+// Errors from fetch (undici) may come from another realm (jest's VM context, worker threads), where `instanceof
+// TypeError` is false: walk the chain by shape instead.
+function chain(err: unknown): ErrorLike[] {
+  const links: ErrorLike[] = [];
+  for (let e: unknown = err; typeof e === 'object' && e !== null && links.length < 5; e = (e as ErrorLike).cause) {
+    links.push(e as ErrorLike);
+  }
+  return links;
+}
+
 function messages(err: unknown): string {
-  const parts: string[] = [];
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) parts.push(e.message);
-  return parts.join(' | ');
+  return chain(err)
+    .map((e) => `${String(e.message ?? '')} ${typeof e.code === 'string' ? e.code : ''}`)
+    .join(' | ');
 }
 
 /** True for failures to reach the server at all: DNS, refused connection, reset, TLS. */
 export function isNetworkError(err: unknown): boolean {
-  return err instanceof TypeError && /fetch failed|network|ECONN|ENOTFOUND|EAI_AGAIN|socket/i.test(messages(err));
+  // openid-client wraps a foreign-realm TypeError in a ClientError, so look along the whole chain.
+  return chain(err).some((e) => e.name === 'TypeError' && /fetch failed|network/i.test(String(e.message)));
 }
 
 /** True when openid-client gave up waiting (the configured `httpTimeout`). */
@@ -20,42 +38,162 @@ export function isTimeout(err: unknown): boolean {
   return (err as { code?: unknown } | null)?.code === 'OAUTH_TIMEOUT';
 }
 
+/** Replaces every occurrence of the `secrets` (codes, verifiers, tokens, the client secret) in `text`. */
+function redactor(secrets: ReadonlyArray<string | undefined>): (text: string) => string {
+  const values = secrets.filter((s): s is string => typeof s === 'string' && s.length >= 8);
+  return (text) => values.reduce((result, secret) => result.split(secret).join('[redacted]'), text);
+}
+
+/** Own properties of openid-client / oauth4webapi errors that are plain facts, never token material. */
+const SAFE_FIELDS = ['name', 'code', 'status', 'error', 'error_description'] as const;
+
+/**
+ * A copy of an error chain that keeps what helps a log reader (name, message, stack, code, status, upstream error)
+ * and drops what oauth4webapi attaches as `cause` or `response`: token-response bodies (access and refresh tokens),
+ * raw JWTs, ID-token claims, keys. `AuthError.cause` is what an app logs with `console.error(err)`. The copies are
+ * plain `Error`s: the original classes (DOMException…) cannot be faithfully copied without their internals.
+ */
+function safeCause(err: unknown, redact: (text: string) => string, depth = 0): Error | undefined {
+  if (typeof err !== 'object' || err === null || depth > 4) return undefined;
+  const source = err as { message?: unknown; stack?: unknown; cause?: unknown; name?: unknown };
+  if (typeof source.message !== 'string') return undefined;
+  const cause = safeCause(source.cause, redact, depth + 1);
+  const copy = new Error(redact(source.message), cause === undefined ? undefined : { cause });
+  if (typeof source.stack === 'string') copy.stack = redact(source.stack);
+  for (const name of SAFE_FIELDS) {
+    const value = name === 'name' ? source.name : Object.hasOwn(err, name) ? (err as Record<string, unknown>)[name] : undefined;
+    if (typeof value === 'string') Object.assign(copy, { [name]: redact(value) });
+    else if (typeof value === 'number') Object.assign(copy, { [name]: value });
+  }
+  return copy;
+}
+
+/**
+ * The sanitised copy of `err` to keep as an `AuthError` cause (see `safeCause`), with `secrets` (tokens…) redacted from
+ * its messages.
+ */
+export function sanitisedCause(err: unknown, secrets: ReadonlyArray<string | undefined> = []): Error | undefined {
+  return safeCause(err, redactor(secrets));
+}
+
 /**
  * Classifies a failure of the code exchange (token request plus ID-token validation). Upstream `error` and
- * `error_description` are kept; tokens and codes never reach the message.
+ * `error_description` are kept; tokens and codes never reach the message, and `secrets` (the code, the verifier, the
+ * client secret…) are redacted from whatever the server echoed. The cause is a sanitised copy (see `safeCause`).
  */
-export function exchangeError(err: unknown): AuthError {
+export function exchangeError(err: unknown, secrets: ReadonlyArray<string | undefined> = []): AuthError {
   if (err instanceof AuthError) return err;
+  const redact = redactor(secrets);
+  const cause = safeCause(err, redact);
   if (isTimeout(err)) {
-    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The token endpoint did not answer in time.', { cause: err });
+    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The token endpoint did not answer in time.', { cause });
   }
   if (isNetworkError(err)) {
-    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The token endpoint could not be reached.', { cause: err });
+    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The token endpoint could not be reached.', { cause });
   }
   if (err instanceof client.ResponseBodyError) {
-    const upstream = { cause: err, error: err.error, ...(err.error_description ? { errorDescription: err.error_description } : {}) };
+    const error = redact(err.error);
+    const upstream = { cause, error, ...(err.error_description ? { errorDescription: redact(err.error_description) } : {}) };
     if (err.status >= 500) {
       return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${err.status}).`, upstream);
     }
-    return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token endpoint refused the authorization code: ${err.error}.`, upstream);
+    return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token endpoint refused the authorization code: ${error}.`, upstream);
+  }
+  const code = (err as { code?: unknown } | null)?.code;
+  const text = messages(err);
+  // `"id_token"` covers a token response without one although the scope has `openid`.
+  if ((typeof code === 'string' && ID_TOKEN_CODES.has(code)) || /ID Token|"id_token"|JWT|JWS|signature/i.test(text)) {
+    return new AuthError(AuthErrorCode.INVALID_ID_TOKEN, 400, `The ID token is invalid: ${redact(describe(err))}.`, { cause });
+  }
+  const shape = tokenResponseShapeError(err, cause, redact);
+  if (shape !== undefined) return shape;
+  if (code === 'OAUTH_RESPONSE_IS_NOT_CONFORM') {
+    const status = (err as { cause?: { status?: unknown } }).cause?.status;
+    if (typeof status === 'number' && status >= 500) {
+      return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${status}).`, { cause });
+    }
+  }
+  return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${redact(describe(err))}.`, { cause });
+}
+
+/**
+ * A 2xx token response that is not what RFC 6749 §5.1 describes: not a JSON object, no `access_token`, no
+ * `token_type`, or a `token_type` other than Bearer (RFC 6750) or DPoP (RFC 9449). openid-client refuses all of these;
+ * this names the problem. Some servers (GitHub) answer errors with HTTP 200: their `error` is kept.
+ */
+function tokenResponseShapeError(err: unknown, cause: Error | undefined, redact: (text: string) => string): AuthError | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  const refused = (why: string, extra: { error?: string; errorDescription?: string } = {}) =>
+    new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${why}.`, { cause, ...extra });
+  if (code === 'OAUTH_RESPONSE_IS_NOT_JSON' || code === 'OAUTH_PARSE_ERROR') return refused('it is not JSON');
+  // openid-client wraps oauth4webapi's error, whose message names the member and whose cause holds the parsed body.
+  const detail = chain(err)
+    .filter((e) => typeof e.message === 'string' && (e.message.startsWith('"response" body') || e.message.includes('`token_type`')))
+    .at(-1);
+  if (detail === undefined) return undefined;
+  const message = String(detail.message);
+  if (message.includes('`token_type`')) return refused('its token_type is neither Bearer nor DPoP');
+  const body = (detail.cause as { body?: unknown } | undefined)?.body;
+  const upstream = typeof body === 'object' && body !== null ? (body as { error?: unknown; error_description?: unknown }) : {};
+  if (typeof upstream.error === 'string') {
+    const error = redact(upstream.error).slice(0, 100);
+    return refused(`the token endpoint answered with error ${error}`, {
+      error,
+      ...(typeof upstream.error_description === 'string' ? { errorDescription: redact(upstream.error_description).slice(0, 500) } : {}),
+    });
+  }
+  if (message.includes('top level object')) return refused('it is not a JSON object');
+  for (const member of ['access_token', 'token_type', 'expires_in', 'refresh_token', 'scope', 'id_token']) {
+    if (message.includes(`"${member}"`)) return refused(`its ${member} is missing or malformed`);
+  }
+  return undefined;
+}
+
+/** The most specific message in the chain; oauth4webapi's messages name claims and parameters, never their values. */
+export function describe(err: unknown): string {
+  const last = chain(err)
+    .map((e) => e.message)
+    .filter((m): m is string => typeof m === 'string' && m !== '')
+    .at(-1);
+  return (last ?? 'invalid response').replace(/\.$/, '');
+}
+
+/**
+ * Classifies a failure of the refresh-token grant (RFC 6749 §6). `login_required` (401) means the login is over:
+ * `invalid_grant` (revoked, expired or reused refresh token; the caller re-reads the token store once before believing
+ * it), or a refreshed ID token that fails validation. Anything else keeps the login: `refresh_failed`, 503 when a
+ * retry may work (network, timeout, 5xx), 502 when the server refused for another reason.
+ */
+export function refreshError(err: unknown, secrets: ReadonlyArray<string | undefined> = []): AuthError {
+  if (err instanceof AuthError) return err;
+  // The same hygiene as the code exchange: the raw error can hold the refresh response (new tokens) and raw JWTs.
+  const redact = redactor(secrets);
+  const cause = safeCause(err, redact);
+  if (isTimeout(err)) {
+    return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, 'The token endpoint did not answer the refresh in time; try again.', { cause });
+  }
+  if (isNetworkError(err)) {
+    return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, 'The token endpoint could not be reached to refresh the tokens; try again.', { cause });
+  }
+  if (err instanceof client.ResponseBodyError) {
+    const error = redact(err.error);
+    const upstream = { cause, error, ...(err.error_description ? { errorDescription: redact(err.error_description) } : {}) };
+    if (err.status >= 500) {
+      return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, `The token endpoint failed to refresh the tokens (HTTP ${err.status}); try again.`, upstream);
+    }
+    if (err.error === 'invalid_grant') {
+      return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The authorization server ended this login (invalid_grant); log in again.', upstream);
+    }
+    return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The token endpoint refused the refresh: ${error}.`, upstream);
   }
   const code = (err as { code?: unknown } | null)?.code;
   const text = messages(err);
   if ((typeof code === 'string' && ID_TOKEN_CODES.has(code)) || /ID Token|JWT|JWS|signature/i.test(text)) {
-    return new AuthError(AuthErrorCode.INVALID_ID_TOKEN, 400, `The ID token is invalid: ${describe(err)}.`, { cause: err });
+    return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, `The refreshed ID token is invalid (${redact(describe(err))}); log in again.`, { cause });
   }
-  if (code === 'OAUTH_RESPONSE_IS_NOT_CONFORM') {
-    const status = (err as { cause?: { status?: unknown } }).cause?.status;
-    if (typeof status === 'number' && status >= 500) {
-      return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${status}).`, { cause: err });
-    }
+  const status = (err as { cause?: { status?: unknown } }).cause?.status;
+  if (code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' && typeof status === 'number' && status >= 500) {
+    return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, `The token endpoint failed to refresh the tokens (HTTP ${status}); try again.`, { cause });
   }
-  return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${describe(err)}.`, { cause: err });
-}
-
-/** The most specific message in the chain; oauth4webapi's messages name claims and parameters, never their values. */
-function describe(err: unknown): string {
-  let last = 'invalid response';
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) last = e.message;
-  return last.replace(/\.$/, '');
+  return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The refresh response was refused: ${redact(describe(err))}.`, { cause });
 }

@@ -1,14 +1,18 @@
 import { randomBytes } from 'node:crypto';
 import type { NextFunction, Request, Response } from 'express';
 import * as client from 'openid-client';
+import { assertDPoPBound, dpopOptionsFor } from '../dpop.js';
 import { AuthError, AuthErrorCode } from '../errors.js';
 import { rawQuery, strictQuery } from '../query.js';
 import { setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
-import { readState, regenerateSession, requireSession, saveSession, writableState } from '../session.js';
+import { readState, regenerateSession, requireSession, saveSession, writableState, type LoginState } from '../session.js';
+import { indexLogin } from '../session-index.js';
+import { sessionTtlSeconds } from '../token-store.js';
 import { toStoredTokens } from '../tokens.js';
 import { TRANSACTION_TTL_MS, takeTransaction } from '../transaction.js';
 import { exchangeError } from '../upstream.js';
+import { loadUser } from '../user.js';
 
 /** Authorization-response parameters that must appear at most once. */
 const CALLBACK_PARAMS = ['code', 'state', 'iss', 'error', 'error_description', 'error_uri', 'session_state'];
@@ -18,13 +22,21 @@ function invalidState(message: string): AuthError {
 }
 
 /** RFC 9207 §2.4: `iss` must equal the issuer, and must be present when the server says it sends it. */
-function checkIssuer(params: URLSearchParams, metadata: client.ServerMetadata): void {
+function checkIssuer(params: URLSearchParams, metadata: client.ServerMetadata, issuerKnown: boolean): void {
   const iss = params.get('iss');
   if (iss === null) {
     if (metadata.authorization_response_iss_parameter_supported === true) {
       throw new AuthError(AuthErrorCode.INVALID_RESPONSE, 400, 'The authorization response has no "iss" parameter, which this server always sends (RFC 9207).');
     }
     return;
+  }
+  if (!issuerKnown) {
+    // A server configured by hand without `issuer`: there is nothing to compare with, so the response cannot be trusted.
+    throw new AuthError(
+      AuthErrorCode.INVALID_RESPONSE,
+      400,
+      'The authorization server sends an "iss" parameter (RFC 9207), but no issuer is configured: set `server.issuer` to its issuer identifier.',
+    );
   }
   if (iss !== metadata.issuer) {
     throw new AuthError(AuthErrorCode.INVALID_RESPONSE, 400, 'The authorization response comes from another issuer (RFC 9207 mix-up defence).');
@@ -65,36 +77,52 @@ export function callbackRoute(runtime: Runtime) {
     }
 
     const configuration = await runtime.server();
-    checkIssuer(params, configuration.serverMetadata());
+    checkIssuer(params, configuration.serverMetadata(), config.issuer !== undefined);
     if (params.has('error')) throw authorizationResponseError(params);
     if (!params.get('code')) throw new AuthError(AuthErrorCode.INVALID_REQUEST, 400, 'The callback has no authorization "code".');
 
     const currentUrl = new URL(`${callbackBase}?${rawQuery(req)}`);
+    const dpop = await dpopOptionsFor(runtime, transaction);
     let response: Awaited<ReturnType<typeof client.authorizationCodeGrant>>;
     try {
-      response = await client.authorizationCodeGrant(configuration, currentUrl, {
-        pkceCodeVerifier: transaction.verifier,
-        expectedState: stateValue,
-        ...(transaction.nonce === undefined ? {} : { expectedNonce: transaction.nonce }),
-        idTokenExpected: config.openid,
-      });
+      response = await client.authorizationCodeGrant(
+        configuration,
+        currentUrl,
+        {
+          pkceCodeVerifier: transaction.verifier,
+          expectedState: stateValue,
+          ...(transaction.nonce === undefined ? {} : { expectedNonce: transaction.nonce }),
+          idTokenExpected: config.openid,
+        },
+        undefined,
+        dpop,
+      );
+      assertDPoPBound(config, response);
     } catch (err) {
-      throw exchangeError(err);
+      throw exchangeError(err, [params.get('code') ?? undefined, transaction.verifier, transaction.nonce, config.clientSecret]);
     }
 
     const idClaims = config.openid ? response.claims() : undefined;
     const tokens = toStoredTokens(response);
+    // Before the session changes: a failing hook leaves no half-made login.
+    const user = await loadUser(runtime, tokens, transaction);
     const pending = readState(req)?.tx;
 
     const session = await regenerateSession(req);
     const state = writableState(session);
     // Other tabs' logins belong to the same browser: they survive the id rotation.
     if (pending !== undefined && Object.keys(pending).length > 0) state.tx = pending;
-    state.login = {
+    const login: LoginState = {
       id: randomBytes(16).toString('base64url'),
       ...(idClaims === undefined ? {} : { claims: { ...idClaims } }),
+      ...(user === undefined ? {} : { user }),
       tokens,
+      ...(transaction.dpopKey === undefined ? {} : { dpopKey: transaction.dpopKey }),
     };
+    // Version 1 in the token store before the session can name it; a Redis failure leaves no login behind.
+    await runtime.tokenStore.create(login, sessionTtlSeconds(req));
+    state.login = login;
+    await indexLogin(runtime.sessionIndex, config, session);
     await saveSession(session);
     res.redirect(302, transaction.returnTo);
   };

@@ -1,10 +1,12 @@
 import type { NextFunction, Request, Response } from 'express';
 import * as client from 'openid-client';
+import { createDPoPKey } from '../dpop.js';
+import { authorizationUrl } from '../par.js';
 import { strictQuery } from '../query.js';
 import { sanitizeReturnTo } from '../return-to.js';
 import { setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
-import { requireSession, saveSession, writableState } from '../session.js';
+import { readState, requireSession, saveSession, writableState, type OAuthSessionState } from '../session.js';
 import { createTransaction } from '../transaction.js';
 
 /** `GET /login?returnTo=/path`: starts a transaction and sends the browser to the authorization endpoint. */
@@ -15,10 +17,16 @@ export function loginRoute(runtime: Runtime) {
     const session = requireSession(req);
     // Discovery first: when the server is unreachable, no transaction is written to the session.
     const configuration = await runtime.server();
-    const { state, transaction } = createTransaction(writableState(session), {
+    // The transaction is built on a copy and only joins the session once the authorization URL exists: a failed
+    // pushed authorization request leaves nothing behind.
+    const existing = readState(req)?.tx;
+    const draft: OAuthSessionState = existing === undefined ? {} : { tx: existing };
+    const { state, transaction } = createTransaction(draft, {
       openid: config.openid,
       returnTo: sanitizeReturnTo(params.get('returnTo')),
     });
+    const dpop = config.dpop ? await createDPoPKey(runtime) : undefined;
+    if (dpop !== undefined) transaction.dpopKey = dpop.jwk;
     const parameters: Record<string, string> = {
       ...config.authorizationParams,
       redirect_uri: config.redirectUri.href,
@@ -28,7 +36,8 @@ export function loginRoute(runtime: Runtime) {
       code_challenge_method: 'S256',
     };
     if (transaction.nonce !== undefined) parameters.nonce = transaction.nonce;
-    const target = client.buildAuthorizationUrl(configuration, parameters);
+    const target = await authorizationUrl(config, configuration, parameters, dpop?.handle);
+    writableState(session).tx = draft.tx;
     // The transaction must be in the store before the browser can come back with its state.
     await saveSession(session);
     setNoStore(res);

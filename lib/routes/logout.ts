@@ -1,26 +1,129 @@
 import type { NextFunction, Request, Response } from 'express';
+import * as client from 'openid-client';
 import { AuthError, AuthErrorCode } from '../errors.js';
+import type { ResolvedConfig } from '../options.js';
 import { setNoStore } from '../respond.js';
+import { revokeTokens } from '../revocation.js';
 import type { Runtime } from '../runtime.js';
-import { destroySession, requireSession } from '../session.js';
+import { subjectOf } from '../session-index.js';
+import { destroySession, readState, regenerateSession, requireSession, saveSession, writableState, type LoginState, type SessionWithState } from '../session.js';
+import type { StoredTokens } from '../tokens.js';
 
-/** Cross-site requests may not end a login (logout CSRF): the Fetch Metadata and Origin headers tell. */
+/** How long the `state` of an RP-initiated logout waits for the browser to come back. */
+export const LOGOUT_STATE_TTL_MS = 10 * 60 * 1000;
+
+/**
+ * Cross-site requests may not end a login (logout CSRF). Fetch Metadata decides when the browser sends it: a page with
+ * `Referrer-Policy: no-referrer` (helmet's default) makes Chromium send `Origin: null` on its own same-origin form
+ * posts, so `same-origin` must win over Origin. `same-site` (a sibling subdomain) still has to pass the Origin check.
+ */
 export function isCrossSite(req: Request, appOrigin: string): boolean {
-  if (req.get('sec-fetch-site') === 'cross-site') return true;
+  const site = req.get('sec-fetch-site');
+  if (site === 'cross-site') return true;
+  if (site === 'same-origin' || site === 'none') return false;
   const origin = req.get('origin');
   return origin !== undefined && origin !== appOrigin;
 }
 
-/** `POST /logout`: ends the login and destroys the session. */
+/** The attributes the session cookie was set with; a cookie is only cleared by a Set-Cookie with the same path and domain. */
+type CookieAttributes = Pick<SessionWithState['cookie'], 'path' | 'domain' | 'secure' | 'httpOnly' | 'sameSite'>;
+
+function cookieAttributes(session: SessionWithState): CookieAttributes {
+  const { path, domain, secure, httpOnly, sameSite } = session.cookie;
+  return { path, domain, secure, httpOnly, sameSite };
+}
+
+/** Destroys the session in the store and tells the browser to drop its cookie. */
+export async function endSession(res: Response, config: ResolvedConfig, session: SessionWithState): Promise<void> {
+  const attributes = cookieAttributes(session);
+  await destroySession(session);
+  res.clearCookie(config.sessionCookieName, {
+    ...(attributes.path === undefined ? {} : { path: attributes.path }),
+    ...(attributes.domain === undefined ? {} : { domain: attributes.domain }),
+    // express-session resolves `secure: 'auto'` per request into the session's cookie.
+    secure: attributes.secure === true,
+    httpOnly: attributes.httpOnly !== false,
+    ...(attributes.sameSite === undefined ? {} : { sameSite: attributes.sameSite }),
+  });
+}
+
+async function serverOrNothing(runtime: Runtime): Promise<client.Configuration | undefined> {
+  try {
+    return await runtime.server();
+  } catch {
+    // The server is unreachable: the local logout still happens, only revocation and RP-initiated logout are skipped.
+    return undefined;
+  }
+}
+
+/**
+ * Replaces the logged-in session by a fresh one (new id) that holds only the one-time `state` of this logout, and
+ * returns the end-session URL to send the browser to (RP-Initiated Logout 1.0 §2).
+ */
+async function startIdpLogout(
+  runtime: Runtime,
+  req: Request,
+  configuration: client.Configuration,
+  login: LoginState,
+): Promise<string> {
+  const session = await regenerateSession(req);
+  const state = client.randomState();
+  writableState(session).logout = { state, createdAt: Date.now() };
+  await saveSession(session);
+  const parameters: Record<string, string> = {
+    post_logout_redirect_uri: `${runtime.config.redirectUri.origin}${runtime.config.postLogoutPath ?? '/'}`,
+    state,
+  };
+  if (login.tokens.idToken !== undefined) parameters.id_token_hint = login.tokens.idToken;
+  return client.buildEndSessionUrl(configuration, parameters).href;
+}
+
+/** The login's newest tokens, and its token-store entry removed; Redis trouble must not block the logout. */
+async function currentTokens(runtime: Runtime, login: LoginState): Promise<StoredTokens> {
+  try {
+    const entry = await runtime.tokenStore.read(login.id);
+    await runtime.tokenStore.remove(login.id);
+    return entry !== undefined && !entry.ended && entry.v > (login.version ?? 1) ? entry.tokens : login.tokens;
+  } catch {
+    return login.tokens;
+  }
+}
+
+/**
+ * `POST /logout`: same-origin only. Removes the login from the back-channel index, destroys the session and clears
+ * its cookie, revokes the tokens (best effort), then redirects 303 to `postLogoutRedirect` — or, with `idpLogout`,
+ * to the server's end-session endpoint.
+ */
 export function logoutRoute(runtime: Runtime) {
-  const appOrigin = runtime.config.redirectUri.origin;
+  const { config } = runtime;
+  const appOrigin = config.redirectUri.origin;
   return async function logout(req: Request, res: Response, _next: NextFunction): Promise<void> {
     setNoStore(res);
     if (isCrossSite(req, appOrigin)) {
       throw new AuthError(AuthErrorCode.FORBIDDEN, 403, 'Cross-site logout requests are refused.');
     }
-    await destroySession(requireSession(req));
-    res.redirect(303, '/');
+    const session = requireSession(req);
+    const login = readState(req)?.login;
+    if (login !== undefined && runtime.sessionIndex !== undefined) {
+      // A stale index entry only names a session that no longer exists; it must not block the logout.
+      await runtime.sessionIndex.remove(session.id, subjectOf(login.claims)).catch(() => undefined);
+    }
+    // The token store holds the newest tokens (the session copy may be an older version); its entry goes with the login.
+    const tokens = login === undefined ? undefined : await currentTokens(runtime, login);
+
+    const configuration = login === undefined ? undefined : await serverOrNothing(runtime);
+    let target = config.postLogoutRedirect;
+    if (config.idpLogout && login !== undefined && typeof configuration?.serverMetadata().end_session_endpoint === 'string') {
+      target = await startIdpLogout(runtime, req, configuration, login);
+    } else {
+      await endSession(res, config, session);
+    }
+
+    if (tokens !== undefined && configuration !== undefined) {
+      // After the local logout on purpose: a slow or failing revocation cannot leave the session alive.
+      await revokeTokens(configuration, tokens).catch(() => 0);
+    }
+    res.redirect(303, target);
   };
 }
 

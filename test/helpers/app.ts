@@ -85,16 +85,10 @@ export function buildApp(options: AppOptions): Express {
   return app;
 }
 
-export interface Stack {
+/** A real provider and an app wired to it. */
+export interface Stack extends MountedApp {
   provider: TestProvider;
-  app: Express;
-  appUrl: string;
-  listener: Listener;
-  redis: Redis;
-  sessionPrefix: string;
-  authOptions: AuthOptions;
-  browser: Browser;
-  /** Starts another app process-alike (same Redis, same session prefix) against the same provider. */
+  /** Stops the app and the provider and closes the Redis connection. */
   close(): Promise<void>;
 }
 
@@ -130,13 +124,42 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       },
     ],
   });
+  const mounted = mountApp(listener, provider.issuer, options);
+  return {
+    provider,
+    ...mounted,
+    async close() {
+      await listener.close();
+      await provider.close();
+      mounted.redis.disconnect();
+    },
+  };
+}
+
+/** What {@link mountApp} wires up: an app on `listener`, its Redis, its options and a fresh browser. */
+export interface MountedApp {
+  app: Express;
+  appUrl: string;
+  listener: Listener;
+  redis: Redis;
+  sessionPrefix: string;
+  authOptions: AuthOptions;
+  browser: Browser;
+}
+
+/** Builds the test app for `issuer` on `listener`, with a fresh Redis connection and per-test key prefixes. */
+export function mountApp(
+  listener: Listener,
+  issuer: string,
+  options: { auth?: Partial<AuthOptions>; session?: Partial<SessionOptions>; routes?: (app: Express) => void },
+): MountedApp {
   const redis = connectRedis();
   const sessionPrefix = `test:${randomUUID()}:sess:`;
   const authOptions: AuthOptions = {
-    issuer: provider.issuer,
+    issuer,
     clientId: CLIENT_ID,
     clientSecret: CLIENT_SECRET,
-    redirectUri,
+    redirectUri: `${listener.url}/callback`,
     allowInsecureRequests: true,
     scope: 'openid email',
     redis,
@@ -151,21 +174,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     ...(options.routes ? { routes: options.routes } : {}),
   });
   listener.handle(app);
-  return {
-    provider,
-    app,
-    appUrl: listener.url,
-    listener,
-    redis,
-    sessionPrefix,
-    authOptions,
-    browser: new Browser(),
-    async close() {
-      await listener.close();
-      await provider.close();
-      redis.disconnect();
-    },
-  };
+  return { app, appUrl: listener.url, listener, redis, sessionPrefix, authOptions, browser: new Browser() };
 }
 
 /** The session cookie's value for the app's host. */

@@ -39,6 +39,20 @@ const RECORDED_EVENTS = [
   'refresh_token.destroyed',
 ];
 
+/** Explicit lifetimes in seconds (also keeps oidc-provider from printing a notice per default). */
+export const TEST_TTLS = {
+  AccessToken: 3600,
+  AuthorizationCode: 60,
+  IdToken: 3600,
+  RefreshToken: 86400,
+  Interaction: 600,
+  Session: 86400,
+  Grant: 86400,
+  BackchannelAuthenticationRequest: 600,
+  ClientCredentials: 600,
+  DeviceCode: 600,
+} as const;
+
 export async function startProvider(options: TestProviderOptions): Promise<TestProvider> {
   const server = createServer();
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -70,18 +84,7 @@ export async function startProvider(options: TestProviderOptions): Promise<TestP
     // Claims in the ID token itself, so that req.auth.claims carries email and groups.
     conformIdTokenClaims: false,
     // Explicit lifetimes (also keeps oidc-provider from printing a notice per default).
-    ttl: {
-      AccessToken: 3600,
-      AuthorizationCode: 60,
-      IdToken: 3600,
-      RefreshToken: 86400,
-      Interaction: 600,
-      Session: 86400,
-      Grant: 86400,
-      BackchannelAuthenticationRequest: 600,
-      ClientCredentials: 600,
-      DeviceCode: 600,
-    },
+    ttl: TEST_TTLS,
     ...options.configuration,
   };
   const provider = new Provider(issuer, configuration);

@@ -1,0 +1,131 @@
+import { createRemoteJWKSet, errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import { AuthError, AuthErrorCode } from './errors.js';
+import type { ResolvedConfig } from './options.js';
+import type { ServerResolver } from './server.js';
+
+/** The event a logout token must carry (Back-Channel Logout 1.0 §2.4). */
+export const BACKCHANNEL_LOGOUT_EVENT = 'http://schemas.openid.net/event/backchannel-logout';
+
+/**
+ * Signature algorithms a logout token may use: asymmetric ones only. `none` is never accepted, and `HS*` would need
+ * the client secret as a verification key, which this library does not hand to a JWT verifier.
+ */
+export const LOGOUT_TOKEN_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const;
+
+/** A logout token issued longer ago than this is refused even when its `exp` is later (bounds the replay cache). */
+export const LOGOUT_TOKEN_MAX_AGE_SECONDS = 600;
+
+/** What a valid logout token tells. */
+export interface LogoutTokenClaims {
+  sub: string | undefined;
+  sid: string | undefined;
+  jti: string;
+  /** Epoch seconds after which the token is refused anyway (bounds how long its `jti` must be remembered). */
+  acceptableUntil: number;
+}
+
+export type LogoutTokenVerifier = (token: string) => Promise<LogoutTokenClaims>;
+
+function invalid(reason: string, cause?: unknown): AuthError {
+  return new AuthError(AuthErrorCode.INVALID_LOGOUT_TOKEN, 400, `The logout token is invalid: ${reason}.`, cause === undefined ? {} : { cause });
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function optionalString(payload: JWTPayload, claim: 'sub' | 'sid'): string | undefined {
+  const value = payload[claim];
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || value === '') throw invalid(`"${claim}" must be a non-empty string`);
+  return value;
+}
+
+/** An error of the key-set fetch, kept apart from errors about the token itself. */
+class KeySetUnavailable extends Error {}
+
+/**
+ * Builds the validator of back-channel `logout_token`s (Back-Channel Logout 1.0 §2.6): signature with the issuer's
+ * keys (`jwks_uri` from its metadata, re-fetched for an unknown `kid` after a cooldown), an asymmetric algorithm the server
+ * advertises, `iss`, `aud`, `iat`, `exp`, `jti`, the back-channel `events` member, no `nonce`, and `sub` and/or `sid`.
+ * Replay of `jti` is checked by the caller, which owns the shared store.
+ */
+export function createLogoutTokenVerifier(config: ResolvedConfig, server: ServerResolver): LogoutTokenVerifier {
+  let keys: { uri: string; getKey: JWTVerifyGetKey } | undefined;
+
+  function keySet(jwksUri: string): JWTVerifyGetKey {
+    if (keys?.uri !== jwksUri) {
+      const url = new URL(jwksUri);
+      if (url.protocol !== 'https:' && !(url.protocol === 'http:' && config.allowInsecureRequests)) {
+        throw new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, 'The authorization server\'s jwks_uri is not https: (set allowInsecureRequests only in development).');
+      }
+      const remote = createRemoteJWKSet(url, { timeoutDuration: Math.ceil(config.httpTimeout) });
+      const getKey: JWTVerifyGetKey = async (header, token) => {
+        try {
+          return await remote(header, token);
+        } catch (err) {
+          // No key for this kid/alg (after the one re-fetch jose does) is the token's fault; anything else is the server's.
+          if (err instanceof errors.JWKSNoMatchingKey || err instanceof errors.JWKSMultipleMatchingKeys) throw err;
+          throw new KeySetUnavailable('The key set could not be fetched.', { cause: err });
+        }
+      };
+      keys = { uri: jwksUri, getKey };
+    }
+    return keys.getKey;
+  }
+
+  return async function verifyLogoutToken(token) {
+    const metadata = (await server()).serverMetadata();
+    if (typeof metadata.jwks_uri !== 'string') {
+      throw new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, 'The authorization server publishes no jwks_uri, so logout tokens cannot be verified.');
+    }
+    const advertised = metadata.id_token_signing_alg_values_supported;
+    const algorithms = LOGOUT_TOKEN_ALGORITHMS.filter((alg) => !Array.isArray(advertised) || advertised.includes(alg));
+
+    let payload: JWTPayload;
+    let typ: string | undefined;
+    try {
+      const result = await jwtVerify(token, keySet(metadata.jwks_uri), {
+        algorithms,
+        issuer: metadata.issuer,
+        audience: config.clientId,
+        clockTolerance: config.clockTolerance,
+        maxTokenAge: LOGOUT_TOKEN_MAX_AGE_SECONDS,
+        requiredClaims: ['iat', 'exp', 'jti'],
+      });
+      payload = result.payload;
+      typ = result.protectedHeader.typ;
+    } catch (err) {
+      if (err instanceof AuthError) throw err;
+      if (err instanceof KeySetUnavailable) {
+        throw new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, "The authorization server's signing keys could not be fetched.", { cause: err.cause });
+      }
+      // jose's messages name the failed check and claim, never the token's content.
+      throw invalid(err instanceof errors.JOSEError ? err.message.replace(/\.$/, '') : 'it is not a valid signed JWT', err);
+    }
+
+    // Explicit typing (§2.4) is optional; when present it must not say this is some other kind of JWT.
+    if (typ !== undefined && !['logout+jwt', 'jwt'].includes(typ.toLowerCase().replace(/^application\//, ''))) {
+      throw invalid(`unexpected "typ" header "${typ.slice(0, 40)}"`);
+    }
+    if (!isObject(payload.events) || !isObject(payload.events[BACKCHANNEL_LOGOUT_EVENT])) {
+      throw invalid(`the "events" claim must contain "${BACKCHANNEL_LOGOUT_EVENT}" with an object value`);
+    }
+    // A nonce marks an ID token; a logout token that has one could be an ID token replayed here (§2.6 step 7).
+    if ('nonce' in payload) throw invalid('it must not contain a "nonce" claim');
+    const sub = optionalString(payload, 'sub');
+    const sid = optionalString(payload, 'sid');
+    if (sub === undefined && sid === undefined) throw invalid('it must contain "sub", "sid" or both');
+    if (typeof payload.jti !== 'string' || payload.jti === '') throw invalid('"jti" must be a non-empty string');
+
+    // Both checked by jwtVerify as numbers; the cast only narrows.
+    const iat = payload.iat as number;
+    const exp = payload.exp as number;
+    return {
+      sub,
+      sid,
+      jti: payload.jti,
+      acceptableUntil: Math.min(exp, iat + LOGOUT_TOKEN_MAX_AGE_SECONDS) + config.clockTolerance,
+    };
+  };
+}

@@ -1,0 +1,66 @@
+import * as client from 'openid-client';
+import { AuthError, AuthErrorCode } from './errors.js';
+import type { ResolvedConfig } from './options.js';
+import { describe, isNetworkError, isTimeout, sanitisedCause } from './upstream.js';
+
+/** PAR (RFC 9126) is used when the app asks for it, and always when the server requires it (RFC 9126 §5). */
+export function usesPushedAuthorization(config: ResolvedConfig, metadata: client.ServerMetadata): boolean {
+  return config.pushedAuthorizationRequests || metadata.require_pushed_authorization_requests === true;
+}
+
+/** A server that requires PAR, or an app that asks for it, needs the endpoint; say so at first use, not at login. */
+export function checkPushedAuthorizationSupport(config: ResolvedConfig, metadata: client.ServerMetadata): void {
+  if (usesPushedAuthorization(config, metadata) && typeof metadata.pushed_authorization_request_endpoint !== 'string') {
+    throw new AuthError(
+      AuthErrorCode.DISCOVERY_FAILED,
+      502,
+      config.pushedAuthorizationRequests
+        ? 'pushedAuthorizationRequests is on, but the authorization server has no pushed_authorization_request_endpoint.'
+        : 'The authorization server requires pushed authorization requests but names no pushed_authorization_request_endpoint.',
+    );
+  }
+}
+
+function parError(err: unknown): AuthError {
+  const cause = sanitisedCause(err);
+  if (isTimeout(err)) {
+    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The pushed authorization request endpoint did not answer in time.', { cause });
+  }
+  if (isNetworkError(err)) {
+    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The pushed authorization request endpoint could not be reached.', { cause });
+  }
+  if (err instanceof client.ResponseBodyError) {
+    return new AuthError(AuthErrorCode.PAR_FAILED, 502, `The authorization server refused the pushed authorization request: ${err.error}.`, {
+      cause,
+      error: err.error,
+      ...(err.error_description ? { errorDescription: err.error_description } : {}),
+    });
+  }
+  const status = (err as { cause?: { status?: unknown } } | null)?.cause?.status;
+  if ((err as { code?: unknown } | null)?.code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' && typeof status === 'number' && status >= 500) {
+    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The pushed authorization request endpoint failed (HTTP ${status}).`, { cause });
+  }
+  return new AuthError(AuthErrorCode.PAR_FAILED, 502, `The pushed authorization request failed: ${describe(err)}.`, { cause });
+}
+
+/**
+ * The URL to send the browser to. With PAR the parameters go over the back channel (with a DPoP proof, which binds the
+ * code to the key, RFC 9449 §10.1) and the URL only carries `client_id` and `request_uri`; without PAR, `dpop_jkt`
+ * binds the code instead (RFC 9449 §10).
+ */
+export async function authorizationUrl(
+  config: ResolvedConfig,
+  configuration: client.Configuration,
+  parameters: Record<string, string>,
+  dpop: client.DPoPHandle | undefined,
+): Promise<URL> {
+  if (!usesPushedAuthorization(config, configuration.serverMetadata())) {
+    if (dpop !== undefined) parameters.dpop_jkt = await dpop.calculateThumbprint();
+    return client.buildAuthorizationUrl(configuration, parameters);
+  }
+  try {
+    return await client.buildAuthorizationUrlWithPAR(configuration, parameters, dpop === undefined ? undefined : { DPoP: dpop });
+  } catch (err) {
+    throw parError(err);
+  }
+}

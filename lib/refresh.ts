@@ -1,0 +1,254 @@
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import * as client from 'openid-client';
+import { assertDPoPBound, dpopOptionsFor } from './dpop.js';
+import { AuthError, AuthErrorCode } from './errors.js';
+import type { ResolvedConfig } from './options.js';
+import type { Runtime } from './runtime.js';
+import type { LoginState } from './session.js';
+import type { StoreEntry, TokenRecord } from './token-store.js';
+import { isExpired, toStoredTokens, type StoredTokens } from './tokens.js';
+import { refreshError } from './upstream.js';
+
+/** What the refresher needs from the runtime (everything but itself). */
+export type RefreshServices = Omit<Runtime, 'refresher'>;
+
+/** Brings a login's tokens up to date, once per login however many requests and processes ask. */
+export interface Refresher {
+  /**
+   * The login's current tokens. Reads the token store first (a sibling may have refreshed already); refreshes only
+   * when they are still due or, with `force`, when no version newer than `login.version` exists.
+   */
+  current(login: LoginState, options: { force: boolean; ttlSeconds: number }): Promise<TokenRecord>;
+}
+
+/**
+ * The skew actually used for a token: `refreshSkew`, but never more than half of its issued lifetime, so that a token
+ * living 60 s is not refreshed on every call.
+ */
+export function effectiveSkew(tokens: StoredTokens, refreshSkew: number): number {
+  return tokens.lifetime === undefined ? refreshSkew : Math.min(refreshSkew, tokens.lifetime / 2);
+}
+
+/** True when the access token is expired or due within the effective skew. Unknown expiry is never due. */
+export function needsRefresh(tokens: StoredTokens, refreshSkew: number, now?: number): boolean {
+  return isExpired(tokens, effectiveSkew(tokens, refreshSkew), now);
+}
+
+/**
+ * How long the cross-process lock is held at most. Everything done under it is bounded by the request timeout
+ * (openid-client counts it in whole seconds) and openid-client retries a token request at most once (DPoP nonce), so a
+ * live holder always finishes within the lease; a dead one blocks the login for no longer than the lease.
+ */
+export function leaseMs(config: ResolvedConfig): number {
+  return 2 * Math.max(1, Math.ceil(config.httpTimeout / 1000)) * 1000 + 1000;
+}
+
+/**
+ * The one place where the refresh-token grant is requested. Request options that bind the request to the login (a
+ * DPoP proof, for instance) belong here, so that every refresh carries them.
+ */
+export async function requestRefresh(runtime: RefreshServices, login: LoginState) {
+  const refreshToken = login.tokens.refreshToken;
+  if (refreshToken === undefined) throw new Error('requestRefresh() needs a refresh token');
+  const configuration = await runtime.server();
+  // A DPoP-bound login proves its key on every refresh (RFC 9449 §5; public clients' refresh tokens are bound to it).
+  const response = await client.refreshTokenGrant(configuration, refreshToken, undefined, await dpopOptionsFor(runtime, login));
+  assertDPoPBound(runtime.config, response, 'refresh');
+  return response;
+}
+
+// Errors that end the login, as opposed to login_required for a token that merely cannot be renewed.
+const endedErrors = new WeakSet<AuthError>();
+
+/** True when `err` means the login is over and must leave the session. */
+export function endsLogin(err: unknown): boolean {
+  return err instanceof AuthError && endedErrors.has(err);
+}
+
+function loginEnded(message: string, upstream?: AuthError): AuthError {
+  const err = new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, message, {
+    ...(upstream === undefined ? {} : { cause: upstream.cause ?? upstream }),
+    ...(upstream?.error === undefined ? {} : { error: upstream.error }),
+    ...(upstream?.errorDescription === undefined ? {} : { errorDescription: upstream.errorDescription }),
+  });
+  endedErrors.add(err);
+  return err;
+}
+
+/** A refreshed ID token must name the same login (OpenID Connect Core §12.2): same issuer, subject and audience. */
+function checkSameLogin(before: Record<string, unknown>, after: Record<string, unknown>): void {
+  const audiences = (value: unknown) => new Set(Array.isArray(value) ? value.map(String) : value === undefined ? [] : [String(value)]);
+  const a = audiences(before.aud);
+  const b = audiences(after.aud);
+  const sameAudience = a.size === b.size && [...a].every((aud) => b.has(aud));
+  const changed = [before.iss !== after.iss && 'iss', before.sub !== after.sub && 'sub', !sameAudience && 'aud'].filter(Boolean);
+  if (changed.length > 0) {
+    throw loginEnded(`The refreshed ID token names another login (${changed.join(', ')} changed; OpenID Connect Core §12.2); log in again.`);
+  }
+}
+
+interface Lock {
+  readonly key: string;
+  readonly owner: string;
+}
+
+// Deletes the lock only while it is still ours: after a lease ran out, another holder's lock must survive.
+const RELEASE_IF_OWNER = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0`;
+
+/** Without `redis` every acquisition succeeds: the in-process single flight is the only guard. */
+function createLocks(config: ResolvedConfig, lease: number) {
+  const redis = config.redis;
+  return {
+    async acquire(loginId: string): Promise<Lock | undefined> {
+      const lock = { key: `${config.keyPrefix}lock:${loginId}`, owner: randomBytes(16).toString('base64url') };
+      if (redis === undefined) return lock;
+      try {
+        return (await redis.set(lock.key, lock.owner, 'PX', lease, 'NX')) === 'OK' ? lock : undefined;
+      } catch (err) {
+        throw new AuthError(AuthErrorCode.SESSION_UNAVAILABLE, 503, 'Redis is unavailable; try again.', { cause: err });
+      }
+    },
+    async release(lock: Lock): Promise<void> {
+      if (redis === undefined) return;
+      // A failed release is harmless: the lease ends the lock anyway.
+      await redis.eval(RELEASE_IF_OWNER, 1, lock.key, lock.owner).catch(() => undefined);
+    },
+  };
+}
+
+/** Builds the refresher of one `auth()` instance. */
+export function createRefresher(runtime: RefreshServices): Refresher {
+  const { config, tokenStore } = runtime;
+  const lease = leaseMs(config);
+  const locks = createLocks(config, lease);
+  // One pending refresh per login in this process; every concurrent caller of the login shares it.
+  const inflight = new Map<string, Promise<TokenRecord>>();
+
+  function fromSession(login: LoginState): TokenRecord {
+    return { v: login.version ?? 1, tokens: login.tokens, claims: login.claims };
+  }
+
+  /** The newest version known: the store's, unless it has none (or an older one) and the session copy must do. */
+  async function latest(login: LoginState): Promise<TokenRecord> {
+    const entry: StoreEntry | undefined = await tokenStore.read(login.id);
+    if (entry?.ended) throw loginEnded('This login has ended; log in again.');
+    return entry === undefined || entry.v < (login.version ?? 1) ? fromSession(login) : entry;
+  }
+
+  /** Writes a new version, or returns the one that beat it there. */
+  async function commit(login: LoginState, entry: StoreEntry, ttlSeconds: number): Promise<TokenRecord | undefined> {
+    if (await tokenStore.write(login.id, entry, ttlSeconds)) return undefined;
+    return latest(login);
+  }
+
+  /** Ends the login for every process (a tombstone version), unless a sibling stored newer tokens meanwhile. */
+  async function end(login: LoginState, record: TokenRecord, ttlSeconds: number, err: AuthError): Promise<TokenRecord> {
+    const winner = await commit(login, { v: record.v + 1, ended: true }, ttlSeconds);
+    if (winner !== undefined) return winner;
+    throw err;
+  }
+
+  async function refreshUnderLock(login: LoginState, record: TokenRecord, ttlSeconds: number, rereadAllowed: boolean): Promise<TokenRecord> {
+    if (record.tokens.refreshToken === undefined) {
+      throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The access token has expired and there is no refresh token; log in again.');
+    }
+    let response: Awaited<ReturnType<typeof requestRefresh>>;
+    try {
+      response = await requestRefresh(runtime, { ...login, tokens: record.tokens });
+    } catch (caught) {
+      const err = refreshError(caught, [record.tokens.refreshToken, record.tokens.accessToken, config.clientSecret]);
+      if (err.code !== AuthErrorCode.LOGIN_REQUIRED) throw err;
+      const ended = endsLoginError(err);
+      if (err.error === 'invalid_grant' && rereadAllowed) {
+        // A sibling may have rotated the refresh token under us (its lease and ours overlapped): believe the server only
+        // once the store has nothing newer.
+        const again = await latest(login);
+        if (again.v > record.v) {
+          return needsRefresh(again.tokens, config.refreshSkew) ? refreshUnderLock(login, again, ttlSeconds, false) : again;
+        }
+      }
+      return end(login, record, ttlSeconds, ended);
+    }
+
+    let claims = record.claims;
+    if (config.openid && response.id_token !== undefined) {
+      const idClaims = response.claims();
+      if (idClaims !== undefined) {
+        if (record.claims !== undefined) {
+          try {
+            checkSameLogin(record.claims, idClaims);
+          } catch (err) {
+            return end(login, record, ttlSeconds, err as AuthError);
+          }
+        }
+        claims = { ...idClaims };
+      }
+    }
+    const next: TokenRecord = { v: record.v + 1, tokens: toStoredTokens(response, record.tokens), claims };
+    return (await commit(login, next, ttlSeconds)) ?? next;
+  }
+
+  function settled(record: TokenRecord, force: boolean, seen: number): boolean {
+    return force ? record.v > seen : !needsRefresh(record.tokens, config.refreshSkew);
+  }
+
+  async function run(login: LoginState, force: boolean, ttlSeconds: number): Promise<TokenRecord> {
+    // Discovery first: it must not eat into the lease.
+    await runtime.server();
+    const seen = login.version ?? 1;
+    const deadline = Date.now() + 2 * lease;
+    let delay = 20;
+    for (;;) {
+      const record = await latest(login);
+      if (settled(record, force, seen)) return record;
+      const lock = await locks.acquire(login.id);
+      if (lock === undefined) {
+        // Another process is refreshing: wait for its new version (or for its lease to run out, then take over).
+        if (Date.now() >= deadline) throw refreshFailed('Another process has been refreshing this login for too long; try again.');
+        await sleep(delay);
+        delay = Math.min(delay * 2, 200);
+        continue;
+      }
+      try {
+        // The previous holder may have finished between our read and our lock.
+        const current = await latest(login);
+        if (settled(current, force, seen)) return current;
+        return await refreshUnderLock(login, current, ttlSeconds, true);
+      } finally {
+        await locks.release(lock);
+      }
+    }
+  }
+
+  async function current(login: LoginState, options: { force: boolean; ttlSeconds: number }): Promise<TokenRecord> {
+    const pending = inflight.get(login.id);
+    if (pending !== undefined) {
+      const record = await pending;
+      // A forced refresh is satisfied only by a version this caller has not seen.
+      if (!options.force || record.v > (login.version ?? 1)) return record;
+      return current(login, options);
+    }
+    const op: Promise<TokenRecord> = run(login, options.force, options.ttlSeconds).finally(() => {
+      if (inflight.get(login.id) === op) inflight.delete(login.id);
+    });
+    inflight.set(login.id, op);
+    return op;
+  }
+
+  return { current };
+}
+
+function refreshFailed(message: string): AuthError {
+  return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, message);
+}
+
+/** Re-issues a login-ending `login_required` as one the session layer recognises. */
+function endsLoginError(err: AuthError): AuthError {
+  if (endedErrors.has(err)) return err;
+  return loginEnded(err.message, err);
+}

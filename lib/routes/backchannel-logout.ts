@@ -1,0 +1,95 @@
+import { createHash } from 'node:crypto';
+import type { NextFunction, Request, Response } from 'express';
+import type { Store } from 'express-session';
+import { AuthError, AuthErrorCode } from '../errors.js';
+import type { LogoutTokenVerifier } from '../logout-token.js';
+import { setNoStore } from '../respond.js';
+import type { Runtime } from '../runtime.js';
+import type { SessionIndex } from '../session-index.js';
+import { nowSeconds } from '../tokens.js';
+
+/** Logout tokens are a few hundred bytes; anything much larger is not one. */
+const MAX_BODY_BYTES = 16 * 1024;
+
+function badRequest(message: string): AuthError {
+  return new AuthError(AuthErrorCode.INVALID_REQUEST, 400, message);
+}
+
+/**
+ * The `logout_token` of a form-encoded body. Reads the body itself (apps rarely mount a form parser), or takes it
+ * from `req.body` when the app's own parser already consumed the stream.
+ */
+async function readLogoutToken(req: Request): Promise<string> {
+  if (!req.is('application/x-www-form-urlencoded')) {
+    throw badRequest('The back-channel logout request must be application/x-www-form-urlencoded.');
+  }
+  const parsed = (req as { body?: unknown }).body;
+  if ((req as { _body?: unknown })._body === true || req.readableEnded) {
+    const value = typeof parsed === 'object' && parsed !== null ? (parsed as Record<string, unknown>).logout_token : undefined;
+    if (typeof value !== 'string') throw badRequest('The request has no single "logout_token" parameter.');
+    return value;
+  }
+  const declared = Number(req.get('content-length') ?? 0);
+  if (declared > MAX_BODY_BYTES) throw badRequest('The request body is too large for a logout token.');
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) throw badRequest('The request body is too large for a logout token.');
+    chunks.push(chunk);
+  }
+  const params = new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+  const values = params.getAll('logout_token');
+  if (values.length !== 1 || values[0] === '') throw badRequest('The request must have exactly one "logout_token" parameter.');
+  return values[0] as string;
+}
+
+function destroyInStore(store: Store, id: string): Promise<void> {
+  return new Promise((resolve, reject) => store.destroy(id, (err?: unknown) => (err ? reject(err) : resolve())));
+}
+
+/**
+ * `POST <routes.backchannelLogout>` (OpenID Connect Back-Channel Logout 1.0): validates the `logout_token`, refuses a
+ * `jti` seen before, and destroys every session of its `sid`/`sub` in the shared session store, so that every process
+ * refuses them on their next request. 200 on success, 400 `invalid_logout_token`/`invalid_request` otherwise, always
+ * JSON and `Cache-Control: no-store` (§2.8).
+ */
+export function backchannelLogoutRoute(runtime: Runtime, index: SessionIndex, verify: LogoutTokenVerifier) {
+  const { config } = runtime;
+  return async function backchannelLogout(req: Request, res: Response, next: NextFunction): Promise<void> {
+    setNoStore(res);
+    try {
+      const token = await readLogoutToken(req);
+      const claims = await verify(token);
+      // Claimed before anything is destroyed: a replayed token must not end sessions created since.
+      // This route needs an `openid` scope, and so an issuer (discovered, or `server.issuer`).
+      const jtiKey = createHash('sha256').update(`${config.issuer?.href ?? ''} ${claims.jti}`).digest('base64url');
+      const ttlMs = Math.max(1, claims.acceptableUntil - nowSeconds() + 1) * 1000;
+      if (!(await runtime.once.claim(`logout-jti:${jtiKey}`, ttlMs))) {
+        throw new AuthError(AuthErrorCode.INVALID_LOGOUT_TOKEN, 400, 'The logout token is invalid: its "jti" was already used.');
+      }
+      let ids: string[];
+      try {
+        ids = await index.find(claims);
+        await Promise.all(ids.map((id) => destroyInStore(req.sessionStore, id)));
+        await index.remove(ids, claims);
+      } catch (err) {
+        throw new AuthError(AuthErrorCode.SESSION_UNAVAILABLE, 503, 'The session store failed; the sessions were not all ended.', { cause: err });
+      }
+      res.status(200).end();
+    } catch (err) {
+      if (!(err instanceof AuthError)) {
+        next(err);
+        return;
+      }
+      // The caller is the authorization server, not a browser: always JSON (§2.8), whatever it says it accepts.
+      res.status(err.status).json(err.toJSON());
+    }
+  };
+}
+
+/** Any other method on the back-channel route. */
+export function backchannelMethodNotAllowed(_req: Request, res: Response, next: NextFunction): void {
+  res.set('Allow', 'POST');
+  next(new AuthError(AuthErrorCode.METHOD_NOT_ALLOWED, 405, 'The back-channel logout endpoint takes POST requests from the authorization server.'));
+}

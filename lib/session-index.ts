@@ -1,0 +1,98 @@
+import { createHash } from 'node:crypto';
+import type { Cluster, Redis } from 'ioredis';
+import { AuthError, AuthErrorCode } from './errors.js';
+import type { ResolvedConfig } from './options.js';
+import { writableState, type SessionWithState } from './session.js';
+
+/** Who a back-channel logout token names: the OP session (`sid`), the user (`sub`), or both. */
+export interface LogoutSubject {
+  sid?: string | undefined;
+  sub?: string | undefined;
+}
+
+/**
+ * Which express-session ids belong to an OP session (`sid`) or a user (`sub`), so that a back-channel logout can
+ * destroy them in the shared store. Redis sets with a TTL, written at login and cleaned at logout.
+ */
+export interface SessionIndex {
+  /** Records a login's session id under its `sid` and `sub`. */
+  add(sessionId: string, subject: LogoutSubject, ttlSeconds: number): Promise<void>;
+  /** Forgets session ids (local logout, or after a back-channel logout destroyed them). */
+  remove(sessionIds: string | readonly string[], subject: LogoutSubject): Promise<void>;
+  /** The session ids a logout token names: with both `sid` and `sub`, only sessions indexed under both. */
+  find(subject: LogoutSubject): Promise<string[]>;
+}
+
+/** The `sid`/`sub` of validated ID-token claims; non-strings are ignored (they cannot come from a valid ID token). */
+export function subjectOf(claims: Record<string, unknown> | undefined): LogoutSubject {
+  const sid = claims?.sid;
+  const sub = claims?.sub;
+  return { sid: typeof sid === 'string' ? sid : undefined, sub: typeof sub === 'string' ? sub : undefined };
+}
+
+function hashed(value: string): string {
+  // Bounded, printable keys whatever the provider puts in sid/sub; the values themselves stay out of Redis key names.
+  return createHash('sha256').update(value).digest('base64url');
+}
+
+export function createSessionIndex(redis: Redis | Cluster, keyPrefix: string): SessionIndex {
+  const keys = (subject: LogoutSubject): { sid?: string; sub?: string } => ({
+    ...(subject.sid === undefined ? {} : { sid: `${keyPrefix}logout:sid:${hashed(subject.sid)}` }),
+    ...(subject.sub === undefined ? {} : { sub: `${keyPrefix}logout:sub:${hashed(subject.sub)}` }),
+  });
+
+  return {
+    async add(sessionId, subject, ttlSeconds) {
+      const { sid, sub } = keys(subject);
+      // One MULTI per key: a Cluster may place the two keys on different slots.
+      await Promise.all(
+        [sid, sub]
+          .filter((key) => key !== undefined)
+          .map((key) => redis.multi().sadd(key, sessionId).expire(key, ttlSeconds).exec().then(failedReply)),
+      );
+    },
+    async remove(sessionIds, subject) {
+      const members = typeof sessionIds === 'string' ? [sessionIds] : [...sessionIds];
+      if (members.length === 0) return;
+      const { sid, sub } = keys(subject);
+      await Promise.all([sid, sub].filter((key) => key !== undefined).map((key) => redis.srem(key, ...members)));
+    },
+    async find(subject) {
+      const { sid, sub } = keys(subject);
+      const [bySid, bySub] = await Promise.all([
+        sid === undefined ? undefined : redis.smembers(sid),
+        sub === undefined ? undefined : redis.smembers(sub),
+      ]);
+      if (bySid !== undefined && bySub !== undefined) {
+        // Intersected here rather than with SINTER, which a Cluster refuses across slots.
+        const ofUser = new Set(bySub);
+        return bySid.filter((id) => ofUser.has(id));
+      }
+      return bySid ?? bySub ?? [];
+    },
+  };
+}
+
+function failedReply(replies: Array<[Error | null, unknown]> | null): void {
+  const failed = replies?.find(([err]) => err !== null)?.[0];
+  if (replies === null || failed) throw failed ?? new Error('The Redis transaction was aborted.');
+}
+
+/**
+ * Indexes the login just written to `session` (at the callback, after the session id was rotated). When Redis
+ * fails, the login is removed again before the error leaves: a login that back-channel logout could not find must
+ * not exist.
+ */
+export async function indexLogin(index: SessionIndex | undefined, config: ResolvedConfig, session: SessionWithState): Promise<void> {
+  const state = writableState(session);
+  if (index === undefined || state.login === undefined) return;
+  const subject = subjectOf(state.login.claims);
+  if (subject.sid === undefined && subject.sub === undefined) return;
+  const cookieTtl = typeof session.cookie.originalMaxAge === 'number' ? Math.ceil(session.cookie.originalMaxAge / 1000) : 0;
+  try {
+    await index.add(session.id, subject, Math.max(config.sessionIndexTtl, cookieTtl));
+  } catch (err) {
+    delete state.login;
+    throw new AuthError(AuthErrorCode.SESSION_UNAVAILABLE, 503, 'Redis is unavailable; the sign-in was not completed. Try again.', { cause: err });
+  }
+}

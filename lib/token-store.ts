@@ -1,0 +1,176 @@
+import type { Request } from 'express';
+import { AuthError, AuthErrorCode } from './errors.js';
+import type { ResolvedConfig } from './options.js';
+import type { LoginState } from './session.js';
+import type { StoredTokens } from './tokens.js';
+
+/** One version of a login's tokens. Versions only grow; only the refresh-lock holder writes a new one. */
+export interface TokenRecord {
+  readonly v: number;
+  readonly tokens: StoredTokens;
+  readonly claims?: Record<string, unknown> | undefined;
+  readonly ended?: undefined;
+}
+
+/** Left behind when a login ends at refresh time, so that sibling processes end it too without asking the server. */
+export interface EndedRecord {
+  readonly v: number;
+  readonly ended: true;
+}
+
+export type StoreEntry = TokenRecord | EndedRecord;
+
+/**
+ * The per-login token set, the source of truth at refresh time (the session copy is a cache that a concurrent,
+ * stale session save can roll back). With `redis`: one key per login, `<keyPrefix>tokens:<loginId>`, holding
+ * `{ v, tokens, claims }` with the session's TTL. Without: a bounded in-process map (single process only).
+ */
+export interface TokenStore {
+  /** Records version 1 of a new login (with `redis`: one `SET … EX`; without: nothing, the session copy is version 1). */
+  create(login: LoginState, ttlSeconds: number): Promise<void>;
+  /** The stored entry, or undefined when there is none (never written, expired, evicted). */
+  read(loginId: string): Promise<StoreEntry | undefined>;
+  /** Writes `entry` unless the store already holds that version or a newer one; false then (someone else won). */
+  write(loginId: string, entry: StoreEntry, ttlSeconds: number): Promise<boolean>;
+  /** Forgets a login (logout). */
+  remove(loginId: string): Promise<void>;
+}
+
+/** connect-redis's TTL when neither the store's `ttl` nor the cookie say otherwise. */
+export const DEFAULT_SESSION_TTL_SECONDS = 86_400;
+
+/**
+ * How long the request's session lives in its store, in seconds: what connect-redis computes (its `ttl` option when it
+ * is a function, else the cookie's expiry, else its `ttl` number, else one day). Token-store keys get this TTL, so
+ * they never outlive the session they belong to.
+ */
+export function sessionTtlSeconds(req: Request): number {
+  const session = (req as { session?: { cookie?: { expires?: unknown } } }).session;
+  const store = (req as { sessionStore?: { ttl?: unknown } }).sessionStore;
+  const storeTtl = store?.ttl;
+  let ttl: unknown;
+  if (typeof storeTtl === 'function') {
+    try {
+      ttl = (storeTtl as (this: unknown, sess: unknown) => unknown).call(store, session);
+    } catch {
+      ttl = undefined;
+    }
+  } else if (session?.cookie?.expires instanceof Date || typeof session?.cookie?.expires === 'string') {
+    ttl = Math.ceil((new Date(session.cookie.expires).getTime() - Date.now()) / 1000);
+  } else {
+    ttl = storeTtl;
+  }
+  return typeof ttl === 'number' && Number.isFinite(ttl) && ttl >= 1 ? Math.ceil(ttl) : DEFAULT_SESSION_TTL_SECONDS;
+}
+
+function unavailable(err: unknown): AuthError {
+  return new AuthError(AuthErrorCode.SESSION_UNAVAILABLE, 503, 'Redis is unavailable; try again.', { cause: err });
+}
+
+/** Accepts only what this library wrote; anything else counts as absent and the session copy is used. */
+function parseEntry(raw: string | null): StoreEntry | undefined {
+  if (raw === null) return undefined;
+  let value: unknown;
+  try {
+    value = JSON.parse(raw);
+  } catch {
+    return undefined;
+  }
+  if (typeof value !== 'object' || value === null) return undefined;
+  const entry = value as { v?: unknown; ended?: unknown; tokens?: unknown };
+  if (typeof entry.v !== 'number' || !Number.isSafeInteger(entry.v) || entry.v < 1) return undefined;
+  if (entry.ended === true) return { v: entry.v, ended: true };
+  const tokens = entry.tokens as Partial<StoredTokens> | undefined;
+  if (typeof tokens !== 'object' || tokens === null || typeof tokens.accessToken !== 'string' || typeof tokens.tokenType !== 'string') {
+    return undefined;
+  }
+  return entry as unknown as TokenRecord;
+}
+
+function serialise(entry: StoreEntry): string {
+  return JSON.stringify(entry.ended ? { v: entry.v, ended: true } : { v: entry.v, tokens: entry.tokens, claims: entry.claims });
+}
+
+// Compare-and-set on the version, in one round trip: a holder whose lease ran out must not overwrite a newer version.
+const WRITE_IF_NEWER = `
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, decoded = pcall(cjson.decode, current)
+  if ok and type(decoded) == 'table' and tonumber(decoded.v) and tonumber(decoded.v) >= tonumber(ARGV[1]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1`;
+
+/** Entries kept in-process without `redis`; the oldest go first. Evicted logins fall back to their session copy. */
+export const MAX_LOCAL_ENTRIES = 10_000;
+
+function createLocalStore(): TokenStore {
+  const entries = new Map<string, { entry: StoreEntry; until: number }>();
+  return {
+    async create() {},
+    async read(loginId) {
+      const found = entries.get(loginId);
+      if (found === undefined) return undefined;
+      if (found.until <= Date.now()) {
+        entries.delete(loginId);
+        return undefined;
+      }
+      return found.entry;
+    },
+    async write(loginId, entry, ttlSeconds) {
+      const now = Date.now();
+      const found = entries.get(loginId);
+      if (found !== undefined && found.until > now && found.entry.v >= entry.v) return false;
+      entries.delete(loginId);
+      if (entries.size >= MAX_LOCAL_ENTRIES) {
+        for (const [key, value] of entries) if (value.until <= now) entries.delete(key);
+        if (entries.size >= MAX_LOCAL_ENTRIES) entries.delete(entries.keys().next().value as string);
+      }
+      entries.set(loginId, { entry, until: now + ttlSeconds * 1000 });
+      return true;
+    },
+    async remove(loginId) {
+      entries.delete(loginId);
+    },
+  };
+}
+
+/** Builds the token store of one `auth()` instance. */
+export function createTokenStore(config: ResolvedConfig): TokenStore {
+  const redis = config.redis;
+  if (redis === undefined) return createLocalStore();
+  const key = (loginId: string) => `${config.keyPrefix}tokens:${loginId}`;
+  return {
+    async create(login, ttlSeconds) {
+      const entry: TokenRecord = { v: login.version ?? 1, tokens: login.tokens, claims: login.claims };
+      try {
+        await redis.set(key(login.id), serialise(entry), 'EX', ttlSeconds);
+      } catch (err) {
+        throw unavailable(err);
+      }
+    },
+    async read(loginId) {
+      try {
+        return parseEntry(await redis.get(key(loginId)));
+      } catch (err) {
+        throw unavailable(err);
+      }
+    },
+    async write(loginId, entry, ttlSeconds) {
+      try {
+        return (await redis.eval(WRITE_IF_NEWER, 1, key(loginId), entry.v, serialise(entry), ttlSeconds)) === 1;
+      } catch (err) {
+        throw unavailable(err);
+      }
+    },
+    async remove(loginId) {
+      try {
+        await redis.del(key(loginId));
+      } catch (err) {
+        throw unavailable(err);
+      }
+    },
+  };
+}

@@ -1,0 +1,120 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import express from 'express';
+import request from 'supertest';
+import { requireAuth } from '../../lib/index.js';
+import { startStack, type Stack } from '../helpers/app.js';
+import { Browser } from '../helpers/browser.js';
+
+let stack: Stack;
+beforeAll(async () => {
+  stack = await startStack({
+    auth: { scope: 'openid email groups' },
+    routes: (app) => {
+      app.get('/admin', requireAuth((claims) => Array.isArray(claims?.groups) && claims.groups.includes('admin')), (_req, res) => {
+        res.send('admin area');
+      });
+      app.get('/async-check', requireAuth(async (claims) => claims?.email_verified === true), (_req, res) => res.send('verified'));
+      app.post('/write', requireAuth(), (_req, res) => res.send('written'));
+    },
+  });
+});
+afterAll(async () => stack.close());
+
+async function loggedIn(user = 'alice'): Promise<Browser> {
+  const browser = new Browser();
+  const res = await browser.login(`${stack.appUrl}/login?returnTo=/me`, { login: user });
+  expect(res.status).toBe(200);
+  return browser;
+}
+
+describe('requireAuth()', () => {
+  test('a browser is redirected to log in with returnTo set to the original URL', async () => {
+    const res = await new Browser().request(`${stack.appUrl}/me?x=1&y=2`);
+    expect(res.status).toBe(302);
+    expect(res.headers.get('location')).toBe(`/login?returnTo=${encodeURIComponent('/me?x=1&y=2')}`);
+  });
+
+  test('an API client gets 401 with a JSON body', async () => {
+    for (const accept of ['application/json', '*/*', undefined]) {
+      const browser = new Browser();
+      browser.headers = accept ? { accept } : {};
+      const res = await browser.request(`${stack.appUrl}/me`);
+      expect(res.status).toBe(401);
+      expect(res.headers.get('content-type')).toMatch(/application\/json/);
+      expect(JSON.parse(res.body)).toMatchObject({ error: 'unauthorized' });
+    }
+  });
+
+  test('a non-GET browser request gets 401, not a redirect that would lose its body', async () => {
+    const res = await new Browser().request(`${stack.appUrl}/write`, { method: 'POST' });
+    expect(res.status).toBe(401);
+  });
+
+  test('the whole round trip: guarded page → login → back to the guarded page', async () => {
+    const browser = new Browser();
+    const res = await browser.login(`${stack.appUrl}/me?from=guard`);
+    expect(res.status).toBe(200);
+    expect(res.url).toBe(`${stack.appUrl}/me?from=guard`);
+    expect(JSON.parse(res.body).claims.sub).toBe('alice');
+  });
+
+  test('a logged-in user passes; one failing the check gets 403 forbidden, never a login loop', async () => {
+    const alice = await loggedIn('alice');
+    const denied = await alice.request(`${stack.appUrl}/admin`);
+    expect(denied.status).toBe(403);
+    expect(denied.body).toContain('forbidden');
+    alice.headers = { accept: 'application/json' };
+    const deniedJson = await alice.request(`${stack.appUrl}/admin`);
+    expect(JSON.parse(deniedJson.body)).toMatchObject({ error: 'forbidden' });
+
+    const admin = await loggedIn('admin');
+    const allowed = await admin.request(`${stack.appUrl}/admin`);
+    expect(allowed.status).toBe(200);
+    expect(allowed.body).toBe('admin area');
+    expect((await admin.request(`${stack.appUrl}/async-check`)).body).toBe('verified');
+  });
+
+  test('without auth() mounted it fails clearly, and a non-function check is a TypeError at startup', async () => {
+    const app = express();
+    app.get('/x', requireAuth(), (_req, res) => res.send('no'));
+    app.use((err: Error, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
+      res.status(500).send(err.message);
+    });
+    const res = await request(app).get('/x');
+    expect(res.status).toBe(500);
+    expect(res.text).toContain('mount auth(');
+    expect(() => requireAuth('admin' as never)).toThrow(TypeError);
+  });
+});
+
+describe('req.auth', () => {
+  test('is present and anonymous before login', async () => {
+    const res = await new Browser().request(`${stack.appUrl}/`);
+    expect(res.body).toBe('hello anonymous');
+  });
+
+  test('exposes claims and tokens (never the refresh token) after login, and getAccessToken() returns the token', async () => {
+    const browser = await loggedIn();
+    expect((await browser.request(`${stack.appUrl}/`)).body).toBe('hello alice');
+    browser.headers = { accept: 'application/json' };
+    const token = JSON.parse((await browser.request(`${stack.appUrl}/token`)).body).accessToken;
+    expect(typeof token).toBe('string');
+    const me = JSON.parse((await browser.request(`${stack.appUrl}/me`)).body);
+    expect(me.tokens.tokenType).toBe('Bearer');
+    expect(me.tokens.expiresAt).toBeGreaterThan(Date.now() / 1000);
+    // The access token works at the provider (back-channel, in the Authorization header).
+    const userinfo = await fetch(`${stack.provider.issuer}/me`, { headers: { authorization: `Bearer ${token}` } });
+    expect(userinfo.status).toBe(200);
+  });
+
+  test('POST /logout ends the login (303 to /); GET /logout does not', async () => {
+    const browser = await loggedIn();
+    const get = await browser.request(`${stack.appUrl}/logout`);
+    expect(get.status).toBe(405);
+    expect((await browser.request(`${stack.appUrl}/`)).body).toBe('hello alice');
+    const post = await browser.request(`${stack.appUrl}/logout`, { method: 'POST', headers: { origin: stack.appUrl } });
+    expect(post.status).toBe(303);
+    expect(post.headers.get('location')).toBe('/');
+    expect((await browser.request(`${stack.appUrl}/`)).body).toBe('hello anonymous');
+  });
+});

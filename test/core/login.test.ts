@@ -1,0 +1,122 @@
+import { createHash } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { startStack, type Stack } from '../helpers/app.js';
+import { Browser } from '../helpers/browser.js';
+
+let stack: Stack;
+beforeAll(async () => {
+  stack = await startStack();
+});
+afterAll(async () => stack.close());
+
+async function sessionsInRedis(): Promise<Array<Record<string, any>>> {
+  const keys = await stack.redis.keys(`${stack.sessionPrefix}*`);
+  const values = await Promise.all(keys.map((k) => stack.redis.get(k)));
+  return values.map((v) => JSON.parse(v ?? '{}'));
+}
+
+async function sessionOf(browser: Browser): Promise<Record<string, any> | undefined> {
+  const cookie = browser.cookie('127.0.0.1', 'connect.sid')?.value;
+  if (!cookie) return undefined;
+  const id = decodeURIComponent(cookie).slice(2).split('.')[0];
+  const raw = await stack.redis.get(`${stack.sessionPrefix}${id}`);
+  return raw ? JSON.parse(raw) : undefined;
+}
+
+describe('GET /login', () => {
+  test('redirects to the authorization endpoint with PKCE S256, state, nonce and the exact redirect_uri', async () => {
+    const browser = new Browser();
+    const res = await browser.request(`${stack.appUrl}/login?returnTo=/me`);
+    expect(res.status).toBe(302);
+    const target = new URL(res.headers.get('location')!);
+    expect(`${target.origin}${target.pathname}`).toBe(`${stack.provider.issuer}/auth`);
+    const p = target.searchParams;
+    expect(p.get('response_type')).toBe('code');
+    expect(p.get('client_id')).toBe('test-app');
+    expect(p.get('redirect_uri')).toBe(`${stack.appUrl}/callback`);
+    expect(p.get('scope')).toBe('openid email');
+    expect(p.get('code_challenge_method')).toBe('S256');
+    // 32 random bytes, base64url: 256 bits of state and nonce.
+    expect(p.get('state')).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(p.get('nonce')).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(res.headers.get('cache-control')).toBe('no-store');
+
+    // The transaction is in Redis before the browser is redirected, and its verifier hashes to the challenge.
+    const session = await sessionOf(browser);
+    const tx = session?.oauth?.tx?.[p.get('state')!];
+    expect(tx).toMatchObject({ returnTo: '/me', nonce: p.get('nonce') });
+    const challenge = createHash('sha256').update(tx.verifier).digest('base64url');
+    expect(p.get('code_challenge')).toBe(challenge);
+    expect(JSON.stringify(session)).not.toContain('"plain"');
+  });
+
+  test('each login gets a fresh state, verifier and nonce', async () => {
+    const browser = new Browser();
+    const a = new URL((await browser.request(`${stack.appUrl}/login`)).headers.get('location')!).searchParams;
+    const b = new URL((await browser.request(`${stack.appUrl}/login`)).headers.get('location')!).searchParams;
+    expect(a.get('state')).not.toBe(b.get('state'));
+    expect(a.get('nonce')).not.toBe(b.get('nonce'));
+    expect(a.get('code_challenge')).not.toBe(b.get('code_challenge'));
+  });
+
+  test('keeps at most 10 pending transactions per session, dropping the oldest', async () => {
+    const browser = new Browser();
+    const states: string[] = [];
+    for (let i = 0; i < 12; i++) {
+      const res = await browser.request(`${stack.appUrl}/login?returnTo=/n${i}`);
+      states.push(new URL(res.headers.get('location')!).searchParams.get('state')!);
+    }
+    const tx = (await sessionOf(browser))?.oauth?.tx ?? {};
+    expect(Object.keys(tx).sort()).toEqual(states.slice(2).sort());
+  });
+
+  test('several tabs can log in at once and each lands where it started', async () => {
+    const browser = new Browser();
+    const isCallback = (u: URL) => u.pathname === '/callback';
+    const tab1 = await browser.login(`${stack.appUrl}/login?returnTo=/tab1`, { stopAtCallback: isCallback });
+    const tab2 = await browser.login(`${stack.appUrl}/login?returnTo=/tab2`, { stopAtCallback: isCallback });
+    const cb1 = tab1.steps.at(-1)!.location!;
+    const cb2 = tab2.steps.at(-1)!.location!;
+    const second = await browser.request(cb2);
+    expect(second.status).toBe(302);
+    expect(second.headers.get('location')).toBe('/tab2');
+    // The first tab's transaction survived the session-id rotation of the second tab's login.
+    const first = await browser.request(cb1);
+    expect(first.status).toBe(302);
+    expect(first.headers.get('location')).toBe('/tab1');
+  });
+
+  test('an unreachable authorization server gives 502 and leaves no session behind', async () => {
+    const { startStack: start } = await import('../helpers/app.js');
+    const down = await start();
+    await down.provider.close();
+    try {
+      const res = await down.browser.request(`${down.appUrl}/login`, { headers: { accept: 'application/json' } });
+      expect(res.status).toBe(502);
+      expect(JSON.parse(res.body)).toMatchObject({ error: 'idp_unreachable' });
+      expect(res.body).not.toMatch(/at .*\.(ts|js):\d+/);
+      expect(await down.redis.keys(`${down.sessionPrefix}*`)).toEqual([]);
+      expect(down.browser.cookie('127.0.0.1', 'connect.sid')).toBeUndefined();
+    } finally {
+      await down.close();
+    }
+  });
+
+  test.each([
+    ['repeated returnTo', '?returnTo=/a&returnTo=/b'],
+    ['invalid percent-encoding', '?returnTo=%E0%A4%A'],
+    ['an oversized query', `?returnTo=/${'a'.repeat(5000)}`],
+  ])('refuses %s with 400 invalid_request and no session', async (_name, query) => {
+    const browser = new Browser();
+    browser.headers = { accept: 'application/json' };
+    const res = await browser.request(`${stack.appUrl}/login${query}`);
+    expect(res.status).toBe(400);
+    expect(JSON.parse(res.body)).toMatchObject({ error: 'invalid_request' });
+    expect(browser.cookie('127.0.0.1', 'connect.sid')).toBeUndefined();
+  });
+
+  test('sessions hold no tokens before login completes', async () => {
+    const all = await sessionsInRedis();
+    for (const s of all) expect(s.oauth?.login === undefined || typeof s.oauth.login.tokens.accessToken === 'string').toBe(true);
+  });
+});

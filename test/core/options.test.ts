@@ -1,0 +1,64 @@
+import { describe, expect, test } from '@jest/globals';
+import { auth, type AuthOptions } from '../../lib/index.js';
+
+const valid: AuthOptions = {
+  issuer: 'https://idp.example.com',
+  clientId: 'app',
+  clientSecret: 'secret',
+  redirectUri: 'https://app.example.com/callback',
+};
+
+function attempt(overrides: Record<string, unknown>, remove: string[] = []): () => unknown {
+  const options: Record<string, unknown> = { ...valid, ...overrides };
+  for (const key of remove) delete options[key];
+  return () => auth(options as unknown as AuthOptions);
+}
+
+describe('auth() options', () => {
+  test('valid options give a router', () => {
+    expect(typeof auth(valid)).toBe('function');
+    expect(typeof auth({ ...valid, clientSecret: undefined, issuer: new URL('https://idp.example.com') })).toBe('function');
+  });
+
+  test.each<[string, Record<string, unknown>, string[], RegExp]>([
+    ['no options at all', {}, ['issuer', 'clientId', 'clientSecret', 'redirectUri'], /issuer` is required/],
+    ['missing clientId', {}, ['clientId'], /clientId` is required/],
+    ['empty clientId', { clientId: '' }, [], /clientId` is required/],
+    ['missing issuer', {}, ['issuer'], /issuer` is required/],
+    ['relative issuer', { issuer: 'idp.example.com' }, [], /absolute URL/],
+    ['http issuer without allowInsecureRequests', { issuer: 'http://idp.example.com' }, [], /allowInsecureRequests: true/],
+    ['issuer with a query', { issuer: 'https://idp.example.com/?x=1' }, [], /query or fragment/],
+    ['missing redirectUri', {}, ['redirectUri'], /redirectUri` is required/],
+    ['relative redirectUri', { redirectUri: '/callback' }, [], /absolute URL/],
+    ['redirectUri with a fragment', { redirectUri: 'https://app.example.com/cb#x' }, [], /fragment/],
+    ['http redirectUri on a public host', { redirectUri: 'http://app.example.com/callback' }, [], /uses http:/],
+    ['unknown option', { clientSecrett: 'x' }, [], /unknown option `clientSecrett` \(did you mean `clientSecret`\?\)/],
+    ['bad clientAuthMethod', { clientAuthMethod: 'magic' }, [], /clientAuthMethod` must be one of/],
+    ['secret with method none', { clientAuthMethod: 'none' }, [], /remove `clientSecret`/],
+    ['basic without secret', { clientAuthMethod: 'client_secret_basic' }, ['clientSecret'], /needs `clientSecret`/],
+    ['empty secret', { clientSecret: '' }, [], /non-empty string/],
+    ['bad scope', { scope: 'openid  email' }, [], /space-separated/],
+    ['protected authorization param', { authorizationParams: { state: 'x' } }, [], /set by the library itself/],
+    ['scope in authorizationParams', { authorizationParams: { scope: 'x' } }, [], /use the `scope` option/],
+    ['non-string authorization param', { authorizationParams: { prompt: 1 } }, [], /must be a string/],
+    ['a redis that is not a client', { redis: 'redis://localhost' }, [], /ioredis client/],
+    ['unknown route', { routes: { callback: '/cb' } }, [], /unknown route `routes.callback`/],
+    ['route that is not a path', { routes: { login: 'login' } }, [], /routes.login` must be a plain path/],
+    ['route with a pattern', { routes: { login: '/login/:id' } }, [], /routes.login` must be a plain path/],
+    ['colliding routes', { routes: { login: '/callback' } }, [], /must differ/],
+    ['negative httpTimeout', { httpTimeout: -1 }, [], /httpTimeout` must be a non-negative number/],
+    ['string clockTolerance', { clockTolerance: '5' }, [], /clockTolerance` must be a non-negative number/],
+  ])('%s → TypeError naming the fix', (_name, overrides, remove, message) => {
+    expect(attempt(overrides, remove)).toThrow(TypeError);
+    expect(attempt(overrides, remove)).toThrow(message);
+  });
+
+  test('a non-object is refused', () => {
+    expect(() => auth(undefined as unknown as AuthOptions)).toThrow(/takes an options object/);
+  });
+
+  test('http is allowed for loopback redirect URIs and, with allowInsecureRequests, for the issuer', () => {
+    expect(typeof auth({ ...valid, redirectUri: 'http://127.0.0.1:3000/callback' })).toBe('function');
+    expect(typeof auth({ ...valid, issuer: 'http://localhost:4000', allowInsecureRequests: true })).toBe('function');
+  });
+});

@@ -1,0 +1,49 @@
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { beforeAll, describe, expect, test } from '@jest/globals';
+
+const run = promisify(execFile);
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+// `npm test` builds dist/ first (pretest); these tests check what a user installs.
+describe('the published package', () => {
+  beforeAll(() => {
+    if (!existsSync(join(root, 'dist', 'index.js'))) throw new Error('dist/ is missing: run `npm run build` (npm test does it first).');
+  });
+
+  test('works with import', async () => {
+    const { stdout } = await run(
+      process.execPath,
+      ['--input-type=module', '-e', "import * as m from 'express-oauth-pkce'; console.log(Object.keys(m).sort().join(','))"],
+      { cwd: root },
+    );
+    expect(stdout.trim()).toBe('AuthError,AuthErrorCode,auth,requireAuth');
+  });
+
+  test('works with require (Node >= 20.19)', async () => {
+    const { stdout } = await run(
+      process.execPath,
+      ['-e', "const m = require('express-oauth-pkce'); console.log(typeof m.auth, typeof m.requireAuth, m.AuthErrorCode.LOGIN_REQUIRED)"],
+      { cwd: root },
+    );
+    expect(stdout.trim()).toBe('function function login_required');
+  });
+
+  test('blocks deep imports', async () => {
+    await expect(run(process.execPath, ['-e', "require('express-oauth-pkce/dist/auth.js')"], { cwd: root })).rejects.toMatchObject({
+      stderr: expect.stringContaining('ERR_PACKAGE_PATH_NOT_EXPORTED'),
+    });
+  });
+
+  test('ships types that give req.auth to a consumer without casts', async () => {
+    const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc');
+    const result = await run(process.execPath, [tsc, '-p', join(root, 'test', 'fixtures', 'consumer', 'tsconfig.json')], { cwd: root }).catch(
+      (err: { stdout: string }) => ({ stdout: err.stdout, failed: true }),
+    );
+    expect(result.stdout).toBe('');
+    expect('failed' in result).toBe(false);
+  }, 60_000);
+});

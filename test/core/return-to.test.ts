@@ -1,0 +1,38 @@
+import { describe, expect, test } from '@jest/globals';
+import { sanitizeReturnTo } from '../../lib/return-to.js';
+
+describe('sanitizeReturnTo', () => {
+  test.each(['/', '/me', '/a/b?c=d&e=f#g', '/%E2%9C%93', '/path;x=1', '/a//b'])('keeps the same-origin path %s', (value) => {
+    expect(sanitizeReturnTo(value)).toBe(new URL(value, 'http://x.invalid').href.slice('http://x.invalid'.length));
+  });
+
+  test.each([
+    '//evil.example',
+    '///evil.example',
+    '/\\evil.example',
+    '\\\\evil.example',
+    'https://evil.example',
+    'http:evil.example',
+    'javascript:alert(1)',
+    'JaVaScRiPt:alert(1)',
+    'data:text/html,x',
+    '/%2F%2Fevil.example',
+    '/%2f%5cevil.example',
+    '/%5C%5Cevil.example',
+    '/\t/evil.example',
+    '/\n/evil.example',
+    '/\r\n/evil.example',
+    '/ /evil.example',
+    '/%09/evil.example',
+    '/\u0000',
+    'evil.example',
+    '',
+    `/${'a'.repeat(3000)}`,
+  ])('turns %j into /', (value) => {
+    expect(sanitizeReturnTo(value)).toBe('/');
+  });
+
+  test.each([undefined, null, 42, ['/a'], { a: 1 }])('turns the non-string %p into /', (value) => {
+    expect(sanitizeReturnTo(value)).toBe('/');
+  });
+});

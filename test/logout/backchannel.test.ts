@@ -1,0 +1,146 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { Redis } from 'ioredis';
+import type { AuthOptions } from '../../lib/index.js';
+import { buildApp, CLIENT_ID, CLIENT_SECRET, connectRedis, listen, sessionCookie, type Listener } from '../helpers/app.js';
+import { Browser } from '../helpers/browser.js';
+import { startProvider, type TestProvider } from '../helpers/provider.js';
+import { spawnAppProcess, type AppProcess } from './process.js';
+import {
+  endSessionAtProvider,
+  logoutClaims,
+  logoutProviderConfiguration,
+  me,
+  sendLogoutToken,
+  sessionIdOf,
+  signLogoutToken,
+  storedSession,
+} from './support.js';
+
+// Two real app processes behind one "load balancer": A runs in this test process, B is a child process. They share
+// Redis (sessions and the logout index) and the provider. The provider's back-channel calls reach B only.
+let provider: TestProvider;
+let appA: Listener;
+let appB: AppProcess;
+let redis: Redis;
+const sessionPrefix = `test:${randomUUID()}:sess:`;
+
+beforeAll(async () => {
+  appA = await listen();
+  appB = await spawnAppProcess();
+  provider = await startProvider({
+    clients: [
+      {
+        client_id: CLIENT_ID,
+        client_secret: CLIENT_SECRET,
+        redirect_uris: [`${appA.url}/callback`, `${appB.url}/callback`],
+        grant_types: ['authorization_code', 'refresh_token'],
+        response_types: ['code'],
+        token_endpoint_auth_method: 'client_secret_basic',
+        backchannel_logout_uri: `${appB.url}/backchannel-logout`,
+        backchannel_logout_session_required: true,
+      },
+    ],
+    configuration: logoutProviderConfiguration,
+  });
+  redis = connectRedis();
+  const shared: Omit<AuthOptions, 'redis' | 'redirectUri'> = {
+    issuer: provider.issuer,
+    clientId: CLIENT_ID,
+    clientSecret: CLIENT_SECRET,
+    allowInsecureRequests: true,
+    scope: 'openid email',
+    keyPrefix: `test:${randomUUID()}:`,
+  };
+  appA.handle(buildApp({ redis, sessionPrefix, auth: { ...shared, redirectUri: `${appA.url}/callback`, redis } }));
+  await appB.start({ sessionPrefix, auth: { ...shared, redirectUri: `${appB.url}/callback` } });
+}, 30_000);
+
+afterAll(async () => {
+  await appB?.stop();
+  await appA?.close();
+  await provider?.close();
+  redis?.disconnect();
+});
+
+async function loginVia(appUrl: string, login: string): Promise<Browser> {
+  const browser = new Browser();
+  const result = await browser.login(`${appUrl}/login?returnTo=/me`, { login });
+  expect(result.status).toBe(200);
+  return browser;
+}
+
+function cookieOf(browser: Browser): string {
+  // Both apps listen on 127.0.0.1: one cookie serves both, as behind a load balancer.
+  const value = sessionCookie(browser, appA.url);
+  if (value === undefined) throw new Error('no session cookie');
+  return value;
+}
+
+describe('back-channel logout across two app processes', () => {
+  test("the provider's own back-channel call, after its end-session flow, logs the user out of both processes", async () => {
+    // Logged in through A (the index is written by this process); the back-channel call goes to B.
+    const alice = await loginVia(appA.url, 'alice');
+    // The same user in another browser: another OP session, another sid.
+    const aliceElsewhere = await loginVia(appB.url, 'alice');
+    const bob = await loginVia(appB.url, 'bob');
+    for (const browser of [alice, aliceElsewhere, bob]) {
+      expect((await me(browser, appA.url)).status).toBe(200);
+      expect((await me(browser, appB.url)).status).toBe(200);
+    }
+    const before = provider.count('backchannel.success');
+
+    const ended = await endSessionAtProvider(alice, provider.issuer);
+
+    expect(ended.status).toBe(303);
+    expect(provider.count('backchannel.error')).toBe(0);
+    expect(provider.count('backchannel.success')).toBe(before + 1);
+    // Refused on its very next request, on either process, though the browser still presents its cookie.
+    expect((await me(alice, appA.url)).status).toBe(401);
+    expect((await me(alice, appB.url)).status).toBe(401);
+    expect(await storedSession(redis, sessionPrefix, cookieOf(alice))).toBeNull();
+    // The logout token named alice's OP session (sid): her other browser and bob stay logged in.
+    expect((await me(aliceElsewhere, appA.url)).status).toBe(200);
+    expect((await me(bob, appA.url)).status).toBe(200);
+    expect((await me(bob, appB.url)).status).toBe(200);
+  });
+
+  test('a logout token naming only the user (sub) ends every session of that user, logged in on either process', async () => {
+    const first = await loginVia(appA.url, 'carol');
+    const second = await loginVia(appB.url, 'carol');
+    const bob = await loginVia(appA.url, 'bob');
+    const token = await signLogoutToken(provider, logoutClaims(provider.issuer, { sub: 'carol' }));
+
+    const response = await sendLogoutToken(appA.url, token);
+
+    expect(response.status).toBe(200);
+    expect(response.headers.get('cache-control')).toBe('no-store');
+    for (const browser of [first, second]) {
+      expect((await me(browser, appA.url)).status).toBe(401);
+      expect((await me(browser, appB.url)).status).toBe(401);
+    }
+    expect((await me(bob, appB.url)).status).toBe(200);
+    // The index forgot the destroyed sessions.
+    const subKeys = await redis.keys(`*logout:sub:*`);
+    const members = await Promise.all(subKeys.map((key) => redis.smembers(key)));
+    const carolIds = [first, second].map((b) => sessionIdOf(cookieOf(b)));
+    expect(members.flat()).not.toEqual(expect.arrayContaining([carolIds[0]]));
+    expect(members.flat()).not.toEqual(expect.arrayContaining([carolIds[1]]));
+  });
+
+  test('a logout token with sid and sub ends only the sessions indexed under both', async () => {
+    const dave = await loginVia(appB.url, 'dave');
+    const session = await storedSession(redis, sessionPrefix, cookieOf(dave));
+    const sid = (session?.oauth as { login: { claims: { sid: string } } }).login.claims.sid;
+    expect(typeof sid).toBe('string');
+
+    // Another user's sub with dave's sid matches nothing.
+    const mismatched = await signLogoutToken(provider, logoutClaims(provider.issuer, { sub: 'erin', sid }));
+    expect((await sendLogoutToken(appB.url, mismatched)).status).toBe(200);
+    expect((await me(dave, appA.url)).status).toBe(200);
+
+    const matching = await signLogoutToken(provider, logoutClaims(provider.issuer, { sub: 'dave', sid }));
+    expect((await sendLogoutToken(appB.url, matching)).status).toBe(200);
+    expect((await me(dave, appA.url)).status).toBe(401);
+  });
+});

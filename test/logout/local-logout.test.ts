@@ -1,0 +1,137 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { Browser } from '../helpers/browser.js';
+import { sessionCookie, startStack, type Stack } from '../helpers/app.js';
+import { me, postLogout, sessionIdOf, storedSession, tryRefresh, userinfoStatus } from './support.js';
+
+let stack: Stack;
+beforeAll(async () => {
+  stack = await startStack({ auth: { postLogoutRedirect: '/goodbye?from=logout' } });
+});
+afterAll(async () => stack.close());
+
+/** A logged-in browser with its session cookie and the tokens the server holds for it. */
+async function loggedIn() {
+  const browser = new Browser();
+  await browser.login(`${stack.appUrl}/login?returnTo=/me`);
+  const cookie = sessionCookie(browser, stack.appUrl);
+  if (cookie === undefined) throw new Error('no session cookie after login');
+  const session = await storedSession(stack.redis, stack.sessionPrefix, cookie);
+  const tokens = (session?.oauth as { login?: { tokens?: { accessToken: string; refreshToken?: string } } } | undefined)?.login?.tokens;
+  if (tokens?.refreshToken === undefined) throw new Error('the login holds no refresh token');
+  return { browser, cookie, accessToken: tokens.accessToken, refreshToken: tokens.refreshToken };
+}
+
+describe('POST /logout', () => {
+  test('revokes both tokens, destroys the session, clears the cookie and redirects 303 to postLogoutRedirect', async () => {
+    const { browser, cookie, accessToken, refreshToken } = await loggedIn();
+    expect((await me(browser, stack.appUrl)).status).toBe(200);
+    expect(await userinfoStatus(stack.provider.issuer, accessToken)).toBe(200);
+
+    const response = await postLogout(browser, stack.appUrl);
+
+    expect(response.status).toBe(303);
+    expect(response.headers.get('location')).toBe('/goodbye?from=logout');
+    expect(response.headers.get('cache-control')).toBe('no-store');
+    const cleared = browser.setCookies.filter((c) => c.header.startsWith('connect.sid=;'));
+    expect(cleared).toHaveLength(1);
+    expect(cleared[0]?.header).toMatch(/Expires=Thu, 01 Jan 1970/);
+    expect(cleared[0]?.header).toMatch(/Path=\//);
+    expect(sessionCookie(browser, stack.appUrl)).toBeUndefined();
+    // Gone from the store: the old cookie, presented again, is refused.
+    expect(await storedSession(stack.redis, stack.sessionPrefix, cookie)).toBeNull();
+    expect((await me(new Browser(), stack.appUrl, `connect.sid=${cookie}`)).status).toBe(401);
+    // Revoked at the provider (RFC 7009): userinfo refuses the access token, the token endpoint the refresh token.
+    expect(await userinfoStatus(stack.provider.issuer, accessToken)).toBe(401);
+    expect(await tryRefresh(stack.provider.issuer, refreshToken)).toEqual({ status: 400, error: 'invalid_grant' });
+  });
+
+  test('removes the login from the back-channel index', async () => {
+    const { browser, cookie } = await loggedIn();
+    const id = sessionIdOf(cookie);
+    const subKeys = await stack.redis.keys(`${stack.authOptions.keyPrefix}logout:sub:*`);
+    expect(subKeys).toHaveLength(1);
+    expect(await stack.redis.sismember(subKeys[0]!, id)).toBe(1);
+    expect(await stack.redis.ttl(subKeys[0]!)).toBeGreaterThan(0);
+
+    expect((await postLogout(browser, stack.appUrl)).status).toBe(303);
+
+    expect(await stack.redis.sismember(subKeys[0]!, id)).toBe(0);
+  });
+
+  test('without a login, still ends the session and redirects', async () => {
+    const browser = new Browser();
+    const response = await postLogout(browser, stack.appUrl);
+    expect(response.status).toBe(303);
+    expect(response.headers.get('location')).toBe('/goodbye?from=logout');
+  });
+});
+
+describe('requests that must not log out', () => {
+  test('GET /logout answers 405 and keeps the login', async () => {
+    const { browser } = await loggedIn();
+    const response = await browser.request(`${stack.appUrl}/logout`, { headers: { accept: 'application/json' } });
+    expect(response.status).toBe(405);
+    expect(response.headers.get('allow')).toBe('POST');
+    expect(JSON.parse(response.body)).toMatchObject({ error: 'method_not_allowed' });
+    expect((await me(browser, stack.appUrl)).status).toBe(200);
+  });
+
+  test.each([
+    ['a foreign Origin', { origin: 'http://evil.example' }],
+    ['Sec-Fetch-Site: cross-site', { origin: '', 'sec-fetch-site': 'cross-site' }],
+    ['Sec-Fetch-Site: cross-site with a forged same Origin', { origin: 'SELF', 'sec-fetch-site': 'cross-site' }],
+    ['Sec-Fetch-Site: same-site from a sibling origin', { origin: 'http://sibling.127.0.0.1.nip.example', 'sec-fetch-site': 'same-site' }],
+    ['Origin: null without Fetch Metadata', { origin: 'null' }],
+  ])('a cross-site POST (%s) is refused with 403 and keeps the login', async (_name, headers) => {
+    const { browser, accessToken } = await loggedIn();
+    const sent: Record<string, string> = { ...headers, accept: 'application/json' };
+    if (sent.origin === '') delete sent.origin;
+    if (sent.origin === 'SELF') sent.origin = stack.appUrl;
+    const response = await browser.request(`${stack.appUrl}/logout`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded', ...sent },
+      body: '',
+    });
+    expect(response.status).toBe(403);
+    expect(JSON.parse(response.body)).toMatchObject({ error: 'forbidden' });
+    expect((await me(browser, stack.appUrl)).status).toBe(200);
+    expect(await userinfoStatus(stack.provider.issuer, accessToken)).toBe(200);
+  });
+});
+
+describe('same-origin posts that browsers label oddly', () => {
+  // Chromium sends `Origin: null` on a same-origin form post from a page with `Referrer-Policy: no-referrer`.
+  test('Origin: null with Sec-Fetch-Site: same-origin logs out', async () => {
+    const { browser } = await loggedIn();
+    const response = await browser.request(`${stack.appUrl}/logout`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded', origin: 'null', 'sec-fetch-site': 'same-origin' },
+      body: '',
+    });
+    expect(response.status).toBe(303);
+    expect((await me(browser, stack.appUrl)).status).toBe(401);
+  });
+});
+
+describe('when the authorization server is down', () => {
+  test('a failed revocation does not block the local logout', async () => {
+    const down = await startStack();
+    try {
+      const browser = new Browser();
+      await down.browser.login(`${down.appUrl}/login?returnTo=/me`);
+      const cookie = sessionCookie(down.browser, down.appUrl)!;
+      expect((await me(down.browser, down.appUrl)).status).toBe(200);
+      await down.provider.close();
+
+      const response = await postLogout(down.browser, down.appUrl);
+
+      expect(response.status).toBe(303);
+      expect(response.headers.get('location')).toBe('/');
+      expect(await storedSession(down.redis, down.sessionPrefix, cookie)).toBeNull();
+      expect((await me(browser, down.appUrl, `connect.sid=${cookie}`)).status).toBe(401);
+    } finally {
+      await down.listener.close();
+      down.redis.disconnect();
+    }
+  });
+});

@@ -1,0 +1,159 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { RedisStore } from 'connect-redis';
+import express from 'express';
+import session from 'express-session';
+import { exportJWK, generateKeyPair, type JWTPayload } from 'jose';
+import supertest from 'supertest';
+import { auth } from '../../lib/index.js';
+import { buildApp, CLIENT_SECRET, SESSION_SECRET, startStack, type Stack } from '../helpers/app.js';
+import { Browser } from '../helpers/browser.js';
+import {
+  BCL_EVENT,
+  logoutClaims,
+  logoutProviderConfiguration,
+  me,
+  sendLogoutToken,
+  signLogoutToken,
+  unsignedToken,
+} from './support.js';
+
+let stack: Stack;
+let otherKey: Awaited<ReturnType<typeof exportJWK>>;
+let user = 0;
+
+beforeAll(async () => {
+  stack = await startStack({ provider: { configuration: logoutProviderConfiguration } });
+  const { privateKey } = await generateKeyPair('RS256', { extractable: true });
+  otherKey = await exportJWK(privateKey);
+});
+afterAll(async () => stack.close());
+
+/** A fresh user, logged in, so that each case shows its own session surviving. */
+async function loggedInUser(): Promise<{ sub: string; browser: Browser }> {
+  const sub = `user${++user}`;
+  const browser = new Browser();
+  await browser.login(`${stack.appUrl}/login?returnTo=/me`, { login: sub });
+  expect((await me(browser, stack.appUrl)).status).toBe(200);
+  return { sub, browser };
+}
+
+const now = () => Math.floor(Date.now() / 1000);
+const without = (claims: JWTPayload, name: string): JWTPayload => Object.fromEntries(Object.entries(claims).filter(([k]) => k !== name));
+
+/** Name, token builder, and the reason the refusal must give (so a case cannot pass by failing another check). */
+type Case = [string, (sub: string) => Promise<string>, RegExp];
+
+const refusals: Case[] = [
+  ['a wrong aud', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), aud: 'another-client' }), /"aud"/],
+  ['a wrong iss', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), iss: 'http://localhost:1' }), /"iss"/],
+  ['no events claim', (sub) => signLogoutToken(stack.provider, without(logoutClaims(stack.provider.issuer, { sub }), 'events')), /"events"/],
+  [
+    'events without the back-channel logout member',
+    (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), events: { 'https://example.com/other-event': {} } }),
+    /"events"/,
+  ],
+  ['a nonce', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), nonce: 'n-0S6_WzA2Mj' }), /"nonce"/],
+  ['a bad signature (another key, same kid)', (sub) => signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub }), { key: otherKey }), /signature verification failed/],
+  ['an unknown kid', (sub) => signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub }), { key: otherKey, kid: 'unknown-key' }), /no applicable key/],
+  ['alg none', async (sub) => unsignedToken(logoutClaims(stack.provider.issuer, { sub })), /"alg"/],
+  [
+    'alg HS256 keyed with the client secret',
+    (sub) => signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub }), { alg: 'HS256', key: new TextEncoder().encode(CLIENT_SECRET) }),
+    /"alg"/,
+  ],
+  ['an expired exp', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), iat: now() - 300, exp: now() - 120 }), /"exp"/],
+  ['an iat in the future', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), iat: now() + 600, exp: now() + 720 }), /"iat".*in the past/],
+  ['an iat too long ago', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), iat: now() - 3600, exp: now() + 60 }), /"iat".*too far in the past/],
+  ['no exp', (sub) => signLogoutToken(stack.provider, without(logoutClaims(stack.provider.issuer, { sub }), 'exp')), /missing required "exp"/],
+  ['no jti', (sub) => signLogoutToken(stack.provider, without(logoutClaims(stack.provider.issuer, { sub }), 'jti')), /missing required "jti"/],
+  ['neither sub nor sid', () => signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, {})), /"sub", "sid"/],
+  ['a typ of another kind of JWT', (sub) => signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub }), { typ: 'at+jwt' }), /"typ"/],
+  ['garbage instead of a JWT', async () => 'not.a.jwt', /JWS/],
+];
+
+describe('logout-token refusals (Back-Channel Logout 1.0 §2.6)', () => {
+  test.each(refusals)('a token with %s is refused with 400 and ends nothing', async (_name, build, reason) => {
+    const { sub, browser } = await loggedInUser();
+    const token = await build(sub);
+
+    const response = await sendLogoutToken(stack.appUrl, token);
+
+    expect(response.status).toBe(400);
+    expect(response.headers.get('cache-control')).toBe('no-store');
+    const body = (await response.json()) as { error: string; error_description: string };
+    expect(body.error).toBe('invalid_logout_token');
+    expect(body.error_description).toMatch(reason);
+    expect(body.error_description).not.toContain(token);
+    expect((await me(browser, stack.appUrl)).status).toBe(200);
+  });
+
+  test('a replayed jti is refused: the second delivery ends nothing', async () => {
+    const { sub, browser } = await loggedInUser();
+    const token = await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub }));
+    expect((await sendLogoutToken(stack.appUrl, token)).status).toBe(200);
+    expect((await me(browser, stack.appUrl)).status).toBe(401);
+
+    const again = new Browser();
+    await again.login(`${stack.appUrl}/login?returnTo=/me`, { login: sub });
+    const replayed = await sendLogoutToken(stack.appUrl, token);
+
+    expect(replayed.status).toBe(400);
+    expect(await replayed.json()).toMatchObject({ error: 'invalid_logout_token', error_description: expect.stringContaining('jti') });
+    expect((await me(again, stack.appUrl)).status).toBe(200);
+  });
+
+  test.each([
+    ['no typ', null],
+    ['typ "JWT"', 'JWT'],
+  ])('a token with %s is accepted (explicit typing is optional)', async (_name, typ) => {
+    const target = await loggedInUser();
+    const bystander = await loggedInUser();
+    const token = await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub: target.sub }), { typ });
+    expect((await sendLogoutToken(stack.appUrl, token)).status).toBe(200);
+    expect((await me(target.browser, stack.appUrl)).status).toBe(401);
+    expect((await me(bystander.browser, stack.appUrl)).status).toBe(200);
+  });
+});
+
+describe('back-channel request shape', () => {
+  test('GET is refused with 405', async () => {
+    const response = await fetch(`${stack.appUrl}/backchannel-logout`, { headers: { accept: 'application/json' } });
+    expect(response.status).toBe(405);
+    expect(response.headers.get('allow')).toBe('POST');
+  });
+
+  test.each([
+    ['a JSON body', 'application/json', JSON.stringify({ logout_token: 'x' })],
+    ['no logout_token', 'application/x-www-form-urlencoded', 'other=1'],
+    ['two logout_tokens', 'application/x-www-form-urlencoded', 'logout_token=a&logout_token=b'],
+    ['an oversized body', 'application/x-www-form-urlencoded', `logout_token=${'a'.repeat(20_000)}`],
+  ])('%s is refused with 400 invalid_request', async (_name, type, body) => {
+    const response = await fetch(`${stack.appUrl}/backchannel-logout`, { method: 'POST', headers: { 'content-type': type }, body });
+    expect(response.status).toBe(400);
+    expect(await response.json()).toMatchObject({ error: 'invalid_request' });
+  });
+
+  test('works behind an app-wide form parser that already read the body', async () => {
+    const app = express();
+    app.use(express.urlencoded({ extended: false }));
+    app.use(session({ store: new RedisStore({ client: stack.redis, prefix: stack.sessionPrefix }), secret: SESSION_SECRET, resave: false, saveUninitialized: false }));
+    app.use(auth(stack.authOptions));
+    const { sub, browser } = await loggedInUser();
+    const token = await signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), events: { [BCL_EVENT]: {} } });
+
+    const response = await supertest(app).post('/backchannel-logout').type('form').send({ logout_token: token });
+
+    expect(response.status).toBe(200);
+    expect((await me(browser, stack.appUrl)).status).toBe(401);
+  });
+
+  test.each([
+    ['without redis', { redis: undefined }],
+    ['without an openid scope', { scope: 'email' }],
+  ])('the route is not mounted %s', async (_name, overrides) => {
+    const app = buildApp({ redis: stack.redis, sessionPrefix: stack.sessionPrefix, auth: { ...stack.authOptions, ...overrides } });
+    const token = await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub: 'anyone' }));
+    const response = await supertest(app).post('/backchannel-logout').type('form').send({ logout_token: token });
+    expect(response.status).toBe(404);
+  });
+});

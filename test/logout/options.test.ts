@@ -1,0 +1,57 @@
+import { describe, expect, test } from '@jest/globals';
+import { resolveOptions } from '../../lib/options.js';
+
+const base = { issuer: 'https://idp.example.com', clientId: 'app', redirectUri: 'https://app.example.com/callback' };
+// resolveOptions only checks that `redis` looks like an ioredis client; nothing is sent to it here.
+const redis = { set: () => undefined } as unknown as NonNullable<Parameters<typeof resolveOptions>[0]>;
+
+describe('logout options', () => {
+  test('defaults: local logout to /, no RP-initiated logout, connect.sid, back-channel only with redis', () => {
+    const config = resolveOptions(base);
+    expect(config).toMatchObject({
+      postLogoutRedirect: '/',
+      idpLogout: false,
+      sessionCookieName: 'connect.sid',
+      sessionIndexTtl: 14 * 24 * 60 * 60,
+      postLogoutPath: undefined,
+      backchannelLogoutPath: undefined,
+    });
+    expect(resolveOptions({ ...base, redis }).backchannelLogoutPath).toBe('/backchannel-logout');
+    expect(resolveOptions({ ...base, redis, scope: 'email' }).backchannelLogoutPath).toBeUndefined();
+    expect(resolveOptions({ ...base, idpLogout: true }).postLogoutPath).toBe('/logout/callback');
+  });
+
+  test('custom paths and values are kept', () => {
+    const config = resolveOptions({
+      ...base,
+      redis,
+      idpLogout: true,
+      postLogoutRedirect: '/bye?x=1',
+      sessionCookieName: '__Host-sid',
+      sessionIndexTtl: 3600,
+      routes: { postLogout: '/auth/logged-out', backchannelLogout: '/auth/bcl' },
+    });
+    expect(config).toMatchObject({
+      postLogoutRedirect: '/bye?x=1',
+      sessionCookieName: '__Host-sid',
+      sessionIndexTtl: 3600,
+      postLogoutPath: '/auth/logged-out',
+      backchannelLogoutPath: '/auth/bcl',
+    });
+  });
+
+  test.each([
+    ['postLogoutRedirect to another origin', { postLogoutRedirect: 'https://evil.example/' }, /postLogoutRedirect.*same-origin path/],
+    ['a protocol-relative postLogoutRedirect', { postLogoutRedirect: '//evil.example' }, /postLogoutRedirect/],
+    ['a relative postLogoutRedirect', { postLogoutRedirect: 'bye' }, /postLogoutRedirect/],
+    ['a non-boolean idpLogout', { idpLogout: 'yes' }, /idpLogout.*boolean/],
+    ['routes.postLogout without idpLogout', { routes: { postLogout: '/x' } }, /routes\.postLogout.*idpLogout: true/],
+    ['routes.backchannelLogout without redis', { routes: { backchannelLogout: '/bcl' } }, /routes\.backchannelLogout.*needs `redis`/],
+    ['a sessionCookieName with a space', { sessionCookieName: 'my sid' }, /sessionCookieName/],
+    ['a tiny sessionIndexTtl', { sessionIndexTtl: 5 }, /sessionIndexTtl/],
+    ['a postLogout path equal to the logout path', { idpLogout: true, routes: { postLogout: '/logout' } }, /route paths must differ/],
+    ['an unknown route', { routes: { logoutCallback: '/x' } }, /unknown route `routes.logoutCallback`/],
+  ])('%s is refused at startup', (_name, extra, message) => {
+    expect(() => resolveOptions({ ...base, ...extra })).toThrow(message);
+  });
+});

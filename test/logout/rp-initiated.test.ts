@@ -1,0 +1,151 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { Redis } from 'ioredis';
+import { buildApp, CLIENT_ID, CLIENT_SECRET, connectRedis, listen, sessionCookie, type Listener } from '../helpers/app.js';
+import { Browser } from '../helpers/browser.js';
+import { startProvider, type TestProvider } from '../helpers/provider.js';
+import { endSessionAtProvider, logoutProviderConfiguration, me, postLogout, storedSession, userinfoStatus } from './support.js';
+
+let provider: TestProvider;
+let app: Listener;
+let redis: Redis;
+const sessionPrefix = `test:${randomUUID()}:sess:`;
+
+beforeAll(async () => {
+  app = await listen();
+  provider = await startProvider({
+    clients: [
+      {
+        client_id: CLIENT_ID,
+        client_secret: CLIENT_SECRET,
+        redirect_uris: [`${app.url}/callback`],
+        post_logout_redirect_uris: [`${app.url}/logout/callback`],
+        grant_types: ['authorization_code', 'refresh_token'],
+        response_types: ['code'],
+        token_endpoint_auth_method: 'client_secret_basic',
+      },
+    ],
+    configuration: logoutProviderConfiguration,
+  });
+  redis = connectRedis();
+  app.handle(
+    buildApp({
+      redis,
+      sessionPrefix,
+      auth: {
+        issuer: provider.issuer,
+        clientId: CLIENT_ID,
+        clientSecret: CLIENT_SECRET,
+        redirectUri: `${app.url}/callback`,
+        allowInsecureRequests: true,
+        scope: 'openid email',
+        redis,
+        keyPrefix: `test:${randomUUID()}:`,
+        idpLogout: true,
+        postLogoutRedirect: '/bye',
+      },
+    }),
+  );
+});
+afterAll(async () => {
+  await app.close();
+  await provider.close();
+  redis.disconnect();
+});
+
+/** Logs in, then POSTs /logout: returns the browser and where the app sent it (the end-session URL). */
+async function startLogout() {
+  const browser = new Browser();
+  await browser.login(`${app.url}/login?returnTo=/me`);
+  const loginCookie = sessionCookie(browser, app.url)!;
+  const session = await storedSession(redis, sessionPrefix, loginCookie);
+  const tokens = (session?.oauth as { login: { tokens: { accessToken: string; idToken: string } } }).login.tokens;
+  const response = await postLogout(browser, app.url);
+  expect(response.status).toBe(303);
+  return { browser, loginCookie, tokens, endSession: new URL(response.headers.get('location')!) };
+}
+
+/** Confirms the logout on the provider's page; returns the URL it sends the browser back to. */
+async function confirmAtProvider(browser: Browser, endSession: URL): Promise<URL> {
+  const confirmed = await endSessionAtProvider(browser, provider.issuer, endSession.search);
+  expect(confirmed.status).toBe(303);
+  return new URL(confirmed.headers.get('location')!);
+}
+
+describe('RP-initiated logout (idpLogout: true)', () => {
+  test('round trip: local logout, end-session at the provider with id_token_hint and state, checked return to a fixed page', async () => {
+    const endedBefore = provider.count('end_session.success');
+    const { browser, loginCookie, tokens, endSession } = await startLogout();
+
+    expect(`${endSession.origin}${endSession.pathname}`).toBe(`${provider.issuer}/session/end`);
+    expect(endSession.searchParams.get('id_token_hint')).toBe(tokens.idToken);
+    expect(endSession.searchParams.get('post_logout_redirect_uri')).toBe(`${app.url}/logout/callback`);
+    const state = endSession.searchParams.get('state');
+    expect(state).toMatch(/^[A-Za-z0-9_-]{22,}$/);
+    // The local logout happened before the browser left: the login's session is gone, tokens revoked.
+    expect(await storedSession(redis, sessionPrefix, loginCookie)).toBeNull();
+    expect((await me(browser, app.url)).status).toBe(401);
+    expect(await userinfoStatus(provider.issuer, tokens.accessToken)).toBe(401);
+
+    const back = await confirmAtProvider(browser, endSession);
+    expect(provider.count('end_session.success')).toBe(endedBefore + 1);
+    expect(`${back.origin}${back.pathname}`).toBe(`${app.url}/logout/callback`);
+    expect(back.searchParams.get('state')).toBe(state);
+
+    const landed = await browser.request(back);
+    expect(landed.status).toBe(303);
+    expect(landed.headers.get('location')).toBe('/bye');
+    expect(sessionCookie(browser, app.url)).toBeUndefined();
+
+    // The provider's session ended too: a new login asks for credentials again instead of coming straight back.
+    const again = await browser.follow(`${app.url}/login`);
+    expect(again.status).toBe(200);
+    expect(again.url.startsWith(provider.issuer)).toBe(true);
+    expect(again.body).toContain('name="login"');
+  });
+
+  test('the return is one-time: replaying it is refused', async () => {
+    const { browser, endSession } = await startLogout();
+    const back = await confirmAtProvider(browser, endSession);
+    const cookieBeforeReturn = sessionCookie(browser, app.url)!;
+    expect((await browser.request(back)).status).toBe(303);
+
+    const replayed = await browser.request(back, { headers: { accept: 'application/json', cookie: `connect.sid=${cookieBeforeReturn}` } });
+    expect(replayed.status).toBe(400);
+    expect(JSON.parse(replayed.body)).toMatchObject({ error: 'invalid_state' });
+  });
+
+  test.each([
+    ['a forged state', (back: URL) => `${back.origin}${back.pathname}?state=${'A'.repeat(43)}`, 'invalid_state'],
+    ['no state', (back: URL) => `${back.origin}${back.pathname}`, 'invalid_state'],
+    ['an empty state', (back: URL) => `${back.origin}${back.pathname}?state=`, 'invalid_state'],
+    ['a repeated state', (back: URL) => `${back.href}&state=${back.searchParams.get('state')!}`, 'invalid_request'],
+  ])('a return with %s is refused with 400 (%s)', async (_name, tamper, code) => {
+    const { browser, endSession } = await startLogout();
+    const back = await confirmAtProvider(browser, endSession);
+
+    const response = await browser.request(tamper(back), { headers: { accept: 'application/json' } });
+
+    expect(response.status).toBe(400);
+    expect(JSON.parse(response.body)).toMatchObject({ error: code });
+    expect(response.headers.get('location')).toBeNull();
+  });
+
+  test("another browser's state is refused: the state is bound to the browser that logged out", async () => {
+    const first = await startLogout();
+    const second = await startLogout();
+    const firstBack = await confirmAtProvider(first.browser, first.endSession);
+
+    const response = await second.browser.request(firstBack, { headers: { accept: 'application/json' } });
+
+    expect(response.status).toBe(400);
+    expect(JSON.parse(response.body)).toMatchObject({ error: 'invalid_state' });
+  });
+
+  test('without a login there is nothing to end at the provider: local logout only', async () => {
+    const browser = new Browser();
+    const response = await postLogout(browser, app.url);
+    expect(response.status).toBe(303);
+    expect(response.headers.get('location')).toBe('/bye');
+  });
+});

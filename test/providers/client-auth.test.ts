@@ -1,0 +1,213 @@
+import { createPrivateKey, randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { Express } from 'express';
+import type { Redis } from 'ioredis';
+import type { ClientMetadata } from 'oidc-provider';
+import { decodeProtectedHeader, importJWK, jwtVerify } from 'jose';
+import type { AuthOptions } from '../../lib/index.js';
+import { clientAuthentication } from '../../lib/client-auth.js';
+import { resolveOptions } from '../../lib/options.js';
+import { connectRedis } from '../helpers/app.js';
+import { startProvider, type TestProvider } from '../helpers/provider.js';
+import { appSlot, clientKeyPair, recordRequests, startProviderWithClientKeys, type AppSlot } from './support.js';
+
+const SECRET = 'client-auth-secret-not-for-production';
+
+let redis: Redis;
+beforeAll(() => {
+  redis = connectRedis();
+});
+afterAll(() => redis.disconnect());
+
+function whoami(app: Express): void {
+  app.get('/whoami', (req, res) => res.json({ isAuthenticated: req.auth.isAuthenticated, sub: req.auth.claims?.sub ?? null }));
+}
+
+function base(slot: AppSlot, provider: TestProvider, clientId: string): AuthOptions {
+  return {
+    issuer: provider.issuer,
+    clientId,
+    redirectUri: slot.redirectUri,
+    scope: 'openid',
+    allowInsecureRequests: true,
+    redis,
+    keyPrefix: `test:${randomUUID()}:`,
+  };
+}
+
+describe('every client authentication method against a provider that registered the client for it', () => {
+  let provider: TestProvider;
+  let requests: string[];
+  const slots: Record<string, AppSlot> = {};
+  const names = ['basic', 'post', 'jwtRsa', 'jwtEcPem', 'public', 'wrongMethod'] as const;
+
+  beforeAll(async () => {
+    for (const name of names) slots[name] = await appSlot();
+    const rsa = await clientKeyPair('RS256', 'rsa-key-1');
+    const ec = await clientKeyPair('ES256', 'ec-key-1');
+    const ecPem = createPrivateKey({ key: ec.privateJwk as never, format: 'jwk' }).export({ format: 'pem', type: 'sec1' }).toString();
+    const common: Pick<ClientMetadata, 'grant_types' | 'response_types'> = { grant_types: ['authorization_code'], response_types: ['code'] };
+    provider = await startProviderWithClientKeys({
+      clients: [
+        { ...common, client_id: 'basic', client_secret: SECRET, token_endpoint_auth_method: 'client_secret_basic', redirect_uris: [slots.basic!.redirectUri, slots.wrongMethod!.redirectUri] },
+        { ...common, client_id: 'post', client_secret: SECRET, token_endpoint_auth_method: 'client_secret_post', redirect_uris: [slots.post!.redirectUri] },
+        { ...common, client_id: 'jwt-rsa', token_endpoint_auth_method: 'private_key_jwt', jwks: { keys: [rsa.publicJwk] }, redirect_uris: [slots.jwtRsa!.redirectUri] },
+        {
+          ...common,
+          client_id: 'jwt-ec',
+          token_endpoint_auth_method: 'private_key_jwt',
+          token_endpoint_auth_signing_alg: 'ES256',
+          jwks: { keys: [ec.publicJwk] },
+          redirect_uris: [slots.jwtEcPem!.redirectUri],
+        },
+        { ...common, client_id: 'public', token_endpoint_auth_method: 'none', redirect_uris: [slots.public!.redirectUri] },
+      ],
+    });
+    requests = recordRequests(provider.server);
+    slots.basic!.mount(redis, { ...base(slots.basic!, provider, 'basic'), clientSecret: SECRET }, whoami);
+    slots.post!.mount(redis, { ...base(slots.post!, provider, 'post'), clientSecret: SECRET, clientAuthMethod: 'client_secret_post' }, whoami);
+    // A JWK that carries its kid: private_key_jwt is the default when privateKey is set.
+    slots.jwtRsa!.mount(redis, { ...base(slots.jwtRsa!, provider, 'jwt-rsa'), privateKey: rsa.privateJwk }, whoami);
+    // A PEM (SEC1) with its kid given beside it, and the token endpoint as the assertion's audience.
+    slots.jwtEcPem!.mount(
+      redis,
+      { ...base(slots.jwtEcPem!, provider, 'jwt-ec'), clientAuthMethod: 'private_key_jwt', privateKey: { key: ecPem, kid: 'ec-key-1', audience: 'token_endpoint' } },
+      whoami,
+    );
+    slots.public!.mount(redis, base(slots.public!, provider, 'public'), whoami);
+    // No authentication for a confidential client: the provider must refuse the code exchange.
+    slots.wrongMethod!.mount(redis, { ...base(slots.wrongMethod!, provider, 'basic'), clientAuthMethod: 'none' }, whoami);
+  });
+
+  afterAll(async () => {
+    await Promise.all(Object.values(slots).map((slot) => slot.listener.close()));
+    await provider.close();
+  });
+
+  test.each([
+    ['client_secret_basic', 'basic'],
+    ['client_secret_post', 'post'],
+    ['private_key_jwt with an RSA JWK', 'jwtRsa'],
+    ['private_key_jwt with an EC PEM and the token endpoint as audience', 'jwtEcPem'],
+    ['none (public client, PKCE only)', 'public'],
+  ] as const)('%s logs in', async (_method, name) => {
+    const slot = slots[name]!;
+    const before = provider.count('grant.success');
+    const result = await slot.browser.login(`${slot.url}/login?returnTo=/whoami`);
+
+    expect(result.status).toBe(200);
+    expect(JSON.parse(result.body)).toEqual({ isAuthenticated: true, sub: 'alice' });
+    expect(provider.count('grant.success')).toBe(before + 1);
+  });
+
+  test('a confidential client that does not authenticate is refused by the provider (authentication is really checked)', async () => {
+    const slot = slots.wrongMethod!;
+    const result = await slot.browser.login(`${slot.url}/login?returnTo=/whoami`);
+
+    expect(result.status).toBe(400);
+    expect(result.body).toContain('token_exchange_failed');
+    expect(result.body).toContain('invalid_client');
+  });
+
+  test('the configuration, client key included, is built once per auth() instance, not per login', async () => {
+    const slot = slots.jwtRsa!;
+    slot.browser.jar.clear();
+    const tokenCalls = requests.filter((r) => r === 'POST /token').length;
+    const result = await slot.browser.login(`${slot.url}/login?returnTo=/whoami`);
+
+    expect(result.status).toBe(200);
+    expect(requests.filter((r) => r === 'POST /token').length).toBe(tokenCalls + 1);
+    // One discovery for the whole instance: the configuration (client authentication included) is built once.
+    expect(requests.filter((r) => r === 'GET /.well-known/openid-configuration').length).toBe(Object.keys(slots).length);
+  });
+});
+
+describe('a method the server does not advertise fails at first use, naming the supported ones', () => {
+  let provider: TestProvider;
+  let post: AppSlot;
+  let jwt: AppSlot;
+  let jwtAlg: AppSlot;
+
+  beforeAll(async () => {
+    [post, jwt, jwtAlg] = await Promise.all([appSlot(), appSlot(), appSlot()]);
+    const rsa = await clientKeyPair('RS256', 'rsa-key-2');
+    provider = await startProvider({
+      clients: [
+        {
+          client_id: 'basic',
+          client_secret: SECRET,
+          redirect_uris: [post.redirectUri],
+          grant_types: ['authorization_code'],
+          response_types: ['code'],
+        },
+      ],
+      configuration: {
+        clientAuthMethods: ['client_secret_basic', 'private_key_jwt', 'none'],
+        enabledJWA: { clientAuthSigningAlgValues: ['ES256', 'EdDSA'] },
+      },
+    });
+    post.mount(redis, { ...base(post, provider, 'basic'), clientSecret: SECRET, clientAuthMethod: 'client_secret_post' }, whoami);
+    jwt.mount(redis, { ...base(jwt, provider, 'basic'), privateKey: rsa.privateJwk }, whoami);
+    jwtAlg.mount(redis, { ...base(jwtAlg, provider, 'basic'), privateKey: { key: rsa.privateJwk, alg: 'PS256' } }, whoami);
+  });
+
+  afterAll(async () => {
+    await Promise.all([post, jwt, jwtAlg].map((slot) => slot.listener.close()));
+    await provider.close();
+  });
+
+  test('client_secret_post', async () => {
+    const result = await post.browser.request(`${post.url}/login`, { headers: { accept: 'application/json' } });
+
+    expect(result.status).toBe(502);
+    expect(JSON.parse(result.body)).toMatchObject({
+      error: 'discovery_failed',
+      error_description: "The authorization server does not support clientAuthMethod 'client_secret_post'; it supports: client_secret_basic, private_key_jwt, none.",
+    });
+    expect(result.headers.get('set-cookie')).toBeNull();
+  });
+
+  test('private_key_jwt with an algorithm the server does not accept', async () => {
+    for (const slot of [jwt, jwtAlg]) {
+      const result = await slot.browser.request(`${slot.url}/login`, { headers: { accept: 'application/json' } });
+
+      expect(result.status).toBe(502);
+      const body = JSON.parse(result.body) as { error: string; error_description: string };
+      expect(body.error).toBe('discovery_failed');
+      expect(body.error_description).toMatch(/does not accept (RS256|PS256) client assertions; it accepts: ES256, EdDSA/);
+    }
+  });
+});
+
+describe('the private_key_jwt assertion', () => {
+  const as = { issuer: 'https://idp.example.com', token_endpoint: 'https://idp.example.com/oauth2/token' };
+
+  async function assertionOf(privateKey: AuthOptions['privateKey']): Promise<string> {
+    const config = resolveOptions({ issuer: as.issuer, clientId: 'app', redirectUri: 'https://app.example.com/callback', privateKey });
+    const authenticate = await clientAuthentication(config);
+    const body = new URLSearchParams();
+    await authenticate(as, { client_id: 'app' }, body, new Headers());
+    expect(body.get('client_assertion_type')).toBe('urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
+    return body.get('client_assertion')!;
+  }
+
+  test.each([
+    ['issuer', undefined, as.issuer],
+    ['token_endpoint', 'token_endpoint' as const, as.token_endpoint],
+  ])('is signed with the key, names its kid and alg, and has aud = %s', async (_name, audience, expected) => {
+    const { privateJwk, publicJwk } = await clientKeyPair('RS256', 'kid-1');
+    const assertion = await assertionOf({ key: privateJwk, ...(audience ? { audience } : {}) });
+
+    expect(decodeProtectedHeader(assertion)).toMatchObject({ alg: 'RS256', kid: 'kid-1' });
+    const { payload } = await jwtVerify(assertion, await importJWK(publicJwk, 'RS256'), { audience: expected, issuer: 'app', subject: 'app' });
+    expect(payload.jti).toEqual(expect.any(String));
+  });
+
+  test('an Ed25519 key signs as EdDSA', async () => {
+    const { privateJwk, publicJwk } = await clientKeyPair('EdDSA', 'ed-1');
+    const assertion = await assertionOf(privateJwk);
+
+    expect(decodeProtectedHeader(assertion)).toMatchObject({ alg: 'EdDSA', kid: 'ed-1' });
+    await expect(jwtVerify(assertion, await importJWK(publicJwk, 'EdDSA'))).resolves.toBeDefined();
+  });
+});

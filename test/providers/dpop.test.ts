@@ -1,0 +1,211 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { Express } from 'express';
+import type { Redis } from 'ioredis';
+import { calculateJwkThumbprint, type JWK } from 'jose';
+import type { AuthOptions } from '../../lib/index.js';
+import { connectRedis } from '../helpers/app.js';
+import { Browser } from '../helpers/browser.js';
+import { startProvider, type TestProvider } from '../helpers/provider.js';
+import { appSlot, recordRequests, storedSessions, type AppSlot } from './support.js';
+
+const SECRET = 'dpop-secret-not-for-production';
+
+let redis: Redis;
+beforeAll(() => {
+  redis = connectRedis();
+});
+afterAll(() => redis.disconnect());
+
+function client(clientId: string, redirectUris: string[], extra: Record<string, unknown> = {}) {
+  return {
+    client_id: clientId,
+    client_secret: SECRET,
+    redirect_uris: redirectUris,
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code' as const],
+    ...extra,
+  };
+}
+
+function options(slot: AppSlot, issuer: string, extra: Partial<AuthOptions> = {}): AuthOptions {
+  return {
+    issuer,
+    clientId: 'dpop-app',
+    clientSecret: SECRET,
+    redirectUri: slot.redirectUri,
+    scope: 'openid',
+    allowInsecureRequests: true,
+    redis,
+    keyPrefix: `test:${randomUUID()}:`,
+    dpop: true,
+    ...extra,
+  };
+}
+
+/** The app's routes: what req.auth says, and the provider's userinfo called through req.auth.fetch. */
+function routes(issuer: string) {
+  return (app: Express): void => {
+    app.get('/whoami', (req, res) => res.json({ isAuthenticated: req.auth.isAuthenticated, tokenType: req.auth.tokens?.tokenType ?? null }));
+    app.get('/refresh', async (req, res, next) => {
+      try {
+        const before = req.auth.tokens?.accessToken;
+        const after = await req.auth.refresh();
+        res.json({ changed: after.accessToken !== before, tokenType: after.tokenType });
+      } catch (err) {
+        next(err);
+      }
+    });
+    app.get('/userinfo', async (req, res, next) => {
+      try {
+        const response = await req.auth.fetch(`${issuer}/me`);
+        res.status(response.status).json(response.status === 200 ? await response.json() : { status: response.status });
+      } catch (err) {
+        next(err);
+      }
+    });
+  };
+}
+
+function loginsOf(sessions: Array<Record<string, unknown>>): Array<{ dpopKey?: JWK; tokens: { tokenType: string } }> {
+  return sessions.flatMap((s) => {
+    const login = (s.oauth as { login?: { dpopKey?: JWK; tokens: { tokenType: string } } } | undefined)?.login;
+    return login === undefined ? [] : [login];
+  });
+}
+
+describe('DPoP at a provider that requires nonces and DPoP-bound tokens', () => {
+  let provider: TestProvider;
+  let requests: string[];
+  let app: AppSlot;
+  let withPar: AppSlot;
+
+  beforeAll(async () => {
+    [app, withPar] = await Promise.all([appSlot(), appSlot()]);
+    provider = await startProvider({
+      clients: [client('dpop-app', [app.redirectUri, withPar.redirectUri], { dpop_bound_access_tokens: true })],
+      configuration: {
+        features: {
+          devInteractions: { enabled: true },
+          // Every DPoP proof must carry a server nonce (RFC 9449 §8): the first request of each kind is answered
+          // with use_dpop_nonce.
+          dPoP: { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => true },
+        },
+      },
+    });
+    requests = recordRequests(provider.server);
+    app.mount(redis, options(app, provider.issuer), routes(provider.issuer));
+    withPar.mount(redis, options(withPar, provider.issuer, { pushedAuthorizationRequests: true }), routes(provider.issuer));
+  });
+
+  afterAll(async () => {
+    await Promise.all([app.listener.close(), withPar.listener.close()]);
+    await provider.close();
+  });
+
+  test('logs in with a DPoP-bound token; the use_dpop_nonce answer is retried once', async () => {
+    const tokenCalls = requests.filter((r) => r === 'POST /token').length;
+    const result = await app.browser.login(`${app.url}/login?returnTo=/whoami`);
+
+    expect(result.status).toBe(200);
+    expect(JSON.parse(result.body)).toEqual({ isAuthenticated: true, tokenType: 'DPoP' });
+    // One refusal asking for a nonce, then the exchange with it.
+    expect(requests.filter((r) => r === 'POST /token').length).toBe(tokenCalls + 2);
+  });
+
+  test('the key pair is per login, kept server-side, and the authorization code was bound to it (dpop_jkt)', async () => {
+    const logins = loginsOf(await storedSessions(redis, app.sessionPrefix));
+    expect(logins).toHaveLength(1);
+    const key = logins[0]!.dpopKey!;
+    expect(key).toMatchObject({ kty: 'EC', crv: 'P-256', d: expect.any(String) });
+
+    // A second login (another browser) gets another key, and its code is bound to that key's thumbprint.
+    const browser = new Browser();
+    const second = await browser.login(`${app.url}/login?returnTo=/whoami`);
+    expect(second.status).toBe(200);
+    const keys = loginsOf(await storedSessions(redis, app.sessionPrefix)).map((l) => l.dpopKey!);
+    expect(keys).toHaveLength(2);
+    expect(keys[0]!.x).not.toBe(keys[1]!.x);
+    const secondKey = keys.find((k) => k.x !== key.x)!;
+    const jkt = await calculateJwkThumbprint({ kty: secondKey.kty!, crv: secondKey.crv!, x: secondKey.x!, y: secondKey.y! });
+    expect(new URL(second.steps[0]!.location!).searchParams.get('dpop_jkt')).toBe(jkt);
+    // Nothing the browser holds names the key: one opaque session cookie.
+    expect([...(browser.jar.get('127.0.0.1')?.keys() ?? [])]).toEqual(['connect.sid']);
+    expect(second.body).not.toContain(secondKey.d!);
+  });
+
+  test('req.auth.fetch calls the provider userinfo with a fresh proof each time; the nonce is remembered', async () => {
+    const first = await app.browser.request(`${app.url}/userinfo`, { headers: { accept: 'application/json' } });
+    const calls = requests.filter((r) => r === 'GET /me').length;
+    const second = await app.browser.request(`${app.url}/userinfo`, { headers: { accept: 'application/json' } });
+
+    expect(first.status).toBe(200);
+    expect(JSON.parse(first.body)).toMatchObject({ sub: 'alice' });
+    // A replayed proof (same jti) would be refused; a second call works with a new one, without a nonce retry.
+    expect(second.status).toBe(200);
+    expect(requests.filter((r) => r === 'GET /me').length).toBe(calls + 1);
+  });
+
+  test('the same access token is refused at userinfo as a plain Bearer token, and as DPoP without a proof', async () => {
+    const token = JSON.parse((await app.browser.request(`${app.url}/token`, { headers: { accept: 'application/json' } })).body) as { accessToken: string };
+
+    const bearer = await fetch(`${provider.issuer}/me`, { headers: { authorization: `Bearer ${token.accessToken}` } });
+    const unproven = await fetch(`${provider.issuer}/me`, { headers: { authorization: `DPoP ${token.accessToken}` } });
+
+    expect(bearer.status).toBe(401);
+    expect(await bearer.json()).toMatchObject({ error: 'invalid_token' });
+    expect(unproven.status).toBe(400);
+    expect(await unproven.json()).toMatchObject({ error: 'invalid_request', error_description: '`DPoP` header not provided' });
+  });
+
+  test('a refresh carries a proof of the same key: the new token is DPoP-bound and works at userinfo', async () => {
+    const tokenCalls = requests.filter((r) => r === 'POST /token').length;
+    const refreshed = await app.browser.request(`${app.url}/refresh`, { headers: { accept: 'application/json' } });
+
+    expect(refreshed.status).toBe(200);
+    expect(JSON.parse(refreshed.body)).toEqual({ changed: true, tokenType: 'DPoP' });
+    // The nonce of the earlier requests is remembered: one refresh request, no retry.
+    expect(requests.filter((r) => r === 'POST /token').length).toBe(tokenCalls + 1);
+    const userinfo = await app.browser.request(`${app.url}/userinfo`, { headers: { accept: 'application/json' } });
+    expect(userinfo.status).toBe(200);
+    expect(JSON.parse(userinfo.body)).toMatchObject({ sub: 'alice' });
+  });
+
+  test('with PAR the pushed request carries the proof, and the login is DPoP-bound', async () => {
+    const result = await withPar.browser.login(`${withPar.url}/login?returnTo=/whoami`);
+
+    expect(result.status).toBe(200);
+    expect(JSON.parse(result.body)).toEqual({ isAuthenticated: true, tokenType: 'DPoP' });
+    expect([...new URL(result.steps[0]!.location!).searchParams.keys()].sort()).toEqual(['client_id', 'request_uri']);
+    const userinfo = await withPar.browser.request(`${withPar.url}/userinfo`, { headers: { accept: 'application/json' } });
+    expect(JSON.parse(userinfo.body)).toMatchObject({ sub: 'alice' });
+  });
+});
+
+describe('dpop: true at a provider that does not bind tokens', () => {
+  let provider: TestProvider;
+  let app: AppSlot;
+
+  beforeAll(async () => {
+    app = await appSlot();
+    provider = await startProvider({
+      clients: [client('dpop-app', [app.redirectUri])],
+      configuration: { features: { devInteractions: { enabled: true }, dPoP: { enabled: false } } },
+    });
+    app.mount(redis, options(app, provider.issuer), routes(provider.issuer));
+  });
+
+  afterAll(async () => {
+    await app.listener.close();
+    await provider.close();
+  });
+
+  test('refuses the Bearer token it gets instead (no silent downgrade) and stores no login', async () => {
+    const result = await app.browser.login(`${app.url}/login?returnTo=/whoami`);
+
+    expect(result.status).toBe(400);
+    expect(result.body).toContain('token_exchange_failed');
+    expect(result.body).toContain('instead of a DPoP-bound one');
+    expect(loginsOf(await storedSessions(redis, app.sessionPrefix))).toEqual([]);
+  });
+});

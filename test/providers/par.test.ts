@@ -1,0 +1,231 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { Express } from 'express';
+import type { Redis } from 'ioredis';
+import type { AuthOptions } from '../../lib/index.js';
+import { connectRedis, listen, type Listener } from '../helpers/app.js';
+import { startProvider, type TestProvider } from '../helpers/provider.js';
+import { appSlot, recordRequests, storedSessions, type AppSlot } from './support.js';
+
+const SECRET = 'par-secret-not-for-production';
+
+let redis: Redis;
+beforeAll(() => {
+  redis = connectRedis();
+});
+afterAll(() => redis.disconnect());
+
+function whoami(app: Express): void {
+  app.get('/whoami', (req, res) => res.json({ isAuthenticated: req.auth.isAuthenticated, sub: req.auth.claims?.sub ?? null }));
+}
+
+function options(slot: AppSlot, issuer: string, clientId: string, extra: Partial<AuthOptions> = {}): AuthOptions {
+  return {
+    issuer,
+    clientId,
+    clientSecret: SECRET,
+    redirectUri: slot.redirectUri,
+    scope: 'openid',
+    allowInsecureRequests: true,
+    redis,
+    keyPrefix: `test:${randomUUID()}:`,
+    ...extra,
+  };
+}
+
+function client(clientId: string, redirectUris: string[], extra: Record<string, unknown> = {}) {
+  return {
+    client_id: clientId,
+    client_secret: SECRET,
+    redirect_uris: redirectUris,
+    grant_types: ['authorization_code'],
+    response_types: ['code' as const],
+    ...extra,
+  };
+}
+
+/** The browser's authorization URL carries only client_id and request_uri (RFC 9126 §4). */
+function expectPushed(location: string | undefined, issuer: string): void {
+  const url = new URL(location ?? '');
+  expect(url.origin + url.pathname).toBe(`${issuer}/auth`);
+  expect([...url.searchParams.keys()].sort()).toEqual(['client_id', 'request_uri']);
+  expect(url.searchParams.get('request_uri')).toMatch(/^urn:ietf:params:oauth:request_uri:/);
+}
+
+describe('PAR at a provider that offers it', () => {
+  let provider: TestProvider;
+  let requests: string[];
+  let optIn: AppSlot;
+  let required: AppSlot;
+  let requiredWithoutOptIn: AppSlot;
+  let refused: AppSlot;
+
+  beforeAll(async () => {
+    [optIn, required, requiredWithoutOptIn, refused] = await Promise.all([appSlot(), appSlot(), appSlot(), appSlot()]);
+    provider = await startProvider({
+      clients: [
+        client('par-app', [optIn.redirectUri, refused.redirectUri]),
+        client('par-required', [required.redirectUri, requiredWithoutOptIn.redirectUri], { require_pushed_authorization_requests: true }),
+      ],
+    });
+    requests = recordRequests(provider.server);
+    optIn.mount(redis, options(optIn, provider.issuer, 'par-app', { pushedAuthorizationRequests: true }), whoami);
+    required.mount(redis, options(required, provider.issuer, 'par-required', { pushedAuthorizationRequests: true }), whoami);
+    requiredWithoutOptIn.mount(redis, options(requiredWithoutOptIn, provider.issuer, 'par-required'), whoami);
+    // A parameter the PAR endpoint refuses (oidc-provider checks prompt values there).
+    refused.mount(redis, options(refused, provider.issuer, 'par-app', { pushedAuthorizationRequests: true, authorizationParams: { prompt: 'bogus' } }), whoami);
+  });
+
+  afterAll(async () => {
+    await Promise.all([optIn, required, requiredWithoutOptIn, refused].map((slot) => slot.listener.close()));
+    await provider.close();
+  });
+
+  test('pushedAuthorizationRequests: true pushes the request; the browser only carries client_id and request_uri', async () => {
+    const result = await optIn.browser.login(`${optIn.url}/login?returnTo=/whoami`);
+
+    expect(result.status).toBe(200);
+    expect(JSON.parse(result.body)).toEqual({ isAuthenticated: true, sub: 'alice' });
+    expectPushed(result.steps[0]?.location, provider.issuer);
+    expect(requests).toContain('POST /request');
+  });
+
+  test('a client registered with require_pushed_authorization_requests logs in with PAR', async () => {
+    const result = await required.browser.login(`${required.url}/login?returnTo=/whoami`);
+
+    expect(result.status).toBe(200);
+    expectPushed(result.steps[0]?.location, provider.issuer);
+  });
+
+  test('the same client without PAR is refused by the provider (the requirement is real)', async () => {
+    const result = await requiredWithoutOptIn.browser.login(`${requiredWithoutOptIn.url}/login?returnTo=/whoami`);
+
+    expect(result.status).toBe(400);
+    expect(result.body).toContain('authorization_error');
+    expect(result.body).toContain('invalid_request');
+  });
+
+  test('a refused pushed request is par_failed (502) with the upstream error, and no session is stored', async () => {
+    const result = await refused.browser.request(`${refused.url}/login`, { headers: { accept: 'application/json' } });
+
+    expect(result.status).toBe(502);
+    expect(JSON.parse(result.body)).toMatchObject({ error: 'par_failed', upstream_error: 'invalid_request' });
+    expect(result.headers.get('set-cookie')).toBeNull();
+    expect(await storedSessions(redis, refused.sessionPrefix)).toEqual([]);
+  });
+});
+
+describe('a provider that requires PAR for every client', () => {
+  let provider: TestProvider;
+  let app: AppSlot;
+
+  beforeAll(async () => {
+    app = await appSlot();
+    provider = await startProvider({
+      clients: [client('any-app', [app.redirectUri])],
+      configuration: { features: { devInteractions: { enabled: true }, pushedAuthorizationRequests: { enabled: true, requirePushedAuthorizationRequests: true } } },
+    });
+    app.mount(redis, options(app, provider.issuer, 'any-app'), whoami);
+  });
+
+  afterAll(async () => {
+    await app.listener.close();
+    await provider.close();
+  });
+
+  test('is used with PAR without opting in (require_pushed_authorization_requests in its metadata)', async () => {
+    const result = await app.browser.login(`${app.url}/login?returnTo=/whoami`);
+
+    expect(result.status).toBe(200);
+    expect(JSON.parse(result.body)).toEqual({ isAuthenticated: true, sub: 'alice' });
+    expectPushed(result.steps[0]?.location, provider.issuer);
+  });
+});
+
+describe('a provider without PAR', () => {
+  let provider: TestProvider;
+  let app: AppSlot;
+
+  beforeAll(async () => {
+    app = await appSlot();
+    provider = await startProvider({
+      clients: [client('any-app', [app.redirectUri])],
+      configuration: { features: { devInteractions: { enabled: true }, pushedAuthorizationRequests: { enabled: false } } },
+    });
+    app.mount(redis, options(app, provider.issuer, 'any-app', { pushedAuthorizationRequests: true }), whoami);
+  });
+
+  afterAll(async () => {
+    await app.listener.close();
+    await provider.close();
+  });
+
+  test('fails at first use when the app asks for PAR, naming the missing endpoint', async () => {
+    const result = await app.browser.request(`${app.url}/login`, { headers: { accept: 'application/json' } });
+
+    expect(result.status).toBe(502);
+    expect(JSON.parse(result.body)).toEqual(
+      expect.objectContaining({
+        error: 'discovery_failed',
+        error_description: 'pushedAuthorizationRequests is on, but the authorization server has no pushed_authorization_request_endpoint.',
+      }),
+    );
+  });
+});
+
+describe('a PAR endpoint that fails after a transaction is already pending', () => {
+  let stub: Listener;
+  let app: AppSlot;
+  let parAnswer: { status: number; body: unknown };
+  let pushed = 0;
+
+  beforeAll(async () => {
+    [stub, app] = await Promise.all([listen(), appSlot()]);
+    // A server that misbehaves on purpose: its PAR endpoint answers what the test sets.
+    stub.handle((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        pushed += 1;
+        res.writeHead(parAnswer.status, { 'content-type': 'application/json' }).end(JSON.stringify(parAnswer.body));
+      });
+    });
+    app.mount(
+      redis,
+      options(app, '', 'stub-app', {
+        issuer: undefined,
+        server: { authorizationEndpoint: `${stub.url}/authorize`, tokenEndpoint: `${stub.url}/token`, pushedAuthorizationRequestEndpoint: `${stub.url}/par` },
+        scope: 'profile',
+        pushedAuthorizationRequests: true,
+      }),
+    );
+  });
+
+  afterAll(async () => {
+    await Promise.all([stub.close(), app.listener.close()]);
+  });
+
+  async function pending(): Promise<number> {
+    const sessions = await storedSessions(redis, app.sessionPrefix);
+    expect(sessions).toHaveLength(1);
+    return Object.keys((sessions[0]!.oauth as { tx?: object }).tx ?? {}).length;
+  }
+
+  test.each([
+    ['refuses it (400)', { status: 400, body: { error: 'invalid_request' } }, 'par_failed', 502],
+    ['fails (500)', { status: 500, body: { error: 'server_error' } }, 'idp_unreachable', 502],
+  ])('when it %s, the session keeps only the earlier transaction', async (_case, failure, code, status) => {
+    parAnswer = { status: 201, body: { request_uri: `urn:ietf:params:oauth:request_uri:${randomUUID()}`, expires_in: 60 } };
+    const first = await app.browser.request(`${app.url}/login`);
+    expect(first.status).toBe(302);
+    const before = await pending();
+
+    parAnswer = failure;
+    const calls = pushed;
+    const second = await app.browser.request(`${app.url}/login`, { headers: { accept: 'application/json' } });
+
+    expect(pushed).toBe(calls + 1);
+    expect(second.status).toBe(status);
+    expect(JSON.parse(second.body)).toMatchObject({ error: code });
+    expect(await pending()).toBe(before);
+  });
+});

@@ -1,0 +1,123 @@
+import { afterAll, beforeAll, expect, test } from '@jest/globals';
+import { AuthError } from '../../lib/index.js';
+import { resolveOptions } from '../../lib/options.js';
+import { fetchResource, type ResourceCredentials } from '../../lib/resource.js';
+import { createRuntime, type Runtime } from '../../lib/runtime.js';
+import { listen, type Listener } from '../helpers/app.js';
+
+/**
+ * req.auth.fetch() is fetchResource() with the login's credentials; these cases need no login, only a resource server
+ * (a real one, on loopback) and a runtime configured by hand (no discovery request).
+ */
+let api: Listener;
+let closed: Listener;
+let seen: Array<{ method: string; path: string; authorization: string | undefined; contentType: string | undefined; body: string }> = [];
+const server = { authorizationEndpoint: 'http://127.0.0.1:9/authorize', tokenEndpoint: 'http://127.0.0.1:9/token' };
+const timers: NodeJS.Timeout[] = [];
+const bearer: ResourceCredentials = { accessToken: 'resource-test-token', tokenType: 'Bearer' };
+
+function runtime(extra: Record<string, unknown> = {}): Runtime {
+  return createRuntime(
+    resolveOptions({ server, clientId: 'app', redirectUri: 'http://127.0.0.1/callback', scope: 'api', allowInsecureRequests: true, ...extra }),
+  );
+}
+
+async function refusal(promise: Promise<unknown>): Promise<AuthError> {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(AuthError);
+  return err as AuthError;
+}
+
+beforeAll(async () => {
+  [api, closed] = await Promise.all([listen(), listen()]);
+  await closed.close();
+  api.handle((req, res) => {
+    let body = '';
+    req.on('data', (chunk: Buffer) => (body += chunk.toString()));
+    req.on('end', () => {
+      const path = new URL(req.url ?? '/', api.url).pathname;
+      seen.push({ method: req.method ?? '', path, authorization: req.headers.authorization, contentType: req.headers['content-type'], body });
+      if (path === '/expired') {
+        res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"', 'content-type': 'application/json' }).end('{"error":"invalid_token"}');
+      } else if (path === '/slow') {
+        timers.push(setTimeout(() => res.writeHead(200).end('late'), 2500));
+      } else {
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
+      }
+    });
+  });
+});
+
+afterAll(async () => {
+  for (const timer of timers) clearTimeout(timer);
+  await api.close();
+});
+
+test('sends the token in the Authorization header only, with the method, headers and body given', async () => {
+  seen = [];
+  const response = await fetchResource(runtime(), bearer, `${api.url}/orders?page=2`, {
+    method: 'post',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ item: 1 }),
+  });
+
+  expect(response.status).toBe(200);
+  expect(await response.json()).toEqual({ ok: true });
+  expect(seen).toEqual([{ method: 'POST', path: '/orders', authorization: 'Bearer resource-test-token', contentType: 'application/json', body: '{"item":1}' }]);
+});
+
+test('a 401 challenge is returned to the caller, not thrown (the app decides: refresh or log in again)', async () => {
+  const response = await fetchResource(runtime(), bearer, `${api.url}/expired`);
+
+  expect(response.status).toBe(401);
+  expect(await response.json()).toEqual({ error: 'invalid_token' });
+});
+
+test.each([
+  ['a relative URL', '/orders', {}, /absolute URL/],
+  ['an Authorization header of its own', 'API', { headers: { authorization: 'Bearer other' } }, /sets the Authorization and DPoP headers itself/],
+  ['a DPoP header of its own', 'API', { headers: { DPoP: 'proof' } }, /sets the Authorization and DPoP headers itself/],
+])('refuses %s as misconfigured, sending nothing', async (_case, url, init, message) => {
+  seen = [];
+  const err = await refusal(fetchResource(runtime(), bearer, url === 'API' ? `${api.url}/orders` : url, init));
+
+  expect(err.code).toBe('misconfigured');
+  expect(err.message).toMatch(message);
+  expect(seen).toEqual([]);
+});
+
+test('refuses an http: URL unless allowInsecureRequests is on, and never puts the token in the message', async () => {
+  seen = [];
+  const strict = createRuntime(
+    resolveOptions({
+      server: { authorizationEndpoint: 'https://idp.example.com/authorize', tokenEndpoint: 'https://idp.example.com/token' },
+      clientId: 'app',
+      redirectUri: 'https://app.example.com/callback',
+      scope: 'api',
+    }),
+  );
+  const err = await refusal(fetchResource(strict, bearer, `${api.url}/orders`));
+
+  expect(err.code).toBe('misconfigured');
+  expect(err.message).toMatch(/over https: only/);
+  expect(JSON.stringify(err)).not.toContain(bearer.accessToken);
+  expect(seen).toEqual([]);
+});
+
+test('a DPoP-bound token without its key is login_required', async () => {
+  const err = await refusal(fetchResource(runtime(), { accessToken: 'x', tokenType: 'DPoP' }, `${api.url}/orders`));
+
+  expect(err.code).toBe('login_required');
+  expect(err.status).toBe(401);
+});
+
+test('an unreachable resource server is resource_request_failed (502), a slow one 504 after httpTimeout', async () => {
+  const down = await refusal(fetchResource(runtime(), bearer, `${closed.url}/orders`));
+  expect([down.code, down.status]).toEqual(['resource_request_failed', 502]);
+
+  const slow = await refusal(fetchResource(runtime({ httpTimeout: 1000 }), bearer, `${api.url}/slow`));
+  expect([slow.code, slow.status]).toEqual(['resource_request_failed', 504]);
+});

@@ -1,0 +1,121 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, beforeEach, expect, test } from '@jest/globals';
+import type { Redis } from 'ioredis';
+import { connectRedis, listen, type Listener } from '../helpers/app.js';
+import { appSlot, clearSessions, storedSessions, type AppSlot } from './support.js';
+
+/**
+ * A server that misbehaves on purpose, the way real plain-OAuth servers do: its authorization endpoint answers at once
+ * (no `iss`, no metadata) and its token endpoint answers whatever the test sets.
+ */
+let stub: Listener;
+let app: AppSlot;
+let redis: Redis;
+let answer: { status: number; type: string; body: string };
+const tokenRequests: URLSearchParams[] = [];
+
+const SECRET_TOKEN = 'stub-access-token-never-shown';
+
+beforeAll(async () => {
+  [stub, app] = await Promise.all([listen(), appSlot()]);
+  stub.handle((req, res) => {
+    const url = new URL(req.url ?? '/', stub.url);
+    if (req.method === 'GET' && url.pathname === '/authorize') {
+      const back = new URL(url.searchParams.get('redirect_uri') ?? '');
+      back.searchParams.set('code', `stub-code-${randomUUID()}`);
+      back.searchParams.set('state', url.searchParams.get('state') ?? '');
+      res.writeHead(302, { location: back.href }).end();
+      return;
+    }
+    if (req.method === 'POST' && url.pathname === '/token') {
+      let body = '';
+      req.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      req.on('end', () => {
+        tokenRequests.push(new URLSearchParams(body));
+        res.writeHead(answer.status, { 'content-type': answer.type, 'cache-control': 'no-store' }).end(answer.body);
+      });
+      return;
+    }
+    res.writeHead(404).end();
+  });
+  redis = connectRedis();
+  app.mount(
+    redis,
+    {
+      server: { authorizationEndpoint: `${stub.url}/authorize`, tokenEndpoint: `${stub.url}/token` },
+      clientId: 'stub-client',
+      clientSecret: 'stub-secret-not-for-production',
+      clientAuthMethod: 'client_secret_post',
+      redirectUri: app.redirectUri,
+      scope: 'repo read:user',
+      allowInsecureRequests: true,
+      redis,
+      keyPrefix: `test:${randomUUID()}:`,
+    },
+    (express) => {
+      express.get('/whoami', (req, res) => {
+        res.json({ isAuthenticated: req.auth.isAuthenticated, claims: req.auth.claims ?? null, expiresAt: req.auth.tokens?.expiresAt ?? null });
+      });
+    },
+  );
+});
+
+afterAll(async () => {
+  await Promise.all([stub.close(), app.listener.close()]);
+  redis.disconnect();
+});
+
+beforeEach(async () => {
+  app.browser.jar.clear();
+  await clearSessions(redis, app.sessionPrefix);
+  tokenRequests.length = 0;
+});
+
+const json = (value: unknown) => ({ status: 200, type: 'application/json', body: JSON.stringify(value) });
+
+test('a token response without expires_in logs in with an unknown expiry, which never counts as expired', async () => {
+  answer = json({ access_token: SECRET_TOKEN, token_type: 'bearer', scope: 'repo,read:user' });
+  const result = await app.browser.follow(`${app.url}/login?returnTo=/whoami`);
+
+  expect(result.status).toBe(200);
+  expect(JSON.parse(result.body)).toEqual({ isAuthenticated: true, claims: null, expiresAt: null });
+  const token = await app.browser.request(`${app.url}/token`, { headers: { accept: 'application/json' } });
+  expect(JSON.parse(token.body)).toEqual({ accessToken: SECRET_TOKEN });
+  // client_secret_post, PKCE verifier, and the exact redirect_uri went to the token endpoint.
+  expect(tokenRequests).toHaveLength(1);
+  expect(Object.fromEntries(tokenRequests[0]!)).toMatchObject({
+    grant_type: 'authorization_code',
+    client_id: 'stub-client',
+    client_secret: 'stub-secret-not-for-production',
+    redirect_uri: app.redirectUri,
+    code_verifier: expect.stringMatching(/^[A-Za-z0-9_-]{43,128}$/),
+  });
+});
+
+test.each([
+  ['an HTML page', { status: 200, type: 'text/html', body: '<html><body>Sign in</body></html>' }, 'it is not JSON'],
+  ['a form-encoded body', { status: 200, type: 'application/x-www-form-urlencoded', body: `access_token=${SECRET_TOKEN}&token_type=bearer` }, 'it is not JSON'],
+  ['a JSON array', json([{ access_token: SECRET_TOKEN, token_type: 'bearer' }]), 'it is not a JSON object'],
+  ['a JSON string', json(SECRET_TOKEN), 'it is not a JSON object'],
+  ['JSON without access_token', json({ token_type: 'bearer', expires_in: 3600 }), 'its access_token is missing or malformed'],
+  ['JSON without token_type', json({ access_token: SECRET_TOKEN }), 'its token_type is missing or malformed'],
+  ['token_type mac', json({ access_token: SECRET_TOKEN, token_type: 'mac' }), 'its token_type is neither Bearer nor DPoP'],
+  [
+    'an error object with HTTP 200 (as GitHub answers)',
+    json({ error: 'bad_verification_code', error_description: 'The code passed is incorrect or expired.' }),
+    'the token endpoint answered with error bad_verification_code',
+  ],
+])('a token response that is %s is refused with token_exchange_failed, and no login is stored', async (_case, bad, why) => {
+  answer = bad;
+  const result = await app.browser.follow(`${app.url}/login?returnTo=/whoami`);
+
+  expect(tokenRequests).toHaveLength(1);
+  expect(result.status).toBe(400);
+  expect(result.body).toContain('token_exchange_failed');
+  expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toBe(`The token response was refused: ${why}.`);
+  expect(result.body).not.toContain(SECRET_TOKEN);
+  const after = await app.browser.request(`${app.url}/whoami`);
+  expect(JSON.parse(after.body)).toMatchObject({ isAuthenticated: false });
+  const sessions = await storedSessions(redis, app.sessionPrefix);
+  expect(sessions.filter((s) => (s.oauth as { login?: unknown } | undefined)?.login !== undefined)).toEqual([]);
+});

@@ -1,0 +1,110 @@
+import { connect, type Socket } from 'node:net';
+import { afterAll, beforeAll, expect, test } from '@jest/globals';
+import { startStack, type Stack } from '../helpers/app.js';
+import { Browser } from '../helpers/browser.js';
+import { refreshRoutes } from './fixtures/routes.js';
+import { getJson, readLogin } from './support.js';
+
+// Counted from Redis itself (MONITOR), so whatever client or library sends a command, it shows. Only commands on this
+// stack's keys count: other test files share the Redis server. The monitor speaks RESP over a plain socket: ioredis's
+// monitor mode can mistake a monitor line for a reply when the server is busy.
+let stack: Stack;
+let monitor: Socket;
+const seen: string[][] = [];
+
+/** The quoted arguments of a MONITOR line: `+<time> [<db> <client>] "cmd" "arg" …` (Redis escapes quotes and newlines). */
+function monitorArgs(line: string): string[] {
+  return [...line.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1] ?? '');
+}
+
+async function openMonitor(url: string): Promise<Socket> {
+  const { hostname, port } = new URL(url);
+  const socket = connect(Number(port), hostname);
+  let buffer = '';
+  await new Promise<void>((resolve, reject) => {
+    socket.once('error', reject);
+    socket.on('data', (chunk: Buffer) => {
+      buffer += chunk.toString('utf8');
+      for (let end = buffer.indexOf('\r\n'); end !== -1; end = buffer.indexOf('\r\n')) {
+        const line = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        if (line === '+OK') resolve();
+        else if (line.startsWith('+')) seen.push(monitorArgs(line));
+      }
+    });
+    socket.write('MONITOR\r\n');
+  });
+  return socket;
+}
+
+beforeAll(async () => {
+  stack = await startStack({ routes: (app) => refreshRoutes(app) });
+  monitor = await openMonitor(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
+});
+afterAll(async () => {
+  monitor?.destroy();
+  await stack?.close();
+});
+
+const ours = (args: string[]) => args.some((a) => a.startsWith(stack.sessionPrefix) || a.startsWith(String(stack.authOptions.keyPrefix)));
+
+/** The commands on this stack's keys while `action` runs, up to a marker that MONITOR must have seen. */
+async function commandsDuring(action: () => Promise<unknown>): Promise<string[]> {
+  const start = seen.length;
+  await action();
+  const marker = `${String(stack.authOptions.keyPrefix)}marker:${Math.random()}`;
+  await stack.redis.get(marker);
+  for (let i = 0; i < 200 && !seen.slice(start).some((args) => args.includes(marker)); i++) await new Promise((r) => setTimeout(r, 10));
+  const during = seen.slice(start);
+  const end = during.findIndex((args) => args.includes(marker));
+  expect(end).toBeGreaterThanOrEqual(0);
+  return during.slice(0, end).filter(ours).map((args) => args.map((a) => (a.startsWith(stack.sessionPrefix) ? '<session>' : a)).join(' '));
+}
+
+test('getAccessToken() with a valid session copy costs no Redis command beyond express-session + connect-redis', async () => {
+  const browser = new Browser();
+  expect((await browser.login(`${stack.appUrl}/login?returnTo=/me`)).status).toBe(200);
+  const login = await readLogin(stack, browser);
+
+  // A normal authenticated request that never asks for a token: the floor.
+  const plain = await commandsDuring(async () => expect((await getJson(browser, `${stack.appUrl}/api/plain`)).status).toBe(200));
+  // The same request asking for the access token.
+  let token: unknown;
+  const withToken = await commandsDuring(async () => {
+    const result = await getJson(browser, `${stack.appUrl}/api/token`);
+    expect(result.status).toBe(200);
+    token = result.body.accessToken;
+  });
+
+  expect(token).toBe(login.tokens.accessToken);
+  expect(plain.map((c) => c.split(' ')[0]?.toLowerCase())).toEqual(['get', 'expire']);
+  expect(withToken.map((c) => c.split(' ')[0]?.toLowerCase())).toEqual(['get', 'expire']);
+  expect(withToken.filter((c) => c.includes(String(stack.authOptions.keyPrefix)))).toEqual([]);
+});
+
+test('a login writes the token store once, with the key prefix and a TTL', async () => {
+  const browser = new Browser();
+  const loginCommands = await commandsDuring(async () => expect((await browser.login(`${stack.appUrl}/login?returnTo=/me`)).status).toBe(200));
+  const login = await readLogin(stack, browser);
+
+  const tokenWrites = loginCommands.filter((c) => c.includes(`${String(stack.authOptions.keyPrefix)}tokens:`));
+  expect(tokenWrites).toHaveLength(1);
+  expect(tokenWrites[0]).toMatch(new RegExp(`^set \\S*tokens:${login.id} .* EX \\d+$`, 'i'));
+  // Every key the library wrote carries the prefix and expires.
+  const keys = await stack.redis.keys(`${String(stack.authOptions.keyPrefix)}*`);
+  expect(keys.length).toBeGreaterThan(0);
+  for (const key of keys) expect(await stack.redis.ttl(key)).toBeGreaterThan(0);
+});
+
+test('logout removes the login from the token store', async () => {
+  const browser = new Browser();
+  expect((await browser.login(`${stack.appUrl}/login?returnTo=/me`)).status).toBe(200);
+  const login = await readLogin(stack, browser);
+  const key = `${String(stack.authOptions.keyPrefix)}tokens:${login.id}`;
+  expect(await stack.redis.exists(key)).toBe(1);
+
+  const response = await browser.request(`${stack.appUrl}/logout`, { method: 'POST', headers: { origin: stack.appUrl } });
+
+  expect(response.status).toBe(303);
+  expect(await stack.redis.exists(key)).toBe(0);
+});

@@ -1,0 +1,257 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { startStack, CLIENT_ID, CLIENT_SECRET, type Stack } from '../helpers/app.js';
+import { Browser } from '../helpers/browser.js';
+import { refreshRoutes } from './fixtures/routes.js';
+import {
+  getJson,
+  installTokenStub,
+  readLogin,
+  readRecord,
+  readSession,
+  REFRESH_SKEW,
+  refreshErrors,
+  refreshGrants,
+  refreshingProvider,
+  tokenKey,
+  userinfoStatus,
+  waitUntilDue,
+  type TokenStub,
+} from './support.js';
+
+// Lets a test hold `/api/slow-write` between loading the session and saving it.
+let releaseSlowWrite: (() => void) | undefined;
+let slowWriteGate: Promise<void> = Promise.resolve();
+
+let stack: Stack;
+let stub: TokenStub;
+
+beforeAll(async () => {
+  stack = await startStack({
+    provider: { configuration: refreshingProvider },
+    auth: { refreshSkew: REFRESH_SKEW },
+    routes: (app) => refreshRoutes(app, { slowWrite: () => slowWriteGate }),
+  });
+  stub = installTokenStub(stack.provider);
+});
+afterAll(async () => stack.close());
+
+async function login(): Promise<Browser> {
+  const browser = new Browser();
+  const result = await browser.login(`${stack.appUrl}/login?returnTo=/me`);
+  expect(result.status).toBe(200);
+  return browser;
+}
+
+function revocations(): number {
+  return stack.provider.count('grant.revoked');
+}
+
+describe('refresh on expiry (one process, Redis)', () => {
+  test('100 concurrent getAccessToken() calls cause exactly one refresh grant and all get the same new token', async () => {
+    const browser = await login();
+    const before = await readLogin(stack, browser);
+    expect(await readRecord(stack.redis, tokenKey(stack, before.id))).toMatchObject({ v: 1 });
+    const grants = refreshGrants(stack.provider);
+    const revoked = revocations();
+    await waitUntilDue(before.tokens);
+
+    const results = await Promise.all(Array.from({ length: 100 }, () => getJson(browser, `${stack.appUrl}/api/token`)));
+
+    expect(results.map((r) => r.status)).toEqual(Array(100).fill(200));
+    const tokens = new Set(results.map((r) => r.body.accessToken));
+    expect(tokens.size).toBe(1);
+    const [fresh] = [...tokens] as string[];
+    expect(fresh).not.toBe(before.tokens.accessToken);
+    expect(refreshGrants(stack.provider) - grants).toBe(1);
+    expect(revocations()).toBe(revoked);
+    // The grant survives: the new token works at the provider, and the store holds version 2 with a rotated refresh token.
+    expect(await userinfoStatus(stack.provider, fresh!)).toBe(200);
+    const record = await readRecord(stack.redis, tokenKey(stack, before.id));
+    expect(record?.v).toBe(2);
+    expect(record?.tokens?.accessToken).toBe(fresh);
+    expect(record?.tokens?.refreshToken).toBeDefined();
+    expect(record?.tokens?.refreshToken).not.toBe(before.tokens.refreshToken);
+    expect(await stack.redis.ttl(tokenKey(stack, before.id))).toBeGreaterThan(0);
+    // The session copy followed, and the refreshed ID token's claims replaced the old ones.
+    const after = await readLogin(stack, browser);
+    expect(after.version).toBe(2);
+    expect(after.tokens.accessToken).toBe(fresh);
+    expect(after.claims?.sub).toBe(before.claims?.sub);
+    expect(after.claims?.iat).not.toBeUndefined();
+    expect(Number(after.claims?.iat)).toBeGreaterThan(Number(before.claims?.iat));
+  });
+
+  test('a second expiry refreshes again, with the rotated refresh token', async () => {
+    const browser = await login();
+    const first = await readLogin(stack, browser);
+    const grants = refreshGrants(stack.provider);
+    const revoked = revocations();
+
+    await waitUntilDue(first.tokens);
+    const second = await getJson(browser, `${stack.appUrl}/api/token`);
+    expect(second.status).toBe(200);
+    const afterFirst = await readLogin(stack, browser);
+    // Until due again, the session copy is served as is.
+    expect((await getJson(browser, `${stack.appUrl}/api/token`)).body.accessToken).toBe(second.body.accessToken);
+
+    await waitUntilDue(afterFirst.tokens);
+    const third = await getJson(browser, `${stack.appUrl}/api/token`);
+
+    expect(third.status).toBe(200);
+    expect(third.body.accessToken).not.toBe(second.body.accessToken);
+    expect(refreshGrants(stack.provider) - grants).toBe(2);
+    // Reusing the first (consumed) refresh token would have revoked the grant.
+    expect(revocations()).toBe(revoked);
+    expect(await userinfoStatus(stack.provider, String(third.body.accessToken))).toBe(200);
+    const record = await readRecord(stack.redis, tokenKey(stack, first.id));
+    expect(record?.v).toBe(3);
+    expect(record?.tokens?.refreshToken).not.toBe(afterFirst.tokens.refreshToken);
+  });
+
+  test('a concurrent request that saves a stale session does not undo the refresh', async () => {
+    const browser = await login();
+    const before = await readLogin(stack, browser);
+    const grants = refreshGrants(stack.provider);
+    const revoked = revocations();
+    await waitUntilDue(before.tokens);
+
+    slowWriteGate = new Promise<void>((resolve) => (releaseSlowWrite = resolve));
+    // Loads the session (expired tokens, version 1) now, saves it after the refresh below.
+    const slow = getJson(browser, `${stack.appUrl}/api/slow-write`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const refreshed = await getJson(browser, `${stack.appUrl}/api/token`);
+    expect(refreshed.status).toBe(200);
+    expect((await readLogin(stack, browser)).version).toBe(2);
+    releaseSlowWrite?.();
+    expect((await slow).status).toBe(200);
+    slowWriteGate = Promise.resolve();
+
+    // The stale save did happen: the session holds version 1 again, with the consumed refresh token.
+    const stale = await readSession(stack, browser);
+    expect(stale.lastVisit).toBeDefined();
+    expect(stale.oauth?.login?.version ?? 1).toBe(1);
+    expect(stale.oauth?.login?.tokens.accessToken).toBe(before.tokens.accessToken);
+
+    const next = await getJson(browser, `${stack.appUrl}/api/token`);
+
+    expect(next.status).toBe(200);
+    expect(next.body.accessToken).toBe(refreshed.body.accessToken);
+    expect(refreshGrants(stack.provider) - grants).toBe(1);
+    expect(revocations()).toBe(revoked);
+    // And the session copy is repaired from the store.
+    expect((await readLogin(stack, browser)).version).toBe(2);
+  });
+
+  test('a revoked grant (refresh-token reuse detected) gives 401 login_required and a logged-out session', async () => {
+    const browser = await login();
+    const before = await readLogin(stack, browser);
+    const revoked = revocations();
+    // Someone replays the refresh token: the first use rotates it, the second (a consumed token) revokes the grant.
+    const replay = async () =>
+      fetch(`${stack.provider.issuer}/token`, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/x-www-form-urlencoded',
+          authorization: `Basic ${Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString('base64')}`,
+        },
+        body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: String(before.tokens.refreshToken) }),
+      });
+    expect((await replay()).status).toBe(200);
+    expect((await replay()).status).toBe(400);
+    expect(revocations()).toBe(revoked + 1);
+
+    const errors = refreshErrors(stack.provider);
+    const result = await getJson(browser, `${stack.appUrl}/api/refresh`);
+
+    expect(result.status).toBe(401);
+    expect(result.body).toMatchObject({ error: 'login_required', upstream_error: 'invalid_grant' });
+    expect(refreshErrors(stack.provider) - errors).toBe(1);
+    const session = await readSession(stack, browser);
+    expect(session.oauth?.login).toBeUndefined();
+    expect(await readRecord(stack.redis, tokenKey(stack, before.id))).toMatchObject({ ended: true });
+    expect(await stack.redis.ttl(tokenKey(stack, before.id))).toBeGreaterThan(0);
+    // requireAuth() now treats the user as logged out.
+    expect((await getJson(browser, `${stack.appUrl}/me`)).status).toBe(401);
+    expect((await getJson(browser, `${stack.appUrl}/api/token`)).body).toMatchObject({ error: 'login_required' });
+    // Nothing more was asked of the token endpoint.
+    expect(refreshErrors(stack.provider) - errors).toBe(1);
+  });
+
+  test('a token endpoint answering 500 gives 503 refresh_failed and keeps the login; a later call succeeds', async () => {
+    const browser = await login();
+    const before = await readLogin(stack, browser);
+    const grants = refreshGrants(stack.provider);
+
+    stub.mode = 'fail500';
+    let failed: Awaited<ReturnType<typeof getJson>>;
+    try {
+      failed = await getJson(browser, `${stack.appUrl}/api/refresh`);
+    } finally {
+      stub.mode = 'pass';
+    }
+
+    expect(failed.status).toBe(503);
+    expect(failed.body).toMatchObject({ error: 'refresh_failed', status: 503 });
+    expect(String(failed.body.error_description)).toMatch(/HTTP 500/);
+    expect(JSON.stringify(failed.body)).not.toContain(String(before.tokens.refreshToken));
+    const kept = await readLogin(stack, browser);
+    expect(kept.id).toBe(before.id);
+    expect(kept.tokens.refreshToken).toBe(before.tokens.refreshToken);
+    expect(await readRecord(stack.redis, tokenKey(stack, before.id))).toMatchObject({ v: 1 });
+    expect((await getJson(browser, `${stack.appUrl}/me`)).status).toBe(200);
+
+    const retried = await getJson(browser, `${stack.appUrl}/api/refresh`);
+    expect(retried.status).toBe(200);
+    expect(retried.body.accessToken).not.toBe(before.tokens.accessToken);
+    expect(refreshGrants(stack.provider) - grants).toBe(1);
+  });
+
+  test('a refreshed ID token naming another subject ends the login (OpenID Connect Core §12.2)', async () => {
+    const browser = await login();
+    const before = await readLogin(stack, browser);
+
+    stub.mode = 'swapSub';
+    let result: Awaited<ReturnType<typeof getJson>>;
+    try {
+      result = await getJson(browser, `${stack.appUrl}/api/refresh`);
+    } finally {
+      stub.mode = 'pass';
+    }
+
+    expect(result.status).toBe(401);
+    expect(result.body).toMatchObject({ error: 'login_required' });
+    expect(String(result.body.error_description)).toMatch(/sub/);
+    expect((await readSession(stack, browser)).oauth?.login).toBeUndefined();
+    expect(await readRecord(stack.redis, tokenKey(stack, before.id))).toMatchObject({ ended: true });
+  });
+});
+
+describe('refresh without redis (single process)', () => {
+  let local: Stack;
+  beforeAll(async () => {
+    local = await startStack({
+      provider: { configuration: refreshingProvider },
+      auth: { refreshSkew: REFRESH_SKEW, redis: undefined },
+      routes: (app) => refreshRoutes(app),
+    });
+  });
+  afterAll(async () => local.close());
+
+  test('100 concurrent calls share one refresh in the process', async () => {
+    const browser = new Browser();
+    expect((await browser.login(`${local.appUrl}/login?returnTo=/me`)).status).toBe(200);
+    const before = await readLogin(local, browser);
+    // Nothing of the library's in Redis: only the session.
+    expect(await local.redis.exists(tokenKey(local, before.id))).toBe(0);
+    await waitUntilDue(before.tokens);
+
+    const results = await Promise.all(Array.from({ length: 100 }, () => getJson(browser, `${local.appUrl}/api/token`)));
+
+    expect(new Set(results.map((r) => `${r.status} ${String(r.body.accessToken)}`)).size).toBe(1);
+    expect(results[0]?.status).toBe(200);
+    expect(results[0]?.body.accessToken).not.toBe(before.tokens.accessToken);
+    expect(refreshGrants(local.provider)).toBe(1);
+    expect(local.provider.count('grant.revoked')).toBe(0);
+    expect(await local.redis.exists(tokenKey(local, before.id))).toBe(0);
+  });
+});

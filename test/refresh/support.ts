@@ -1,0 +1,231 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { decodeJwt, importJWK, SignJWT } from 'jose';
+import type { Configuration } from 'oidc-provider';
+import type { Redis } from 'ioredis';
+import type { AuthOptions } from '../../lib/index.js';
+import type { Browser } from '../helpers/browser.js';
+import type { Stack } from '../helpers/app.js';
+import { TEST_TTLS, type TestProvider } from '../helpers/provider.js';
+
+/** Access tokens live 4 s; expired tokens are refused at once (oidc-provider tolerates 15 s by default). */
+export const ACCESS_TOKEN_TTL = 4;
+
+/** A provider that rotates refresh tokens; presenting a consumed one revokes the whole grant (reuse detection). */
+export const refreshingProvider: Partial<Configuration> = {
+  rotateRefreshToken: true,
+  clockTolerance: 0,
+  ttl: { ...TEST_TTLS, AccessToken: ACCESS_TOKEN_TTL },
+};
+
+/** Refreshes 1 s before expiry: with 4 s tokens, a fresh token stays usable for 2–3 s, plenty for a burst of calls. */
+export const REFRESH_SKEW = 1;
+
+function grantType(args: unknown[]): unknown {
+  return (args[0] as { oidc?: { params?: { grant_type?: unknown } } } | undefined)?.oidc?.params?.grant_type;
+}
+
+/** Successful refresh-token grants the provider has answered so far. */
+export function refreshGrants(provider: TestProvider): number {
+  return provider.events.filter((e) => e.name === 'grant.success' && grantType(e.args) === 'refresh_token').length;
+}
+
+/** Refused refresh-token grants (invalid_grant, …). */
+export function refreshErrors(provider: TestProvider): number {
+  return provider.events.filter((e) => e.name === 'grant.error' && grantType(e.args) === 'refresh_token').length;
+}
+
+export type StubMode = 'pass' | 'fail500' | 'hang' | 'swapSub';
+
+/**
+ * A provider misbehaving on purpose, in front of its token endpoint: answering 500, hanging until the client goes
+ * away (the request never reaches the grant handler), or swapping the refreshed ID token's `sub` (re-signed with the
+ * provider's own key, so that only the §12.2 check can catch it). Counts every POST to the token endpoint.
+ */
+export interface TokenStub {
+  mode: StubMode;
+  /** POSTs to /token seen so far, whatever the mode. */
+  posts: number;
+  /** Resolves when the next request is held in `hang` mode. */
+  nextHang(): Promise<void>;
+}
+
+export function installTokenStub(tp: TestProvider): TokenStub {
+  let hangWaiters: Array<() => void> = [];
+  const stub: TokenStub = {
+    mode: 'pass',
+    posts: 0,
+    nextHang: () => new Promise<void>((resolve) => hangWaiters.push(resolve)),
+  };
+  tp.provider.use(async (ctx, next) => {
+    if (ctx.method !== 'POST' || ctx.path !== '/token') return next();
+    stub.posts++;
+    switch (stub.mode) {
+      case 'fail500':
+        ctx.status = 500;
+        ctx.body = { error: 'server_error', error_description: 'stubbed failure' };
+        return;
+      case 'hang': {
+        const closed = new Promise<void>((resolve) => ctx.res.once('close', () => resolve()));
+        const waiters = hangWaiters;
+        hangWaiters = [];
+        for (const resolve of waiters) resolve();
+        await closed;
+        ctx.respond = false;
+        return;
+      }
+      case 'swapSub': {
+        await next();
+        const body = ctx.body as { id_token?: string } | undefined;
+        if (ctx.status === 200 && typeof body?.id_token === 'string') {
+          const key = await importJWK(tp.signingKey, 'RS256');
+          const forged = await new SignJWT({ ...decodeJwt(body.id_token), sub: 'mallory' })
+            .setProtectedHeader({ alg: 'RS256', kid: String(tp.signingKey.kid) })
+            .sign(key);
+          ctx.body = { ...body, id_token: forged };
+        }
+        return;
+      }
+      default:
+        return next();
+    }
+  });
+  // Koa composes its middleware when callback() is called: rebind the server to a freshly composed handler.
+  const handler = tp.provider.callback();
+  tp.server.removeAllListeners('request');
+  tp.server.on('request', handler);
+  return stub;
+}
+
+/** The session id behind the browser's signed `connect.sid` cookie. */
+export function sessionId(browser: Browser, appUrl: string): string {
+  const raw = browser.cookie(new URL(appUrl).hostname, 'connect.sid')?.value;
+  if (raw === undefined) throw new Error('no session cookie');
+  const signed = decodeURIComponent(raw);
+  return signed.slice(2, signed.lastIndexOf('.'));
+}
+
+export interface StoredLogin {
+  id: string;
+  version?: number;
+  claims?: Record<string, unknown>;
+  tokens: { accessToken: string; refreshToken?: string; expiresAt?: number; lifetime?: number };
+}
+
+/** The session document as connect-redis stored it. */
+export async function readSession(stack: Stack, browser: Browser): Promise<{ oauth?: { login?: StoredLogin } } & Record<string, unknown>> {
+  const raw = await stack.redis.get(`${stack.sessionPrefix}${sessionId(browser, stack.appUrl)}`);
+  if (raw === null) throw new Error('no session in Redis');
+  return JSON.parse(raw) as { oauth?: { login?: StoredLogin } };
+}
+
+export async function readLogin(stack: Stack, browser: Browser): Promise<StoredLogin> {
+  const login = (await readSession(stack, browser)).oauth?.login;
+  if (login === undefined) throw new Error('no login in the session');
+  return login;
+}
+
+export function tokenKey(stack: Stack, loginId: string): string {
+  return `${stack.authOptions.keyPrefix ?? ''}tokens:${loginId}`;
+}
+
+export function lockKey(stack: Stack, loginId: string): string {
+  return `${stack.authOptions.keyPrefix ?? ''}lock:${loginId}`;
+}
+
+/** The token-store entry of a login, as the library wrote it to Redis. */
+export async function readRecord(
+  redis: Redis,
+  key: string,
+): Promise<{ v: number; ended?: true; tokens?: StoredLogin['tokens']; claims?: Record<string, unknown> } | null> {
+  const raw = await redis.get(key);
+  return raw === null ? null : (JSON.parse(raw) as { v: number });
+}
+
+/** Sleeps until the library considers these tokens due for refresh (expiry minus the effective skew), plus a margin. */
+export async function waitUntilDue(tokens: StoredLogin['tokens']): Promise<void> {
+  if (tokens.expiresAt === undefined || tokens.lifetime === undefined) throw new Error('tokens without expiry');
+  const skew = Math.min(REFRESH_SKEW, tokens.lifetime / 2);
+  const dueMs = (tokens.expiresAt - skew) * 1000 + 100;
+  const wait = dueMs - Date.now();
+  if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+}
+
+/** GETs an app route with the browser's cookies, as an API client (JSON). */
+export async function getJson(browser: Browser, url: string): Promise<{ status: number; body: Record<string, unknown> }> {
+  const target = new URL(url);
+  const cookie = browser.cookieHeader(target);
+  const response = await fetch(target, { headers: { accept: 'application/json', ...(cookie ? { cookie } : {}) } });
+  const text = await response.text();
+  let body: Record<string, unknown>;
+  try {
+    body = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    body = { raw: text };
+  }
+  return { status: response.status, body };
+}
+
+/** Calls the provider's userinfo endpoint with an access token: 200 only while the token and its grant are alive. */
+export async function userinfoStatus(provider: TestProvider, accessToken: string): Promise<number> {
+  const response = await fetch(`${provider.issuer}/me`, { headers: { authorization: `Bearer ${accessToken}` } });
+  await response.arrayBuffer();
+  return response.status;
+}
+
+/** An app process of its own (see fixtures/app-process.ts). */
+export interface AppProcess {
+  readonly url: string;
+  readonly child: ChildProcess;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+}
+
+const APP_PROCESS = fileURLToPath(new URL('./fixtures/app-process.ts', import.meta.url));
+
+export async function spawnAppProcess(stack: Stack): Promise<AppProcess> {
+  const { redis: _redis, ...auth } = stack.authOptions;
+  const config: { redisUrl: string; sessionPrefix: string; auth: Omit<AuthOptions, 'redis'> } = {
+    redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+    sessionPrefix: stack.sessionPrefix,
+    auth,
+  };
+  const child = spawn(process.execPath, ['--import', 'tsx', APP_PROCESS], {
+    env: { ...process.env, APP_CONFIG: JSON.stringify(config) },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const url = await new Promise<string>((resolve, reject) => {
+    let stdout = '';
+    const timer = setTimeout(() => reject(new Error(`app process did not start: ${stderr}`)), 25_000);
+    child.stdout?.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString();
+      const match = /READY (\S+)/.exec(stdout);
+      if (match?.[1]) {
+        clearTimeout(timer);
+        resolve(match[1]);
+      }
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`app process exited (${String(code)}): ${stderr}`));
+    });
+  });
+  // Discovery is lazy and each process does its own: run it now, so that the first timed request of a test does not
+  // also carry discovery (with a short httpTimeout on a loaded machine that can time out, and is retried).
+  for (let attempt = 0; ; attempt++) {
+    const warm = await fetch(`${url}/login`, { redirect: 'manual' });
+    await warm.arrayBuffer();
+    if (warm.status === 302) break;
+    if (attempt === 10) throw new Error(`app process could not discover the issuer (HTTP ${warm.status})`);
+  }
+  return {
+    url,
+    child,
+    async kill(signal = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      await exited;
+    },
+  };
+}

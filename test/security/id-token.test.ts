@@ -1,0 +1,172 @@
+/**
+ * ID-token validation (OpenID Connect Core §3.1.3.7, §10.1.1), against a rogue authorization server that signs what
+ * each test tells it to. Every failure is `invalid_id_token` (400) after exactly one token request, and no login.
+ */
+import { afterAll, beforeAll, expect, jest, test } from '@jest/globals';
+import { CLIENT_ID, CLIENT_SECRET } from '../helpers/app.js';
+import { Browser } from '../helpers/browser.js';
+import { startRogueStack, type RogueStack, type TokenContext } from '../helpers/rogue-provider.js';
+import { browserSessionId, expectRefusal, loginUntilCallback, readSession, type Observed } from '../helpers/security.js';
+
+let stack: RogueStack;
+let observed: Observed;
+
+beforeAll(async () => {
+  stack = await startRogueStack();
+  observed = { redis: stack.redis, sessionPrefix: stack.sessionPrefix, traffic: stack.traffic };
+});
+afterAll(async () => stack.close());
+
+/** Runs a login whose token response carries the ID token `make` returns, and expects it refused. */
+async function refusedWith(make: (context: TokenContext) => Promise<string | null>, app: RogueStack = stack, calls = ['POST /token']): Promise<void> {
+  app.rogue.onToken = async (context) => context.respond(await make(context));
+  try {
+    const browser = new Browser();
+    const pending = await loginUntilCallback(app, browser);
+    const seen = app === stack ? observed : { redis: app.redis, sessionPrefix: app.sessionPrefix, traffic: app.traffic };
+    await expectRefusal(seen, () => browser.request(pending.callbackUrl), {
+      status: 400,
+      code: 'invalid_id_token',
+      calls,
+      secrets: () => [...pending.secrets, ...app.rogue.issued],
+    });
+  } finally {
+    app.rogue.onToken = (context) => context.respond();
+  }
+}
+
+function b64uJson(value: unknown): string {
+  return Buffer.from(JSON.stringify(value)).toString('base64url');
+}
+
+test('a correctly signed ID token is accepted and its claims kept (control; fetches the key set)', async () => {
+  const browser = new Browser();
+  const pending = await loginUntilCallback(stack, browser);
+  const mark = stack.traffic.requests.length;
+
+  const landed = await browser.request(pending.callbackUrl);
+
+  expect(landed.status).toBe(302);
+  expect(stack.traffic.since(mark)).toEqual(['GET /jwks', 'POST /token']);
+  const session = await readSession(stack.redis, stack.sessionPrefix, browserSessionId(browser, stack.appUrl)!);
+  expect(session?.oauth?.login?.claims).toMatchObject({ iss: stack.rogue.issuer, sub: 'alice', aud: CLIENT_ID });
+});
+
+test('a bad signature (another key under the published kid) is refused', async () => {
+  await refusedWith((c) => stack.rogue.sign(c.claims(), { key: stack.rogue.keys.unpublished, kid: stack.rogue.keys.primary.kid }));
+});
+
+test('claims altered after signing are refused', async () => {
+  await refusedWith(async (c) => {
+    const [header, , signature] = (await stack.rogue.sign(c.claims())).split('.');
+    return `${header}.${b64uJson({ ...c.claims(), sub: 'admin' })}.${signature}`;
+  });
+});
+
+test('alg "none" (unsigned) is refused', async () => {
+  await refusedWith((c) => stack.rogue.sign(c.claims(), { alg: 'none', kid: null }));
+});
+
+test('an unexpected alg (ES256 with a published key, while the server lists only RS256) is refused', async () => {
+  await refusedWith((c) => stack.rogue.sign(c.claims(), { key: stack.rogue.keys.ec }));
+});
+
+test('HS256 with the client secret as MAC key (algorithm confusion) is refused', async () => {
+  await refusedWith((c) => stack.rogue.sign(c.claims(), { alg: 'HS256', kid: null, secret: new TextEncoder().encode(CLIENT_SECRET) }));
+});
+
+test('alg "none" and HS256 are refused even when the server metadata lists them', async () => {
+  stack.rogue.metadata.id_token_signing_alg_values_supported = ['RS256', 'none', 'HS256'];
+  const lenient = await startRogueStack({ rogue: stack.rogue });
+  try {
+    // Refused before any key lookup: no key-set request.
+    await refusedWith((c) => stack.rogue.sign(c.claims(), { alg: 'none', kid: null }), lenient);
+    await refusedWith((c) => stack.rogue.sign(c.claims(), { alg: 'HS256', kid: null, secret: new TextEncoder().encode(CLIENT_SECRET) }), lenient);
+  } finally {
+    stack.rogue.reset();
+    await lenient.close();
+  }
+});
+
+test('a wrong iss is refused', async () => {
+  await refusedWith((c) => stack.rogue.sign({ ...c.claims(), iss: 'https://attacker.example' }));
+});
+
+test('a wrong aud is refused', async () => {
+  await refusedWith((c) => stack.rogue.sign({ ...c.claims(), aud: 'another-client' }));
+});
+
+test('an extra untrusted aud without azp is refused', async () => {
+  await refusedWith((c) => stack.rogue.sign({ ...c.claims(), aud: [CLIENT_ID, 'another-client'] }));
+});
+
+test('several audiences with an azp that is not this client are refused', async () => {
+  await refusedWith((c) => stack.rogue.sign({ ...c.claims(), aud: [CLIENT_ID, 'another-client'], azp: 'another-client' }));
+});
+
+test('an expired ID token (beyond the clock tolerance) is refused', async () => {
+  const now = Math.floor(Date.now() / 1000);
+  await refusedWith((c) => stack.rogue.sign({ ...c.claims(), iat: now - 600, exp: now - 120 }));
+});
+
+test('an ID token not yet valid (nbf in the future) is refused', async () => {
+  const now = Math.floor(Date.now() / 1000);
+  await refusedWith((c) => stack.rogue.sign({ ...c.claims(), nbf: now + 600 }));
+});
+
+test.each(['iat', 'exp', 'sub', 'iss', 'aud'])('an ID token without %s is refused', async (claim) => {
+  await refusedWith((c) => {
+    const claims = c.claims();
+    delete claims[claim];
+    return stack.rogue.sign(claims);
+  });
+});
+
+test('an ID token without the nonce is refused', async () => {
+  await refusedWith((c) => {
+    const claims = c.claims();
+    delete claims.nonce;
+    return stack.rogue.sign(claims);
+  });
+});
+
+test('an ID token with another nonce (replayed from another login) is refused', async () => {
+  await refusedWith((c) => stack.rogue.sign({ ...c.claims(), nonce: 'bm9uY2UtZnJvbS1hbm90aGVyLWxvZ2luLXJlcGxheWVk' }));
+});
+
+test('a token response without an ID token (scope openid) is refused', async () => {
+  await refusedWith(async () => null);
+});
+
+test('an ID token that is not a JWT is refused', async () => {
+  await refusedWith(async () => 'not-a-jwt');
+});
+
+test('unknown kid: the key set is re-fetched once, a rotated key is accepted, an unknown one refused', async () => {
+  // oauth4webapi re-fetches the key set for an unknown kid when the cached set is at least a minute old, so that a
+  // flood of forged kids cannot turn into a flood of JWKS requests. Only Date is faked, to age the cache.
+  jest.useFakeTimers({
+    doNotFake: ['hrtime', 'nextTick', 'performance', 'queueMicrotask', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'setTimeout', 'clearTimeout'],
+    advanceTimers: true,
+  });
+  try {
+    stack.rogue.published = [stack.rogue.keys.rotated];
+    stack.rogue.signingKey = stack.rogue.keys.rotated;
+    jest.setSystemTime(Date.now() + 61_000);
+
+    const browser = new Browser();
+    const pending = await loginUntilCallback(stack, browser);
+    const mark = stack.traffic.requests.length;
+    expect((await browser.request(pending.callbackUrl)).status).toBe(302);
+    expect(stack.traffic.since(mark)).toEqual(['GET /jwks', 'POST /token']);
+
+    // A kid in no key set, a minute later: one re-fetch, then refused.
+    jest.setSystemTime(Date.now() + 61_000);
+    await refusedWith((c) => stack.rogue.sign(c.claims(), { key: stack.rogue.keys.unpublished, kid: 'rogue-rsa-unknown' }), stack, ['GET /jwks', 'POST /token']);
+    // Right away again: refused from the fresh cache, without another key-set request.
+    await refusedWith((c) => stack.rogue.sign(c.claims(), { key: stack.rogue.keys.unpublished, kid: 'rogue-rsa-unknown' }));
+  } finally {
+    jest.useRealTimers();
+    stack.rogue.reset();
+  }
+});

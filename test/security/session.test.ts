@@ -1,0 +1,200 @@
+/**
+ * Sessions: a new session id at login (session fixation; RFC 9700 §4.7 relies on the session binding), the cookie
+ * `HttpOnly`, `SameSite=Lax` and `Secure` whenever the app is served over HTTPS, directly or behind a proxy with
+ * `trust proxy` — with the configuration the README recommends — and a process warning, once, when express-session
+ * is configured insecurely.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { request as httpsRequest, createServer as createHttpsServer, type RequestOptions, type Server } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import type { ConnectionOptions } from 'node:tls';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, expect, test } from '@jest/globals';
+import type { Express } from 'express';
+import { buildApp, startStack, type Stack } from '../helpers/app.js';
+import { Browser } from '../helpers/browser.js';
+import { browserSessionId, loginUntilCallback, readSession } from '../helpers/security.js';
+
+/** The README's recommendation. */
+const RECOMMENDED_COOKIE = { secure: 'auto', sameSite: 'lax', httpOnly: true } as const;
+
+let stack: Stack;
+
+beforeAll(async () => {
+  stack = await startStack({ session: { cookie: RECOMMENDED_COOKIE }, routes: (app) => app.set('trust proxy', 'loopback') });
+});
+afterAll(async () => stack.close());
+
+function cookieAttributes(setCookie: string[]): { httpOnly: boolean; sameSite: string | undefined; secure: boolean } {
+  const header = setCookie.find((h) => h.startsWith('connect.sid='));
+  if (header === undefined) throw new Error(`no session cookie in ${JSON.stringify(setCookie)}`);
+  const attributes = header.split(';').slice(1).map((a) => a.trim().toLowerCase());
+  return {
+    httpOnly: attributes.includes('httponly'),
+    sameSite: attributes.find((a) => a.startsWith('samesite='))?.slice('samesite='.length),
+    secure: attributes.includes('secure'),
+  };
+}
+
+test('login issues a new session id; the planted pre-login id is destroyed and never logged in (fixation)', async () => {
+  const attacker = new Browser();
+  await attacker.request(`${stack.appUrl}/login`);
+  const planted = browserSessionId(attacker, stack.appUrl)!;
+  const victim = new Browser();
+  const host = new URL(stack.appUrl).hostname;
+  victim.jar.set(host, new Map(attacker.jar.get(host)));
+
+  const pending = await loginUntilCallback(stack, victim);
+  expect(pending.sid).toBe(planted); // the victim really used the planted session
+  expect((await victim.request(pending.callbackUrl)).status).toBe(302);
+
+  const current = browserSessionId(victim, stack.appUrl)!;
+  expect(current).not.toBe(planted);
+  expect(await readSession(stack.redis, stack.sessionPrefix, planted)).toBeUndefined();
+  expect((await readSession(stack.redis, stack.sessionPrefix, current))?.oauth?.login?.claims?.sub).toBe('alice');
+  expect((await attacker.request(`${stack.appUrl}/`)).body).toBe('hello anonymous');
+  expect((await attacker.request(`${stack.appUrl}/me`, { headers: { accept: 'application/json' } })).status).toBe(401);
+});
+
+test('over plain HTTP (development) the cookie is HttpOnly and SameSite=Lax, at login and after the id rotation', async () => {
+  const browser = new Browser();
+  const started = await browser.request(`${stack.appUrl}/login`);
+  const pending = await loginUntilCallback(stack, browser, { start: started.headers.get('location')! });
+  const landed = await browser.request(pending.callbackUrl);
+
+  for (const response of [started, landed]) {
+    expect(cookieAttributes(response.headers.getSetCookie())).toEqual({ httpOnly: true, sameSite: 'lax', secure: false });
+  }
+});
+
+test('behind a TLS-terminating proxy with trust proxy, the cookie is Secure, at login and after the id rotation', async () => {
+  const browser = new Browser();
+  browser.headers = { ...browser.headers, 'x-forwarded-proto': 'https' };
+  const started = await browser.request(`${stack.appUrl}/login`);
+  const pending = await loginUntilCallback(stack, browser, { start: started.headers.get('location')! });
+  const landed = await browser.request(pending.callbackUrl);
+
+  for (const response of [started, landed]) {
+    expect(cookieAttributes(response.headers.getSetCookie())).toEqual({ httpOnly: true, sameSite: 'lax', secure: true });
+  }
+});
+
+/** TLS without a certificate (pre-shared key, TLS 1.2): real HTTPS for express-session, no openssl needed. */
+const PSK = Buffer.from('express-oauth-pkce-test-psk-0123');
+const TLS = { ciphers: 'PSK-AES128-GCM-SHA256', maxVersion: 'TLSv1.2' } as const;
+
+async function listenHttps(app: Express): Promise<{ server: Server; url: string }> {
+  const server = createHttpsServer({ ...TLS, pskCallback: (_socket, identity) => (identity === 'test' ? PSK : null) }, app);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { server, url: `https://127.0.0.1:${(server.address() as AddressInfo).port}` };
+}
+
+function getOverTls(url: string): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    const options: RequestOptions & ConnectionOptions = { ...TLS, pskCallback: () => ({ psk: PSK, identity: 'test' }), checkServerIdentity: () => undefined };
+    const req = httpsRequest(url, options, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.headers['set-cookie'] ?? []));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+test('served over HTTPS directly, the cookie is Secure', async () => {
+  const app = buildApp({ redis: stack.redis, sessionPrefix: stack.sessionPrefix, auth: stack.authOptions, session: { cookie: RECOMMENDED_COOKIE } });
+  const { server, url } = await listenHttps(app);
+  try {
+    const setCookie = await getOverTls(`${url}/login`);
+    expect(cookieAttributes(setCookie)).toEqual({ httpOnly: true, sameSite: 'lax', secure: true });
+  } finally {
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+  }
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// Warnings go through process.emitWarning, once per process: each scenario runs in a fresh child process.
+
+interface ChildReport {
+  warnings: Array<{ name: string; code: string; message: string }>;
+  setCookies: string[];
+}
+
+const FIXTURE = fileURLToPath(new URL('./fixtures/session-warnings.ts', import.meta.url));
+
+function runScenario(scenario: string, nodeEnv: string): Promise<ChildReport> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', FIXTURE, scenario], {
+      env: { ...process.env, ISSUER: stack.provider.issuer, NODE_ENV: nodeEnv },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    children.push(child);
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on('error', reject);
+    child.on('exit', (code) => {
+      if (code === 0) resolve(JSON.parse(stdout) as ChildReport);
+      else reject(new Error(`scenario ${scenario} exited with ${code}: ${stderr}`));
+    });
+  });
+}
+
+const children: ChildProcess[] = [];
+const reports = new Map<string, Promise<ChildReport>>();
+const report = (scenario: string) => reports.get(scenario)!;
+const codes = async (scenario: string) => (await report(scenario)).warnings.map((w) => w.code).sort();
+
+beforeAll(() => {
+  // Started together (they only wait on their own requests); each test awaits its own.
+  for (const [scenario, env] of [
+    ['recommended', 'production'],
+    ['proxy-without-trust', 'production'],
+    ['script-readable-cross-site', 'development'],
+    ['strict', 'development'],
+    ['insecure', 'production'],
+  ] as const) {
+    const running = runScenario(scenario, env);
+    running.catch(() => undefined); // reported by the test that awaits it
+    reports.set(scenario, running);
+  }
+});
+afterAll(() => {
+  for (const child of children) if (child.exitCode === null) child.kill();
+});
+
+test('the recommended setup in production behind a proxy with trust proxy warns about nothing', async () => {
+  expect(await codes('recommended')).toEqual([]);
+  expect(cookieAttributes((await report('recommended')).setCookies)).toEqual({ httpOnly: true, sameSite: 'lax', secure: true });
+});
+
+test('production with saveUninitialized: true, no Secure, the MemoryStore and no SameSite: one warning each, once per process', async () => {
+  // The child ran two auth() instances with this setup, four requests each: still one warning per problem.
+  expect(await codes('insecure')).toEqual([
+    'EXPRESS_OAUTH_PKCE_COOKIE_NOT_SECURE',
+    'EXPRESS_OAUTH_PKCE_COOKIE_SAMESITE',
+    'EXPRESS_OAUTH_PKCE_MEMORY_STORE',
+    'EXPRESS_OAUTH_PKCE_SAVE_UNINITIALIZED',
+  ]);
+  const messages = (await report('insecure')).warnings.map((w) => w.message).join('\n');
+  // Actionable, and without a session id, cookie value or secret.
+  expect(messages).toContain("secure: 'auto'");
+  expect(messages).toContain('saveUninitialized: false');
+  expect(messages).toContain('connect-redis');
+  expect(messages).not.toMatch(/s%3A|s:[\w-]{20,}|child-session-secret/);
+});
+
+test('behind a proxy without trust proxy in production, the cookie is not Secure: warned', async () => {
+  expect(await codes('proxy-without-trust')).toEqual(['EXPRESS_OAUTH_PKCE_COOKIE_NOT_SECURE']);
+  expect(cookieAttributes((await report('proxy-without-trust')).setCookies).secure).toBe(false);
+});
+
+test('httpOnly: false and SameSite=None warn, even in development', async () => {
+  expect(await codes('script-readable-cross-site')).toEqual(['EXPRESS_OAUTH_PKCE_COOKIE_NOT_HTTPONLY', 'EXPRESS_OAUTH_PKCE_COOKIE_SAMESITE']);
+});
+
+test('SameSite=Strict warns: the cookie would not come back with the redirect from the authorization server', async () => {
+  expect(await codes('strict')).toEqual(['EXPRESS_OAUTH_PKCE_COOKIE_SAMESITE']);
+});
