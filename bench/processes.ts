@@ -130,3 +130,15 @@ export class LoadProcess {
     await exited;
   }
 }
+
+/** Runs a bench script in a child process with `input` on stdin; resolves with its stdout. */
+export function runScript(script: string, input: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, nodeArgs(script), { stdio: ['pipe', 'pipe', 'inherit'] });
+    const out: Buffer[] = [];
+    child.stdout.on('data', (chunk: Buffer) => out.push(chunk));
+    child.on('error', reject);
+    child.on('exit', (code) => (code === 0 ? resolve(Buffer.concat(out).toString('utf8')) : reject(new Error(`${script} exited with ${code}`))));
+    child.stdin.end(input);
+  });
+}

@@ -71,7 +71,10 @@ export interface BenchResults {
   machine: { cpu: string; cores: number; node: string; redis: string; commit: string };
   settings: Record<string, number>;
   labels: Record<Contender, string>;
-  case1: { throughput: Record<Contender, Throughput>; runs: Array<{ round: number; contender: Contender; instance: string; cpuUsPerRequest: number } & AutocannonOutcome> };
+  case1: {
+    throughput: Record<Contender, Throughput>;
+    /** bench/overhead.ts: the floor's and the library's app in one process, no I/O; fastest trial, µs per request. */
+    inProcess: { floorUs: number; libraryUs: number; ratio: number; floorMedianUs: number; libraryMedianUs: number }; runs: Array<{ round: number; contender: Contender; instance: string; cpuUsPerRequest: number } & AutocannonOutcome> };
   case2: Record<Contender, CommandCost>;
   case3: StormResult;
   case4: Partial<Record<Contender, LoginCost>>;

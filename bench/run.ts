@@ -17,7 +17,8 @@ import { startProvider, type TestProvider } from '../test/helpers/provider.js';
 import { startPrivateRedis, type PrivateRedis } from '../test/setup/global-setup.js';
 import type { Contender } from './apps/protocol.js';
 import type { AutocannonOutcome, BurstOutcome } from './load.js';
-import { AppProcess, LoadProcess } from './processes.js';
+import type { OverheadJob, OverheadOutcome } from './overhead.js';
+import { AppProcess, LoadProcess, runScript } from './processes.js';
 import { commandCounts, countDelta, total, type CommandCounts } from './redis-stats.js';
 import { renderReport } from './report.js';
 import type { BenchResults, CommandCost, LoginCost, SessionSize, StormResult, Throughput } from './results.js';
@@ -49,6 +50,9 @@ export const settings = {
   /** Logins per contender per round, and rounds, for the login cost (case 4). */
   logins: intFromEnv('BENCH_LOGINS', 10),
   loginRounds: intFromEnv('BENCH_LOGIN_ROUNDS', 3),
+  /** In-process variant of case 1: trials per variant and requests per trial (the fastest trial counts). */
+  overheadTrials: intFromEnv('BENCH_OVERHEAD_TRIALS', 200),
+  overheadRequests: intFromEnv('BENCH_OVERHEAD_REQUESTS', 300),
   /** Refresh storm (case 3): requests per storm (split over two processes), storms, single-refresh samples. */
   stormRequests: intFromEnv('BENCH_STORM_REQUESTS', 200),
   storms: intFromEnv('BENCH_STORMS', 3),
@@ -312,6 +316,17 @@ async function main(): Promise<void> {
     log('case 5: session size');
     const sizes = await measureSizes(admin, apps, browsers);
 
+    // ---- Case 1, in-process: the same two apps without network, Redis or other processes ----
+    log(`case 1 in-process: ${settings.overheadTrials} trials × ${settings.overheadRequests} requests per variant`);
+    const sessionValue = async (c: Contender) => (await admin.get(expressSessionKey(SESSION_PREFIX[c], browsers[c], apps[c])))!;
+    const overhead = await runOverhead({
+      floorSession: await sessionValue('floor'),
+      librarySession: await sessionValue('library'),
+      trials: settings.overheadTrials,
+      requestsPerTrial: settings.overheadRequests,
+    });
+    log(`  floor ${round(overhead.floorUs, 1)} µs, library ${round(overhead.libraryUs, 1)} µs per request: ${round(overhead.ratio, 3)}×`);
+
     // ---- Case 3, part 2: the storm ----
     const waitMs = stormLoggedInAt + (settings.stormTokenTtl + 1) * 1000 - Date.now();
     if (waitMs > 0) {
@@ -333,7 +348,16 @@ async function main(): Promise<void> {
       },
       settings,
       labels: LABELS,
-      case1: { throughput, runs: runs.map((r) => ({ round: r.round, contender: r.contender, instance: r.instance, cpuUsPerRequest: round(r.cpuUsPerRequest, 1), ...r.outcome })) },
+      case1: {
+        throughput,
+        inProcess: {
+          floorUs: round(overhead.floorUs, 2),
+          libraryUs: round(overhead.libraryUs, 2),
+          ratio: round(overhead.ratio, 3),
+          floorMedianUs: round(overhead.floorMedianUs, 2),
+          libraryMedianUs: round(overhead.libraryMedianUs, 2),
+        },
+        runs: runs.map((r) => ({ round: r.round, contender: r.contender, instance: r.instance, cpuUsPerRequest: round(r.cpuUsPerRequest, 1), ...r.outcome })) },
       case2: commands,
       case3: storm,
       case4: loginCost,
@@ -347,6 +371,10 @@ async function main(): Promise<void> {
   } finally {
     for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
   }
+}
+
+async function runOverhead(job: OverheadJob): Promise<OverheadOutcome> {
+  return JSON.parse(await runScript('overhead.ts', JSON.stringify(job))) as OverheadOutcome;
 }
 
 function gitCommit(): string {
