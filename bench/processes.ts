@@ -6,7 +6,7 @@ import type { AutocannonJob, AutocannonOutcome, BurstJob, BurstOutcome } from '.
 import type { AppConfig, Contender, FromApp, ToApp } from './apps/protocol.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
-/** Where `BENCH_CPU_PROF=1` makes the case-1 apps write a `.cpuprofile` of the measured rounds. */
+/** Where `BENCH_CPU_PROF=1` makes the apps write `.cpuprofile`s of the measured rounds (case 1) and logins (case 4). */
 export const PROFILE_DIR = join(here, 'profiles');
 
 function nodeArgs(script: string, extra: string[] = []): string[] {
@@ -75,10 +75,10 @@ export class AppProcess {
     if (!response.ok) throw new Error(`${this.name}: profiler did not start (${response.status})`);
   }
 
-  /** Stops the profiler and has the app write `bench/profiles/<name>.cpuprofile`; returns the path. */
-  async stopProfile(): Promise<string> {
+  /** Stops the profiler and has the app write `bench/profiles/<name>[-<label>].cpuprofile`; returns the path. */
+  async stopProfile(label?: string): Promise<string> {
     mkdirSync(PROFILE_DIR, { recursive: true });
-    const file = join(PROFILE_DIR, `${this.name}.cpuprofile`);
+    const file = join(PROFILE_DIR, `${this.name}${label === undefined ? '' : `-${label}`}.cpuprofile`);
     const response = await fetch(`${this.url}/__bench/profile/stop`, { method: 'POST', body: file, headers: { 'content-type': 'text/plain' } });
     if (!response.ok) throw new Error(`${this.name}: profiler did not stop (${response.status})`);
     return file;

@@ -404,6 +404,8 @@ async function measureLoginCost(contenders: AppProcess[]): Promise<Partial<Recor
     overhead.set(app, median(deltas));
   }
   const perRound = new Map<AppProcess, number[]>(contenders.map((a) => [a, []]));
+  const profiling = process.env.BENCH_CPU_PROF === '1';
+  if (profiling) for (const app of contenders) await app.startProfile();
   for (let round = 0; round < settings.loginRounds; round++) {
     const order = contenders.map((_, i) => contenders[(i + round) % contenders.length]!);
     for (const app of order) {
@@ -422,6 +424,9 @@ async function measureLoginCost(contenders: AppProcess[]): Promise<Partial<Recor
       const after = await app.cpu();
       perRound.get(app)!.push((after - before - overhead.get(app)!) / settings.logins / 1000);
     }
+  }
+  if (profiling) {
+    for (const app of contenders) log(`  profile: ${await app.stopProfile('login')}:${settings.loginRounds * settings.logins}`);
   }
   const result: Partial<Record<Contender, LoginCost>> = {};
   for (const app of contenders) {
