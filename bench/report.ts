@@ -114,14 +114,17 @@ export function renderReport(r: BenchResults, fixes: string): string {
     `App-process CPU (user + system, \`process.cpuUsage()\` inside the app) per complete login: \`GET /login\`, the provider's login and consent pages, ` +
       `\`GET /callback\` (code exchange, ID-token validation, session write). ${s.loginRounds} alternating rounds × ${s.logins} logins; median of the rounds.`,
     '',
-    '| Contender | CPU ms / login | × express-oauth-pkce | Per round |',
-    '|---|---:|---:|---|',
+    '| Contender | CPU ms / login | × express-oauth-pkce | Per round | Redis commands / login |',
+    '|---|---:|---:|---|---|',
   );
   const libLogin = r.case4.library?.cpuMs ?? Number.NaN;
   for (const c of ORDER) {
     const cost = r.case4[c];
     if (cost === undefined) continue;
-    lines.push(`| ${r.labels[c]} | ${n(cost.cpuMs, 2)} | ${n(cost.cpuMs / libLogin, 2)} | ${cost.perRound.map((v) => n(v, 2)).join(' / ')} |`);
+    const breakdown = Object.entries(cost.redisBreakdown).map(([k, v]) => `${k} ${v}`).join(', ');
+    lines.push(
+      `| ${r.labels[c]} | ${n(cost.cpuMs, 2)} | ${n(cost.cpuMs / libLogin, 2)} | ${cost.perRound.map((v) => n(v, 2)).join(' / ')} | ${n(cost.redisCommands, 1)}${breakdown ? ` (${breakdown})` : ''} |`,
+    );
   }
   lines.push('');
 

@@ -31,6 +31,9 @@ export interface LoginCost {
   /** Median app-process CPU per complete login, milliseconds. */
   cpuMs: number;
   perRound: number[];
+  /** Redis commands per login (all of them, `INFO commandstats`), and per command. */
+  redisCommands: number;
+  redisBreakdown: Record<string, number>;
 }
 
 export interface SessionSize {

@@ -310,7 +310,7 @@ async function main(): Promise<void> {
 
     // ---- Case 4: app-side CPU per complete login ----
     log(`case 4: login cost, ${settings.loginRounds} rounds × ${settings.logins} logins`);
-    const loginCost = await measureLoginCost(OAUTH_CONTENDERS.map((c) => apps[c]));
+    const loginCost = await measureLoginCost(admin, OAUTH_CONTENDERS.map((c) => apps[c]));
 
     // ---- Case 5: session size ----
     log('case 5: session size');
@@ -392,7 +392,7 @@ function gitCommit(): string {
  * `GET /login`, the provider's pages (the app is idle meanwhile), `GET /callback`. The landing page after the
  * callback is not requested, so that only the login itself is counted.
  */
-async function measureLoginCost(contenders: AppProcess[]): Promise<Partial<Record<Contender, LoginCost>>> {
+async function measureLoginCost(admin: Redis, contenders: AppProcess[]): Promise<Partial<Record<Contender, LoginCost>>> {
   // What one reading of the counter costs, to take it out of each batch.
   const overhead = new Map<AppProcess, number>();
   for (const app of contenders) {
@@ -404,11 +404,13 @@ async function measureLoginCost(contenders: AppProcess[]): Promise<Partial<Recor
     overhead.set(app, median(deltas));
   }
   const perRound = new Map<AppProcess, number[]>(contenders.map((a) => [a, []]));
+  const commands = new Map<AppProcess, CommandCounts>(contenders.map((a) => [a, {}]));
   const profiling = process.env.BENCH_CPU_PROF === '1';
   if (profiling) for (const app of contenders) await app.startProfile();
   for (let round = 0; round < settings.loginRounds; round++) {
     const order = contenders.map((_, i) => contenders[(i + round) % contenders.length]!);
     for (const app of order) {
+      const commandsBefore = await commandCounts(admin);
       const before = await app.cpu();
       for (let i = 0; i < settings.logins; i++) {
         const browser = new Browser();
@@ -423,6 +425,9 @@ async function measureLoginCost(contenders: AppProcess[]): Promise<Partial<Recor
       }
       const after = await app.cpu();
       perRound.get(app)!.push((after - before - overhead.get(app)!) / settings.logins / 1000);
+      const delta = countDelta(commandsBefore, await commandCounts(admin));
+      const sum = commands.get(app)!;
+      for (const [command, calls] of Object.entries(delta)) sum[command] = (sum[command] ?? 0) + calls;
     }
   }
   if (profiling) {
@@ -431,8 +436,15 @@ async function measureLoginCost(contenders: AppProcess[]): Promise<Partial<Recor
   const result: Partial<Record<Contender, LoginCost>> = {};
   for (const app of contenders) {
     const values = perRound.get(app)!;
-    result[app.contender] = { cpuMs: round(median(values), 3), perRound: values.map((v) => round(v, 3)) };
-    log(`  ${app.contender}: ${result[app.contender]!.cpuMs} ms CPU per login`);
+    const logins = settings.loginRounds * settings.logins;
+    const sum = commands.get(app)!;
+    result[app.contender] = {
+      cpuMs: round(median(values), 3),
+      perRound: values.map((v) => round(v, 3)),
+      redisCommands: round(total(sum) / logins, 2),
+      redisBreakdown: Object.fromEntries(Object.entries(sum).map(([k, v]) => [k, round(v / logins, 2)])),
+    };
+    log(`  ${app.contender}: ${result[app.contender]!.cpuMs} ms CPU, ${result[app.contender]!.redisCommands} Redis commands per login ${JSON.stringify(result[app.contender]!.redisBreakdown)}`);
   }
   return result;
 }
