@@ -48,6 +48,8 @@ export interface SessionSize {
 }
 
 export interface StormRun {
+  /** The same burst right after the storm, the token now fresh: latency without any refresh. */
+  validTokenBurst: { p50Ms: number; p99Ms: number; tokenCalls: number; statuses: Record<string, number> };
   requests: number;
   tokenCalls: number;
   statuses: Record<string, number>;
@@ -65,7 +67,17 @@ export interface StormResult {
   note?: string;
   single: { latenciesMs: number[]; medianMs: number; tokenCalls: number[]; statuses: number[] };
   storms: StormRun[];
-  median?: { p50Ms: number; p99Ms: number; p50OverSingle: number; p99OverSingle: number };
+  median?: {
+    p50Ms: number;
+    p99Ms: number;
+    p50OverSingle: number;
+    p99OverSingle: number;
+    validTokenBurstP50Ms: number;
+    validTokenBurstP99Ms: number;
+    /** (storm − same burst with a valid token) ÷ single refresh: what the refresh adds, in single refreshes. */
+    p50AddedOverSingle: number;
+    p99AddedOverSingle: number;
+  };
 }
 
 export interface BenchResults {
