@@ -43,7 +43,9 @@ export function renderReport(r: BenchResults, fixes: string): string {
   lines.push(
     `| 3. Refresh storm: exactly 1 token-endpoint call | ${storm.refreshAvailable ? `${calls.join(', ')} (${calls.length} storms)` : 'not measurable: no refresh in this build'} | ${storm.refreshAvailable ? yes(stormOk) : '**NOT MEASURED**'} |`,
   );
-  lines.push(`| 5. Session ≤ 2 KB (\`MEMORY USAGE\`) | ${n(size)} B | ${yes(size <= 2048)} |`, '');
+  const loginKeys = Object.entries(r.case5.library.loginKeys ?? {});
+  const extra = loginKeys.length === 0 ? '' : ` (the login's other keys: ${loginKeys.map(([k, v]) => `\`${k}\` ${n(v)} B`).join(', ')})`;
+  lines.push(`| 5. Session ≤ 2 KB (\`MEMORY USAGE\` of the session key) | ${n(size)} B${extra} | ${yes(size <= 2048)} |`, '');
 
   lines.push('## Cases 1, 2, 5: one authenticated request (`GET /me` returning the user\'s claims)', '');
   lines.push(
@@ -64,7 +66,7 @@ export function renderReport(r: BenchResults, fixes: string): string {
       ORDER.map((c) => `${c} ${t[c].perRound.join(' / ')}`).join('; ') +
       '.',
     '- App CPU / request: `process.cpuUsage()` of the app process over each run ÷ requests served; × floor (CPU) is the median over rounds of ' +
-      '(floor\'s CPU per request ÷ this contender\'s). It is the throughput ratio of a CPU-bound app, and, unlike req/s, it hardly moves when ' +
+      '(floor\'s CPU per request ÷ this contender\'s). It is the throughput ratio of a CPU-bound app, and it moves less than req/s when ' +
       'other processes compete for the cores. CPU µs per round: ' +
       ORDER.map((c) => `${c} ${t[c].cpuPerRound.join(' / ')}`).join('; ') +
       '.',
