@@ -1,4 +1,4 @@
-import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { RequestAuth } from './context.js';
 import { AuthError } from './errors.js';
 import { resolveOptions, type AuthOptions } from './options.js';
@@ -14,7 +14,7 @@ import { requireSession } from './session.js';
 import { checkSessionCookie, uninitializedSessionProbe } from './warnings.js';
 
 /**
- * Creates the login middleware. Mount it at the app root, after express-session.
+ * Creates the login router. Mount it at the app root, after express-session.
  *
  * Routes: `GET /login`, `GET <path of redirectUri>`, `POST /logout`; with `idpLogout`, `GET /logout/callback`; with
  * `redis`, `POST /backchannel-logout`. Every request gets `req.auth`.
@@ -35,7 +35,7 @@ import { checkSessionCookie, uninitializedSessionProbe } from './warnings.js';
  * app.get('/me', requireAuth(), (req, res) => res.json(req.auth.claims));
  * ```
  */
-export function auth(options: AuthOptions): RequestHandler {
+export function auth(options: AuthOptions): Router {
   const config = resolveOptions(options);
   const runtime = createRuntime(config);
   const login = loginRoute(runtime);
@@ -74,9 +74,8 @@ export function auth(options: AuthOptions): RequestHandler {
     }
   }
 
-  // A plain middleware with exact path matches, not an express.Router: every request of the app passes through
-  // here, and a nested router costs more per request than the rest of this function (bench/FIXES.md).
-  return function authenticate(req: Request, res: Response, next: NextFunction): void {
+  // Exact path matches, never Express patterns: the configured paths are not interpreted.
+  function authenticate(req: Request, res: Response, next: NextFunction): void {
     try {
       requireSession(req);
     } catch (err) {
@@ -101,5 +100,17 @@ export function auth(options: AuthOptions): RequestHandler {
     }
     probeSession(req, res);
     next();
+  }
+
+  // Every request of the app passes through this router. A Router's own dispatch (layer matching, next(),
+  // trimPrefix…) cost more per request than all of the library's work (bench/FIXES.md), so the router's entry point
+  // is the dispatch above. It stays a real Router: routes an app adds to it still run, through Express's own handle.
+  // (@types/express does not declare `handle`, which the router package calls on every request.)
+  const router = express.Router() as Router & { handle: (req: Request, res: Response, out: NextFunction) => void };
+  const expressHandle = router.handle;
+  router.handle = function handle(req, res, out) {
+    if (router.stack.length === 0) return authenticate(req, res, out);
+    authenticate(req, res, (err?: unknown) => (err === undefined ? expressHandle.call(router, req, res, out) : out(err)));
   };
+  return router;
 }

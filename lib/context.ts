@@ -101,18 +101,20 @@ declare global {
   }
 }
 
-/** @internal Gives guards the runtime without widening the public type. */
-export const kRuntime = Symbol('express-oauth-pkce.runtime');
-
 /** @internal The per-request `req.auth`. Cheap to build: every getter reads the session lazily. */
 export class RequestAuth implements AuthContext {
   readonly #req: Request;
-  declare readonly [kRuntime]: Runtime;
+  // Private: the runtime holds the client secret, and nothing that walks or prints req.auth may come across it.
+  readonly #runtime: Runtime;
 
   constructor(req: Request, runtime: Runtime) {
     this.#req = req;
-    // Non-enumerable: the runtime holds the client secret, and nothing that walks req.auth may come across it.
-    Object.defineProperty(this, kRuntime, { value: runtime });
+    this.#runtime = runtime;
+  }
+
+  /** @internal The runtime of the `auth()` instance that built this context (for guards). */
+  static runtimeOf(context: RequestAuth): Runtime {
+    return context.#runtime;
   }
 
   #login(): LoginState | undefined {
@@ -141,14 +143,14 @@ export class RequestAuth implements AuthContext {
     const accessToken = await this.getAccessToken();
     const login = this.#login();
     if (login === undefined) throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'Not logged in.');
-    return fetchResource(this[kRuntime], { accessToken, tokenType: login.tokens.tokenType, dpopKey: login.dpopKey }, url, init);
+    return fetchResource(this.#runtime, { accessToken, tokenType: login.tokens.tokenType, dpopKey: login.dpopKey }, url, init);
   }
 
   async getAccessToken(): Promise<string> {
     const login = this.#login();
     if (login === undefined) throw notLoggedIn();
     // The hot path: the session copy is still good, so no Redis command and no allocation beyond this check.
-    if (!needsRefresh(login.tokens, this[kRuntime].config.refreshSkew)) return login.tokens.accessToken;
+    if (!needsRefresh(login.tokens, this.#runtime.config.refreshSkew)) return login.tokens.accessToken;
     return (await this.#renew(login, false)).accessToken;
   }
 
@@ -160,7 +162,7 @@ export class RequestAuth implements AuthContext {
 
   /** Asks the refresher, then puts its version into the session (express-session saves it with the response). */
   async #renew(login: LoginState, force: boolean): Promise<StoredTokens> {
-    const runtime = this[kRuntime];
+    const runtime = this.#runtime;
     try {
       const record = await runtime.refresher.current(login, { force, ttlSeconds: sessionTtlSeconds(this.#req) });
       const state = readState(this.#req);

@@ -1,5 +1,5 @@
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
-import { kRuntime, RequestAuth, type IdTokenClaims } from './context.js';
+import { RequestAuth, type IdTokenClaims } from './context.js';
 import { AuthError, AuthErrorCode } from './errors.js';
 import { prefersHtml, sendError } from './respond.js';
 
@@ -31,7 +31,7 @@ export function requireAuth(check?: AuthCheck): RequestHandler {
     }
     if (!context.isAuthenticated) {
       if ((req.method === 'GET' || req.method === 'HEAD') && prefersHtml(req)) {
-        const loginPath = context[kRuntime].config.loginPath;
+        const loginPath = RequestAuth.runtimeOf(context).config.loginPath;
         res.set('Cache-Control', 'no-store');
         res.redirect(302, `${loginPath}?returnTo=${encodeURIComponent(req.originalUrl)}`);
         return;

@@ -1,6 +1,6 @@
 /**
- * auth() is one plain middleware (not an express.Router, for per-request cost: bench/FIXES.md) and requireAuth() is
- * synchronous unless its check is not. These tests pin what that must not change: AuthErrors from every route are
+ * auth() is an express.Router whose entry point is the library's exact-path dispatch (a Router's own per-request
+ * dispatch cost more than the library's work: bench/FIXES.md), and requireAuth() is synchronous unless its check is not. These tests pin what that must not change: AuthErrors from every route are
  * rendered by auth() itself, other requests reach the app, and a guard's check is never taken as "allowed" unless it
  * says so, synchronously or not.
  */
@@ -67,6 +67,36 @@ describe('auth() renders its own errors', () => {
   test('other requests go on to the app with req.auth set', async () => {
     expect(await get('/after-auth')).toMatchObject({ status: 200, body: { authenticated: true } });
     expect(await get('/after-auth', { cookie: '' })).toMatchObject({ status: 200, body: { authenticated: false } });
+  });
+});
+
+describe('auth() is an Express Router', () => {
+  test('it is a Router, and routes an app adds to it run after the library dispatch, with req.auth', async () => {
+    const listener = await listen();
+    try {
+      const router = auth({ ...stack.authOptions, redirectUri: `${listener.url}/callback` });
+      const routerPrototype = (r: object) => Object.getPrototypeOf(Object.getPrototypeOf(r));
+      expect(routerPrototype(router)).toBe(routerPrototype(express.Router()));
+      expect(typeof router.get).toBe('function');
+      router.get('/extra', (req, res) => void res.json({ extra: true, authenticated: req.auth.isAuthenticated }));
+      const app = express();
+      app.use((req, _res, next) => {
+        // A stand-in session: this test is about routing, not sessions.
+        (req as unknown as { session: object }).session = {};
+        next();
+      });
+      app.use(router);
+      app.get('/app', (_req, res) => void res.json({ app: true }));
+      app.use(appErrorHandler);
+      listener.handle(app);
+      const extra = await fetch(`${listener.url}/extra`);
+      expect(await extra.json()).toEqual({ extra: true, authenticated: false });
+      expect(await (await fetch(`${listener.url}/app`)).json()).toEqual({ app: true });
+      const logout = await fetch(`${listener.url}/logout`, { headers: { accept: 'application/json' } });
+      expect(logout.status).toBe(405);
+    } finally {
+      await listener.close();
+    }
   });
 });
 
