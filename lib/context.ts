@@ -5,7 +5,7 @@ import { endsLogin, needsRefresh } from './refresh.js';
 import type { Runtime } from './runtime.js';
 import { readState, type LoginState } from './session.js';
 import { sessionTtlSeconds } from './token-store.js';
-import { publicTokens, type StoredTokens, type TokenSet } from './tokens.js';
+import { publicTokens, sessionCopy, type StoredTokens, type TokenSet } from './tokens.js';
 
 /** Validated ID-token claims (OpenID Connect Core §2, §5.1). */
 export interface IdTokenClaims {
@@ -73,6 +73,19 @@ export interface AuthContext {
    * ```
    */
   refresh(): Promise<TokenSet>;
+  /**
+   * The raw ID token of the login (its newest version), or undefined when none was issued or it is no longer known.
+   * It is not part of {@link AuthContext.tokens}: the session, which express-session parses and hashes on every
+   * request, carries only its validated claims ({@link AuthContext.claims}); the token itself stays in the token store
+   * (Redis with the `redis` option: one `GET`; otherwise this process's memory). Logout's `id_token_hint` uses it.
+   * Rejects with `login_required` (401) when there is no login, `session_unavailable` (503) when Redis failed.
+   *
+   * @example
+   * ```ts
+   * const idToken = await req.auth.getIdToken(); // e.g. for a downstream service that asks for it
+   * ```
+   */
+  getIdToken(): Promise<string | undefined>;
   /**
    * Calls a resource server (an API) with the login's access token, in the `Authorization` header only. A DPoP-bound
    * token (option `dpop`) goes as `DPoP <token>` with a fresh proof, retried once when the server asks for a new
@@ -154,6 +167,13 @@ export class RequestAuth implements AuthContext {
     return (await this.#renew(login, false)).accessToken;
   }
 
+  async getIdToken(): Promise<string | undefined> {
+    const login = this.#login();
+    if (login === undefined) throw notLoggedIn();
+    const entry = await this.#runtime.tokenStore.read(login.id);
+    return entry === undefined || entry.ended ? undefined : entry.tokens.idToken;
+  }
+
   async refresh(): Promise<TokenSet> {
     const login = this.#login();
     if (login === undefined) throw notLoggedIn();
@@ -168,7 +188,7 @@ export class RequestAuth implements AuthContext {
       const state = readState(this.#req);
       if (state?.login?.id === login.id && (state.login.version ?? 1) !== record.v) {
         const { claims: _previous, ...rest } = state.login;
-        state.login = { ...rest, tokens: record.tokens, version: record.v, ...(record.claims === undefined ? {} : { claims: record.claims }) };
+        state.login = { ...rest, tokens: sessionCopy(record.tokens), version: record.v, ...(record.claims === undefined ? {} : { claims: record.claims }) };
       }
       return record.tokens;
     } catch (err) {

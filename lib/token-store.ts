@@ -26,8 +26,11 @@ export type StoreEntry = TokenRecord | EndedRecord;
  * `{ v, tokens, claims }` with the session's TTL. Without: a bounded in-process map (single process only).
  */
 export interface TokenStore {
-  /** Records version 1 of a new login (with `redis`: one `SET … EX`; without: nothing, the session copy is version 1). */
-  create(login: LoginState, ttlSeconds: number): Promise<void>;
+  /**
+   * Records version 1 of a new login with its whole token set, the raw ID token included (with `redis`: one
+   * `SET … EX`; without: the in-process map).
+   */
+  create(login: LoginState, tokens: StoredTokens, ttlSeconds: number): Promise<void>;
   /** The stored entry, or undefined when there is none (never written, expired, evicted). */
   read(loginId: string): Promise<StoreEntry | undefined>;
   /** Writes `entry` unless the store already holds that version or a newer one; false then (someone else won). */
@@ -108,8 +111,10 @@ export const MAX_LOCAL_ENTRIES = 10_000;
 
 function createLocalStore(): TokenStore {
   const entries = new Map<string, { entry: StoreEntry; until: number }>();
-  return {
-    async create() {},
+  const store: TokenStore = {
+    async create(login, tokens, ttlSeconds) {
+      await store.write(login.id, { v: login.version ?? 1, tokens, claims: login.claims }, ttlSeconds);
+    },
     async read(loginId) {
       const found = entries.get(loginId);
       if (found === undefined) return undefined;
@@ -135,6 +140,7 @@ function createLocalStore(): TokenStore {
       entries.delete(loginId);
     },
   };
+  return store;
 }
 
 /** Builds the token store of one `auth()` instance. */
@@ -143,8 +149,8 @@ export function createTokenStore(config: ResolvedConfig): TokenStore {
   if (redis === undefined) return createLocalStore();
   const key = (loginId: string) => `${config.keyPrefix}tokens:${loginId}`;
   return {
-    async create(login, ttlSeconds) {
-      const entry: TokenRecord = { v: login.version ?? 1, tokens: login.tokens, claims: login.claims };
+    async create(login, tokens, ttlSeconds) {
+      const entry: TokenRecord = { v: login.version ?? 1, tokens, claims: login.claims };
       try {
         await redis.set(key(login.id), serialise(entry), 'EX', ttlSeconds);
       } catch (err) {

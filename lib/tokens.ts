@@ -9,8 +9,6 @@ export interface TokenSet {
   readonly expiresAt: number | undefined;
   /** Granted scope, when the server said. */
   readonly scope: string | undefined;
-  /** The raw ID token, when one was issued. */
-  readonly idToken: string | undefined;
 }
 
 /** What is kept server-side. Plain data: openid-client's result has non-enumerable helpers that JSON would lose. */
@@ -62,6 +60,18 @@ export function toStoredTokens(
   return stored;
 }
 
+/**
+ * The copy of the tokens that the session carries: all but the raw ID token. express-session parses the session and
+ * hashes it three times on every request, and the raw ID token is more than half of a logged-in session; its validated
+ * claims are in the session already. The whole set stays in the token store (`req.auth.getIdToken()`, logout's
+ * `id_token_hint`).
+ */
+export function sessionCopy(tokens: StoredTokens): StoredTokens {
+  if (tokens.idToken === undefined) return tokens;
+  const { idToken: _kept, ...copy } = tokens;
+  return copy;
+}
+
 /** The read-only view of stored tokens for `req.auth.tokens`. */
 export function publicTokens(stored: StoredTokens): TokenSet {
   return Object.freeze({
@@ -69,7 +79,6 @@ export function publicTokens(stored: StoredTokens): TokenSet {
     tokenType: stored.tokenType,
     expiresAt: stored.expiresAt,
     scope: stored.scope,
-    idToken: stored.idToken,
   });
 }
 

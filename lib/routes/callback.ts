@@ -9,7 +9,7 @@ import type { Runtime } from '../runtime.js';
 import { readState, regenerateSession, requireSession, saveSession, writableState, type LoginState } from '../session.js';
 import { indexLogin } from '../session-index.js';
 import { sessionTtlSeconds } from '../token-store.js';
-import { toStoredTokens } from '../tokens.js';
+import { sessionCopy, toStoredTokens } from '../tokens.js';
 import { TRANSACTION_TTL_MS, takeTransaction } from '../transaction.js';
 import { exchangeError } from '../upstream.js';
 import { loadUser } from '../user.js';
@@ -116,11 +116,11 @@ export function callbackRoute(runtime: Runtime) {
       id: randomBytes(16).toString('base64url'),
       ...(idClaims === undefined ? {} : { claims: { ...idClaims } }),
       ...(user === undefined ? {} : { user }),
-      tokens,
+      tokens: sessionCopy(tokens),
       ...(transaction.dpopKey === undefined ? {} : { dpopKey: transaction.dpopKey }),
     };
     // Version 1 in the token store before the session can name it; a Redis failure leaves no login behind.
-    await runtime.tokenStore.create(login, sessionTtlSeconds(req));
+    await runtime.tokenStore.create(login, tokens, sessionTtlSeconds(req));
     state.login = login;
     await indexLogin(runtime.sessionIndex, config, session);
     await saveSession(session);

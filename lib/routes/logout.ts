@@ -64,7 +64,7 @@ async function startIdpLogout(
   runtime: Runtime,
   req: Request,
   configuration: client.Configuration,
-  login: LoginState,
+  tokens: StoredTokens | undefined,
 ): Promise<string> {
   const session = await regenerateSession(req);
   const state = client.randomState();
@@ -74,7 +74,7 @@ async function startIdpLogout(
     post_logout_redirect_uri: `${runtime.config.redirectUri.origin}${runtime.config.postLogoutPath ?? '/'}`,
     state,
   };
-  if (login.tokens.idToken !== undefined) parameters.id_token_hint = login.tokens.idToken;
+  if (tokens?.idToken !== undefined) parameters.id_token_hint = tokens.idToken;
   return client.buildEndSessionUrl(configuration, parameters).href;
 }
 
@@ -83,7 +83,8 @@ async function currentTokens(runtime: Runtime, login: LoginState): Promise<Store
   try {
     const entry = await runtime.tokenStore.read(login.id);
     await runtime.tokenStore.remove(login.id);
-    return entry !== undefined && !entry.ended && entry.v > (login.version ?? 1) ? entry.tokens : login.tokens;
+    // The store's set is the whole one (the session copy has no raw ID token) and never older than the session's.
+    return entry !== undefined && !entry.ended && entry.v >= (login.version ?? 1) ? entry.tokens : login.tokens;
   } catch {
     return login.tokens;
   }
@@ -114,7 +115,7 @@ export function logoutRoute(runtime: Runtime) {
     const configuration = login === undefined ? undefined : await serverOrNothing(runtime);
     let target = config.postLogoutRedirect;
     if (config.idpLogout && login !== undefined && typeof configuration?.serverMetadata().end_session_endpoint === 'string') {
-      target = await startIdpLogout(runtime, req, configuration, login);
+      target = await startIdpLogout(runtime, req, configuration, tokens);
     } else {
       await endSession(res, config, session);
     }

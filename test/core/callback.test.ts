@@ -48,9 +48,14 @@ describe('GET /callback', () => {
     // Tokens are in Redis under the session, nowhere in what the browser received.
     const id = decodeURIComponent(after.value).slice(2).split('.')[0];
     const stored = JSON.parse((await stack.redis.get(`${stack.sessionPrefix}${id}`))!);
-    const { accessToken, idToken, refreshToken } = stored.oauth.login.tokens;
+    const { accessToken, refreshToken } = stored.oauth.login.tokens;
     expect(typeof accessToken).toBe('string');
-    expect(typeof idToken).toBe('string');
+    // The raw ID token is not in the session copy (its claims are); the whole set is in the token store.
+    expect(stored.oauth.login.tokens.idToken).toBeUndefined();
+    const record = JSON.parse((await stack.redis.get(`${stack.authOptions.keyPrefix}tokens:${stored.oauth.login.id}`))!);
+    const idToken: string = record.tokens.idToken;
+    expect(idToken.split('.')).toHaveLength(3);
+    expect(record.tokens.accessToken).toBe(accessToken);
     const seen = [...res.steps.map((s) => s.location ?? ''), res.body, me.body, ...browser.setCookies.map((c) => c.header)].join('\n');
     for (const token of [accessToken, idToken, refreshToken].filter(Boolean)) expect(seen).not.toContain(token);
     expect(res.headers.get('location')).not.toContain('code=');

@@ -15,6 +15,13 @@ beforeAll(async () => {
       });
       app.get('/async-check', requireAuth(async (claims) => claims?.email_verified === true), (_req, res) => res.send('verified'));
       app.post('/write', requireAuth(), (_req, res) => res.send('written'));
+      app.get('/id-token', async (req, res, next) => {
+        try {
+          res.json({ idToken: (await req.auth.getIdToken()) ?? null });
+        } catch (err) {
+          next(err);
+        }
+      });
     },
   });
 });
@@ -105,6 +112,22 @@ describe('req.auth', () => {
     // The access token works at the provider (back-channel, in the Authorization header).
     const userinfo = await fetch(`${stack.provider.issuer}/me`, { headers: { authorization: `Bearer ${token}` } });
     expect(userinfo.status).toBe(200);
+  });
+
+  test('getIdToken() returns the raw ID token of the login from the token store; without a login it rejects with 401', async () => {
+    const browser = await loggedIn();
+    browser.headers = { accept: 'application/json' };
+    const { idToken } = JSON.parse((await browser.request(`${stack.appUrl}/id-token`)).body);
+    const payload = JSON.parse(Buffer.from(idToken.split('.')[1], 'base64url').toString());
+    expect(payload).toMatchObject({ sub: 'alice', iss: stack.provider.issuer, aud: 'test-app' });
+    const me = JSON.parse((await browser.request(`${stack.appUrl}/me`)).body);
+    expect(me.claims.nonce).toBe(payload.nonce);
+
+    const anonymous = new Browser();
+    anonymous.headers = { accept: 'application/json' };
+    // An app route: the AuthError goes to the app's error handling (Express's default here), with its status.
+    const res = await anonymous.request(`${stack.appUrl}/id-token`);
+    expect(res.status).toBe(401);
   });
 
   test('POST /logout ends the login (303 to /); GET /logout does not', async () => {

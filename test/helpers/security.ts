@@ -249,6 +249,23 @@ export async function expectRefusal(
 }
 
 /** The secrets a stored session holds: the PKCE verifiers and nonces of its transactions, and its tokens. */
+/**
+ * The verifiers, nonces and tokens a stored session holds, plus the whole token set of its login in the token store
+ * (the session copy leaves the raw ID token out).
+ */
+export async function secretsOfLogin(stack: { redis: Redis; authOptions: { keyPrefix?: string } }, session: SessionRecord | undefined): Promise<string[]> {
+  const values = secretsOfSession(session);
+  const loginId = (session?.oauth?.login as { id?: unknown } | undefined)?.id;
+  if (typeof loginId !== 'string') return values;
+  const raw = await stack.redis.get(`${stack.authOptions.keyPrefix ?? 'oauth-pkce:'}tokens:${loginId}`);
+  const tokens = raw === null ? {} : ((JSON.parse(raw) as { tokens?: Record<string, unknown> }).tokens ?? {});
+  for (const name of ['accessToken', 'refreshToken', 'idToken']) {
+    const value = tokens[name];
+    if (typeof value === 'string' && !values.includes(value)) values.push(value);
+  }
+  return values;
+}
+
 export function secretsOfSession(session: SessionRecord | undefined): string[] {
   if (session === undefined) return [];
   const values: string[] = [];

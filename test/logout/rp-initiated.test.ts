@@ -9,6 +9,7 @@ import { endSessionAtProvider, logoutProviderConfiguration, me, postLogout, stor
 let provider: TestProvider;
 let app: Listener;
 let redis: Redis;
+const keyPrefix = `test:${randomUUID()}:`;
 const sessionPrefix = `test:${randomUUID()}:sess:`;
 
 beforeAll(async () => {
@@ -40,7 +41,7 @@ beforeAll(async () => {
         allowInsecureRequests: true,
         scope: 'openid email',
         redis,
-        keyPrefix: `test:${randomUUID()}:`,
+        keyPrefix,
         idpLogout: true,
         postLogoutRedirect: '/bye',
       },
@@ -59,7 +60,10 @@ async function startLogout() {
   await browser.login(`${app.url}/login?returnTo=/me`);
   const loginCookie = sessionCookie(browser, app.url)!;
   const session = await storedSession(redis, sessionPrefix, loginCookie);
-  const tokens = (session?.oauth as { login: { tokens: { accessToken: string; idToken: string } } }).login.tokens;
+  const login = (session?.oauth as { login: { id: string; tokens: { accessToken: string } } }).login;
+  // The session copy has no raw ID token: the token store keeps the whole set.
+  const record = JSON.parse((await redis.get(`${keyPrefix}tokens:${login.id}`))!) as { tokens: { accessToken: string; idToken: string } };
+  const tokens = record.tokens;
   const response = await postLogout(browser, app.url);
   expect(response.status).toBe(303);
   return { browser, loginCookie, tokens, endSession: new URL(response.headers.get('location')!) };

@@ -25,13 +25,13 @@ function routes(slot: AppSlot) {
   const resources = resourceRoutes(provider.issuer, CLIENT);
   return (app: Express): void => {
     resources(app);
-    app.get('/whoami', (req, res) => {
+    app.get('/whoami', async (req, res) => {
       res.json({
         isAuthenticated: req.auth.isAuthenticated,
         claims: req.auth.claims ?? null,
         user: req.auth.user ?? null,
         expiresAt: req.auth.tokens?.expiresAt ?? null,
-        idToken: req.auth.tokens?.idToken ?? null,
+        idToken: req.auth.isAuthenticated ? ((await req.auth.getIdToken()) ?? null) : null,
       });
     });
     app.get('/call', async (req, res, next) => {

@@ -19,7 +19,7 @@ import {
   loginUntilCallback,
   readSession,
   recordTraffic,
-  secretsOfSession,
+  secretsOfLogin,
 } from '../helpers/security.js';
 
 let rogue: RogueStack;
@@ -165,7 +165,7 @@ test('req.auth serialises and prints without tokens or the client secret', async
   const pending = await loginUntilCallback(rogue, browser);
   expect((await browser.request(pending.callbackUrl)).status).toBe(302);
   const session = await readSession(rogue.redis, rogue.sessionPrefix, browserSessionId(browser, rogue.appUrl)!);
-  const tokens = secretsOfSession(session);
+  const tokens = await secretsOfLogin(rogue, session);
 
   const debug = await browser.request(`${rogue.appUrl}/debug`, { headers: { accept: 'application/json' } });
 
@@ -187,7 +187,7 @@ test('a complete login prints nothing that contains a token, the code or the ver
     output.restore();
   }
   const session = await readSession(stack.redis, stack.sessionPrefix, browserSessionId(browser, stack.appUrl)!);
-  const secrets = [...pending.secrets, ...secretsOfSession(session), CLIENT_SECRET];
+  const secrets = [...pending.secrets, ...(await secretsOfLogin(stack, session)), CLIENT_SECRET];
   expect(observed.count('POST', '/token')).toBe(1);
   for (const secret of secrets) expect(output.text().includes(secret) ? `printed ${secret}` : 'clean').toBe('clean');
 });

@@ -9,7 +9,7 @@ import { auth } from '../../lib/index.js';
 import { CLIENT_SECRET } from '../helpers/app.js';
 import { Browser, type BrowserResponse } from '../helpers/browser.js';
 import { startRogueStack, type RogueStack } from '../helpers/rogue-provider.js';
-import { browserSessionId, loginUntilCallback, readSession, secretsOfSession, withParams } from '../helpers/security.js';
+import { browserSessionId, loginUntilCallback, readSession, secretsOfLogin, withParams } from '../helpers/security.js';
 
 let stack: RogueStack;
 
@@ -61,7 +61,7 @@ test('tokens never reach the browser: no response of the app carries one, the co
   record(await browser.request(`${stack.appUrl}/`));
   record(await browser.request(`${stack.appUrl}/me`));
   const session = await readSession(stack.redis, stack.sessionPrefix, browserSessionId(browser, stack.appUrl)!);
-  const tokens = secretsOfSession(session);
+  const tokens = await secretsOfLogin(stack, session);
 
   expect(tokens.length).toBeGreaterThanOrEqual(3); // access, refresh and ID token are all stored server-side
   for (const token of tokens) expect(seen.join('\n')).not.toContain(token);
@@ -93,7 +93,7 @@ test('no code, token, verifier or secret ever appears in a URL the library reque
   expect((await browser.request(pending.callbackUrl)).status).toBe(302);
 
   const session = await readSession(stack.redis, stack.sessionPrefix, browserSessionId(browser, stack.appUrl)!);
-  const secrets = [...stack.rogue.issued, pending.verifier, CLIENT_SECRET, ...secretsOfSession(session)];
+  const secrets = [...stack.rogue.issued, pending.verifier, CLIENT_SECRET, ...(await secretsOfLogin(stack, session))];
   // The browser carries the code to the app's callback; the library itself never puts one in a URL.
   const urls = stack.rogue.requests.filter((r) => r.path !== '/authorize').map((r) => `${r.path}${r.search}`);
   for (const secret of secrets) for (const url of urls) expect(url).not.toContain(secret);
