@@ -5,7 +5,9 @@ import { AuthError, AuthErrorCode } from '../errors.js';
 import type { LogoutTokenVerifier } from '../logout-token.js';
 import { setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
+import { SESSION_KEY, type OAuthSessionState } from '../session.js';
 import type { SessionIndex } from '../session-index.js';
+import { DEFAULT_SESSION_TTL_SECONDS } from '../token-store.js';
 import { nowSeconds } from '../tokens.js';
 
 /** Logout tokens are a few hundred bytes; anything much larger is not one. */
@@ -48,6 +50,29 @@ function destroyInStore(store: Store, id: string): Promise<void> {
   return new Promise((resolve, reject) => store.destroy(id, (err?: unknown) => (err ? reject(err) : resolve())));
 }
 
+function loginIdInStore(store: Store, id: string): Promise<string | undefined> {
+  return new Promise((resolve, reject) =>
+    store.get(id, (err: unknown, session) =>
+      err ? reject(err) : resolve((session as { [SESSION_KEY]?: OAuthSessionState } | null | undefined)?.[SESSION_KEY]?.login?.id),
+    ),
+  );
+}
+
+/** A version no refresh can ever beat: once a login is ended this way, every process treats it as ended. */
+const FINAL_VERSION = Number.MAX_SAFE_INTEGER;
+
+/**
+ * Ends the logins of these sessions in the token store too (a tombstone, not a deletion): their refresh tokens are
+ * gone, and a copy of a session that a request in flight saves back after the logout can never be refreshed.
+ */
+async function endLogins(runtime: Runtime, store: Store, ids: readonly string[]): Promise<void> {
+  const loginIds = await Promise.all(ids.map((id) => loginIdInStore(store, id)));
+  const ttl = Math.max(runtime.config.sessionIndexTtl, DEFAULT_SESSION_TTL_SECONDS);
+  await Promise.all(
+    loginIds.filter((id): id is string => id !== undefined).map((id) => runtime.tokenStore.write(id, { v: FINAL_VERSION, ended: true }, ttl)),
+  );
+}
+
 /**
  * `POST <routes.backchannelLogout>` (OpenID Connect Back-Channel Logout 1.0): validates the `logout_token`, refuses a
  * `jti` seen before, and destroys every session of its `sid`/`sub` in the shared session store, so that every process
@@ -71,6 +96,7 @@ export function backchannelLogoutRoute(runtime: Runtime, index: SessionIndex, ve
       let ids: string[];
       try {
         ids = await index.find(claims);
+        await endLogins(runtime, req.sessionStore, ids);
         await Promise.all(ids.map((id) => destroyInStore(req.sessionStore, id)));
         await index.remove(ids, claims);
       } catch (err) {

@@ -24,6 +24,7 @@ let appA: Listener;
 let appB: AppProcess;
 let redis: Redis;
 const sessionPrefix = `test:${randomUUID()}:sess:`;
+const keyPrefix = `test:${randomUUID()}:`;
 
 beforeAll(async () => {
   appA = await listen();
@@ -50,7 +51,7 @@ beforeAll(async () => {
     clientSecret: CLIENT_SECRET,
     allowInsecureRequests: true,
     scope: 'openid email',
-    keyPrefix: `test:${randomUUID()}:`,
+    keyPrefix,
   };
   appA.handle(buildApp({ redis, sessionPrefix, auth: { ...shared, redirectUri: `${appA.url}/callback`, redis } }));
   await appB.start({ sessionPrefix, auth: { ...shared, redirectUri: `${appB.url}/callback` } });
@@ -89,6 +90,12 @@ describe('back-channel logout across two app processes', () => {
       expect((await me(browser, appB.url)).status).toBe(200);
     }
     const before = provider.count('backchannel.success');
+    const loginIdOf = async (browser: Browser) =>
+      ((await storedSession(redis, sessionPrefix, cookieOf(browser)))?.oauth as { login: { id: string } }).login.id;
+    const tokenRecord = async (loginId: string) => JSON.parse((await redis.get(`${keyPrefix}tokens:${loginId}`)) ?? 'null');
+    const aliceLogin = await loginIdOf(alice);
+    const elsewhereLogin = await loginIdOf(aliceElsewhere);
+    expect(await tokenRecord(aliceLogin)).toMatchObject({ v: 1, tokens: { refreshToken: expect.any(String) } });
 
     const ended = await endSessionAtProvider(alice, provider.issuer);
 
@@ -99,6 +106,10 @@ describe('back-channel logout across two app processes', () => {
     expect((await me(alice, appA.url)).status).toBe(401);
     expect((await me(alice, appB.url)).status).toBe(401);
     expect(await storedSession(redis, sessionPrefix, cookieOf(alice))).toBeNull();
+    // Her login is ended in the token store too (its refresh token gone): no process can refresh it again, even from
+    // a stale copy of the session that a request in flight might save back.
+    expect(await tokenRecord(aliceLogin)).toEqual({ v: Number.MAX_SAFE_INTEGER, ended: true });
+    expect(await tokenRecord(elsewhereLogin)).toMatchObject({ v: 1, tokens: { accessToken: expect.any(String) } });
     // The logout token named alice's OP session (sid): her other browser and bob stay logged in.
     expect((await me(aliceElsewhere, appA.url)).status).toBe(200);
     expect((await me(bob, appA.url)).status).toBe(200);
