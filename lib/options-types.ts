@@ -1,0 +1,279 @@
+import type { Redis, Cluster } from 'ioredis';
+import type { JWK } from 'jose';
+import type { ResourceFetch } from './resource.js';
+import type { TokenSet } from './tokens.js';
+
+/** How the client authenticates at the token endpoint. */
+export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt' | 'none';
+
+/**
+ * The endpoints of an authorization server that publishes no metadata (GitHub, Strava, Dropbox, in-house servers).
+ * Used instead of `issuer`: no discovery request is made.
+ *
+ * @example
+ * ```ts
+ * server: {
+ *   authorizationEndpoint: 'https://github.com/login/oauth/authorize',
+ *   tokenEndpoint: 'https://github.com/login/oauth/access_token',
+ * }
+ * ```
+ */
+export interface ServerEndpoints {
+  /** The issuer identifier, when the server has one. Required when `scope` has `openid` (ID tokens name it in `iss`). */
+  issuer?: string | URL;
+  authorizationEndpoint: string | URL;
+  tokenEndpoint: string | URL;
+  revocationEndpoint?: string | URL;
+  userinfoEndpoint?: string | URL;
+  /** The server's key set. Required when `scope` has `openid`: ID-token signatures are verified with it. */
+  jwksUri?: string | URL;
+  endSessionEndpoint?: string | URL;
+  /** Needed for `pushedAuthorizationRequests: true`. */
+  pushedAuthorizationRequestEndpoint?: string | URL;
+}
+
+/**
+ * A `private_key_jwt` key given with its metadata.
+ *
+ * @example
+ * ```ts
+ * privateKey: { key: readFileSync('client-key.pem', 'utf8'), kid: '2024-01', audience: 'token_endpoint' }
+ * ```
+ */
+export interface ClientPrivateKeyOptions {
+  /** A PEM private key (PKCS#8, PKCS#1 or SEC1) or a private JWK. */
+  key: string | JWK;
+  /** The key id registered with the server (its JWKS `kid`). Defaults to the JWK's own `kid`. */
+  kid?: string;
+  /**
+   * The JWS algorithm of the client assertion.
+   * @default the JWK's `alg`, else `RS256` for RSA keys, `ES256`/`ES384`/`ES512` by curve, `EdDSA` for Ed25519
+   */
+  alg?: string;
+  /**
+   * The assertion's `aud`: the issuer identifier (Auth0, Keycloak) or the token endpoint URL (Okta, Entra ID, servers
+   * without an issuer).
+   * @default `'issuer'` (the token endpoint when the server has no issuer)
+   */
+  audience?: 'issuer' | 'token_endpoint';
+}
+
+/**
+ * The private key of `private_key_jwt`: a private JWK that carries its `kid`, or {@link ClientPrivateKeyOptions}.
+ *
+ * @example
+ * ```ts
+ * privateKey: JSON.parse(process.env.CLIENT_PRIVATE_JWK!) // { kty: 'EC', crv: 'P-256', x, y, d, kid: 'key-1' }
+ * ```
+ */
+export type ClientPrivateKey = JWK | ClientPrivateKeyOptions;
+
+/**
+ * Loads the user after a login, for servers without ID tokens (or to add profile data). Called once per login,
+ * before the login is stored; the result is kept in the session as `req.auth.user`. A rejection fails the login.
+ *
+ * @example
+ * ```ts
+ * fetchUser: async (tokens, { fetch }) => (await fetch('https://api.github.com/user')).json(),
+ * ```
+ */
+export type FetchUser = (tokens: TokenSet, helpers: { fetch: ResourceFetch }) => Promise<object>;
+
+/**
+ * Options of {@link auth}. Validated once, when `auth()` is called: a mistake is a `TypeError` at startup
+ * that says how to fix it, never a failure on the first login.
+ *
+ * @example
+ * ```ts
+ * app.use(auth({
+ *   issuer: 'https://idp.example.com',
+ *   clientId: 'app',
+ *   clientSecret: process.env.CLIENT_SECRET,
+ *   redirectUri: 'https://app.example.com/callback',
+ *   scope: 'openid email offline_access',
+ *   redis,
+ * }));
+ * ```
+ */
+export interface AuthOptions {
+  /**
+   * The issuer identifier. Its metadata is discovered on first use (see `discovery`). Give either `issuer` or `server`.
+   */
+  issuer?: string | URL;
+  /** The server's endpoints, for a server without discovery. Give either `issuer` or `server`. */
+  server?: ServerEndpoints;
+  /**
+   * Which metadata document `issuer` publishes: OpenID Connect Discovery (`/.well-known/openid-configuration`) or
+   * RFC 8414 (`/.well-known/oauth-authorization-server`).
+   * @default `'oidc'`
+   */
+  discovery?: 'oidc' | 'oauth2';
+  /** The client identifier registered at the authorization server. */
+  clientId: string;
+  /** The client secret. Omit it for a public client (PKCE only, `clientAuthMethod: 'none'`). */
+  clientSecret?: string | undefined;
+  /**
+   * Token-endpoint client authentication. It must be one the server advertises, when it publishes metadata.
+   * @default `'private_key_jwt'` when `privateKey` is set, `'client_secret_basic'` when `clientSecret` is set, otherwise `'none'`
+   */
+  clientAuthMethod?: ClientAuthMethod;
+  /** The client's private key for `private_key_jwt` (RFC 7523). Read once, at startup. */
+  privateKey?: ClientPrivateKey;
+  /** Loads `req.auth.user` after each login (see {@link FetchUser}). */
+  fetchUser?: FetchUser;
+  /**
+   * Push the authorization request over the back channel (PAR, RFC 9126): the browser only carries `request_uri` and
+   * `client_id`. Always on when the server's metadata says `require_pushed_authorization_requests`.
+   * @default false
+   */
+  pushedAuthorizationRequests?: boolean;
+  /**
+   * Sender-constrained tokens (DPoP, RFC 9449): a key pair per login, kept in the session, proves possession on every
+   * token request and on `req.auth.fetch()`. A server that answers with a Bearer token fails the login.
+   * @default false
+   */
+  dpop?: boolean;
+  /** Absolute callback URL, exactly as registered. Its path is where `GET` callback route is mounted. */
+  redirectUri: string | URL;
+  /**
+   * Space-separated scopes.
+   * @default `'openid'`
+   */
+  scope?: string;
+  /** Extra authorization-request parameters (`prompt`, `audience`, `acr_values`, …). Protocol parameters the library sets itself are refused. */
+  authorizationParams?: Record<string, string>;
+  /** An ioredis client (or Cluster). Makes single-use checks and refresh single-flight hold across processes. */
+  redis?: Redis | Cluster;
+  /**
+   * Prefix of every Redis key the library writes.
+   * @default `'oauth-pkce:'`
+   */
+  keyPrefix?: string;
+  /**
+   * Allow `http:` URLs for the issuer and its endpoints. Only for development and tests.
+   * @default false
+   */
+  allowInsecureRequests?: boolean;
+  /** Route paths. The callback path is taken from `redirectUri`. */
+  routes?: {
+    /** @default `'/login'` */
+    login?: string;
+    /** @default `'/logout'` */
+    logout?: string;
+    /**
+     * Where the authorization server sends the browser back after RP-initiated logout (`GET`). Only with
+     * `idpLogout: true`; register `<origin of redirectUri><this path>` as a `post_logout_redirect_uri`.
+     * @default `'/logout/callback'`
+     */
+    postLogout?: string;
+    /**
+     * OpenID Connect Back-Channel Logout endpoint (`POST`). Mounted only with `redis` and an `openid` scope; register
+     * `<origin of redirectUri><this path>` as the client's `backchannel_logout_uri`.
+     * @default `'/backchannel-logout'`
+     */
+    backchannelLogout?: string;
+  };
+  /**
+   * Same-origin path the browser lands on after logout (local, and after the return from RP-initiated logout).
+   * @default `'/'`
+   */
+  postLogoutRedirect?: string;
+  /**
+   * RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0): after the local logout, send the browser to the
+   * server's `end_session_endpoint` to end the login there too. Needs `routes.postLogout` registered at the server.
+   * @default false
+   */
+  idpLogout?: boolean;
+  /**
+   * Name of express-session's cookie (its `name` option), so that logout can clear it. express-session does not
+   * expose the name on the request.
+   * @default `'connect.sid'`
+   */
+  sessionCookieName?: string;
+  /**
+   * How long, in seconds, the back-channel logout index remembers a login (`sid`/`sub` → session ids). Must cover
+   * the longest time a session can live; the session cookie's `maxAge` is used when it is longer.
+   * @default 1209600 (14 days)
+   */
+  sessionIndexTtl?: number;
+  /**
+   * Timeout of each request to the authorization server, in milliseconds.
+   * @default 5000
+   */
+  httpTimeout?: number;
+  /**
+   * Tolerated clock difference with the authorization server when checking ID-token times, in seconds.
+   * @default 30
+   */
+  clockTolerance?: number;
+  /**
+   * Refresh the access token when it expires within this many seconds, so that it does not expire on its way to the
+   * resource server. Never more than half of the token's issued lifetime is used, so short-lived tokens are not
+   * refreshed on every call. `0` refreshes only once the token has expired.
+   * @default 60
+   * @example
+   * ```ts
+   * auth({ ...options, refreshSkew: 30 });
+   * ```
+   */
+  refreshSkew?: number;
+}
+
+/** The validated, normalised form of {@link AuthOptions} that the rest of the library reads. */
+export interface ResolvedConfig {
+  /** The issuer identifier; undefined for a `server` configured without one. */
+  readonly issuer: URL | undefined;
+  /** The hand-given endpoints; undefined when the metadata is discovered. */
+  readonly server: ResolvedServer | undefined;
+  readonly discovery: 'oidc' | 'oauth2';
+  readonly clientId: string;
+  readonly clientSecret: string | undefined;
+  readonly clientAuthMethod: ClientAuthMethod;
+  readonly privateKey: ResolvedPrivateKey | undefined;
+  readonly fetchUser: FetchUser | undefined;
+  readonly pushedAuthorizationRequests: boolean;
+  readonly dpop: boolean;
+  readonly redirectUri: URL;
+  readonly callbackPath: string;
+  readonly scope: string;
+  readonly openid: boolean;
+  readonly authorizationParams: Readonly<Record<string, string>>;
+  readonly redis: Redis | Cluster | undefined;
+  readonly keyPrefix: string;
+  readonly allowInsecureRequests: boolean;
+  readonly loginPath: string;
+  readonly logoutPath: string;
+  /** Undefined unless `idpLogout`. */
+  readonly postLogoutPath: string | undefined;
+  /** Undefined when back-channel logout is not mounted (no `redis`, or no `openid` scope). */
+  readonly backchannelLogoutPath: string | undefined;
+  readonly postLogoutRedirect: string;
+  readonly idpLogout: boolean;
+  readonly sessionCookieName: string;
+  readonly sessionIndexTtl: number;
+  readonly httpTimeout: number;
+  readonly clockTolerance: number;
+  readonly refreshSkew: number;
+}
+
+/** {@link ServerEndpoints} as URLs. */
+export interface ResolvedServer {
+  readonly issuer: URL | undefined;
+  /** `issuer` exactly as given: ID tokens and RFC 9207 `iss` are compared as strings, and URL parsing adds a '/'. */
+  readonly issuerIdentifier: string | undefined;
+  readonly authorizationEndpoint: URL;
+  readonly tokenEndpoint: URL;
+  readonly revocationEndpoint: URL | undefined;
+  readonly userinfoEndpoint: URL | undefined;
+  readonly jwksUri: URL | undefined;
+  readonly endSessionEndpoint: URL | undefined;
+  readonly pushedAuthorizationRequestEndpoint: URL | undefined;
+}
+
+/** A checked `private_key_jwt` key, normalised to a private JWK (imported once, on first use). */
+export interface ResolvedPrivateKey {
+  readonly jwk: Readonly<JWK>;
+  readonly kid: string;
+  readonly alg: string;
+  readonly audience: 'issuer' | 'token_endpoint';
+}
