@@ -50,15 +50,27 @@ const ours = (args: string[]) => args.some((a) => a.startsWith(stack.sessionPref
 
 /** The commands on this stack's keys while `action` runs, up to a marker that MONITOR must have seen. */
 async function commandsDuring(action: () => Promise<unknown>): Promise<string[]> {
-  const start = seen.length;
+  // MONITOR's stream lags behind: markers on both sides, so that earlier commands (the test's own reads) arriving late
+  // are not counted, and the window closes only once everything in it has arrived.
+  const startIndex = await markerSeen(0);
   await action();
+  const endIndex = await markerSeen(startIndex + 1);
+  return seen
+    .slice(startIndex + 1, endIndex)
+    .filter(ours)
+    .map((args) => args.map((a) => (a.startsWith(stack.sessionPrefix) ? '<session>' : a)).join(' '));
+}
+
+/** Sends a marker command and returns its index in the MONITOR stream (searching from `from`). */
+async function markerSeen(from: number): Promise<number> {
   const marker = `${String(stack.authOptions.keyPrefix)}marker:${Math.random()}`;
   await stack.redis.get(marker);
-  for (let i = 0; i < 200 && !seen.slice(start).some((args) => args.includes(marker)); i++) await new Promise((r) => setTimeout(r, 10));
-  const during = seen.slice(start);
-  const end = during.findIndex((args) => args.includes(marker));
-  expect(end).toBeGreaterThanOrEqual(0);
-  return during.slice(0, end).filter(ours).map((args) => args.map((a) => (a.startsWith(stack.sessionPrefix) ? '<session>' : a)).join(' '));
+  for (let i = 0; i < 200; i++) {
+    const index = seen.findIndex((args, at) => at >= from && args.includes(marker));
+    if (index !== -1) return index;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error('MONITOR never showed the marker');
 }
 
 test('getAccessToken() with a valid session copy costs no Redis command beyond express-session + connect-redis', async () => {
