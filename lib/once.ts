@@ -1,5 +1,5 @@
 import type { ResolvedConfig } from './options.js';
-import { AuthError, AuthErrorCode } from './errors.js';
+import { storeUnavailable } from './store-errors.js';
 
 /**
  * Marks a value as used, exactly once: `claim(key)` is true for the first caller only. Inside a process a map
@@ -35,7 +35,7 @@ export function createOnceRegistry(config: ResolvedConfig): OnceRegistry {
         const result = await config.redis.set(`${config.keyPrefix}once:${key}`, '1', 'PX', ttlMs, 'NX');
         return result === 'OK';
       } catch (err) {
-        throw new AuthError(AuthErrorCode.SESSION_UNAVAILABLE, 503, 'Redis is unavailable; try again.', { cause: err });
+        throw storeUnavailable(err);
       }
     },
   };

@@ -9,6 +9,7 @@ import type { LoginState } from './session.js';
 import type { StoreEntry, TokenRecord } from './token-store.js';
 import { isExpired, toStoredTokens, type StoredTokens } from './tokens.js';
 import { refreshError } from './upstream.js';
+import { storeUnavailable } from './store-errors.js';
 
 /** What the refresher needs from the runtime (everything but itself). */
 export type RefreshServices = Omit<Runtime, 'refresher'>;
@@ -110,7 +111,7 @@ function createLocks(config: ResolvedConfig, lease: number) {
       try {
         return (await redis.set(lock.key, lock.owner, 'PX', lease, 'NX')) === 'OK' ? lock : undefined;
       } catch (err) {
-        throw new AuthError(AuthErrorCode.SESSION_UNAVAILABLE, 503, 'Redis is unavailable; try again.', { cause: err });
+        throw storeUnavailable(err);
       }
     },
     async release(lock: Lock): Promise<void> {

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
-import { AuthError, AuthErrorCode } from './errors.js';
 import type { ResolvedConfig } from './options.js';
 import { writableState, type SessionWithState } from './session.js';
+import { storeUnavailable } from './store-errors.js';
 
 /** Who a back-channel logout token names: the OP session (`sid`), the user (`sub`), or both. */
 export interface LogoutSubject {
@@ -93,6 +93,6 @@ export async function indexLogin(index: SessionIndex | undefined, config: Resolv
     await index.add(session.id, subject, Math.max(config.sessionIndexTtl, cookieTtl));
   } catch (err) {
     delete state.login;
-    throw new AuthError(AuthErrorCode.SESSION_UNAVAILABLE, 503, 'Redis is unavailable; the sign-in was not completed. Try again.', { cause: err });
+    throw storeUnavailable(err, 'Redis is unavailable; the sign-in was not completed. Try again.');
   }
 }

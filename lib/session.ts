@@ -4,6 +4,7 @@ import type { JWK } from 'jose';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { StoredTokens } from './tokens.js';
 import type { Transaction } from './transaction.js';
+import { storeUnavailable } from './store-errors.js';
 
 /** What one login keeps in the server-side session. The browser only ever holds the session id. */
 export interface LoginState {
@@ -58,9 +59,7 @@ export function writableState(session: SessionWithState): OAuthSessionState {
 }
 
 function storeError(operation: string, err: unknown): AuthError {
-  return new AuthError(AuthErrorCode.SESSION_UNAVAILABLE, 503, `The session store failed to ${operation} the session; try again.`, {
-    cause: err,
-  });
+  return storeUnavailable(err, `The session store failed to ${operation} the session; try again.`);
 }
 
 // express-session's callback methods, promise-wrapped once. A store failure becomes a 503: nobody is let in.

@@ -1,8 +1,8 @@
 import type { Request } from 'express';
-import { AuthError, AuthErrorCode } from './errors.js';
 import type { ResolvedConfig } from './options.js';
 import type { LoginState } from './session.js';
 import type { StoredTokens } from './tokens.js';
+import { storeUnavailable } from './store-errors.js';
 
 /** One version of a login's tokens. Versions only grow; only the refresh-lock holder writes a new one. */
 export interface TokenRecord {
@@ -64,10 +64,6 @@ export function sessionTtlSeconds(req: Request): number {
     ttl = storeTtl;
   }
   return typeof ttl === 'number' && Number.isFinite(ttl) && ttl >= 1 ? Math.ceil(ttl) : DEFAULT_SESSION_TTL_SECONDS;
-}
-
-function unavailable(err: unknown): AuthError {
-  return new AuthError(AuthErrorCode.SESSION_UNAVAILABLE, 503, 'Redis is unavailable; try again.', { cause: err });
 }
 
 /** Accepts only what this library wrote; anything else counts as absent and the session copy is used. */
@@ -154,28 +150,28 @@ export function createTokenStore(config: ResolvedConfig): TokenStore {
       try {
         await redis.set(key(login.id), serialise(entry), 'EX', ttlSeconds);
       } catch (err) {
-        throw unavailable(err);
+        throw storeUnavailable(err);
       }
     },
     async read(loginId) {
       try {
         return parseEntry(await redis.get(key(loginId)));
       } catch (err) {
-        throw unavailable(err);
+        throw storeUnavailable(err);
       }
     },
     async write(loginId, entry, ttlSeconds) {
       try {
         return (await redis.eval(WRITE_IF_NEWER, 1, key(loginId), entry.v, serialise(entry), ttlSeconds)) === 1;
       } catch (err) {
-        throw unavailable(err);
+        throw storeUnavailable(err);
       }
     },
     async remove(loginId) {
       try {
         await redis.del(key(loginId));
       } catch (err) {
-        throw unavailable(err);
+        throw storeUnavailable(err);
       }
     },
   };

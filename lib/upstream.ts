@@ -76,44 +76,79 @@ export function sanitisedCause(err: unknown, secrets: ReadonlyArray<string | und
   return safeCause(err, redactor(secrets));
 }
 
+/** What went wrong with a token-endpoint request, once classified; each grant maps it to its own AuthError. */
+type TokenFailure =
+  | { kind: 'timeout' }
+  | { kind: 'network' }
+  /** An OAuth error response (RFC 6749 §5.2), redacted. */
+  | { kind: 'refused'; status: number; error: string; errorDescription?: string }
+  /** The ID token in the response failed validation. */
+  | { kind: 'id_token'; detail: string }
+  /** A non-OAuth 5xx answer. */
+  | { kind: 'server'; status: number }
+  | { kind: 'other'; detail: string };
+
+/**
+ * Classifies a failed token request (code exchange or refresh) and makes the sanitised cause to keep (see
+ * `safeCause`): the raw error can hold whole token responses and raw JWTs, and `secrets` (the code, the verifier, the
+ * tokens, the client secret…) are redacted from whatever the server echoed.
+ */
+function classifyTokenFailure(err: unknown, secrets: ReadonlyArray<string | undefined>) {
+  const redact = redactor(secrets);
+  const cause = safeCause(err, redact);
+  const failure = ((): TokenFailure => {
+    if (isTimeout(err)) return { kind: 'timeout' };
+    if (isNetworkError(err)) return { kind: 'network' };
+    if (err instanceof client.ResponseBodyError) {
+      return {
+        kind: 'refused',
+        status: err.status,
+        error: redact(err.error),
+        ...(err.error_description ? { errorDescription: redact(err.error_description) } : {}),
+      };
+    }
+    const code = (err as { code?: unknown } | null)?.code;
+    // `"id_token"` covers a response without one (or a malformed one) although the scope has `openid`.
+    if ((typeof code === 'string' && ID_TOKEN_CODES.has(code)) || /ID Token|"id_token"|JWT|JWS|signature/i.test(messages(err))) {
+      return { kind: 'id_token', detail: redact(describe(err)) };
+    }
+    const status = (err as { cause?: { status?: unknown } }).cause?.status;
+    if (code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' && typeof status === 'number' && status >= 500) return { kind: 'server', status };
+    return { kind: 'other', detail: redact(describe(err)) };
+  })();
+  return { failure, cause, redact };
+}
+
+function upstreamOf(failure: { error: string; errorDescription?: string }, cause: Error | undefined) {
+  return { cause, error: failure.error, ...(failure.errorDescription === undefined ? {} : { errorDescription: failure.errorDescription }) };
+}
+
 /**
  * Classifies a failure of the code exchange (token request plus ID-token validation). Upstream `error` and
- * `error_description` are kept; tokens and codes never reach the message, and `secrets` (the code, the verifier, the
- * client secret…) are redacted from whatever the server echoed. The cause is a sanitised copy (see `safeCause`).
+ * `error_description` are kept; tokens and codes never reach the message.
  */
 export function exchangeError(err: unknown, secrets: ReadonlyArray<string | undefined> = []): AuthError {
   if (err instanceof AuthError) return err;
-  const redact = redactor(secrets);
-  const cause = safeCause(err, redact);
-  if (isTimeout(err)) {
-    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The token endpoint did not answer in time.', { cause });
+  const { failure, cause, redact } = classifyTokenFailure(err, secrets);
+  switch (failure.kind) {
+    case 'timeout':
+      return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The token endpoint did not answer in time.', { cause });
+    case 'network':
+      return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The token endpoint could not be reached.', { cause });
+    case 'refused':
+      return failure.status >= 500
+        ? new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${failure.status}).`, upstreamOf(failure, cause))
+        : new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token endpoint refused the authorization code: ${failure.error}.`, upstreamOf(failure, cause));
+    case 'id_token':
+      return new AuthError(AuthErrorCode.INVALID_ID_TOKEN, 400, `The ID token is invalid: ${failure.detail}.`, { cause });
+    case 'server':
+      return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${failure.status}).`, { cause });
+    case 'other':
+      return (
+        tokenResponseShapeError(err, cause, redact) ??
+        new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${failure.detail}.`, { cause })
+      );
   }
-  if (isNetworkError(err)) {
-    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The token endpoint could not be reached.', { cause });
-  }
-  if (err instanceof client.ResponseBodyError) {
-    const error = redact(err.error);
-    const upstream = { cause, error, ...(err.error_description ? { errorDescription: redact(err.error_description) } : {}) };
-    if (err.status >= 500) {
-      return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${err.status}).`, upstream);
-    }
-    return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token endpoint refused the authorization code: ${error}.`, upstream);
-  }
-  const code = (err as { code?: unknown } | null)?.code;
-  const text = messages(err);
-  // `"id_token"` covers a token response without one although the scope has `openid`.
-  if ((typeof code === 'string' && ID_TOKEN_CODES.has(code)) || /ID Token|"id_token"|JWT|JWS|signature/i.test(text)) {
-    return new AuthError(AuthErrorCode.INVALID_ID_TOKEN, 400, `The ID token is invalid: ${redact(describe(err))}.`, { cause });
-  }
-  const shape = tokenResponseShapeError(err, cause, redact);
-  if (shape !== undefined) return shape;
-  if (code === 'OAUTH_RESPONSE_IS_NOT_CONFORM') {
-    const status = (err as { cause?: { status?: unknown } }).cause?.status;
-    if (typeof status === 'number' && status >= 500) {
-      return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${status}).`, { cause });
-    }
-  }
-  return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${redact(describe(err))}.`, { cause });
 }
 
 /**
@@ -166,34 +201,28 @@ export function describe(err: unknown): string {
  */
 export function refreshError(err: unknown, secrets: ReadonlyArray<string | undefined> = []): AuthError {
   if (err instanceof AuthError) return err;
-  // The same hygiene as the code exchange: the raw error can hold the refresh response (new tokens) and raw JWTs.
-  const redact = redactor(secrets);
-  const cause = safeCause(err, redact);
-  if (isTimeout(err)) {
-    return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, 'The token endpoint did not answer the refresh in time; try again.', { cause });
-  }
-  if (isNetworkError(err)) {
-    return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, 'The token endpoint could not be reached to refresh the tokens; try again.', { cause });
-  }
-  if (err instanceof client.ResponseBodyError) {
-    const error = redact(err.error);
-    const upstream = { cause, error, ...(err.error_description ? { errorDescription: redact(err.error_description) } : {}) };
-    if (err.status >= 500) {
-      return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, `The token endpoint failed to refresh the tokens (HTTP ${err.status}); try again.`, upstream);
+  const { failure, cause } = classifyTokenFailure(err, secrets);
+  const retry = (message: string) => new AuthError(AuthErrorCode.REFRESH_FAILED, 503, `${message}; try again.`, { cause });
+  switch (failure.kind) {
+    case 'timeout':
+      return retry('The token endpoint did not answer the refresh in time');
+    case 'network':
+      return retry('The token endpoint could not be reached to refresh the tokens');
+    case 'refused': {
+      const upstream = upstreamOf(failure, cause);
+      if (failure.status >= 500) {
+        return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, `The token endpoint failed to refresh the tokens (HTTP ${failure.status}); try again.`, upstream);
+      }
+      if (failure.error === 'invalid_grant') {
+        return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The authorization server ended this login (invalid_grant); log in again.', upstream);
+      }
+      return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The token endpoint refused the refresh: ${failure.error}.`, upstream);
     }
-    if (err.error === 'invalid_grant') {
-      return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The authorization server ended this login (invalid_grant); log in again.', upstream);
-    }
-    return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The token endpoint refused the refresh: ${error}.`, upstream);
+    case 'id_token':
+      return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, `The refreshed ID token is invalid (${failure.detail}); log in again.`, { cause });
+    case 'server':
+      return retry(`The token endpoint failed to refresh the tokens (HTTP ${failure.status})`);
+    case 'other':
+      return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The refresh response was refused: ${failure.detail}.`, { cause });
   }
-  const code = (err as { code?: unknown } | null)?.code;
-  const text = messages(err);
-  if ((typeof code === 'string' && ID_TOKEN_CODES.has(code)) || /ID Token|JWT|JWS|signature/i.test(text)) {
-    return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, `The refreshed ID token is invalid (${redact(describe(err))}); log in again.`, { cause });
-  }
-  const status = (err as { cause?: { status?: unknown } }).cause?.status;
-  if (code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' && typeof status === 'number' && status >= 500) {
-    return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, `The token endpoint failed to refresh the tokens (HTTP ${status}); try again.`, { cause });
-  }
-  return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The refresh response was refused: ${redact(describe(err))}.`, { cause });
 }

@@ -6,6 +6,7 @@ import type { LogoutTokenVerifier } from '../logout-token.js';
 import { setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
 import { SESSION_KEY, type OAuthSessionState } from '../session.js';
+import { storeUnavailable } from '../store-errors.js';
 import type { SessionIndex } from '../session-index.js';
 import { DEFAULT_SESSION_TTL_SECONDS } from '../token-store.js';
 import { nowSeconds } from '../tokens.js';
@@ -100,7 +101,7 @@ export function backchannelLogoutRoute(runtime: Runtime, index: SessionIndex, ve
         await Promise.all(ids.map((id) => destroyInStore(req.sessionStore, id)));
         await index.remove(ids, claims);
       } catch (err) {
-        throw new AuthError(AuthErrorCode.SESSION_UNAVAILABLE, 503, 'The session store failed; the sessions were not all ended.', { cause: err });
+        throw storeUnavailable(err, 'The session store failed; the sessions were not all ended.');
       }
       res.status(200).end();
     } catch (err) {

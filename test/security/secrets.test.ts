@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import * as client from 'openid-client';
 import { auth, AuthError } from '../../lib/index.js';
+import { storeUnavailable } from '../../lib/store-errors.js';
 import { exchangeError, refreshError } from '../../lib/upstream.js';
 import { CLIENT_ID, CLIENT_SECRET, startStack, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
@@ -145,6 +146,19 @@ test('a refresh failure keeps the same sanitised cause: the token response it ca
   const err = refreshError(raw, secrets);
   expect(err).toBeInstanceOf(AuthError);
   expect(everyRendering(err)).not.toContain(accessToken);
+});
+
+test('a Redis failure keeps a sanitised cause: ioredis errors carry the failed command arguments (session data, tokens)', async () => {
+  const secret = 'rt-secret-refresh-token-value-0123456789';
+  // A real reply error from the test Redis: an invalid expiry on a SET whose value is a token set.
+  const raw = await stack.redis.set(`${String(stack.authOptions.keyPrefix)}secrets-probe`, JSON.stringify({ refreshToken: secret }), 'PX', -1).then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  expect(inspectDeep(raw)).toContain(secret);
+  const err = storeUnavailable(raw);
+  expect(err).toMatchObject({ code: 'session_unavailable', status: 503 });
+  expect(everyRendering(err)).not.toContain(secret);
 });
 
 test('an upstream error description is redacted, not dropped: the rest of it still reaches the page', async () => {
