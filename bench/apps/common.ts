@@ -1,9 +1,11 @@
 import { createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
-import express, { type ErrorRequestHandler, type Express } from 'express';
+import { RedisStore } from 'connect-redis';
+import express, { type ErrorRequestHandler, type Express, type RequestHandler } from 'express';
+import session from 'express-session';
 import { Redis } from 'ioredis';
-import type { AppConfig } from './protocol.js';
+import { BENCH_SESSION_SECRET, type AppConfig } from './protocol.js';
 
 /**
  * An Express app with the bench-only endpoint mounted before anything else, so that reading the CPU counter never
@@ -40,6 +42,19 @@ export function benchApp(): Express {
 
 export function connect(config: AppConfig): Redis {
   return new Redis(config.redisUrl, { maxRetriesPerRequest: 1 });
+}
+
+/**
+ * The express-session setup of the floor and the library: one definition, so that the two contenders always compare
+ * the same session middleware and store.
+ */
+export function redisSession(config: AppConfig, redis: Redis): RequestHandler {
+  return session({
+    store: new RedisStore({ client: redis, prefix: config.sessionPrefix }),
+    secret: BENCH_SESSION_SECRET,
+    resave: false,
+    saveUninitialized: false,
+  });
 }
 
 /** Status and a stable code only: a bench app must never print a token or a stack. */

@@ -3,11 +3,9 @@
  * user from a Redis session. Its bench-only login stores the claims the library serves, so both answer the same JSON.
  */
 import type { RequestListener } from 'node:http';
-import { RedisStore } from 'connect-redis';
 import express from 'express';
-import session from 'express-session';
-import { benchApp, connect, renderError } from './common.js';
-import { BENCH_SESSION_SECRET, type AppConfig } from './protocol.js';
+import { benchApp, connect, redisSession, renderError } from './common.js';
+import type { AppConfig } from './protocol.js';
 
 declare module 'express-session' {
   interface SessionData {
@@ -18,14 +16,7 @@ declare module 'express-session' {
 export async function build(config: AppConfig): Promise<{ handler: RequestListener; close(): Promise<void> }> {
   const redis = connect(config);
   const app = benchApp();
-  app.use(
-    session({
-      store: new RedisStore({ client: redis, prefix: config.sessionPrefix }),
-      secret: BENCH_SESSION_SECRET,
-      resave: false,
-      saveUninitialized: false,
-    }),
-  );
+  app.use(redisSession(config, redis));
   app.post('/login', express.json(), (req, res, next) => {
     req.session.regenerate((err) => {
       if (err) return next(err);

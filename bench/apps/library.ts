@@ -1,22 +1,13 @@
 /** The contender under test: express-session + connect-redis + this library, as its README tells users to wire it. */
 import type { RequestListener } from 'node:http';
-import { RedisStore } from 'connect-redis';
-import session from 'express-session';
 import { auth, requireAuth } from '../../lib/index.js';
-import { benchApp, connect, fingerprint, renderError } from './common.js';
-import { BENCH_SESSION_SECRET, type AppConfig } from './protocol.js';
+import { benchApp, connect, fingerprint, redisSession, renderError } from './common.js';
+import type { AppConfig } from './protocol.js';
 
 export async function build(config: AppConfig): Promise<{ handler: RequestListener; close(): Promise<void> }> {
   const redis = connect(config);
   const app = benchApp();
-  app.use(
-    session({
-      store: new RedisStore({ client: redis, prefix: config.sessionPrefix }),
-      secret: BENCH_SESSION_SECRET,
-      resave: false,
-      saveUninitialized: false,
-    }),
-  );
+  app.use(redisSession(config, redis));
   app.use(
     auth({
       issuer: config.issuer,

@@ -181,6 +181,11 @@ export interface Observed {
   traffic: Traffic;
 }
 
+/** Watches a real-provider stack: its Redis and session prefix, and every request its provider receives. */
+export function observe(stack: { redis: Redis; sessionPrefix: string; provider: { server: Server } }): Observed {
+  return { redis: stack.redis, sessionPrefix: stack.sessionPrefix, traffic: recordTraffic(stack.provider.server) };
+}
+
 export interface RefusalExpectation {
   status: number;
   code: string;

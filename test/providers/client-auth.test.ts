@@ -1,6 +1,5 @@
 import { createPrivateKey, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import type { Express } from 'express';
 import type { Redis } from 'ioredis';
 import type { ClientMetadata } from 'oidc-provider';
 import { decodeProtectedHeader, importJWK, jwtVerify } from 'jose';
@@ -9,7 +8,7 @@ import { clientAuthentication } from '../../lib/client-auth.js';
 import { resolveOptions } from '../../lib/options.js';
 import { connectRedis } from '../helpers/app.js';
 import { startProvider, type TestProvider } from '../helpers/provider.js';
-import { appSlot, clientKeyPair, recordRequests, startProviderWithClientKeys, type AppSlot } from './support.js';
+import { appSlot, clientKeyPair, recordRequests, startProviderWithClientKeys, type AppSlot, whoami } from './support.js';
 
 const SECRET = 'client-auth-secret-not-for-production';
 
@@ -18,10 +17,6 @@ beforeAll(() => {
   redis = connectRedis();
 });
 afterAll(() => redis.disconnect());
-
-function whoami(app: Express): void {
-  app.get('/whoami', (req, res) => res.json({ isAuthenticated: req.auth.isAuthenticated, sub: req.auth.claims?.sub ?? null }));
-}
 
 function base(slot: AppSlot, provider: TestProvider, clientId: string): AuthOptions {
   return {

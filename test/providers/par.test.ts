@@ -1,11 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import type { Express } from 'express';
 import type { Redis } from 'ioredis';
 import type { AuthOptions } from '../../lib/index.js';
 import { connectRedis, listen, type Listener } from '../helpers/app.js';
 import { startProvider, type TestProvider } from '../helpers/provider.js';
-import { appSlot, recordRequests, storedSessions, type AppSlot } from './support.js';
+import { appSlot, recordRequests, storedSessions, type AppSlot, whoami } from './support.js';
 
 const SECRET = 'par-secret-not-for-production';
 
@@ -14,10 +13,6 @@ beforeAll(() => {
   redis = connectRedis();
 });
 afterAll(() => redis.disconnect());
-
-function whoami(app: Express): void {
-  app.get('/whoami', (req, res) => res.json({ isAuthenticated: req.auth.isAuthenticated, sub: req.auth.claims?.sub ?? null }));
-}
 
 function options(slot: AppSlot, issuer: string, clientId: string, extra: Partial<AuthOptions> = {}): AuthOptions {
   return {

@@ -91,3 +91,8 @@ export async function startProviderWithClientKeys(options: TestProviderOptions):
     globalThis.structuredClone = original;
   }
 }
+
+/** A route that says who is logged in: `{ isAuthenticated, sub }`. */
+export function whoami(app: Express): void {
+  app.get('/whoami', (req, res) => res.json({ isAuthenticated: req.auth.isAuthenticated, sub: req.auth.claims?.sub ?? null }));
+}

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { startStack, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
-import { expectRefusal, loginUntilCallback, recordTraffic, type Observed, type PendingLogin } from '../helpers/security.js';
+import { expectRefusal, loginUntilCallback, observe, type Observed, type PendingLogin } from '../helpers/security.js';
 
 let stack: Stack;
 let observed: Observed;
@@ -16,7 +16,7 @@ beforeAll(async () => {
     // An app that parses queries the permissive way: the library reads the raw query string, never req.query.
     routes: (app) => app.set('query parser', 'extended'),
   });
-  observed = { redis: stack.redis, sessionPrefix: stack.sessionPrefix, traffic: recordTraffic(stack.provider.server) };
+  observed = observe(stack);
 });
 afterAll(async () => stack.close());
 

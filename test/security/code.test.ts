@@ -15,9 +15,9 @@ import {
   expectRefusal,
   loginUntilCallback,
   readSession,
-  recordTraffic,
   storedSessions,
   withParams,
+  observe,
   type Observed,
 } from '../helpers/security.js';
 
@@ -34,7 +34,7 @@ beforeAll(async () => {
   twin = await listen();
   broken = await listen();
   stack = await startStack({ extraRedirectUris: [`${broken.url}/callback`] });
-  observed = { redis: stack.redis, sessionPrefix: stack.sessionPrefix, traffic: recordTraffic(stack.provider.server) };
+  observed = observe(stack);
   twin.handle(buildApp({ redis: stack.redis, sessionPrefix: stack.sessionPrefix, auth: stack.authOptions }));
   deadRedis = new Redis({ port: 1, lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null });
   broken.handle(

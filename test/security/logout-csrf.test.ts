@@ -7,14 +7,14 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { startStack, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
-import { browserSessionId, expectRefusal, loginUntilCallback, readSession, recordTraffic, type Observed } from '../helpers/security.js';
+import { browserSessionId, expectRefusal, loginUntilCallback, readSession, observe, type Observed } from '../helpers/security.js';
 
 let stack: Stack;
 let observed: Observed;
 
 beforeAll(async () => {
   stack = await startStack();
-  observed = { redis: stack.redis, sessionPrefix: stack.sessionPrefix, traffic: recordTraffic(stack.provider.server) };
+  observed = observe(stack);
 });
 afterAll(async () => stack.close());
 

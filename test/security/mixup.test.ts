@@ -7,7 +7,7 @@ import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { startStack, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import { startRogueStack, type RogueStack } from '../helpers/rogue-provider.js';
-import { expectRefusal, loginUntilCallback, recordTraffic, withParams, type Observed } from '../helpers/security.js';
+import { expectRefusal, loginUntilCallback, withParams, observe, type Observed } from '../helpers/security.js';
 
 let stack: Stack;
 let observed: Observed;
@@ -16,7 +16,7 @@ let rogueObserved: Observed;
 
 beforeAll(async () => {
   stack = await startStack();
-  observed = { redis: stack.redis, sessionPrefix: stack.sessionPrefix, traffic: recordTraffic(stack.provider.server) };
+  observed = observe(stack);
   rogue = await startRogueStack();
   // This server does not promise to send `iss`.
   delete rogue.rogue.metadata.authorization_response_iss_parameter_supported;

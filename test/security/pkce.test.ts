@@ -8,7 +8,7 @@ import { auth } from '../../lib/index.js';
 import { startStack, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import { RogueProvider, startRogueStack } from '../helpers/rogue-provider.js';
-import { browserSessionId, expectRefusal, loginUntilCallback, readSession, recordTraffic, type Observed } from '../helpers/security.js';
+import { browserSessionId, expectRefusal, loginUntilCallback, readSession, observe, type Observed } from '../helpers/security.js';
 
 let stack: Stack;
 let observed: Observed;
@@ -16,7 +16,7 @@ let rogue: RogueProvider;
 
 beforeAll(async () => {
   stack = await startStack();
-  observed = { redis: stack.redis, sessionPrefix: stack.sessionPrefix, traffic: recordTraffic(stack.provider.server) };
+  observed = observe(stack);
   rogue = await RogueProvider.start();
 });
 afterAll(async () => {

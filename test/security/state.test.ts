@@ -12,9 +12,9 @@ import {
   expectRefusal,
   loginUntilCallback,
   readSession,
-  recordTraffic,
   storedSessions,
   withParams,
+  observe,
   type Observed,
 } from '../helpers/security.js';
 
@@ -23,7 +23,7 @@ let observed: Observed;
 
 beforeAll(async () => {
   stack = await startStack();
-  observed = { redis: stack.redis, sessionPrefix: stack.sessionPrefix, traffic: recordTraffic(stack.provider.server) };
+  observed = observe(stack);
 });
 afterAll(async () => stack.close());
 
