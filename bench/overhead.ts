@@ -5,8 +5,8 @@
  * real session values read from Redis by the orchestrator. Each variant runs many short trials in turn and keeps its
  * fastest: interference from other processes only ever adds time, so the minimum is the cost.
  *
- * Without network and Redis the library's share of the work is at its largest: the ratio here is a lower bound of
- * the end-to-end one.
+ * Without network and Redis this is the library's own overhead and nothing else, repeatable from run to run; it is no
+ * bound of the end-to-end ratio (that adds socket and HTTP work to both apps, and costs that only show there).
  *
  * Run by bench/run.ts (a JSON job on stdin, JSON on stdout). `BENCH_LIB=/path/to/lib/index.ts` measures another
  * copy of the library (for before/after comparisons).

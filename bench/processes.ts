@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { AutocannonJob, AutocannonOutcome, BurstJob, BurstOutcome } from './load.js';
-import type { AppConfig, Contender, FromApp, ToApp } from './apps/protocol.js';
+import type { AppConfig, AppKind, FromApp, ToApp } from './apps/protocol.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 /** Where `BENCH_CPU_PROF=1` makes the apps write `.cpuprofile`s of the measured rounds (case 1) and logins (case 4). */
@@ -14,14 +14,14 @@ function nodeArgs(script: string, extra: string[] = []): string[] {
 }
 
 /** One app in its own process. */
-export class AppProcess {
+export class AppProcess<K extends AppKind = AppKind> {
   readonly name: string;
-  readonly contender: Contender;
+  readonly contender: K;
   readonly child: ChildProcess;
   port = 0;
   #exited = false;
 
-  private constructor(name: string, contender: Contender, child: ChildProcess) {
+  private constructor(name: string, contender: K, child: ChildProcess) {
     this.name = name;
     this.contender = contender;
     this.child = child;
@@ -32,8 +32,12 @@ export class AppProcess {
     return `http://127.0.0.1:${this.port}`;
   }
 
-  static async start(name: string, contender: Contender): Promise<AppProcess> {
-    const child = spawn(process.execPath, nodeArgs('apps/main.ts').concat(contender), {
+  /** With `cpus` (a `taskset` CPU list), the app process runs on those CPUs only. */
+  static async start<K extends AppKind>(name: string, contender: K, cpus?: string): Promise<AppProcess<K>> {
+    const flags = process.env.BENCH_APP_NODE_FLAGS?.split(' ').filter(Boolean) ?? [];
+    const command = [process.execPath, ...nodeArgs('apps/main.ts', flags), contender];
+    if (cpus !== undefined) command.unshift('taskset', '-c', cpus);
+    const child = spawn(command[0]!, command.slice(1), {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       env: { ...process.env, NODE_ENV: 'production' },
     });

@@ -20,6 +20,32 @@ export interface Throughput {
   cpuPerRound: number[];
 }
 
+/** Case 1, paired: the floor and one other app loaded at the same time, both pinned to one core. */
+export interface PairedResult {
+  label: string;
+  /** True for the apps that take the floor apart (not contenders). */
+  reference: boolean;
+  /** Median over rounds of (this app's req/s ÷ the floor's req/s in the same run). */
+  ratio: number;
+  /** Median over rounds of (the floor's CPU per request ÷ this app's, same run). */
+  cpuRatio: number;
+  perRound: number[];
+  /** Medians over rounds: req/s of this app and of the floor while they shared the core. */
+  rps: number;
+  floorRps: number;
+  /** Medians over rounds of each side's share of one core (CPU time ÷ wall time): about 0.5 each when the core was the bottleneck. */
+  floorCoreShare: number;
+  coreShare: number;
+}
+
+/** Where `taskset` put the processes (CPU lists), or null when nothing was pinned. */
+export interface Pinning {
+  apps: string;
+  others: string;
+  /** Every CPU: the refresh storm's processes. */
+  all: string;
+}
+
 export interface CommandCost {
   /** Redis commands per authenticated request (all commands, from `INFO commandstats` deltas). */
   perRequest: number;
@@ -83,10 +109,12 @@ export interface StormResult {
 export interface BenchResults {
   date: string;
   durationSeconds: number;
-  machine: { cpu: string; cores: number; node: string; redis: string; commit: string };
+  machine: { cpu: string; cores: number; node: string; redis: string; commit: string; pinning?: Pinning | null };
   settings: Record<string, number>;
   labels: Record<Contender, string>;
   case1: {
+    /** Keyed by contender (`library`, `eoc-cookie`, `eoc-redis`) or reference (`floor-2`, `floor+payload`, `floor-layers`). */
+    paired?: Record<string, PairedResult>;
     throughput: Record<Contender, Throughput>;
     /** bench/overhead.ts: the floor's and the library's app in one process, no I/O; fastest trial, µs per request. */
     inProcess: { floorUs: number; libraryUs: number; ratio: number; floorMedianUs: number; libraryMedianUs: number }; runs: Array<{ round: number; contender: Contender; instance: string; cpuUsPerRequest: number } & AutocannonOutcome> };

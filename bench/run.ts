@@ -3,9 +3,10 @@
  * read the results. Writes bench/results.json (raw) and bench/RESULTS.md (tables).
  *
  * Layout: this process runs the private Redis (a child), the oidc-provider (in-process, idle during load) and the
- * orchestration; each app is a child process; each load run is a fresh load-generator child.
+ * orchestration; each app is a child process; the load comes from two long-lived load-generator children.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createHmac, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -15,13 +16,13 @@ import type { ClientMetadata } from 'oidc-provider';
 import { Browser } from '../test/helpers/browser.js';
 import { startProvider, type TestProvider } from '../test/helpers/provider.js';
 import { startPrivateRedis, type PrivateRedis } from '../test/setup/global-setup.js';
-import type { Contender } from './apps/protocol.js';
+import { BENCH_SESSION_SECRET, type Contender } from './apps/protocol.js';
 import type { AutocannonOutcome, BurstOutcome } from './load.js';
 import type { OverheadJob, OverheadOutcome } from './overhead.js';
 import { AppProcess, LoadProcess, runScript } from './processes.js';
 import { commandCounts, countDelta, total, type CommandCounts } from './redis-stats.js';
 import { renderReport } from './report.js';
-import type { BenchResults, CommandCost, LoginCost, SessionSize, StormResult, Throughput } from './results.js';
+import type { BenchResults, CommandCost, LoginCost, PairedResult, Pinning, SessionSize, StormResult, Throughput } from './results.js';
 import { median, percentile, round } from './stats.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -34,13 +35,19 @@ function intFromEnv(name: string, fallback: number): number {
   return value;
 }
 
-/** Knobs (environment variables) with defaults sized for a 2-core machine: the whole run takes about 3 minutes. */
+/** Knobs (environment variables) with defaults sized for a 2-core machine: the whole run takes about 5 minutes. */
 export const settings = {
-  /** Alternating rounds of case 1 (each contender once per round, order rotated each round). */
-  rounds: intFromEnv('BENCH_ROUNDS', 7),
-  /** Seconds of load per contender per round. */
-  duration: intFromEnv('BENCH_DURATION', 4),
-  /** Seconds of warm-up per contender before the rounds. */
+  /** Paired rounds of case 1 per app: each loads the floor and that app at the same time (see bench/README.md). */
+  pairedRounds: intFromEnv('BENCH_PAIRED_ROUNDS', 8),
+  /** Seconds of load per pair per paired round. */
+  pairedDuration: intFromEnv('BENCH_PAIRED_DURATION', 2),
+  /** Seconds of unmeasured load on both apps of a pair right before each measured run. */
+  pairedWarmup: intFromEnv('BENCH_PAIRED_WARMUP', 1),
+  /** Rounds of case 1 with each contender alone (absolute req/s, latency), order forward then backward. */
+  rounds: intFromEnv('BENCH_ROUNDS', 4),
+  /** Seconds of load per contender per round alone. */
+  duration: intFromEnv('BENCH_DURATION', 3),
+  /** Seconds of warm-up per app process before case 1, and per process pair before its paired rounds. */
   warmup: intFromEnv('BENCH_WARMUP', 2),
   connections: intFromEnv('BENCH_CONNECTIONS', 10),
   /** App processes per contender for case 1, used in turn. */
@@ -71,6 +78,7 @@ export const LABELS: Record<Contender, string> = {
 };
 const CLIENT_SECRET = 'bench-client-secret-not-for-production';
 const STORM_CLIENT = 'bench-storm';
+const LAYERED_PREFIX = 'bench:floor-layers:sess:';
 const SESSION_PREFIX: Record<Contender, string> = {
   floor: 'bench:floor:sess:',
   library: 'bench:library:sess:',
@@ -140,10 +148,73 @@ function checkLoad(name: string, outcome: AutocannonOutcome): void {
   }
 }
 
+/**
+ * CPU pinning (Linux `taskset`, on unless `BENCH_PIN=0`): every app process on the last CPU, this process, Redis,
+ * the provider and the load generators (children started after this) on the others. An app under load then has a
+ * core to itself and never shares it with the load generator or Redis, whatever the scheduler would have done; in
+ * the paired case the two apps of a pair share that core and nothing else.
+ */
+function pinProcesses(): Pinning | undefined {
+  if (process.env.BENCH_PIN === '0') return undefined;
+  const count = cpus().length;
+  if (count < 2 || spawnSync('taskset', ['-V']).status !== 0) return undefined;
+  const pinning: Pinning = { apps: String(count - 1), others: count === 2 ? '0' : `0-${count - 2}`, all: `0-${count - 1}` };
+  // -a: every thread of this process (V8's and libuv's too); the children started later inherit it.
+  execFileSync('taskset', ['-a', '-p', '-c', pinning.others, String(process.pid)], { stdio: 'ignore' });
+  return pinning;
+}
+
+/** express-session's cookie for a session id (`s:` + id + `.` + HMAC-SHA256 in base64 without padding). */
+function signedSessionCookie(sessionId: string): string {
+  const signature = createHmac('sha256', BENCH_SESSION_SECRET).update(sessionId).digest('base64').replace(/=+$/, '');
+  return `connect.sid=${encodeURIComponent(`s:${sessionId}.${signature}`)}`;
+}
+
+/** One side of a paired run: an app process and the cookie of the session it serves. */
+interface PairSide {
+  app: AppProcess;
+  cookie: string;
+}
+
+/** Both sides of a pair under load together for `seconds`, unmeasured. */
+async function loadBoth(loads: [LoadProcess, LoadProcess], sides: [PairSide, PairSide], seconds: number): Promise<void> {
+  await Promise.all(
+    sides.map((side, i) =>
+      loads[i]!.run({ mode: 'autocannon', url: `${side.app.url}/me`, headers: { cookie: side.cookie }, connections: settings.connections, duration: seconds }),
+    ),
+  );
+}
+
+/**
+ * Loads both apps of a pair at the same time, each from its own load generator, and returns each one's req/s, its
+ * CPU per request and its share of one core. Pinned to one core, the two apps split it (the kernel schedules them
+ * fairly), so whatever slows the machine down during the run slows both alike, and the ratio of their req/s is the
+ * ratio of their costs per request.
+ */
+async function runPair(loads: [LoadProcess, LoadProcess], sides: [PairSide, PairSide], duration: number) {
+  // Both sides loaded together first, unmeasured: an app process that sat idle for a moment is slower at first than
+  // one that has just been busy (the floor's side), and that must not count against it.
+  await loadBoth(loads, sides, settings.pairedWarmup);
+  const cpuBefore = await Promise.all(sides.map((side) => side.app.cpu()));
+  const outcomes = await Promise.all(
+    sides.map((side, i) =>
+      loads[i]!.run({ mode: 'autocannon', url: `${side.app.url}/me`, headers: { cookie: side.cookie }, connections: settings.connections, duration }),
+    ),
+  );
+  const cpuAfter = await Promise.all(sides.map((side) => side.app.cpu()));
+  return outcomes.map((outcome, i) => {
+    checkLoad(sides[i]!.app.name, outcome);
+    const cpuUs = cpuAfter[i]! - cpuBefore[i]!;
+    return { rps: outcome.rps, cpuUsPerRequest: cpuUs / outcome.requests, coreShare: cpuUs / (outcome.duration * 1e6) };
+  });
+}
+
 async function main(): Promise<void> {
   const started = Date.now();
   const cleanups: Array<() => Promise<unknown>> = [];
   try {
+    const pinning = pinProcesses();
+    log(pinning === undefined ? 'no CPU pinning (BENCH_PIN=0, one CPU, or no taskset)' : `pinning: apps on CPU ${pinning.apps}, everything else on CPU ${pinning.others}`);
     log('starting a private redis-server');
     const redisServer: PrivateRedis = await startPrivateRedis();
     cleanups.push(() => redisServer.stop());
@@ -153,18 +224,23 @@ async function main(): Promise<void> {
     log('starting app processes');
     // Several processes per contender, used in turn by the rounds of case 1: one process's memory layout and JIT
     // choices can make it a few per cent faster or slower than its twin, and that must not decide a ratio.
-    const instances = {} as Record<Contender, AppProcess[]>;
+    const instances = {} as Record<Contender, Array<AppProcess<Contender>>>;
     const starting: Array<Promise<unknown>> = [];
     for (const c of CONTENDERS) {
       instances[c] = [];
       for (let i = 0; i < settings.instances; i++) {
-        starting.push(AppProcess.start(`${c}-${i + 1}`, c).then((app) => (instances[c][i] = app)));
+        starting.push(AppProcess.start(`${c}-${i + 1}`, c, pinning?.apps).then((app) => (instances[c][i] = app)));
       }
     }
-    const stormApps: AppProcess[] = [];
-    starting.push(...['storm-a', 'storm-b'].map((name, i) => AppProcess.start(name, 'library').then((app) => (stormApps[i] = app))));
+    const layered: AppProcess[] = [];
+    for (let i = 0; i < settings.instances; i++) {
+      starting.push(AppProcess.start(`floor-layers-${i + 1}`, 'floor-layers', pinning?.apps).then((app) => (layered[i] = app)));
+    }
+    const stormApps: Array<AppProcess<Contender>> = [];
+    // The storm's two processes may use every CPU, as before pinning: that case is about coordination, not cost.
+    starting.push(...['storm-a', 'storm-b'].map((name, i) => AppProcess.start(name, 'library', pinning?.all).then((app) => (stormApps[i] = app))));
     const outcomes = await Promise.allSettled(starting);
-    const all = [...CONTENDERS.flatMap((c) => instances[c]), ...stormApps].filter((a): a is AppProcess => a !== undefined);
+    const all = [...CONTENDERS.flatMap((c) => instances[c]), ...layered, ...stormApps].filter((a): a is AppProcess => a !== undefined);
     cleanups.push(() => Promise.all(all.map((a) => a.stop())));
     const failed = outcomes.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed !== undefined) throw failed.reason;
@@ -174,7 +250,7 @@ async function main(): Promise<void> {
     cleanups.push(() => load.stop());
     // The first process of each contender takes the logins (its callback URL is the registered one); sessions live
     // in Redis (or in the encrypted cookie), so every twin serves the same cookie.
-    const apps = Object.fromEntries(CONTENDERS.map((c) => [c, instances[c][0]!])) as Record<Contender, AppProcess>;
+    const apps = Object.fromEntries(CONTENDERS.map((c) => [c, instances[c][0]!])) as Record<Contender, AppProcess<Contender>>;
     const library = apps.library;
     const floor = apps.floor;
 
@@ -205,6 +281,7 @@ async function main(): Promise<void> {
         instances[c].map((app) => app.configure({ ...base, clientId: `bench-${c}`, sessionPrefix: SESSION_PREFIX[c], keyPrefix: `bench:${c}:` })),
       ),
       ...[stormA, stormB].map((a) => a.configure({ ...base, clientId: STORM_CLIENT, sessionPrefix: 'bench:storm:sess:', keyPrefix: 'bench:storm:' })),
+      ...layered.map((a) => a.configure({ ...base, clientId: 'bench-floor-layers', sessionPrefix: LAYERED_PREFIX, keyPrefix: 'bench:floor-layers:' })),
     ]);
 
     // ---- Every contender logged in for real ----
@@ -222,6 +299,33 @@ async function main(): Promise<void> {
     if (floorLogin.status !== 303) throw new Error(`floor: login answered ${floorLogin.status}`);
     await expectLoggedIn(floor, browsers.floor);
     const cookies = Object.fromEntries(CONTENDERS.map((c) => [c, cookieFor(apps[c], browsers[c])])) as Record<Contender, string>;
+    // The references of the paired case. floor-layers logs in like the floor. "floor + the library's session": the
+    // floor's own session value plus the library's session slot as stored for this login (its claims are the floor's
+    // `user` already), served by the floor's code: what the library's session costs, without any of its code.
+    const layeredBrowser = new Browser();
+    const layeredLogin = await layeredBrowser.request(`${layered[0]!.url}/login`, {
+      method: 'POST',
+      body: JSON.stringify(libraryClaims),
+      headers: { 'content-type': 'application/json' },
+    });
+    if (layeredLogin.status !== 303) throw new Error(`floor-layers: login answered ${layeredLogin.status}`);
+    await expectLoggedIn(layered[0]!, layeredBrowser);
+    const librarySession = JSON.parse((await admin.get(expressSessionKey(SESSION_PREFIX.library, browsers.library, library)))!) as {
+      oauth: { login: Record<string, unknown> };
+    };
+    const floorSession = JSON.parse((await admin.get(expressSessionKey(SESSION_PREFIX.floor, browsers.floor, floor)))!) as Record<string, unknown>;
+    const { claims: _served, ...libraryLogin } = librarySession.oauth.login;
+    const payloadSessionId = randomBytes(24).toString('base64url');
+    await admin.set(
+      SESSION_PREFIX.floor + payloadSessionId,
+      JSON.stringify({ ...floorSession, oauth: { ...librarySession.oauth, login: libraryLogin } }),
+      'EX',
+      86_400,
+    );
+    const references = {
+      payload: { cookie: signedSessionCookie(payloadSessionId), label: "floor + the library's session (the floor's code)" },
+      layers: { cookie: cookieFor(layered[0]!, layeredBrowser), label: 'floor + a pass-through middleware and route guard' },
+    };
 
     // ---- Case 3, part 1: storm logins now, so that their tokens expire while the other cases run ----
     log('logging in the refresh-storm sessions');
@@ -249,12 +353,65 @@ async function main(): Promise<void> {
     }
 
     // ---- Case 1: throughput, alternating contenders ----
-    log(`case 1: warm-up ${settings.warmup}s each, then ${settings.rounds} rounds × ${settings.duration}s × ${CONTENDERS.length} contenders`);
-    for (const c of CONTENDERS) {
-      for (const app of instances[c]) {
-        checkLoad(c, await load.run({ mode: 'autocannon', url: `${app.url}/me`, headers: { cookie: cookies[c] }, connections: settings.connections, duration: settings.warmup }));
-      }
+    log(`case 1: warm-up ${settings.warmup}s for each app process`);
+    const warmUps: Array<[AppProcess, string]> = [
+      ...CONTENDERS.flatMap((c) => instances[c].map((app) => [app, cookies[c]] as [AppProcess, string])),
+      ...instances.floor.map((app) => [app, references.payload.cookie] as [AppProcess, string]),
+      ...layered.map((app) => [app, references.layers.cookie] as [AppProcess, string]),
+    ];
+    for (const [app, cookie] of warmUps) {
+      checkLoad(app.name, await load.run({ mode: 'autocannon', url: `${app.url}/me`, headers: { cookie }, connections: settings.connections, duration: settings.warmup }));
     }
+
+    // ---- Case 1, paired: the floor and one other app loaded at the same time, sharing the apps' core ----
+    const pairs: Array<{ key: string; label: string; side: (round: number) => PairSide }> = [
+      ...CONTENDERS.filter((c) => c !== 'floor').map((c) => ({ key: c, label: LABELS[c], side: (r: number) => ({ app: instances[c][r % settings.instances]!, cookie: cookies[c] }) })),
+      // The floor against its own second process: what the method reads when there is no difference (about 1.00).
+      { key: 'floor-2', label: 'the floor again, in its other process (the null check)', side: (r: number) => ({ app: instances.floor[(r + 1) % settings.instances]!, cookie: cookies.floor }) },
+      // The floor's other process, so that the two sides are always two processes.
+      { key: 'floor+payload', label: references.payload.label, side: (r: number) => ({ app: instances.floor[(r + 1) % settings.instances]!, cookie: references.payload.cookie }) },
+      { key: 'floor-layers', label: references.layers.label, side: (r: number) => ({ app: layered[r % settings.instances]!, cookie: references.layers.cookie }) },
+    ];
+    log(`case 1 paired: ${settings.pairedRounds} rounds × ${pairs.length} pairs × (${settings.pairedWarmup}s unmeasured + ${settings.pairedDuration}s)`);
+    const secondLoad = new LoadProcess();
+    cleanups.push(() => secondLoad.stop());
+    const pairRuns = new Map(pairs.map((p) => [p.key, [] as Array<{ ratio: number; cpuRatio: number; rps: number; floorRps: number; shares: [number, number] }>]));
+    // One pair after the other, its rounds back to back: drift over time drops out within a pair anyway, and an app
+    // process that sat idle for long while other pairs ran needs more than the unmeasured second to be itself again
+    // (interleaving the pairs round by round put every app but the floor's, which is in every pair, at that
+    // disadvantage: 0.75–0.94 for the pass-through reference in one run).
+    for (const pair of pairs) {
+      const runs = pairRuns.get(pair.key)!;
+      // The pair's processes sat idle while the pairs before ran: BENCH_WARMUP seconds of load on each first.
+      for (let i = 0; i < settings.instances; i++) {
+        await loadBoth([load, secondLoad], [{ app: instances.floor[i]!, cookie: cookies.floor }, pair.side(i)], settings.warmup);
+      }
+      for (let r = 0; r < settings.pairedRounds; r++) {
+        const floorSide: PairSide = { app: instances.floor[r % settings.instances]!, cookie: cookies.floor };
+        // Which load generator drives which side alternates from round to round.
+        const generators: [LoadProcess, LoadProcess] = r % 2 === 0 ? [load, secondLoad] : [secondLoad, load];
+        const [a, b] = await runPair(generators, [floorSide, pair.side(r)], settings.pairedDuration);
+        runs.push({ ratio: b!.rps / a!.rps, cpuRatio: a!.cpuUsPerRequest / b!.cpuUsPerRequest, rps: b!.rps, floorRps: a!.rps, shares: [a!.coreShare, b!.coreShare] });
+      }
+      log(`  ${pair.key}: ${runs.map((x) => round(x.ratio, 3)).join(' ')}`);
+    }
+    const paired: Record<string, PairedResult> = {};
+    for (const pair of pairs) {
+      const runs = pairRuns.get(pair.key)!;
+      paired[pair.key] = {
+        label: pair.label,
+        reference: !(CONTENDERS as readonly string[]).includes(pair.key),
+        ratio: round(median(runs.map((x) => x.ratio)), 3),
+        cpuRatio: round(median(runs.map((x) => x.cpuRatio)), 3),
+        perRound: runs.map((x) => round(x.ratio, 3)),
+        rps: round(median(runs.map((x) => x.rps)), 0),
+        floorRps: round(median(runs.map((x) => x.floorRps)), 0),
+        floorCoreShare: round(median(runs.map((x) => x.shares[0])), 3),
+        coreShare: round(median(runs.map((x) => x.shares[1])), 3),
+      };
+      log(`  ${pair.key}: ${paired[pair.key]!.ratio}× the floor (CPU ${paired[pair.key]!.cpuRatio}×; core shares ${paired[pair.key]!.floorCoreShare} / ${paired[pair.key]!.coreShare})`);
+    }
+    log(`case 1 alone: ${settings.rounds} rounds × ${settings.duration}s × ${CONTENDERS.length} contenders`);
     const profiling = process.env.BENCH_CPU_PROF === '1';
     if (profiling) for (const c of CONTENDERS) for (const app of instances[c]) await app.startProfile();
     const runs: Array<{ round: number; contender: Contender; instance: string; outcome: AutocannonOutcome; cpuUsPerRequest: number }> = [];
@@ -264,6 +421,8 @@ async function main(): Promise<void> {
       const order = round % 2 === 0 ? CONTENDERS : [...CONTENDERS].reverse();
       for (const c of order) {
         const app = instances[c][round % settings.instances]!;
+        // As in the paired case: a moment of unmeasured load first, so that no app is measured straight out of idling.
+        await load.run({ mode: 'autocannon', url: `${app.url}/me`, headers: { cookie: cookies[c] }, connections: settings.connections, duration: settings.pairedWarmup });
         const cpuBefore = await app.cpu();
         const outcome = await load.run({
           mode: 'autocannon',
@@ -345,10 +504,12 @@ async function main(): Promise<void> {
         node: process.version,
         redis: /redis_version:(\S+)/.exec(await admin.info('server'))?.[1] ?? 'unknown',
         commit: gitCommit(),
+        pinning: pinning ?? null,
       },
       settings,
       labels: LABELS,
       case1: {
+        paired,
         throughput,
         inProcess: {
           floorUs: round(overhead.floorUs, 2),
@@ -392,7 +553,7 @@ function gitCommit(): string {
  * `GET /login`, the provider's pages (the app is idle meanwhile), `GET /callback`. The landing page after the
  * callback is not requested, so that only the login itself is counted.
  */
-async function measureLoginCost(admin: Redis, contenders: AppProcess[]): Promise<Partial<Record<Contender, LoginCost>>> {
+async function measureLoginCost(admin: Redis, contenders: Array<AppProcess<Contender>>): Promise<Partial<Record<Contender, LoginCost>>> {
   // What one reading of the counter costs, to take it out of each batch.
   const overhead = new Map<AppProcess, number>();
   for (const app of contenders) {
@@ -449,7 +610,7 @@ async function measureLoginCost(admin: Redis, contenders: AppProcess[]): Promise
   return result;
 }
 
-async function measureSizes(admin: Redis, apps: Record<Contender, AppProcess>, browsers: Record<Contender, Browser>): Promise<Record<Contender, SessionSize>> {
+async function measureSizes(admin: Redis, apps: Record<Contender, AppProcess<Contender>>, browsers: Record<Contender, Browser>): Promise<Record<Contender, SessionSize>> {
   const memory = async (key: string) => Number(await admin.call('MEMORY', 'USAGE', key, 'SAMPLES', '0'));
   const sizes = {} as Record<Contender, SessionSize>;
   for (const c of CONTENDERS) {

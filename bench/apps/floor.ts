@@ -3,7 +3,7 @@
  * user from a Redis session. Its bench-only login stores the claims the library serves, so both answer the same JSON.
  */
 import type { RequestListener } from 'node:http';
-import express from 'express';
+import express, { type RequestHandler } from 'express';
 import { benchApp, connect, redisSession, renderError } from './common.js';
 import type { AppConfig } from './protocol.js';
 
@@ -13,10 +13,23 @@ declare module 'express-session' {
   }
 }
 
-export async function build(config: AppConfig): Promise<{ handler: RequestListener; close(): Promise<void> }> {
+/**
+ * With `layers` (the `floor-layers` reference of the paired case): one pass-through middleware after the session and
+ * one pass-through guard on the route, the layers a middleware-plus-guard library adds, doing nothing else.
+ */
+export async function build(config: AppConfig, options: { layers?: boolean } = {}): Promise<{ handler: RequestListener; close(): Promise<void> }> {
   const redis = connect(config);
   const app = benchApp();
   app.use(redisSession(config, redis));
+  const guards: RequestHandler[] = [];
+  if (options.layers === true) {
+    app.use(function passThrough(_req, _res, next) {
+      next();
+    });
+    guards.push(function passThroughGuard(_req, _res, next) {
+      next();
+    });
+  }
   app.post('/login', express.json(), (req, res, next) => {
     req.session.regenerate((err) => {
       if (err) return next(err);
@@ -24,7 +37,7 @@ export async function build(config: AppConfig): Promise<{ handler: RequestListen
       req.session.save((saveErr) => (saveErr ? next(saveErr) : res.redirect(303, '/me')));
     });
   });
-  app.get('/me', (req, res) => {
+  app.get('/me', ...guards, (req, res) => {
     if (req.session.user === undefined) {
       res.status(401).json({ error: 'unauthorized' });
       return;

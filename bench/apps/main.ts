@@ -6,12 +6,13 @@
  */
 import { createServer, type RequestListener } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { AppConfig, Contender, FromApp, ToApp } from './protocol.js';
+import type { AppConfig, AppKind, FromApp, ToApp } from './protocol.js';
 
-const contender = process.argv[2] as Contender;
-const builders: Record<Contender, () => Promise<{ build(config: AppConfig): Promise<{ handler: RequestListener; close(): Promise<void> }> }>> = {
+const contender = process.argv[2] as AppKind;
+const builders: Record<AppKind, () => Promise<{ build(config: AppConfig): Promise<{ handler: RequestListener; close(): Promise<void> }> }>> = {
   library: () => import('./library.js'),
   floor: () => import('./floor.js'),
+  'floor-layers': () => import('./floor.js').then((m) => ({ build: (config: AppConfig) => m.build(config, { layers: true }) })),
   'eoc-cookie': () => import('./eoc.js').then((m) => ({ build: (config: AppConfig) => m.build(config, 'cookie') })),
   'eoc-redis': () => import('./eoc.js').then((m) => ({ build: (config: AppConfig) => m.build(config, 'redis') })),
 };

@@ -2,6 +2,15 @@
 
 export type Contender = 'library' | 'floor' | 'eoc-cookie' | 'eoc-redis';
 
+/**
+ * Apps that are not contenders but take the floor apart, for the paired case: `floor-layers` is the floor plus one
+ * pass-through middleware mounted with `app.use()` and one pass-through guard on the route, the structure every
+ * middleware-plus-guard library adds (`app.use(auth())`, `requireAuth()`).
+ */
+export type Reference = 'floor-layers';
+
+export type AppKind = Contender | Reference;
+
 /** What an app process needs to build its app; sent once its port is known (the provider needs that first). */
 export interface AppConfig {
   /** The app's own origin, `http://127.0.0.1:PORT`. */
