@@ -72,16 +72,17 @@ export function renderReport(r: BenchResults, fixes: string): string {
       'Both apps of a pair run on the same pinned core, each loaded by its own load generator for the same seconds; the kernel splits the core ' +
         'between them, so whatever slows the machine down during a run slows both alike and drops out of the ratio. × floor is the median over rounds ' +
         'of (the app\'s req/s ÷ the floor\'s in the same run): the throughput ratio of two CPU-bound apps. The core shares show that the core ' +
-        'was the bottleneck (about 0.5 each; a pair whose shares add up to less than 0.9 is marked: its ratio understates the difference). The references are not contenders: the floor against its own second process shows what the method ' +
+        'was the bottleneck (about 0.5 each; a pair whose shares add up to less than 0.9 is marked "core not filled": the load generators could not keep up, ' +
+        'and then the ratio understates the difference, or the hypervisor took the rest, which falls on both alike). The references are not contenders: the floor against its own second process shows what the method ' +
         'reads when there is no difference, and the other two take the library\'s distance from the floor apart.',
       '',
       '| App | × floor (req/s) | × floor (CPU / request) | req/s while paired (floor) | core share (floor) | per round |',
       '|---|---:|---:|---:|---:|---|',
     );
     for (const [, row] of pairedRows) {
-      // Below this the core was not the bottleneck (the load generators were): both apps then serve about what they
-      // are sent, and the ratio understates the difference.
-      const unsaturated = row.coreShare + row.floorCoreShare < 0.9 ? ' (core not saturated)' : '';
+      // Below this the two apps did not fill the core: the load generators could not keep up, or the hypervisor took
+      // the rest. In the first case both apps serve about what they are sent and the ratio understates the difference.
+      const unsaturated = row.coreShare + row.floorCoreShare < 0.9 ? ' (core not filled)' : '';
       lines.push(
         `| ${row.reference ? `*reference:* ${row.label}` : row.label} | ${n(row.ratio, 3)} | ${n(row.cpuRatio, 3)} | ${n(row.rps)} (${n(row.floorRps)}) | ${n(row.coreShare, 2)} (${n(row.floorCoreShare, 2)})${unsaturated} | ${row.perRound.map((v) => n(v, 2)).join(' ')} |`,
       );
