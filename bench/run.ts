@@ -375,13 +375,13 @@ async function main(): Promise<void> {
     log(`case 1 paired: ${settings.pairedRounds} rounds × ${pairs.length} pairs × (${settings.pairedWarmup}s unmeasured + ${settings.pairedDuration}s)`);
     const secondLoad = new LoadProcess();
     cleanups.push(() => secondLoad.stop());
-    const pairRuns = new Map(pairs.map((p) => [p.key, [] as Array<{ ratio: number; cpuRatio: number; rps: number; floorRps: number; shares: [number, number] }>]));
+    const paired: Record<string, PairedResult> = {};
     // One pair after the other, its rounds back to back: drift over time drops out within a pair anyway, and an app
     // process that sat idle for long while other pairs ran needs more than the unmeasured second to be itself again
     // (interleaving the pairs round by round put every app but the floor's, which is in every pair, at that
     // disadvantage: 0.75–0.94 for the pass-through reference in one run).
     for (const pair of pairs) {
-      const runs = pairRuns.get(pair.key)!;
+      const runs: Array<{ ratio: number; cpuRatio: number; rps: number; floorRps: number; shares: [number, number] }> = [];
       // The pair's processes sat idle while the pairs before ran: BENCH_WARMUP seconds of load on each first.
       for (let i = 0; i < settings.instances; i++) {
         await loadBoth([load, secondLoad], [{ app: instances.floor[i]!, cookie: cookies.floor }, pair.side(i)], settings.warmup);
@@ -393,12 +393,7 @@ async function main(): Promise<void> {
         const [a, b] = await runPair(generators, [floorSide, pair.side(r)], settings.pairedDuration);
         runs.push({ ratio: b!.rps / a!.rps, cpuRatio: a!.cpuUsPerRequest / b!.cpuUsPerRequest, rps: b!.rps, floorRps: a!.rps, shares: [a!.coreShare, b!.coreShare] });
       }
-      log(`  ${pair.key}: ${runs.map((x) => round(x.ratio, 3)).join(' ')}`);
-    }
-    const paired: Record<string, PairedResult> = {};
-    for (const pair of pairs) {
-      const runs = pairRuns.get(pair.key)!;
-      paired[pair.key] = {
+      const result: PairedResult = {
         label: pair.label,
         reference: !(CONTENDERS as readonly string[]).includes(pair.key),
         ratio: round(median(runs.map((x) => x.ratio)), 3),
@@ -409,7 +404,8 @@ async function main(): Promise<void> {
         floorCoreShare: round(median(runs.map((x) => x.shares[0])), 3),
         coreShare: round(median(runs.map((x) => x.shares[1])), 3),
       };
-      log(`  ${pair.key}: ${paired[pair.key]!.ratio}× the floor (CPU ${paired[pair.key]!.cpuRatio}×; core shares ${paired[pair.key]!.floorCoreShare} / ${paired[pair.key]!.coreShare})`);
+      paired[pair.key] = result;
+      log(`  ${pair.key}: ${result.perRound.join(' ')} → ${result.ratio}× the floor (CPU ${result.cpuRatio}×; core shares ${result.floorCoreShare} / ${result.coreShare})`);
     }
     log(`case 1 alone: ${settings.rounds} rounds × ${settings.duration}s × ${CONTENDERS.length} contenders`);
     const profiling = process.env.BENCH_CPU_PROF === '1';
