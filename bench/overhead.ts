@@ -11,12 +11,12 @@
  * Run by bench/run.ts (a JSON job on stdin, JSON on stdout). `BENCH_LIB=/path/to/lib/index.ts` measures another
  * copy of the library (for before/after comparisons).
  */
-import { createHmac } from 'node:crypto';
 import { IncomingMessage, ServerResponse } from 'node:http';
 import { Socket } from 'node:net';
 import { pathToFileURL } from 'node:url';
 import express, { type Express } from 'express';
 import session, { Store, type SessionData } from 'express-session';
+import { sessionCookie } from './apps/protocol.js';
 import { median } from './stats.js';
 
 export interface OverheadJob {
@@ -65,8 +65,7 @@ class ParsingMemoryStore extends Store {
   }
 }
 
-/** express-session's signed cookie value (`s:` + id + `.` + HMAC-SHA256, base64 without padding). */
-const cookie = `connect.sid=${encodeURIComponent(`s:${SID}.${createHmac('sha256', SECRET).update(SID).digest('base64').replace(/=+$/, '')}`)}`;
+const cookie = sessionCookie(SID, SECRET);
 
 function withSession(stored: string): Express {
   const app = express();

@@ -37,7 +37,7 @@ export function renderReport(r: BenchResults, fixes: string): string {
         : 'Not pinned to CPUs. ') +
       `Case 1 **paired** (the targets): for every other app in turn, ${s.pairedRounds} rounds loading the floor and that app at the same time (${s.pairedWarmup} s unmeasured, then ${s.pairedDuration} s measured); ` +
       `case 1 **alone** (absolute req/s and latency): ${s.rounds} rounds × ${s.duration} s per contender, order forward then backward (ABBA). ` +
-      `Each contender runs in ${s.instances} app processes used in turn, after ${s.warmup} s of warm-up each. ` +
+      `Each app runs in ${s.instances} processes used in turn; each pair of processes gets ${s.warmup} s of unmeasured load before its paired rounds. ` +
       'Ratios compare apps measured in the same run; absolute numbers only mean something on this machine at that time.',
     '',
   );

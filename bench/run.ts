@@ -6,7 +6,7 @@
  * orchestration; each app is a child process; the load comes from two long-lived load-generator children.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -16,7 +16,7 @@ import type { ClientMetadata } from 'oidc-provider';
 import { Browser } from '../test/helpers/browser.js';
 import { startProvider, type TestProvider } from '../test/helpers/provider.js';
 import { startPrivateRedis, type PrivateRedis } from '../test/setup/global-setup.js';
-import { BENCH_SESSION_SECRET, type Contender } from './apps/protocol.js';
+import { BENCH_SESSION_SECRET, sessionCookie, type Contender } from './apps/protocol.js';
 import type { AutocannonOutcome, BurstOutcome } from './load.js';
 import type { OverheadJob, OverheadOutcome } from './overhead.js';
 import { AppProcess, LoadProcess, runScript } from './processes.js';
@@ -47,7 +47,7 @@ export const settings = {
   rounds: intFromEnv('BENCH_ROUNDS', 4),
   /** Seconds of load per contender per round alone. */
   duration: intFromEnv('BENCH_DURATION', 3),
-  /** Seconds of warm-up per app process before case 1, and per process pair before its paired rounds. */
+  /** Seconds of unmeasured load on each process pair (the floor's and the other app's) before its paired rounds. */
   warmup: intFromEnv('BENCH_WARMUP', 2),
   connections: intFromEnv('BENCH_CONNECTIONS', 10),
   /** App processes per contender for case 1, used in turn. */
@@ -128,6 +128,15 @@ async function expectLoggedIn(app: AppProcess, browser: Browser): Promise<Record
   return claims;
 }
 
+/** The floor's bench-only login (also floor-layers'): the session stores `claims` as the user. */
+async function claimsLogin(app: AppProcess, claims: Record<string, unknown>): Promise<Browser> {
+  const browser = new Browser();
+  const response = await browser.request(`${app.url}/login`, { method: 'POST', body: JSON.stringify(claims), headers: { 'content-type': 'application/json' } });
+  if (response.status !== 303) throw new Error(`${app.name}: login answered ${response.status}`);
+  await expectLoggedIn(app, browser);
+  return browser;
+}
+
 function cookieFor(app: AppProcess, browser: Browser): string {
   const cookie = browser.cookieHeader(new URL(`${app.url}/me`));
   if (cookie === '') throw new Error(`${app.name}: the login left no cookie`);
@@ -164,25 +173,20 @@ function pinProcesses(): Pinning | undefined {
   return pinning;
 }
 
-/** express-session's cookie for a session id (`s:` + id + `.` + HMAC-SHA256 in base64 without padding). */
-function signedSessionCookie(sessionId: string): string {
-  const signature = createHmac('sha256', BENCH_SESSION_SECRET).update(sessionId).digest('base64').replace(/=+$/, '');
-  return `connect.sid=${encodeURIComponent(`s:${sessionId}.${signature}`)}`;
-}
-
 /** One side of a paired run: an app process and the cookie of the session it serves. */
 interface PairSide {
   app: AppProcess;
   cookie: string;
 }
 
-/** Both sides of a pair under load together for `seconds`, unmeasured. */
-async function loadBoth(loads: [LoadProcess, LoadProcess], sides: [PairSide, PairSide], seconds: number): Promise<void> {
-  await Promise.all(
-    sides.map((side, i) =>
-      loads[i]!.run({ mode: 'autocannon', url: `${side.app.url}/me`, headers: { cookie: side.cookie }, connections: settings.connections, duration: seconds }),
-    ),
-  );
+/** `seconds` of sustained load on an app's `GET /me` with a session's cookie (case 1's request). */
+function loadMe(load: LoadProcess, side: PairSide, seconds: number): Promise<AutocannonOutcome> {
+  return load.run({ mode: 'autocannon', url: `${side.app.url}/me`, headers: { cookie: side.cookie }, connections: settings.connections, duration: seconds });
+}
+
+/** Both sides of a pair under load together for `seconds`, each from its own load generator. */
+function loadBoth(loads: [LoadProcess, LoadProcess], sides: [PairSide, PairSide], seconds: number): Promise<AutocannonOutcome[]> {
+  return Promise.all(sides.map((side, i) => loadMe(loads[i]!, side, seconds)));
 }
 
 /**
@@ -196,11 +200,7 @@ async function runPair(loads: [LoadProcess, LoadProcess], sides: [PairSide, Pair
   // one that has just been busy (the floor's side), and that must not count against it.
   await loadBoth(loads, sides, settings.pairedWarmup);
   const cpuBefore = await Promise.all(sides.map((side) => side.app.cpu()));
-  const outcomes = await Promise.all(
-    sides.map((side, i) =>
-      loads[i]!.run({ mode: 'autocannon', url: `${side.app.url}/me`, headers: { cookie: side.cookie }, connections: settings.connections, duration }),
-    ),
-  );
+  const outcomes = await loadBoth(loads, sides, duration);
   const cpuAfter = await Promise.all(sides.map((side) => side.app.cpu()));
   return outcomes.map((outcome, i) => {
     checkLoad(sides[i]!.app.name, outcome);
@@ -290,26 +290,12 @@ async function main(): Promise<void> {
     for (const c of OAUTH_CONTENDERS) browsers[c] = await oauthLogin(apps[c]);
     const libraryClaims = await expectLoggedIn(library, browsers.library);
     // The floor's login stores exactly the claims the library serves: both routes answer the same JSON.
-    browsers.floor = new Browser();
-    const floorLogin = await browsers.floor.request(`${floor.url}/login`, {
-      method: 'POST',
-      body: JSON.stringify(libraryClaims),
-      headers: { 'content-type': 'application/json' },
-    });
-    if (floorLogin.status !== 303) throw new Error(`floor: login answered ${floorLogin.status}`);
-    await expectLoggedIn(floor, browsers.floor);
+    browsers.floor = await claimsLogin(floor, libraryClaims);
     const cookies = Object.fromEntries(CONTENDERS.map((c) => [c, cookieFor(apps[c], browsers[c])])) as Record<Contender, string>;
     // The references of the paired case. floor-layers logs in like the floor. "floor + the library's session": the
     // floor's own session value plus the library's session slot as stored for this login (its claims are the floor's
     // `user` already), served by the floor's code: what the library's session costs, without any of its code.
-    const layeredBrowser = new Browser();
-    const layeredLogin = await layeredBrowser.request(`${layered[0]!.url}/login`, {
-      method: 'POST',
-      body: JSON.stringify(libraryClaims),
-      headers: { 'content-type': 'application/json' },
-    });
-    if (layeredLogin.status !== 303) throw new Error(`floor-layers: login answered ${layeredLogin.status}`);
-    await expectLoggedIn(layered[0]!, layeredBrowser);
+    const layeredBrowser = await claimsLogin(layered[0]!, libraryClaims);
     const librarySession = JSON.parse((await admin.get(expressSessionKey(SESSION_PREFIX.library, browsers.library, library)))!) as {
       oauth: { login: Record<string, unknown> };
     };
@@ -323,7 +309,7 @@ async function main(): Promise<void> {
       86_400,
     );
     const references = {
-      payload: { cookie: signedSessionCookie(payloadSessionId), label: "floor + the library's session (the floor's code)" },
+      payload: { cookie: sessionCookie(payloadSessionId, BENCH_SESSION_SECRET), label: "floor + the library's session (the floor's code)" },
       layers: { cookie: cookieFor(layered[0]!, layeredBrowser), label: 'floor + a pass-through middleware and route guard' },
     };
 
@@ -353,16 +339,6 @@ async function main(): Promise<void> {
     }
 
     // ---- Case 1: throughput, alternating contenders ----
-    log(`case 1: warm-up ${settings.warmup}s for each app process`);
-    const warmUps: Array<[AppProcess, string]> = [
-      ...CONTENDERS.flatMap((c) => instances[c].map((app) => [app, cookies[c]] as [AppProcess, string])),
-      ...instances.floor.map((app) => [app, references.payload.cookie] as [AppProcess, string]),
-      ...layered.map((app) => [app, references.layers.cookie] as [AppProcess, string]),
-    ];
-    for (const [app, cookie] of warmUps) {
-      checkLoad(app.name, await load.run({ mode: 'autocannon', url: `${app.url}/me`, headers: { cookie }, connections: settings.connections, duration: settings.warmup }));
-    }
-
     // ---- Case 1, paired: the floor and one other app loaded at the same time, sharing the apps' core ----
     const pairs: Array<{ key: string; label: string; side: (round: number) => PairSide }> = [
       ...CONTENDERS.filter((c) => c !== 'floor').map((c) => ({ key: c, label: LABELS[c], side: (r: number) => ({ app: instances[c][r % settings.instances]!, cookie: cookies[c] }) })),
@@ -417,16 +393,11 @@ async function main(): Promise<void> {
       const order = round % 2 === 0 ? CONTENDERS : [...CONTENDERS].reverse();
       for (const c of order) {
         const app = instances[c][round % settings.instances]!;
+        const side: PairSide = { app, cookie: cookies[c] };
         // As in the paired case: a moment of unmeasured load first, so that no app is measured straight out of idling.
-        await load.run({ mode: 'autocannon', url: `${app.url}/me`, headers: { cookie: cookies[c] }, connections: settings.connections, duration: settings.pairedWarmup });
+        await loadMe(load, side, settings.pairedWarmup);
         const cpuBefore = await app.cpu();
-        const outcome = await load.run({
-          mode: 'autocannon',
-          url: `${app.url}/me`,
-          headers: { cookie: cookies[c] },
-          connections: settings.connections,
-          duration: settings.duration,
-        });
+        const outcome = await loadMe(load, side, settings.duration);
         // The app's own CPU per request: unlike req/s, it barely moves when other processes compete for the cores.
         const cpuUsPerRequest = ((await app.cpu()) - cpuBefore) / outcome.requests;
         checkLoad(c, outcome);

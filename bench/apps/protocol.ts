@@ -1,4 +1,5 @@
 /** Messages between the bench orchestrator and an app process (over the child-process IPC channel). */
+import { createHmac } from 'node:crypto';
 
 export type Contender = 'library' | 'floor' | 'eoc-cookie' | 'eoc-redis';
 
@@ -31,3 +32,12 @@ export type FromApp = { type: 'listening'; port: number } | { type: 'ready' } | 
 
 /** Same cookie secret everywhere, so that two library processes read each other's sessions. */
 export const BENCH_SESSION_SECRET = 'bench-session-secret-not-for-production';
+
+/**
+ * The `Cookie` header express-session accepts for a session id: `connect.sid=` and, URL-encoded, `s:` + id + `.` +
+ * HMAC-SHA256 of the id in base64 without padding. For sessions the bench writes into a store directly.
+ */
+export function sessionCookie(sessionId: string, secret: string): string {
+  const signature = createHmac('sha256', secret).update(sessionId).digest('base64').replace(/=+$/, '');
+  return `connect.sid=${encodeURIComponent(`s:${sessionId}.${signature}`)}`;
+}
