@@ -5,7 +5,7 @@ import { endsLogin, needsRefresh } from './refresh.js';
 import type { Runtime } from './runtime.js';
 import { readState, type LoginState } from './session.js';
 import { sessionTtlSeconds } from './token-store.js';
-import { publicTokens, sessionCopy, type StoredTokens, type TokenSet } from './tokens.js';
+import { publicTokens, sessionCopy, unpackTokens, type StoredTokens, type TokenSet } from './tokens.js';
 
 /** Validated ID-token claims (OpenID Connect Core §2, §5.1). */
 export interface IdTokenClaims {
@@ -143,8 +143,8 @@ export class RequestAuth implements AuthContext {
   }
 
   get tokens(): TokenSet | undefined {
-    const login = this.#login();
-    return login === undefined ? undefined : publicTokens(login.tokens);
+    const tokens = unpackTokens(this.#login()?.tokens);
+    return tokens === undefined ? undefined : publicTokens(tokens);
   }
 
   get user(): Readonly<Record<string, unknown>> | undefined {
@@ -152,19 +152,24 @@ export class RequestAuth implements AuthContext {
   }
 
   async fetch(url: string | URL, init?: ResourceRequestInit): Promise<Response> {
-    // Through getAccessToken(), so that whatever it does about expiry applies here too.
-    const accessToken = await this.getAccessToken();
     const login = this.#login();
-    if (login === undefined) throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'Not logged in.');
-    return fetchResource(this.#runtime, { accessToken, tokenType: login.tokens.tokenType, dpopKey: login.dpopKey }, url, init);
+    if (login === undefined) throw notLoggedIn();
+    // Through the same path as getAccessToken(), so that whatever it does about expiry applies here too.
+    const tokens = await this.#usable(login);
+    return fetchResource(this.#runtime, { accessToken: tokens.accessToken, tokenType: tokens.tokenType, dpopKey: login.dpopKey }, url, init);
   }
 
   async getAccessToken(): Promise<string> {
     const login = this.#login();
     if (login === undefined) throw notLoggedIn();
-    // The hot path: the session copy is still good, so no Redis command and no allocation beyond this check.
-    if (!needsRefresh(login.tokens, this.#runtime.config.refreshSkew)) return login.tokens.accessToken;
-    return (await this.#renew(login, false)).accessToken;
+    return (await this.#usable(login)).accessToken;
+  }
+
+  /** The session copy while it is still good (no Redis command: the hot path), else the refreshed tokens. */
+  async #usable(login: LoginState): Promise<StoredTokens> {
+    const tokens = unpackTokens(login.tokens);
+    if (tokens !== undefined && !needsRefresh(tokens, this.#runtime.config.refreshSkew)) return tokens;
+    return this.#renew(login, false);
   }
 
   async getIdToken(): Promise<string | undefined> {
@@ -186,7 +191,8 @@ export class RequestAuth implements AuthContext {
     try {
       const record = await runtime.refresher.current(login, { force, ttlSeconds: sessionTtlSeconds(this.#req) });
       const state = readState(this.#req);
-      if (state?.login?.id === login.id && (state.login.version ?? 1) !== record.v) {
+      // A new version goes into the session; so does the current one when the session's copy could not be read.
+      if (state?.login?.id === login.id && ((state.login.version ?? 1) !== record.v || unpackTokens(state.login.tokens) === undefined)) {
         const { claims: _previous, ...rest } = state.login;
         state.login = { ...rest, tokens: sessionCopy(record.tokens), version: record.v, ...(record.claims === undefined ? {} : { claims: record.claims }) };
       }

@@ -7,7 +7,7 @@ import type { ResolvedConfig } from './options.js';
 import type { Runtime } from './runtime.js';
 import type { LoginState } from './session.js';
 import type { StoreEntry, TokenRecord } from './token-store.js';
-import { isExpired, toStoredTokens, type StoredTokens } from './tokens.js';
+import { isExpired, toStoredTokens, unpackTokens, type StoredTokens } from './tokens.js';
 import { refreshError } from './upstream.js';
 import { storeUnavailable } from './store-errors.js';
 
@@ -49,9 +49,7 @@ export function leaseMs(config: ResolvedConfig): number {
  * The one place where the refresh-token grant is requested. Request options that bind the request to the login (a
  * DPoP proof, for instance) belong here, so that every refresh carries them.
  */
-export async function requestRefresh(runtime: RefreshServices, login: LoginState) {
-  const refreshToken = login.tokens.refreshToken;
-  if (refreshToken === undefined) throw new Error('requestRefresh() needs a refresh token');
+export async function requestRefresh(runtime: RefreshServices, login: LoginState, refreshToken: string) {
   const configuration = await runtime.server();
   // A DPoP-bound login proves its key on every refresh (RFC 9449 §5; public clients' refresh tokens are bound to it).
   const response = await client.refreshTokenGrant(configuration, refreshToken, undefined, await dpopOptionsFor(runtime, login));
@@ -131,7 +129,10 @@ export function createRefresher(runtime: RefreshServices): Refresher {
   const inflight = new Map<string, Promise<TokenRecord>>();
 
   function fromSession(login: LoginState): TokenRecord {
-    return { v: login.version ?? 1, tokens: login.tokens, claims: login.claims };
+    const tokens = unpackTokens(login.tokens);
+    // Only a damaged session gets here without tokens; nothing is left to refresh with.
+    if (tokens === undefined) throw loginEnded('The tokens of this login are no longer known; log in again.');
+    return { v: login.version ?? 1, tokens, claims: login.claims };
   }
 
   /** The newest version known: the store's, unless it has none (or an older one) and the session copy must do. */
@@ -155,14 +156,15 @@ export function createRefresher(runtime: RefreshServices): Refresher {
   }
 
   async function refreshUnderLock(login: LoginState, record: TokenRecord, ttlSeconds: number, rereadAllowed: boolean): Promise<TokenRecord> {
-    if (record.tokens.refreshToken === undefined) {
+    const refreshToken = record.tokens.refreshToken;
+    if (refreshToken === undefined) {
       throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The access token has expired and there is no refresh token; log in again.');
     }
     let response: Awaited<ReturnType<typeof requestRefresh>>;
     try {
-      response = await requestRefresh(runtime, { ...login, tokens: record.tokens });
+      response = await requestRefresh(runtime, login, refreshToken);
     } catch (caught) {
-      const err = refreshError(caught, [record.tokens.refreshToken, record.tokens.accessToken, config.clientSecret]);
+      const err = refreshError(caught, [refreshToken, record.tokens.accessToken, config.clientSecret]);
       if (err.code !== AuthErrorCode.LOGIN_REQUIRED) throw err;
       const ended = endsLoginError(err);
       if (err.error === 'invalid_grant' && rereadAllowed) {

@@ -2,7 +2,7 @@ import type { Request } from 'express';
 import type { Session } from 'express-session';
 import type { JWK } from 'jose';
 import { AuthError, AuthErrorCode } from './errors.js';
-import type { StoredTokens } from './tokens.js';
+import type { PackedTokens } from './tokens.js';
 import type { Transaction } from './transaction.js';
 import { storeUnavailable } from './store-errors.js';
 
@@ -14,7 +14,11 @@ export interface LoginState {
   claims?: Record<string, unknown>;
   /** What the `fetchUser` hook returned at login. */
   user?: Record<string, unknown>;
-  tokens: StoredTokens;
+  /**
+   * The session's copy of the tokens, packed (`sessionCopy()`; read it with `unpackTokens()`). Sessions written by
+   * earlier versions hold the unpacked object, which `unpackTokens()` also reads.
+   */
+  tokens: PackedTokens;
   /** The login's DPoP private key (RFC 9449), when `dpop` is on. Server-side only: the tokens are bound to it. */
   dpopKey?: JWK;
   /** Version of `tokens` in the token store (absent: 1, the login's own); the session copy is a cache of it. */

@@ -61,15 +61,79 @@ export function toStoredTokens(
 }
 
 /**
- * The copy of the tokens that the session carries: all but the raw ID token. express-session parses the session and
- * hashes it three times on every request, and the raw ID token is more than half of a logged-in session; its validated
- * claims are in the session already. The whole set stays in the token store (`req.auth.getIdToken()`, logout's
- * `id_token_hint`).
+ * The session's copy of a login's tokens, packed into one string (see {@link sessionCopy}). Branded so that a plain
+ * string, or the unpacked set, cannot be put into the session by mistake.
  */
-export function sessionCopy(tokens: StoredTokens): StoredTokens {
-  if (tokens.idToken === undefined) return tokens;
-  const { idToken: _kept, ...copy } = tokens;
-  return copy;
+export type PackedTokens = string & { readonly __packedTokens: unique symbol };
+
+const PACK_FORMAT = 't1';
+
+function packNumber(value: number | undefined): string {
+  return value === undefined ? '' : String(value);
+}
+
+function packString(value: string | undefined): string {
+  return value === undefined ? '-' : `${value.length}:${value}`;
+}
+
+/**
+ * The copy of the tokens that the session carries: all but the raw ID token, in one string. express-session parses
+ * the session once and serialises and hashes it (with a replacer function, key by key) up to four times on every
+ * request; as a nested object, the copy made every authenticated request measurably costlier, as one string it
+ * costs next to nothing (bench/FIXES.md §5). Its validated claims are in the session already, and
+ * the whole set stays in the token store (`req.auth.getIdToken()`, logout's `id_token_hint`).
+ *
+ * Format `t1|<expiresAt>|<lifetime>|` then tokenType, accessToken, scope, refreshToken, each as `<length>:<value>`
+ * or `-` when absent: lengths, not separators, so any character a server puts in a token is kept as it is.
+ */
+export function sessionCopy(tokens: StoredTokens): PackedTokens {
+  return `${PACK_FORMAT}|${packNumber(tokens.expiresAt)}|${packNumber(tokens.lifetime)}|${packString(tokens.tokenType)}${packString(tokens.accessToken)}${packString(tokens.scope)}${packString(tokens.refreshToken)}` as PackedTokens;
+}
+
+function unpackNumber(text: string): number | undefined | null {
+  if (text === '') return undefined;
+  if (!/^\d{1,15}$/.test(text)) return null;
+  return Number(text);
+}
+
+/**
+ * The session's copy of the tokens, or undefined when it is not one this library wrote (a damaged or foreign value:
+ * callers then rely on the token store). Also reads the unpacked object that sessions written before the packed
+ * format hold, so that logins survive an upgrade.
+ */
+export function unpackTokens(packed: unknown): StoredTokens | undefined {
+  if (typeof packed === 'object' && packed !== null) {
+    const legacy = packed as Partial<StoredTokens>;
+    return typeof legacy.accessToken === 'string' && typeof legacy.tokenType === 'string' ? (legacy as StoredTokens) : undefined;
+  }
+  if (typeof packed !== 'string') return undefined;
+  const head = /^t1\|(\d*)\|(\d*)\|/.exec(packed);
+  if (head === null) return undefined;
+  const expiresAt = unpackNumber(head[1]!);
+  const lifetime = unpackNumber(head[2]!);
+  if (expiresAt === null || lifetime === null) return undefined;
+  let at = head[0].length;
+  const fields: Array<string | undefined> = [];
+  for (let i = 0; i < 4; i++) {
+    if (packed[at] === '-') {
+      fields.push(undefined);
+      at += 1;
+      continue;
+    }
+    const colon = packed.indexOf(':', at);
+    const length = colon === -1 ? null : unpackNumber(packed.slice(at, colon));
+    if (length === null || length === undefined || colon + 1 + length > packed.length) return undefined;
+    fields.push(packed.slice(colon + 1, colon + 1 + length));
+    at = colon + 1 + length;
+  }
+  const [tokenType, accessToken, scope, refreshToken] = fields;
+  if (at !== packed.length || tokenType === undefined || accessToken === undefined) return undefined;
+  const tokens: StoredTokens = { accessToken, tokenType };
+  if (expiresAt !== undefined) tokens.expiresAt = expiresAt;
+  if (lifetime !== undefined) tokens.lifetime = lifetime;
+  if (scope !== undefined) tokens.scope = scope;
+  if (refreshToken !== undefined) tokens.refreshToken = refreshToken;
+  return tokens;
 }
 
 /** The read-only view of stored tokens for `req.auth.tokens`. */

@@ -7,7 +7,7 @@ import { revokeTokens } from '../revocation.js';
 import type { Runtime } from '../runtime.js';
 import { subjectOf } from '../session-index.js';
 import { destroySession, readState, regenerateSession, requireSession, saveSession, writableState, type LoginState, type SessionWithState } from '../session.js';
-import type { StoredTokens } from '../tokens.js';
+import { unpackTokens, type StoredTokens } from '../tokens.js';
 
 /** How long the `state` of an RP-initiated logout waits for the browser to come back. */
 export const LOGOUT_STATE_TTL_MS = 10 * 60 * 1000;
@@ -79,14 +79,14 @@ async function startIdpLogout(
 }
 
 /** The login's newest tokens, and its token-store entry removed; Redis trouble must not block the logout. */
-async function currentTokens(runtime: Runtime, login: LoginState): Promise<StoredTokens> {
+async function currentTokens(runtime: Runtime, login: LoginState): Promise<StoredTokens | undefined> {
   try {
     const entry = await runtime.tokenStore.read(login.id);
     await runtime.tokenStore.remove(login.id);
     // The store's set is the whole one (the session copy has no raw ID token) and never older than the session's.
-    return entry !== undefined && !entry.ended && entry.v >= (login.version ?? 1) ? entry.tokens : login.tokens;
+    return entry !== undefined && !entry.ended && entry.v >= (login.version ?? 1) ? entry.tokens : unpackTokens(login.tokens);
   } catch {
-    return login.tokens;
+    return unpackTokens(login.tokens);
   }
 }
 

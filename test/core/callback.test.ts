@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { startStack, type Stack } from '../helpers/app.js';
+import { unpackTokens } from '../../lib/tokens.js';
 import { Browser } from '../helpers/browser.js';
 
 let stack: Stack;
@@ -64,14 +65,17 @@ describe('GET /callback', () => {
     // Tokens are in Redis under the session, nowhere in what the browser received.
     const id = decodeURIComponent(after.value).slice(2).split('.')[0];
     const stored = JSON.parse((await stack.redis.get(`${stack.sessionPrefix}${id}`))!);
-    const { accessToken, refreshToken } = stored.oauth.login.tokens;
+    // The session copy is one packed string (cheap for express-session to hash on every request).
+    expect(typeof stored.oauth.login.tokens).toBe('string');
+    const { accessToken, refreshToken, idToken: copiedIdToken } = unpackTokens(stored.oauth.login.tokens)!;
     expect(typeof accessToken).toBe('string');
     // The raw ID token is not in the session copy (its claims are); the whole set is in the token store.
-    expect(stored.oauth.login.tokens.idToken).toBeUndefined();
+    expect(copiedIdToken).toBeUndefined();
     const record = JSON.parse((await stack.redis.get(`${stack.authOptions.keyPrefix}tokens:${stored.oauth.login.id}`))!);
     const idToken: string = record.tokens.idToken;
     expect(idToken.split('.')).toHaveLength(3);
     expect(record.tokens.accessToken).toBe(accessToken);
+    expect(stored.oauth.login.tokens).not.toContain(idToken);
     const seen = [...res.steps.map((s) => s.location ?? ''), res.body, me.body, ...browser.setCookies.map((c) => c.header)].join('\n');
     for (const token of [accessToken, idToken, refreshToken].filter(Boolean)) expect(seen).not.toContain(token);
     expect(res.headers.get('location')).not.toContain('code=');

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { startStack, type Stack } from '../helpers/app.js';
+import { unpackTokens } from '../../lib/tokens.js';
 import { Browser } from '../helpers/browser.js';
 
 let stack: Stack;
@@ -117,6 +118,6 @@ describe('GET /login', () => {
 
   test('sessions hold no tokens before login completes', async () => {
     const all = await sessionsInRedis();
-    for (const s of all) expect(s.oauth?.login === undefined || typeof s.oauth.login.tokens.accessToken === 'string').toBe(true);
+    for (const s of all) expect(s.oauth?.login === undefined || typeof unpackTokens(s.oauth.login.tokens)?.accessToken === 'string').toBe(true);
   });
 });

@@ -6,6 +6,7 @@ import type { IncomingMessage, Server } from 'node:http';
 import { inspect } from 'node:util';
 import { expect } from '@jest/globals';
 import type { Redis } from 'ioredis';
+import { unpackTokens } from '../../lib/tokens.js';
 import { CLIENT_SECRET, SESSION_SECRET } from './app.js';
 import type { Browser, BrowserResponse } from './browser.js';
 
@@ -110,7 +111,8 @@ export interface SessionRecord {
   cookie?: unknown;
   oauth?: {
     tx?: Record<string, { verifier: string; nonce?: string; returnTo: string; createdAt: number }>;
-    login?: { id: string; claims?: Record<string, unknown>; tokens: Record<string, unknown> };
+    /** `tokens` is the packed session copy: read it with `unpackTokens()`. */
+    login?: { id: string; claims?: Record<string, unknown>; tokens: unknown };
   };
   [key: string]: unknown;
 }
@@ -278,10 +280,12 @@ export function secretsOfSession(session: SessionRecord | undefined): string[] {
     values.push(tx.verifier);
     if (tx.nonce !== undefined) values.push(tx.nonce);
   }
-  const tokens = session.oauth?.login?.tokens ?? {};
-  for (const name of ['accessToken', 'refreshToken', 'idToken']) {
-    const value = tokens[name];
-    if (typeof value === 'string') values.push(value);
+  const login = session.oauth?.login;
+  if (login !== undefined) {
+    const tokens = unpackTokens(login.tokens);
+    // A copy this library cannot read would make every secrecy check pass without looking at any token.
+    if (tokens === undefined) throw new Error('the session holds a login whose token copy does not unpack');
+    for (const value of [tokens.accessToken, tokens.refreshToken, tokens.idToken]) if (value !== undefined) values.push(value);
   }
   return values;
 }

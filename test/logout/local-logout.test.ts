@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { unpackTokens } from '../../lib/tokens.js';
 import { Browser } from '../helpers/browser.js';
 import { sessionCookie, startStack, type Stack } from '../helpers/app.js';
 import { me, postLogout, sessionIdOf, storedSession, tryRefresh, userinfoStatus } from './support.js';
@@ -16,7 +17,7 @@ async function loggedIn() {
   const cookie = sessionCookie(browser, stack.appUrl);
   if (cookie === undefined) throw new Error('no session cookie after login');
   const session = await storedSession(stack.redis, stack.sessionPrefix, cookie);
-  const tokens = (session?.oauth as { login?: { tokens?: { accessToken: string; refreshToken?: string } } } | undefined)?.login?.tokens;
+  const tokens = unpackTokens((session?.oauth as { login?: { tokens?: unknown } } | undefined)?.login?.tokens);
   if (tokens?.refreshToken === undefined) throw new Error('the login holds no refresh token');
   return { browser, cookie, accessToken: tokens.accessToken, refreshToken: tokens.refreshToken };
 }

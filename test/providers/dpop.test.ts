@@ -67,9 +67,9 @@ function routes(issuer: string) {
   };
 }
 
-function loginsOf(sessions: Array<Record<string, unknown>>): Array<{ dpopKey?: JWK; tokens: { tokenType: string } }> {
+function loginsOf(sessions: Array<Record<string, unknown>>): Array<{ dpopKey?: JWK; tokens: unknown }> {
   return sessions.flatMap((s) => {
-    const login = (s.oauth as { login?: { dpopKey?: JWK; tokens: { tokenType: string } } } | undefined)?.login;
+    const login = (s.oauth as { login?: { dpopKey?: JWK; tokens: unknown } } | undefined)?.login;
     return login === undefined ? [] : [login];
   });
 }

@@ -120,3 +120,50 @@ test('logout removes the login from the token store', async () => {
   expect(response.status).toBe(303);
   expect(await stack.redis.exists(key)).toBe(0);
 });
+
+/** Rewrites the login's token copy in the stored session (as an earlier version, or damage, would have left it). */
+async function replaceSessionCopy(browser: Browser, copy: unknown): Promise<string> {
+  const cookie = decodeURIComponent(browser.cookie('127.0.0.1', 'connect.sid')!.value);
+  const key = `${stack.sessionPrefix}${cookie.slice(2, cookie.lastIndexOf('.'))}`;
+  const session = JSON.parse((await stack.redis.get(key))!) as { oauth: { login: { tokens: unknown } } };
+  session.oauth.login.tokens = copy;
+  await stack.redis.set(key, JSON.stringify(session), 'KEEPTTL');
+  return key;
+}
+
+test('a session written before the packed copy (tokens as an object) keeps its login, still without Redis commands', async () => {
+  const browser = new Browser();
+  expect((await browser.login(`${stack.appUrl}/login?returnTo=/me`)).status).toBe(200);
+  const login = await readLogin(stack, browser);
+  await replaceSessionCopy(browser, { ...login.tokens });
+
+  let token: unknown;
+  const commands = await commandsDuring(async () => {
+    const result = await getJson(browser, `${stack.appUrl}/api/token`);
+    expect(result.status).toBe(200);
+    token = result.body.accessToken;
+  });
+
+  expect(token).toBe(login.tokens.accessToken);
+  expect(commands.map((c) => c.split(' ')[0]?.toLowerCase())).toEqual(['get', 'expire']);
+});
+
+test('a token copy that does not unpack is answered from the token store and written back packed', async () => {
+  const browser = new Browser();
+  expect((await browser.login(`${stack.appUrl}/login?returnTo=/me`)).status).toBe(200);
+  const login = await readLogin(stack, browser);
+  const key = await replaceSessionCopy(browser, 't1|1|2|6:Bearer99:cut short');
+
+  let token: unknown;
+  const commands = await commandsDuring(async () => {
+    const result = await getJson(browser, `${stack.appUrl}/api/token`);
+    expect(result.status).toBe(200);
+    token = result.body.accessToken;
+  });
+
+  expect(token).toBe(login.tokens.accessToken);
+  expect(commands).toContain(`get ${String(stack.authOptions.keyPrefix)}tokens:${login.id}`);
+  // Repaired: the session holds a packed copy again, so the next call costs no token-store command.
+  expect(typeof (JSON.parse((await stack.redis.get(key))!) as { oauth: { login: { tokens: unknown } } }).oauth.login.tokens).toBe('string');
+  expect((await readLogin(stack, browser)).tokens).toEqual(login.tokens);
+});

@@ -4,6 +4,7 @@ import { decodeJwt, importJWK, SignJWT } from 'jose';
 import type { Configuration } from 'oidc-provider';
 import type { Redis } from 'ioredis';
 import type { AuthOptions } from '../../lib/index.js';
+import { unpackTokens, type StoredTokens } from '../../lib/tokens.js';
 import type { Browser } from '../helpers/browser.js';
 import type { Stack } from '../helpers/app.js';
 import { TEST_TTLS, type TestProvider } from '../helpers/provider.js';
@@ -109,14 +110,19 @@ export interface StoredLogin {
   id: string;
   version?: number;
   claims?: Record<string, unknown>;
-  tokens: { accessToken: string; refreshToken?: string; expiresAt?: number; lifetime?: number };
+  tokens: StoredTokens;
 }
 
-/** The session document as connect-redis stored it. */
+/** The session document as connect-redis stored it, with the login's token copy unpacked. */
 export async function readSession(stack: Stack, browser: Browser): Promise<{ oauth?: { login?: StoredLogin } } & Record<string, unknown>> {
   const raw = await stack.redis.get(`${stack.sessionPrefix}${sessionId(browser, stack.appUrl)}`);
   if (raw === null) throw new Error('no session in Redis');
-  return JSON.parse(raw) as { oauth?: { login?: StoredLogin } };
+  const session = JSON.parse(raw) as { oauth?: { login?: Omit<StoredLogin, 'tokens'> & { tokens: unknown } } } & Record<string, unknown>;
+  const login = session.oauth?.login;
+  if (login === undefined) return session as { oauth?: { login?: StoredLogin } };
+  const tokens = unpackTokens(login.tokens);
+  if (typeof login.tokens !== 'string' || tokens === undefined) throw new Error('the session holds a login whose token copy is not packed');
+  return { ...session, oauth: { ...session.oauth, login: { ...login, tokens } } };
 }
 
 export async function readLogin(stack: Stack, browser: Browser): Promise<StoredLogin> {

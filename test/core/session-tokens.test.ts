@@ -1,0 +1,64 @@
+import { expect, test } from '@jest/globals';
+import { publicTokens, sessionCopy, unpackTokens, type StoredTokens } from '../../lib/tokens.js';
+
+const full: StoredTokens = {
+  accessToken: 'eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl',
+  tokenType: 'Bearer',
+  expiresAt: 1_900_000_000,
+  lifetime: 3600,
+  scope: 'openid email offline_access',
+  refreshToken: 'rt-0123456789',
+  idToken: 'header.payload.signature',
+};
+
+test('the session copy is one string that unpacks to the set without its raw ID token', () => {
+  const copy = sessionCopy(full);
+  expect(typeof copy).toBe('string');
+  expect(copy).not.toContain(full.idToken);
+  const { idToken: _left, ...rest } = full;
+  expect(unpackTokens(copy)).toEqual(rest);
+});
+
+test('absent optional fields stay absent, and what survives JSON (the session store) unpacks the same', () => {
+  const minimal: StoredTokens = { accessToken: 'a', tokenType: 'DPoP' };
+  expect(unpackTokens(sessionCopy(minimal))).toEqual(minimal);
+  const noExpiry: StoredTokens = { accessToken: 'a', tokenType: 'Bearer', scope: '', refreshToken: 'r' };
+  expect(unpackTokens(sessionCopy(noExpiry))).toEqual(noExpiry);
+  const stored = JSON.parse(JSON.stringify({ tokens: sessionCopy(full) })) as { tokens: unknown };
+  expect(unpackTokens(stored.tokens)?.accessToken).toBe(full.accessToken);
+});
+
+test('any character a server puts into a token is kept as it is', () => {
+  for (const odd of ['a|b|c', '12:34', '-', '', ' spaced  out ', '"quoted" \\ back', 'ünïcødé 🔑', 't1|0|0|', '5:abcde']) {
+    const tokens: StoredTokens = { accessToken: odd, tokenType: 'Bearer', expiresAt: 5, scope: odd, refreshToken: odd };
+    expect(unpackTokens(sessionCopy(tokens))).toEqual(tokens);
+  }
+});
+
+test('a value this library did not write unpacks to undefined, never to made-up tokens', () => {
+  const good = sessionCopy({ accessToken: 'abc', tokenType: 'Bearer', expiresAt: 10, lifetime: 5 });
+  const damaged = [
+    good.slice(0, -1),
+    `${good}x`,
+    good.replace('t1', 't2'),
+    good.replace('|10|', '|1e3|'),
+    good.replace('|10|', '|-10|'),
+    't1|||-3:abc--',
+    't1|||6:Bearer-',
+    't1|||6:Bearer99:short--',
+    't1|||6:Bearer:abc--',
+    '',
+    42,
+    null,
+    undefined,
+    ['t1'],
+  ];
+  for (const value of damaged) expect(unpackTokens(value)).toBeUndefined();
+});
+
+test('the unpacked object of sessions written before the packed copy is still read', () => {
+  const legacy = { accessToken: 'a', tokenType: 'Bearer', expiresAt: 10, refreshToken: 'r' };
+  expect(unpackTokens(legacy)).toEqual(legacy);
+  expect(unpackTokens({ accessToken: 'a' })).toBeUndefined();
+  expect(publicTokens(unpackTokens(legacy)!)).toEqual({ accessToken: 'a', tokenType: 'Bearer', expiresAt: 10, scope: undefined });
+});
