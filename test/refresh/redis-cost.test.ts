@@ -73,20 +73,31 @@ async function markerSeen(from: number): Promise<number> {
   throw new Error('MONITOR never showed the marker');
 }
 
-test('getAccessToken() with a valid session copy costs no Redis command beyond express-session + connect-redis', async () => {
+async function loggedIn(): Promise<Browser> {
   const browser = new Browser();
   expect((await browser.login(`${stack.appUrl}/login?returnTo=/me`)).status).toBe(200);
+  return browser;
+}
+
+/** `GET /api/token` (the route calls `getAccessToken()`): the token it answered and the commands it cost. */
+async function tokenRequest(browser: Browser): Promise<{ token: unknown; commands: string[] }> {
+  let token: unknown;
+  const commands = await commandsDuring(async () => {
+    const result = await getJson(browser, `${stack.appUrl}/api/token`);
+    expect(result.status).toBe(200);
+    token = result.body.accessToken;
+  });
+  return { token, commands };
+}
+
+test('getAccessToken() with a valid session copy costs no Redis command beyond express-session + connect-redis', async () => {
+  const browser = await loggedIn();
   const login = await readLogin(stack, browser);
 
   // A normal authenticated request that never asks for a token: the floor.
   const plain = await commandsDuring(async () => expect((await getJson(browser, `${stack.appUrl}/api/plain`)).status).toBe(200));
   // The same request asking for the access token.
-  let token: unknown;
-  const withToken = await commandsDuring(async () => {
-    const result = await getJson(browser, `${stack.appUrl}/api/token`);
-    expect(result.status).toBe(200);
-    token = result.body.accessToken;
-  });
+  const { token, commands: withToken } = await tokenRequest(browser);
 
   expect(token).toBe(login.tokens.accessToken);
   expect(plain.map((c) => c.split(' ')[0]?.toLowerCase())).toEqual(['get', 'expire']);
@@ -109,8 +120,7 @@ test('a login writes the token store once, with the key prefix and a TTL', async
 });
 
 test('logout removes the login from the token store', async () => {
-  const browser = new Browser();
-  expect((await browser.login(`${stack.appUrl}/login?returnTo=/me`)).status).toBe(200);
+  const browser = await loggedIn();
   const login = await readLogin(stack, browser);
   const key = `${String(stack.authOptions.keyPrefix)}tokens:${login.id}`;
   expect(await stack.redis.exists(key)).toBe(1);
@@ -132,34 +142,22 @@ async function replaceSessionCopy(browser: Browser, copy: unknown): Promise<stri
 }
 
 test('a session written before the packed copy (tokens as an object) keeps its login, still without Redis commands', async () => {
-  const browser = new Browser();
-  expect((await browser.login(`${stack.appUrl}/login?returnTo=/me`)).status).toBe(200);
+  const browser = await loggedIn();
   const login = await readLogin(stack, browser);
   await replaceSessionCopy(browser, { ...login.tokens });
 
-  let token: unknown;
-  const commands = await commandsDuring(async () => {
-    const result = await getJson(browser, `${stack.appUrl}/api/token`);
-    expect(result.status).toBe(200);
-    token = result.body.accessToken;
-  });
+  const { token, commands } = await tokenRequest(browser);
 
   expect(token).toBe(login.tokens.accessToken);
   expect(commands.map((c) => c.split(' ')[0]?.toLowerCase())).toEqual(['get', 'expire']);
 });
 
 test('a token copy that does not unpack is answered from the token store and written back packed', async () => {
-  const browser = new Browser();
-  expect((await browser.login(`${stack.appUrl}/login?returnTo=/me`)).status).toBe(200);
+  const browser = await loggedIn();
   const login = await readLogin(stack, browser);
   const key = await replaceSessionCopy(browser, 't1|1|2|6:Bearer99:cut short');
 
-  let token: unknown;
-  const commands = await commandsDuring(async () => {
-    const result = await getJson(browser, `${stack.appUrl}/api/token`);
-    expect(result.status).toBe(200);
-    token = result.body.accessToken;
-  });
+  const { token, commands } = await tokenRequest(browser);
 
   expect(token).toBe(login.tokens.accessToken);
   expect(commands).toContain(`get ${String(stack.authOptions.keyPrefix)}tokens:${login.id}`);
