@@ -66,10 +66,13 @@ export function toStoredTokens(
  */
 export type PackedTokens = string & { readonly __packedTokens: unique symbol };
 
+// The format's version tag, first in every packed copy: a later format gets another tag, and both can be read.
 const PACK_FORMAT = 't1';
+const PACK_HEAD = /^t1\|(\d*)\|(\d*)\|/;
 
+// Whole seconds, as plain digits: an absurd `expires_in` (1e21 prints as "1e+21") must not make a copy unreadable.
 function packNumber(value: number | undefined): string {
-  return value === undefined ? '' : String(value);
+  return value === undefined || !Number.isFinite(value) ? '' : String(Math.min(Math.max(Math.floor(value), 0), Number.MAX_SAFE_INTEGER));
 }
 
 function packString(value: string | undefined): string {
@@ -92,8 +95,9 @@ export function sessionCopy(tokens: StoredTokens): PackedTokens {
 
 function unpackNumber(text: string): number | undefined | null {
   if (text === '') return undefined;
-  if (!/^\d{1,15}$/.test(text)) return null;
-  return Number(text);
+  if (!/^\d{1,16}$/.test(text)) return null;
+  const value = Number(text);
+  return Number.isSafeInteger(value) ? value : null;
 }
 
 /**
@@ -107,7 +111,7 @@ export function unpackTokens(packed: unknown): StoredTokens | undefined {
     return typeof legacy.accessToken === 'string' && typeof legacy.tokenType === 'string' ? (legacy as StoredTokens) : undefined;
   }
   if (typeof packed !== 'string') return undefined;
-  const head = /^t1\|(\d*)\|(\d*)\|/.exec(packed);
+  const head = PACK_HEAD.exec(packed);
   if (head === null) return undefined;
   const expiresAt = unpackNumber(head[1]!);
   const lifetime = unpackNumber(head[2]!);

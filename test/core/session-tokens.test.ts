@@ -28,6 +28,14 @@ test('absent optional fields stay absent, and what survives JSON (the session st
   expect(unpackTokens(stored.tokens)?.accessToken).toBe(full.accessToken);
 });
 
+test('times are whole seconds in plain digits, whatever the server said', () => {
+  const absurd = unpackTokens(sessionCopy({ accessToken: 'a', tokenType: 'Bearer', expiresAt: 1e21, lifetime: 1e21 }));
+  expect(absurd).toEqual({ accessToken: 'a', tokenType: 'Bearer', expiresAt: Number.MAX_SAFE_INTEGER, lifetime: Number.MAX_SAFE_INTEGER });
+  expect(unpackTokens(sessionCopy({ accessToken: 'a', tokenType: 'Bearer', expiresAt: 1000.7, lifetime: 59.9 }))).toMatchObject({ expiresAt: 1000, lifetime: 59 });
+  expect(unpackTokens('t1|||1:B1:a--')).toEqual({ accessToken: 'a', tokenType: 'B' });
+  expect(unpackTokens('t1|99999999999999999||1:B1:a--')).toBeUndefined();
+});
+
 test('any character a server puts into a token is kept as it is', () => {
   for (const odd of ['a|b|c', '12:34', '-', '', ' spaced  out ', '"quoted" \\ back', 'ünïcødé 🔑', 't1|0|0|', '5:abcde']) {
     const tokens: StoredTokens = { accessToken: odd, tokenType: 'Bearer', expiresAt: 5, scope: odd, refreshToken: odd };
