@@ -68,7 +68,7 @@ export type PackedTokens = string & { readonly __packedTokens: unique symbol };
 
 // The format's version tag, first in every packed copy: a later format gets another tag, and both can be read.
 const PACK_FORMAT = 't1';
-const PACK_HEAD = /^t1\|(\d*)\|(\d*)\|/;
+const PACK_HEAD = new RegExp(`^${PACK_FORMAT}\\|(\\d*)\\|(\\d*)\\|`);
 
 // Whole seconds, as plain digits: an absurd `expires_in` (1e21 prints as "1e+21") must not make a copy unreadable.
 function packNumber(value: number | undefined): string {

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { startStack, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import { refreshRoutes } from './fixtures/routes.js';
-import { getJson, readLogin } from './support.js';
+import { getJson, readLogin, sessionId } from './support.js';
 
 // Counted from Redis itself (MONITOR), so whatever client or library sends a command, it shows. Only commands on this
 // stack's keys count: other test files share the Redis server. The monitor speaks RESP over a plain socket: ioredis's
@@ -133,8 +133,7 @@ test('logout removes the login from the token store', async () => {
 
 /** Rewrites the login's token copy in the stored session (as an earlier version, or damage, would have left it). */
 async function replaceSessionCopy(browser: Browser, copy: unknown): Promise<string> {
-  const cookie = decodeURIComponent(browser.cookie('127.0.0.1', 'connect.sid')!.value);
-  const key = `${stack.sessionPrefix}${cookie.slice(2, cookie.lastIndexOf('.'))}`;
+  const key = `${stack.sessionPrefix}${sessionId(browser, stack.appUrl)}`;
   const session = JSON.parse((await stack.redis.get(key))!) as { oauth: { login: { tokens: unknown } } };
   session.oauth.login.tokens = copy;
   await stack.redis.set(key, JSON.stringify(session), 'KEEPTTL');
