@@ -37,7 +37,7 @@ export function renderReport(r: BenchResults, fixes: string): string {
         : 'Not pinned to CPUs. ') +
       `Case 1 **paired** (the targets): for every other app in turn, ${s.pairedRounds} rounds loading the floor and that app at the same time (${s.pairedWarmup} s unmeasured, then ${s.pairedDuration} s measured); ` +
       `case 1 **alone** (absolute req/s and latency): ${s.rounds} rounds × ${s.duration} s per contender, order forward then backward (ABBA). ` +
-      `Each app runs in ${s.instances} processes used in turn; each pair of processes gets ${s.warmup} s of unmeasured load before its paired rounds. ` +
+      `Each app runs in ${s.instances} processes used in turn, and each pair's floor side in ${s.instances} floor processes of that pair's own; each pair of processes gets ${s.warmup} s of unmeasured load before its paired rounds. ` +
       'Ratios compare apps measured in the same run; absolute numbers only mean something on this machine at that time.',
     '',
   );
@@ -73,7 +73,7 @@ export function renderReport(r: BenchResults, fixes: string): string {
         'between them, so whatever slows the machine down during a run slows both alike and drops out of the ratio. × floor is the median over rounds ' +
         'of (the app\'s req/s ÷ the floor\'s in the same run): the throughput ratio of two CPU-bound apps. The core shares show that the core ' +
         'was the bottleneck (about 0.5 each; a pair whose shares add up to less than 0.9 is marked "core not filled": the load generators could not keep up, ' +
-        'and then the ratio understates the difference, or the hypervisor took the rest, which falls on both alike). The references are not contenders: the floor against its own second process shows what the method ' +
+        'and then the ratio understates the difference, or the hypervisor took the rest, which falls on both alike). Each pair has floor processes of its own, loaded and idle exactly when the other side is. The references are not contenders: the floor against the floor shows what the method ' +
         'reads when there is no difference, and the other two take the library\'s distance from the floor apart.',
       '',
       '| App | × floor (req/s) | × floor (CPU / request) | req/s while paired (floor) | core share (floor) | per round |',

@@ -79,6 +79,8 @@ export const LABELS: Record<Contender, string> = {
 const CLIENT_SECRET = 'bench-client-secret-not-for-production';
 const STORM_CLIENT = 'bench-storm';
 const LAYERED_PREFIX = 'bench:floor-layers:sess:';
+/** The pairs of case 1 that get floor processes of their own; `references` is shared by the two floor-code references. */
+const PAIR_FLOOR_KEYS = ['library', 'eoc-cookie', 'eoc-redis', 'references', 'floor-layers'] as const;
 const SESSION_PREFIX: Record<Contender, string> = {
   floor: 'bench:floor:sess:',
   library: 'bench:library:sess:',
@@ -236,11 +238,23 @@ async function main(): Promise<void> {
     for (let i = 0; i < settings.instances; i++) {
       starting.push(AppProcess.start(`floor-layers-${i + 1}`, 'floor-layers', pinning?.apps).then((app) => (layered[i] = app)));
     }
+    // Case 1 paired: each pair's floor side is a floor of its own, started with the other side and loaded and idle
+    // exactly when it is. A floor process shared by every pair (always busy) read about 3 % faster than a floor process
+    // with a contender's history (busy only during its own pair), which is a bias against every contender (FIXES.md §6).
+    const pairFloors: Record<string, AppProcess[]> = {};
+    for (const key of PAIR_FLOOR_KEYS) {
+      pairFloors[key] = [];
+      for (let i = 0; i < settings.instances; i++) {
+        starting.push(AppProcess.start(`floor-vs-${key}-${i + 1}`, 'floor', pinning?.apps).then((app) => (pairFloors[key]![i] = app)));
+      }
+    }
     const stormApps: Array<AppProcess<Contender>> = [];
     // The storm's two processes may use every CPU, as before pinning: that case is about coordination, not cost.
     starting.push(...['storm-a', 'storm-b'].map((name, i) => AppProcess.start(name, 'library', pinning?.all).then((app) => (stormApps[i] = app))));
     const outcomes = await Promise.allSettled(starting);
-    const all = [...CONTENDERS.flatMap((c) => instances[c]), ...layered, ...stormApps].filter((a): a is AppProcess => a !== undefined);
+    const all = [...CONTENDERS.flatMap((c) => instances[c]), ...layered, ...Object.values(pairFloors).flat(), ...stormApps].filter(
+      (a): a is AppProcess => a !== undefined,
+    );
     cleanups.push(() => Promise.all(all.map((a) => a.stop())));
     const failed = outcomes.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed !== undefined) throw failed.reason;
@@ -282,6 +296,9 @@ async function main(): Promise<void> {
       ),
       ...[stormA, stormB].map((a) => a.configure({ ...base, clientId: STORM_CLIENT, sessionPrefix: 'bench:storm:sess:', keyPrefix: 'bench:storm:' })),
       ...layered.map((a) => a.configure({ ...base, clientId: 'bench-floor-layers', sessionPrefix: LAYERED_PREFIX, keyPrefix: 'bench:floor-layers:' })),
+      ...Object.values(pairFloors)
+        .flat()
+        .map((a) => a.configure({ ...base, clientId: 'bench-floor', sessionPrefix: SESSION_PREFIX.floor, keyPrefix: 'bench:floor:' })),
     ]);
 
     // ---- Every contender logged in for real ----
@@ -340,13 +357,35 @@ async function main(): Promise<void> {
 
     // ---- Case 1: throughput, alternating contenders ----
     // ---- Case 1, paired: the floor and one other app loaded at the same time, sharing the apps' core ----
-    const pairs: Array<{ key: string; label: string; side: (round: number) => PairSide }> = [
-      ...CONTENDERS.filter((c) => c !== 'floor').map((c) => ({ key: c, label: LABELS[c], side: (r: number) => ({ app: instances[c][r % settings.instances]!, cookie: cookies[c] }) })),
-      // The floor against its own second process: what the method reads when there is no difference (about 1.00).
-      { key: 'floor-2', label: 'the floor again, in its other process (the null check)', side: (r: number) => ({ app: instances.floor[(r + 1) % settings.instances]!, cookie: cookies.floor }) },
-      // The floor's other process, so that the two sides are always two processes.
-      { key: 'floor+payload', label: references.payload.label, side: (r: number) => ({ app: instances.floor[(r + 1) % settings.instances]!, cookie: references.payload.cookie }) },
-      { key: 'floor-layers', label: references.layers.label, side: (r: number) => ({ app: layered[r % settings.instances]!, cookie: references.layers.cookie }) },
+    // Every pair: the floor side from its own floor processes (pairFloors), the other side from that app's processes.
+    const pairs: Array<{ key: string; label: string; floor: AppProcess[]; side: (round: number) => PairSide }> = [
+      ...CONTENDERS.filter((c) => c !== 'floor').map((c) => ({
+        key: c,
+        label: LABELS[c],
+        floor: pairFloors[c]!,
+        side: (r: number) => ({ app: instances[c][r % settings.instances]!, cookie: cookies[c] }),
+      })),
+      // The floor against the floor: what the method reads when there is no difference (about 1.00). Its other side is
+      // the contenders' own floor processes (instances.floor), which, like every contender's, are busy only in their pairs.
+      {
+        key: 'floor-2',
+        label: 'the floor again, in processes of its own (the null check)',
+        floor: pairFloors.references!,
+        side: (r: number) => ({ app: instances.floor[r % settings.instances]!, cookie: cookies.floor }),
+      },
+      // The same two sets of processes: both sides of both reference pairs share one history.
+      {
+        key: 'floor+payload',
+        label: references.payload.label,
+        floor: pairFloors.references!,
+        side: (r: number) => ({ app: instances.floor[r % settings.instances]!, cookie: references.payload.cookie }),
+      },
+      {
+        key: 'floor-layers',
+        label: references.layers.label,
+        floor: pairFloors['floor-layers']!,
+        side: (r: number) => ({ app: layered[r % settings.instances]!, cookie: references.layers.cookie }),
+      },
     ];
     log(`case 1 paired: ${settings.pairedRounds} rounds × ${pairs.length} pairs × (${settings.pairedWarmup}s unmeasured + ${settings.pairedDuration}s)`);
     const secondLoad = new LoadProcess();
@@ -360,10 +399,10 @@ async function main(): Promise<void> {
       const runs: Array<{ ratio: number; cpuRatio: number; rps: number; floorRps: number; shares: [number, number] }> = [];
       // The pair's processes sat idle while the pairs before ran: BENCH_WARMUP seconds of load on each first.
       for (let i = 0; i < settings.instances; i++) {
-        await loadBoth([load, secondLoad], [{ app: instances.floor[i]!, cookie: cookies.floor }, pair.side(i)], settings.warmup);
+        await loadBoth([load, secondLoad], [{ app: pair.floor[i]!, cookie: cookies.floor }, pair.side(i)], settings.warmup);
       }
       for (let r = 0; r < settings.pairedRounds; r++) {
-        const floorSide: PairSide = { app: instances.floor[r % settings.instances]!, cookie: cookies.floor };
+        const floorSide: PairSide = { app: pair.floor[r % settings.instances]!, cookie: cookies.floor };
         // Which load generator drives which side alternates from round to round.
         const generators: [LoadProcess, LoadProcess] = r % 2 === 0 ? [load, secondLoad] : [secondLoad, load];
         const [a, b] = await runPair(generators, [floorSide, pair.side(r)], settings.pairedDuration);
