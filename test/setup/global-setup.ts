@@ -25,6 +25,9 @@ async function freePort(): Promise<number> {
 async function ping(port: number): Promise<boolean> {
   const { Redis } = await import('ioredis');
   const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  // A refused connection is the answer while the server starts (connect() rejects); without a listener ioredis also
+  // prints it as an "Unhandled error event".
+  client.on('error', () => undefined);
   try {
     await client.connect();
     return (await client.ping()) === 'PONG';
