@@ -365,8 +365,8 @@ async function main(): Promise<void> {
         floor: pairFloors[c]!,
         side: (r: number) => ({ app: instances[c][r % settings.instances]!, cookie: cookies[c] }),
       })),
-      // The floor against the floor: what the method reads when there is no difference (ideally 1.00; 0.98 in the runs
-      // so far, FIXES.md §6). Its other side is the contenders' own floor processes (instances.floor), which, like every
+      // The floor against the floor: what the method reads when there is no difference (ideally 1.00; 0.98–1.02 from run
+      // to run, FIXES.md §6). Its other side is the contenders' own floor processes (instances.floor), which, like every
       // contender's, are busy only in their pairs.
       {
         key: 'floor-2',
