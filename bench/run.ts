@@ -80,7 +80,7 @@ const CLIENT_SECRET = 'bench-client-secret-not-for-production';
 const STORM_CLIENT = 'bench-storm';
 const LAYERED_PREFIX = 'bench:floor-layers:sess:';
 /** The pairs of case 1 that get floor processes of their own; `references` is shared by the two floor-code references. */
-const PAIR_FLOOR_KEYS = ['library', 'eoc-cookie', 'eoc-redis', 'references', 'floor-layers'] as const;
+const PAIR_FLOOR_KEYS = [...OAUTH_CONTENDERS, 'references', 'floor-layers'];
 const SESSION_PREFIX: Record<Contender, string> = {
   floor: 'bench:floor:sess:',
   library: 'bench:library:sess:',
