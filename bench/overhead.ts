@@ -13,9 +13,9 @@
  */
 import { IncomingMessage, ServerResponse } from 'node:http';
 import { Socket } from 'node:net';
-import { pathToFileURL } from 'node:url';
 import express, { type Express } from 'express';
 import session, { Store, type SessionData } from 'express-session';
+import { importLibrary } from './apps/common.js';
 import { sessionCookie } from './apps/protocol.js';
 import { median } from './stats.js';
 
@@ -96,8 +96,7 @@ async function main(): Promise<void> {
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
   const job = JSON.parse(Buffer.concat(chunks).toString('utf8')) as OverheadJob;
-  const libraryPath = process.env.BENCH_LIB ?? new URL('../lib/index.js', import.meta.url).href;
-  const { auth, requireAuth } = (await import(libraryPath.startsWith('file:') ? libraryPath : pathToFileURL(libraryPath).href)) as typeof import('../lib/index.js');
+  const { auth, requireAuth } = await importLibrary();
 
   const floor = withSession(job.floorSession);
   floor.get('/me', (req, res) => {

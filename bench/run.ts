@@ -359,7 +359,7 @@ async function main(): Promise<void> {
     // ---- Case 1, paired: the floor and one other app loaded at the same time, sharing the apps' core ----
     // Every pair: the floor side from its own floor processes (pairFloors), the other side from that app's processes.
     const pairs: Array<{ key: string; label: string; floor: AppProcess[]; side: (round: number) => PairSide }> = [
-      ...CONTENDERS.filter((c) => c !== 'floor').map((c) => ({
+      ...OAUTH_CONTENDERS.map((c) => ({
         key: c,
         label: LABELS[c],
         floor: pairFloors[c]!,

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
+import { pathToFileURL } from 'node:url';
 import { RedisStore } from 'connect-redis';
 import express, { type ErrorRequestHandler, type Express, type RequestHandler } from 'express';
 import session from 'express-session';
@@ -38,6 +39,15 @@ export function benchApp(): Express {
     });
   }
   return app;
+}
+
+/**
+ * The library under test: `lib/`, or with `BENCH_LIB=/path/to/index.(ts|js)` another copy of it (before/after
+ * comparisons; see bench/README.md). The in-process case and the library's app processes both load it from here.
+ */
+export async function importLibrary(): Promise<typeof import('../../lib/index.js')> {
+  const path = process.env.BENCH_LIB;
+  return (await import(path === undefined ? '../../lib/index.js' : pathToFileURL(path).href)) as typeof import('../../lib/index.js');
 }
 
 export function connect(config: AppConfig): Redis {

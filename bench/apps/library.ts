@@ -1,14 +1,10 @@
 /** The contender under test: express-session + connect-redis + this library, as its README tells users to wire it. */
 import type { RequestListener } from 'node:http';
-import { pathToFileURL } from 'node:url';
-import { benchApp, connect, fingerprint, redisSession, renderError } from './common.js';
+import { benchApp, connect, fingerprint, importLibrary, redisSession, renderError } from './common.js';
 import type { AppConfig } from './protocol.js';
 
 export async function build(config: AppConfig): Promise<{ handler: RequestListener; close(): Promise<void> }> {
-  // BENCH_LIB=/path/to/index.(ts|js): another copy of the library, for before/after comparisons (as in overhead.ts).
-  const { auth, requireAuth } = (await import(
-    process.env.BENCH_LIB === undefined ? '../../lib/index.js' : pathToFileURL(process.env.BENCH_LIB).href
-  )) as typeof import('../../lib/index.js');
+  const { auth, requireAuth } = await importLibrary();
   const redis = connect(config);
   const app = benchApp();
   app.use(redisSession(config, redis));
