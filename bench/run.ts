@@ -5,24 +5,25 @@
  * Layout: this process runs the private Redis (a child), the oidc-provider (in-process, idle during load) and the
  * orchestration; each app is a child process; the load comes from two long-lived load-generator children.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
-import type { ClientMetadata } from 'oidc-provider';
 import { Browser } from '../test/helpers/browser.js';
 import { startProvider, type TestProvider } from '../test/helpers/provider.js';
 import { startPrivateRedis, type PrivateRedis } from '../test/setup/global-setup.js';
 import { BENCH_SESSION_SECRET, sessionCookie, type Contender } from './apps/protocol.js';
 import type { AutocannonOutcome, BurstOutcome } from './load.js';
 import type { OverheadJob, OverheadOutcome } from './overhead.js';
+import { checkLoad, loadPair, loadRoute, measurePair, pinProcesses, type LoadSettings, type PairSide } from './pairing.js';
+import { claimsLogin, CLIENT_SECRET, cookieFor, expectLoggedIn, oauthClient, oauthLogin } from './logins.js';
 import { AppProcess, LoadProcess, runScript } from './processes.js';
 import { commandCounts, countDelta, total, type CommandCounts } from './redis-stats.js';
 import { renderReport } from './report.js';
-import type { BenchResults, CommandCost, LoginCost, PairedResult, Pinning, SessionSize, StormResult, Throughput } from './results.js';
+import type { BenchResults, CommandCost, LoginCost, PairedResult, SessionSize, StormResult, Throughput } from './results.js';
 import { median, percentile, round } from './stats.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -76,7 +77,6 @@ export const LABELS: Record<Contender, string> = {
   'eoc-cookie': 'express-openid-connect (cookie session)',
   'eoc-redis': 'express-openid-connect (Redis store)',
 };
-const CLIENT_SECRET = 'bench-client-secret-not-for-production';
 const STORM_CLIENT = 'bench-storm';
 const LAYERED_PREFIX = 'bench:floor-layers:sess:';
 /** The pairs of case 1 that get floor processes of their own; `references` is shared by the two floor-code references. */
@@ -94,17 +94,6 @@ function log(message: string): void {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-function oauthClient(clientId: string, appUrl: string): ClientMetadata {
-  return {
-    client_id: clientId,
-    client_secret: CLIENT_SECRET,
-    redirect_uris: [`${appUrl}/callback`],
-    grant_types: ['authorization_code', 'refresh_token'],
-    response_types: ['code'],
-    token_endpoint_auth_method: 'client_secret_basic',
-  };
-}
-
 /** Token-endpoint calls with `grant_type=refresh_token` seen by the provider so far (successful or not). */
 function refreshCalls(provider: TestProvider): number {
   return provider.events.filter((e) => {
@@ -112,37 +101,6 @@ function refreshCalls(provider: TestProvider): number {
     const ctx = e.args[0] as { oidc?: { params?: { grant_type?: unknown } } } | undefined;
     return ctx?.oidc?.params?.grant_type === 'refresh_token';
   }).length;
-}
-
-/** A logged-in browser: the whole login over HTTP, as a user would do it. */
-async function oauthLogin(app: AppProcess): Promise<Browser> {
-  const browser = new Browser();
-  await browser.login(`${app.url}/login`, { login: 'alice' });
-  await expectLoggedIn(app, browser);
-  return browser;
-}
-
-async function expectLoggedIn(app: AppProcess, browser: Browser): Promise<Record<string, unknown>> {
-  const me = await browser.request(`${app.url}/me`, { headers: { accept: 'application/json' } });
-  if (me.status !== 200) throw new Error(`${app.name}: not logged in after the login flow (GET /me → ${me.status})`);
-  const claims = JSON.parse(me.body) as Record<string, unknown>;
-  if (claims.sub !== 'alice') throw new Error(`${app.name}: /me does not answer the logged-in user`);
-  return claims;
-}
-
-/** The floor's bench-only login (also floor-layers'): the session stores `claims` as the user. */
-async function claimsLogin(app: AppProcess, claims: Record<string, unknown>): Promise<Browser> {
-  const browser = new Browser();
-  const response = await browser.request(`${app.url}/login`, { method: 'POST', body: JSON.stringify(claims), headers: { 'content-type': 'application/json' } });
-  if (response.status !== 303) throw new Error(`${app.name}: login answered ${response.status}`);
-  await expectLoggedIn(app, browser);
-  return browser;
-}
-
-function cookieFor(app: AppProcess, browser: Browser): string {
-  const cookie = browser.cookieHeader(new URL(`${app.url}/me`));
-  if (cookie === '') throw new Error(`${app.name}: the login left no cookie`);
-  return cookie;
 }
 
 /** The connect-redis key of an express-session cookie (`s:<id>.<signature>`). */
@@ -153,62 +111,19 @@ function expressSessionKey(prefix: string, browser: Browser, app: AppProcess): s
   return prefix + value.slice(2, value.lastIndexOf('.'));
 }
 
-function checkLoad(name: string, outcome: AutocannonOutcome): void {
-  if (outcome.non2xx > 0 || outcome.errors > 0 || outcome.requests === 0) {
-    throw new Error(`${name}: ${outcome.non2xx} non-2xx answers and ${outcome.errors} errors out of ${outcome.requests}: not a valid measurement`);
-  }
-}
+/** How case 1 loads an app: `settings`' connections, and its unmeasured seconds before each paired run. */
+const LOAD: LoadSettings = { connections: settings.connections, warmup: settings.pairedWarmup };
 
-/**
- * CPU pinning (Linux `taskset`, on unless `BENCH_PIN=0`): every app process on the last CPU, this process, Redis,
- * the provider and the load generators (children started after this) on the others. An app under load then has a
- * core to itself and never shares it with the load generator or Redis, whatever the scheduler would have done; in
- * the paired case the two apps of a pair share that core and nothing else.
- */
-function pinProcesses(): Pinning | undefined {
-  if (process.env.BENCH_PIN === '0') return undefined;
-  const count = cpus().length;
-  if (count < 2 || spawnSync('taskset', ['-V']).status !== 0) return undefined;
-  const pinning: Pinning = { apps: String(count - 1), others: count === 2 ? '0' : `0-${count - 2}`, all: `0-${count - 1}` };
-  // -a: every thread of this process (V8's and libuv's too); the children started later inherit it.
-  execFileSync('taskset', ['-a', '-p', '-c', pinning.others, String(process.pid)], { stdio: 'ignore' });
-  return pinning;
-}
-
-/** One side of a paired run: an app process and the cookie of the session it serves. */
-interface PairSide {
-  app: AppProcess;
-  cookie: string;
-}
-
-/** `seconds` of sustained load on an app's `GET /me` with a session's cookie (case 1's request). */
 function loadMe(load: LoadProcess, side: PairSide, seconds: number): Promise<AutocannonOutcome> {
-  return load.run({ mode: 'autocannon', url: `${side.app.url}/me`, headers: { cookie: side.cookie }, connections: settings.connections, duration: seconds });
+  return loadRoute(load, side, seconds, LOAD);
 }
 
-/** Both sides of a pair under load together for `seconds`, each from its own load generator. */
 function loadBoth(loads: [LoadProcess, LoadProcess], sides: [PairSide, PairSide], seconds: number): Promise<AutocannonOutcome[]> {
-  return Promise.all(sides.map((side, i) => loadMe(loads[i]!, side, seconds)));
+  return loadPair(loads, sides, seconds, LOAD);
 }
 
-/**
- * Loads both apps of a pair at the same time, each from its own load generator, and returns each one's req/s, its
- * CPU per request and its share of one core. Pinned to one core, the two apps split it (the kernel schedules them
- * fairly), so whatever slows the machine down during the run slows both alike, and the ratio of their req/s is the
- * ratio of their costs per request.
- */
-async function runPair(loads: [LoadProcess, LoadProcess], sides: [PairSide, PairSide], duration: number) {
-  // Both sides loaded together first, unmeasured: an app process that sat idle for a moment is slower at first than
-  // one that has just been busy (the floor's side), and that must not count against it.
-  await loadBoth(loads, sides, settings.pairedWarmup);
-  const cpuBefore = await Promise.all(sides.map((side) => side.app.cpu()));
-  const outcomes = await loadBoth(loads, sides, duration);
-  const cpuAfter = await Promise.all(sides.map((side) => side.app.cpu()));
-  return outcomes.map((outcome, i) => {
-    checkLoad(sides[i]!.app.name, outcome);
-    const cpuUs = cpuAfter[i]! - cpuBefore[i]!;
-    return { rps: outcome.rps, cpuUsPerRequest: cpuUs / outcome.requests, coreShare: cpuUs / (outcome.duration * 1e6) };
-  });
+function runPair(loads: [LoadProcess, LoadProcess], sides: [PairSide, PairSide], duration: number) {
+  return measurePair(loads, sides, duration, LOAD);
 }
 
 async function main(): Promise<void> {
