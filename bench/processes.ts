@@ -32,15 +32,18 @@ export class AppProcess<K extends AppKind = AppKind> {
     return `http://127.0.0.1:${this.port}`;
   }
 
-  /** With `cpus` (a `taskset` CPU list), the app process runs on those CPUs only. */
-  static async start<K extends AppKind>(name: string, contender: K, cpus?: string): Promise<AppProcess<K>> {
+  /**
+   * With `cpus` (a `taskset` CPU list), the app process runs on those CPUs only. `lib` overrides `BENCH_LIB` for this
+   * process: a path to another copy's `lib/index.ts`, or null for this checkout's `lib/`.
+   */
+  static async start<K extends AppKind>(name: string, contender: K, cpus?: string, lib?: string | null): Promise<AppProcess<K>> {
     const flags = process.env.BENCH_APP_NODE_FLAGS?.split(' ').filter(Boolean) ?? [];
     const command = [process.execPath, ...nodeArgs('apps/main.ts', flags), contender];
     if (cpus !== undefined) command.unshift('taskset', '-c', cpus);
-    const child = spawn(command[0]!, command.slice(1), {
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      env: { ...process.env, NODE_ENV: 'production' },
-    });
+    const env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'production' };
+    if (lib === null) delete env.BENCH_LIB;
+    else if (lib !== undefined) env.BENCH_LIB = lib;
+    const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env });
     const app = new AppProcess(name, contender, child);
     const message = await app.#next();
     if (message.type !== 'listening') throw new Error(`${name}: unexpected ${message.type}`);

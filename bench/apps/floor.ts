@@ -15,9 +15,15 @@ declare module 'express-session' {
 
 /**
  * With `layers` (the `floor-layers` reference of the paired case): one pass-through middleware after the session and
- * one pass-through guard on the route, the layers a middleware-plus-guard library adds, doing nothing else.
+ * one pass-through guard on the route, the layers a middleware-plus-guard library adds, doing nothing else. With
+ * `fetchFirst` (`floor-fetch`): one `fetch()` of the provider's discovery document before anything else, which loads
+ * Node's fetch (undici) into the process the way openid-client's first call does in the library's (bench/FIXES.md §7).
  */
-export async function build(config: AppConfig, options: { layers?: boolean } = {}): Promise<{ handler: RequestListener; close(): Promise<void> }> {
+export async function build(
+  config: AppConfig,
+  options: { layers?: boolean; fetchFirst?: boolean } = {},
+): Promise<{ handler: RequestListener; close(): Promise<void> }> {
+  if (options.fetchFirst === true) await (await fetch(`${config.issuer}/.well-known/openid-configuration`)).text();
   const redis = connect(config);
   const app = benchApp();
   app.use(redisSession(config, redis));

@@ -13,6 +13,7 @@ const builders: Record<AppKind, () => Promise<{ build(config: AppConfig): Promis
   library: () => import('./library.js'),
   floor: () => import('./floor.js'),
   'floor-layers': () => import('./floor.js').then((m) => ({ build: (config: AppConfig) => m.build(config, { layers: true }) })),
+  'floor-fetch': () => import('./floor.js').then((m) => ({ build: (config: AppConfig) => m.build(config, { fetchFirst: true }) })),
   'eoc-cookie': () => import('./eoc.js').then((m) => ({ build: (config: AppConfig) => m.build(config, 'cookie') })),
   'eoc-redis': () => import('./eoc.js').then((m) => ({ build: (config: AppConfig) => m.build(config, 'redis') })),
 };

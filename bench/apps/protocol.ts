@@ -4,11 +4,12 @@ import { createHmac } from 'node:crypto';
 export type Contender = 'library' | 'floor' | 'eoc-cookie' | 'eoc-redis';
 
 /**
- * Apps that are not contenders but take the floor apart, for the paired case: `floor-layers` is the floor plus one
+ * Apps that are not contenders but take the floor apart: `floor-layers` (the paired case) is the floor plus one
  * pass-through middleware mounted with `app.use()` and one pass-through guard on the route, the structure every
- * middleware-plus-guard library adds (`app.use(auth())`, `requireAuth()`).
+ * middleware-plus-guard library adds (`app.use(auth())`, `requireAuth()`); `floor-fetch` (for `npm run bench:ab`) is
+ * the floor that made one `fetch()` to the provider before serving, as openid-client does at every login.
  */
-export type Reference = 'floor-layers';
+export type Reference = 'floor-layers' | 'floor-fetch';
 
 export type AppKind = Contender | Reference;
 
