@@ -15,7 +15,7 @@
  * Knobs: `BENCH_AB_ROUNDS` (12 per order), `BENCH_PAIRED_DURATION` (2 s measured per round), `BENCH_PAIRED_WARMUP`
  * (1 s unmeasured before each), `BENCH_CONNECTIONS` (10 per app), `BENCH_PIN=0`.
  */
-import { startProvider } from '../test/helpers/provider.js';
+import { startProvider, type TestProvider } from '../test/helpers/provider.js';
 import { startPrivateRedis } from '../test/setup/global-setup.js';
 import type { AppKind } from './apps/protocol.js';
 import { claimsLogin, CLIENT_SECRET, cookieFor, expectLoggedIn, oauthClient, oauthLogin } from './logins.js';
@@ -58,12 +58,14 @@ const FALLBACK_CLAIMS = { sub: 'alice', email: 'alice@example.com', email_verifi
 async function startSides(variants: Array<{ which: 'A' | 'B'; variant: Variant }>, cpus: string | undefined, redisUrl: string) {
   const apps: Array<{ which: 'A' | 'B'; variant: Variant; app: AppProcess }> = [];
   const stop = () => Promise.all(apps.map(({ app }) => app.stop()));
+  let provider: TestProvider | undefined;
   try {
     for (const { which, variant } of variants) apps.push({ which, variant, app: await AppProcess.start(`ab-${which}`, variant.kind, cpus, variant.lib) });
-    const provider = await startProvider({ clients: apps.map(({ which, app }) => oauthClient(`bench-ab-${which}`, app.url)) });
+    provider = await startProvider({ clients: apps.map(({ which, app }) => oauthClient(`bench-ab-${which}`, app.url)) });
+    const issuer = provider.issuer;
     await Promise.all(
       apps.map(({ which, app }) =>
-        app.configure({ issuer: provider.issuer, clientId: `bench-ab-${which}`, clientSecret: CLIENT_SECRET, redisUrl, sessionPrefix: `ab:${which}:sess:`, keyPrefix: `ab:${which}:` }),
+        app.configure({ issuer, clientId: `bench-ab-${which}`, clientSecret: CLIENT_SECRET, redisUrl, sessionPrefix: `ab:${which}:sess:`, keyPrefix: `ab:${which}:` }),
       ),
     );
     const cookies = new Map<string, string>();
@@ -76,8 +78,6 @@ async function startSides(variants: Array<{ which: 'A' | 'B'; variant: Variant }
     for (const { app } of apps.filter(({ variant }) => variant.kind !== 'library')) {
       cookies.set(app.name, cookieFor(app, await claimsLogin(app, claims ?? FALLBACK_CLAIMS)));
     }
-    // Logins done: the provider sits idle in this process during the load, as in the full run; closing it is cleaner.
-    await provider.close();
     const side = (which: 'A' | 'B'): PairSide => {
       const { app } = apps.find((entry) => entry.which === which)!;
       return { app, cookie: cookies.get(app.name)! };
@@ -86,6 +86,9 @@ async function startSides(variants: Array<{ which: 'A' | 'B'; variant: Variant }
   } catch (err) {
     await stop();
     throw err;
+  } finally {
+    // Logins done: `GET /me` never needs the provider again.
+    await provider?.close();
   }
 }
 
@@ -96,6 +99,7 @@ async function compare(a: Variant, b: Variant, first: 'A' | 'B', cpus: string | 
   const [sideA, sideB] = sides;
   const loads: [LoadProcess, LoadProcess] = [new LoadProcess(), new LoadProcess()];
   try {
+    // Unmeasured load on both first, as the full run gives each pair before its rounds (BENCH_WARMUP).
     await loadPair(loads, sides, 2, LOAD);
     const rps: number[] = [];
     const cpu: number[] = [];
