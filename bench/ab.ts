@@ -18,6 +18,7 @@
 import { startProvider, type TestProvider } from '../test/helpers/provider.js';
 import { startPrivateRedis } from '../test/setup/global-setup.js';
 import type { AppKind } from './apps/protocol.js';
+import { intFromEnv } from './env.js';
 import { claimsLogin, CLIENT_SECRET, cookieFor, expectLoggedIn, oauthClient, oauthLogin } from './logins.js';
 import { loadPair, measurePair, pinProcesses, type LoadSettings, type PairSide } from './pairing.js';
 import { AppProcess, LoadProcess } from './processes.js';
@@ -28,12 +29,6 @@ interface Variant {
   kind: AppKind;
   /** `BENCH_LIB` of the process; null: this checkout's `lib/`. */
   lib: string | null;
-}
-
-function intFromEnv(name: string, fallback: number): number {
-  const value = Number(process.env[name] ?? fallback);
-  if (!Number.isInteger(value) || value < 1) throw new Error(`${name} must be a positive integer`);
-  return value;
 }
 
 const rounds = intFromEnv('BENCH_AB_ROUNDS', 12);

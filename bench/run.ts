@@ -16,10 +16,11 @@ import { Browser } from '../test/helpers/browser.js';
 import { startProvider, type TestProvider } from '../test/helpers/provider.js';
 import { startPrivateRedis, type PrivateRedis } from '../test/setup/global-setup.js';
 import { BENCH_SESSION_SECRET, sessionCookie, type Contender } from './apps/protocol.js';
+import { intFromEnv } from './env.js';
 import type { AutocannonOutcome, BurstOutcome } from './load.js';
+import { claimsLogin, CLIENT_SECRET, cookieFor, expectLoggedIn, oauthClient, oauthLogin } from './logins.js';
 import type { OverheadJob, OverheadOutcome } from './overhead.js';
 import { checkLoad, loadPair, loadRoute, measurePair, pinProcesses, type LoadSettings, type PairSide } from './pairing.js';
-import { claimsLogin, CLIENT_SECRET, cookieFor, expectLoggedIn, oauthClient, oauthLogin } from './logins.js';
 import { AppProcess, LoadProcess, runScript } from './processes.js';
 import { commandCounts, countDelta, total, type CommandCounts } from './redis-stats.js';
 import { renderReport } from './report.js';
@@ -27,14 +28,6 @@ import type { BenchResults, CommandCost, LoginCost, PairedResult, SessionSize, S
 import { median, percentile, round } from './stats.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
-
-function intFromEnv(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value <= 0) throw new Error(`${name} must be a positive integer, got ${raw}`);
-  return value;
-}
 
 /** Knobs (environment variables) with defaults sized for a 2-core machine: the whole run takes about 5 minutes. */
 export const settings = {
@@ -113,18 +106,6 @@ function expressSessionKey(prefix: string, browser: Browser, app: AppProcess): s
 
 /** How case 1 loads an app: `settings`' connections, and its unmeasured seconds before each paired run. */
 const LOAD: LoadSettings = { connections: settings.connections, warmup: settings.pairedWarmup };
-
-function loadMe(load: LoadProcess, side: PairSide, seconds: number): Promise<AutocannonOutcome> {
-  return loadRoute(load, side, seconds, LOAD);
-}
-
-function loadBoth(loads: [LoadProcess, LoadProcess], sides: [PairSide, PairSide], seconds: number): Promise<AutocannonOutcome[]> {
-  return loadPair(loads, sides, seconds, LOAD);
-}
-
-function runPair(loads: [LoadProcess, LoadProcess], sides: [PairSide, PairSide], duration: number) {
-  return measurePair(loads, sides, duration, LOAD);
-}
 
 async function main(): Promise<void> {
   const started = Date.now();
@@ -315,13 +296,13 @@ async function main(): Promise<void> {
       const runs: Array<{ ratio: number; cpuRatio: number; rps: number; floorRps: number; shares: [number, number] }> = [];
       // The pair's processes sat idle while the pairs before ran: BENCH_WARMUP seconds of load on each first.
       for (let i = 0; i < settings.instances; i++) {
-        await loadBoth([load, secondLoad], [{ app: pair.floor[i]!, cookie: cookies.floor }, pair.side(i)], settings.warmup);
+        await loadPair([load, secondLoad], [{ app: pair.floor[i]!, cookie: cookies.floor }, pair.side(i)], settings.warmup, LOAD);
       }
       for (let r = 0; r < settings.pairedRounds; r++) {
         const floorSide: PairSide = { app: pair.floor[r % settings.instances]!, cookie: cookies.floor };
         // Which load generator drives which side alternates from round to round.
         const generators: [LoadProcess, LoadProcess] = r % 2 === 0 ? [load, secondLoad] : [secondLoad, load];
-        const [a, b] = await runPair(generators, [floorSide, pair.side(r)], settings.pairedDuration);
+        const [a, b] = await measurePair(generators, [floorSide, pair.side(r)], settings.pairedDuration, LOAD);
         runs.push({ ratio: b!.rps / a!.rps, cpuRatio: a!.cpuUsPerRequest / b!.cpuUsPerRequest, rps: b!.rps, floorRps: a!.rps, shares: [a!.coreShare, b!.coreShare] });
       }
       const result: PairedResult = {
@@ -350,9 +331,9 @@ async function main(): Promise<void> {
         const app = instances[c][round % settings.instances]!;
         const side: PairSide = { app, cookie: cookies[c] };
         // As in the paired case: a moment of unmeasured load first, so that no app is measured straight out of idling.
-        await loadMe(load, side, settings.pairedWarmup);
+        await loadRoute(load, side, settings.pairedWarmup, LOAD);
         const cpuBefore = await app.cpu();
-        const outcome = await loadMe(load, side, settings.duration);
+        const outcome = await loadRoute(load, side, settings.duration, LOAD);
         // The app's own CPU per request: unlike req/s, it barely moves when other processes compete for the cores.
         const cpuUsPerRequest = ((await app.cpu()) - cpuBefore) / outcome.requests;
         checkLoad(c, outcome);
