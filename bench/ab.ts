@@ -12,9 +12,11 @@
  * floor side with the claims the library serves. Prints B ÷ A per round and the medians; writes nothing.
  * `npm run bench:ab -- floor floor` shows what the method reads when there is no difference.
  *
- * Knobs: `BENCH_AB_ROUNDS` (12 per order), `BENCH_PAIRED_DURATION` (2 s measured per round), `BENCH_PAIRED_WARMUP`
- * (1 s unmeasured before each), `BENCH_CONNECTIONS` (10 per app), `BENCH_PIN=0`.
+ * Knobs: `BENCH_AB_ROUNDS` (12 per order), `BENCH_WARMUP` (2 s unmeasured before the first round),
+ * `BENCH_PAIRED_DURATION` (2 s measured per round), `BENCH_PAIRED_WARMUP` (1 s unmeasured before each),
+ * `BENCH_CONNECTIONS` (10 per app), `BENCH_PIN=0`.
  */
+import { fileURLToPath } from 'node:url';
 import { startProvider, type TestProvider } from '../test/helpers/provider.js';
 import { startPrivateRedis } from '../test/setup/global-setup.js';
 import type { AppKind } from './apps/protocol.js';
@@ -27,18 +29,20 @@ import { median, round } from './stats.js';
 interface Variant {
   label: string;
   kind: AppKind;
-  /** `BENCH_LIB` of the process; null: this checkout's `lib/`. */
-  lib: string | null;
+  /** The library side's copy (`BENCH_LIB` of its process): this checkout's `lib/` unless another is named. */
+  lib?: string;
 }
 
+const THIS_LIBRARY = fileURLToPath(new URL('../lib/index.ts', import.meta.url));
 const rounds = intFromEnv('BENCH_AB_ROUNDS', 12);
+const warmup = intFromEnv('BENCH_WARMUP', 2);
 const duration = intFromEnv('BENCH_PAIRED_DURATION', 2);
 const LOAD: LoadSettings = { connections: intFromEnv('BENCH_CONNECTIONS', 10), warmup: intFromEnv('BENCH_PAIRED_WARMUP', 1) };
 
 function parseVariant(arg: string | undefined): Variant {
   const [kind, lib] = (arg ?? '').split(/=(.*)/s) as [string, string | undefined];
-  if (kind === 'library') return { label: arg!, kind, lib: lib === undefined || lib === '' ? null : lib };
-  if ((kind === 'floor' || kind === 'floor-layers' || kind === 'floor-fetch') && lib === undefined) return { label: arg!, kind, lib: null };
+  if (kind === 'library') return { label: arg!, kind, lib: lib === undefined || lib === '' ? THIS_LIBRARY : lib };
+  if ((kind === 'floor' || kind === 'floor-layers' || kind === 'floor-fetch') && lib === undefined) return { label: arg!, kind };
   console.error('usage: npm run bench:ab -- <A> <B>   (each: floor | floor-layers | floor-fetch | library | library=<path to lib/index.ts>)');
   process.exit(2);
 }
@@ -94,8 +98,8 @@ async function compare(a: Variant, b: Variant, first: 'A' | 'B', cpus: string | 
   const [sideA, sideB] = sides;
   const loads: [LoadProcess, LoadProcess] = [new LoadProcess(), new LoadProcess()];
   try {
-    // Unmeasured load on both first, as the full run gives each pair before its rounds (BENCH_WARMUP).
-    await loadPair(loads, sides, 2, LOAD);
+    // Unmeasured load on both first, as the full run gives each pair before its rounds.
+    await loadPair(loads, sides, warmup, LOAD);
     const rps: number[] = [];
     const cpu: number[] = [];
     for (let r = 0; r < rounds; r++) {

@@ -33,16 +33,14 @@ export class AppProcess<K extends AppKind = AppKind> {
   }
 
   /**
-   * With `cpus` (a `taskset` CPU list), the app process runs on those CPUs only. `lib` overrides `BENCH_LIB` for this
-   * process: a path to another copy's `lib/index.ts`, or null for this checkout's `lib/`.
+   * With `cpus` (a `taskset` CPU list), the app process runs on those CPUs only. `lib` (a path to a copy's
+   * `lib/index.ts`) is this process's `BENCH_LIB`, whatever the environment says.
    */
-  static async start<K extends AppKind>(name: string, contender: K, cpus?: string, lib?: string | null): Promise<AppProcess<K>> {
+  static async start<K extends AppKind>(name: string, contender: K, cpus?: string, lib?: string): Promise<AppProcess<K>> {
     const flags = process.env.BENCH_APP_NODE_FLAGS?.split(' ').filter(Boolean) ?? [];
     const command = [process.execPath, ...nodeArgs('apps/main.ts', flags), contender];
     if (cpus !== undefined) command.unshift('taskset', '-c', cpus);
-    const env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'production' };
-    if (lib === null) delete env.BENCH_LIB;
-    else if (lib !== undefined) env.BENCH_LIB = lib;
+    const env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'production', ...(lib === undefined ? {} : { BENCH_LIB: lib }) };
     const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env });
     const app = new AppProcess(name, contender, child);
     const message = await app.#next();
