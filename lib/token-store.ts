@@ -35,9 +35,15 @@ export interface TokenStore {
   read(loginId: string): Promise<StoreEntry | undefined>;
   /** Writes `entry` unless the store already holds that version or a newer one; false then (someone else won). */
   write(loginId: string, entry: StoreEntry, ttlSeconds: number): Promise<boolean>;
-  /** Forgets a login (logout). */
-  remove(loginId: string): Promise<void>;
+  /**
+   * Ends a login for good (logout): a tombstone with {@link FINAL_VERSION}, not a deletion, so that a refresh already
+   * in flight when the user logged out cannot write its new tokens into an empty key and bring the login back.
+   */
+  end(loginId: string, ttlSeconds: number): Promise<void>;
 }
+
+/** A version no refresh can ever beat: once a login is ended with it, every process treats it as ended. */
+export const FINAL_VERSION = Number.MAX_SAFE_INTEGER;
 
 /** connect-redis's TTL when neither the store's `ttl` nor the cookie say otherwise. */
 export const DEFAULT_SESSION_TTL_SECONDS = 86_400;
@@ -132,8 +138,8 @@ function createLocalStore(): TokenStore {
       entries.set(loginId, { entry, until: now + ttlSeconds * 1000 });
       return true;
     },
-    async remove(loginId) {
-      entries.delete(loginId);
+    async end(loginId, ttlSeconds) {
+      await store.write(loginId, { v: FINAL_VERSION, ended: true }, ttlSeconds);
     },
   };
   return store;
@@ -144,7 +150,7 @@ export function createTokenStore(config: ResolvedConfig): TokenStore {
   const redis = config.redis;
   if (redis === undefined) return createLocalStore();
   const key = (loginId: string) => `${config.keyPrefix}tokens:${loginId}`;
-  return {
+  const store: TokenStore = {
     async create(login, tokens, ttlSeconds) {
       const entry: TokenRecord = { v: login.version ?? 1, tokens, claims: login.claims };
       try {
@@ -167,12 +173,9 @@ export function createTokenStore(config: ResolvedConfig): TokenStore {
         throw storeUnavailable(err);
       }
     },
-    async remove(loginId) {
-      try {
-        await redis.del(key(loginId));
-      } catch (err) {
-        throw storeUnavailable(err);
-      }
+    async end(loginId, ttlSeconds) {
+      await store.write(loginId, { v: FINAL_VERSION, ended: true }, ttlSeconds);
     },
   };
+  return store;
 }

@@ -59,9 +59,6 @@ function loginIdInStore(store: Store, id: string): Promise<string | undefined> {
   );
 }
 
-/** A version no refresh can ever beat: once a login is ended this way, every process treats it as ended. */
-const FINAL_VERSION = Number.MAX_SAFE_INTEGER;
-
 /**
  * Ends the logins of these sessions in the token store too (a tombstone, not a deletion): their refresh tokens are
  * gone, and a copy of a session that a request in flight saves back after the logout can never be refreshed.
@@ -70,7 +67,7 @@ async function endLogins(runtime: Runtime, store: Store, ids: readonly string[])
   const loginIds = await Promise.all(ids.map((id) => loginIdInStore(store, id)));
   const ttl = Math.max(runtime.config.sessionIndexTtl, DEFAULT_SESSION_TTL_SECONDS);
   await Promise.all(
-    loginIds.filter((id): id is string => id !== undefined).map((id) => runtime.tokenStore.write(id, { v: FINAL_VERSION, ended: true }, ttl)),
+    loginIds.filter((id): id is string => id !== undefined).map((id) => runtime.tokenStore.end(id, ttl)),
   );
 }
 

@@ -7,6 +7,7 @@ import { revokeTokens } from '../revocation.js';
 import type { Runtime } from '../runtime.js';
 import { subjectOf } from '../session-index.js';
 import { destroySession, readState, regenerateSession, requireSession, saveSession, writableState, type LoginState, type SessionWithState } from '../session.js';
+import { sessionTtlSeconds } from '../token-store.js';
 import { unpackTokens, type StoredTokens } from '../tokens.js';
 
 /** How long the `state` of an RP-initiated logout waits for the browser to come back. */
@@ -78,11 +79,14 @@ async function startIdpLogout(
   return client.buildEndSessionUrl(configuration, parameters).href;
 }
 
-/** The login's newest tokens, and its token-store entry removed; Redis trouble must not block the logout. */
-async function currentTokens(runtime: Runtime, login: LoginState): Promise<StoredTokens | undefined> {
+/**
+ * The login's newest tokens, and its token-store entry ended (a tombstone for as long as the session could still be
+ * saved back by a request in flight); Redis trouble must not block the logout.
+ */
+async function currentTokens(runtime: Runtime, req: Request, login: LoginState): Promise<StoredTokens | undefined> {
   try {
     const entry = await runtime.tokenStore.read(login.id);
-    await runtime.tokenStore.remove(login.id);
+    await runtime.tokenStore.end(login.id, sessionTtlSeconds(req));
     // The store's set is the whole one (the session copy has no raw ID token) and never older than the session's.
     return entry !== undefined && !entry.ended && entry.v >= (login.version ?? 1) ? entry.tokens : unpackTokens(login.tokens);
   } catch {
@@ -91,9 +95,9 @@ async function currentTokens(runtime: Runtime, login: LoginState): Promise<Store
 }
 
 /**
- * `POST /logout`: same-origin only. Removes the login from the back-channel index, destroys the session and clears
- * its cookie, revokes the tokens (best effort), then redirects 303 to `postLogoutRedirect` — or, with `idpLogout`,
- * to the server's end-session endpoint.
+ * `POST /logout`: same-origin only. Ends the login in the token store, destroys the session and clears its cookie,
+ * removes the session from the back-channel index, revokes the tokens (best effort), then redirects 303 to
+ * `postLogoutRedirect` — or, with `idpLogout`, to the server's end-session endpoint.
  */
 export function logoutRoute(runtime: Runtime) {
   const { config } = runtime;
@@ -104,13 +108,10 @@ export function logoutRoute(runtime: Runtime) {
       throw new AuthError(AuthErrorCode.FORBIDDEN, 403, 'Cross-site logout requests are refused.');
     }
     const session = requireSession(req);
+    const sessionId = session.id;
     const login = readState(req)?.login;
-    if (login !== undefined && runtime.sessionIndex !== undefined) {
-      // A stale index entry only names a session that no longer exists; it must not block the logout.
-      await runtime.sessionIndex.remove(session.id, subjectOf(login.claims)).catch(() => undefined);
-    }
-    // The token store holds the newest tokens (the session copy may be an older version); its entry goes with the login.
-    const tokens = login === undefined ? undefined : await currentTokens(runtime, login);
+    // The token store holds the newest tokens (the session copy may be an older version); its entry ends with the login.
+    const tokens = login === undefined ? undefined : await currentTokens(runtime, req, login);
 
     const configuration = login === undefined ? undefined : await serverOrNothing(runtime);
     let target = config.postLogoutRedirect;
@@ -118,6 +119,11 @@ export function logoutRoute(runtime: Runtime) {
       target = await startIdpLogout(runtime, req, configuration, tokens);
     } else {
       await endSession(res, config, session);
+    }
+    if (login !== undefined && runtime.sessionIndex !== undefined) {
+      // Only once the session is gone: while it may still exist, a back-channel logout must be able to find it. A stale
+      // entry left by a failure here names a session that no longer exists, and must not fail the logout.
+      await runtime.sessionIndex.remove(sessionId, subjectOf(login.claims)).catch(() => undefined);
     }
 
     if (tokens !== undefined && configuration !== undefined) {

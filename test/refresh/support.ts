@@ -36,27 +36,41 @@ export function refreshErrors(provider: TestProvider): number {
   return provider.events.filter((e) => e.name === 'grant.error' && grantType(e.args) === 'refresh_token').length;
 }
 
-export type StubMode = 'pass' | 'fail500' | 'hang' | 'swapSub';
+export type StubMode = 'pass' | 'fail500' | 'hang' | 'hold' | 'swapSub';
 
 /**
  * A provider misbehaving on purpose, in front of its token endpoint: answering 500, hanging until the client goes
- * away (the request never reaches the grant handler), or swapping the refreshed ID token's `sub` (re-signed with the
+ * away (the request never reaches the grant handler), holding a granted answer until released (the refresh token is
+ * rotated at the provider, the client has not heard yet), or swapping the refreshed ID token's `sub` (re-signed with the
  * provider's own key, so that only the §12.2 check can catch it). Counts every POST to the token endpoint.
  */
 export interface TokenStub {
   mode: StubMode;
   /** POSTs to /token seen so far, whatever the mode. */
   posts: number;
-  /** Resolves when the next request is held in `hang` mode. */
+  /** Resolves when the next request is held in `hang` mode, or granted and held in `hold` mode. */
   nextHang(): Promise<void>;
+  /** Sends the answers held in `hold` mode. */
+  release(): void;
 }
 
 export function installTokenStub(tp: TestProvider): TokenStub {
   let hangWaiters: Array<() => void> = [];
+  let held: Array<() => void> = [];
+  const notifyHang = () => {
+    const waiters = hangWaiters;
+    hangWaiters = [];
+    for (const resolve of waiters) resolve();
+  };
   const stub: TokenStub = {
     mode: 'pass',
     posts: 0,
     nextHang: () => new Promise<void>((resolve) => hangWaiters.push(resolve)),
+    release: () => {
+      const answers = held;
+      held = [];
+      for (const send of answers) send();
+    },
   };
   tp.provider.use(async (ctx, next) => {
     if (ctx.method !== 'POST' || ctx.path !== '/token') return next();
@@ -68,11 +82,16 @@ export function installTokenStub(tp: TestProvider): TokenStub {
         return;
       case 'hang': {
         const closed = new Promise<void>((resolve) => ctx.res.once('close', () => resolve()));
-        const waiters = hangWaiters;
-        hangWaiters = [];
-        for (const resolve of waiters) resolve();
+        notifyHang();
         await closed;
         ctx.respond = false;
+        return;
+      }
+      case 'hold': {
+        await next();
+        const released = new Promise<void>((resolve) => held.push(resolve));
+        notifyHang();
+        await released;
         return;
       }
       case 'swapSub': {

@@ -1,0 +1,89 @@
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { Browser } from '../helpers/browser.js';
+import { sessionCookie, startStack, type Stack } from '../helpers/app.js';
+import { refreshRoutes } from '../refresh/fixtures/routes.js';
+import { getJson, installTokenStub, readLogin, readRecord, REFRESH_SKEW, refreshingProvider, tokenKey, waitUntilDue, type TokenStub } from '../refresh/support.js';
+import { logoutClaims, logoutProviderConfiguration, me, postLogout, sendLogoutToken, signLogoutToken, storedSession } from './support.js';
+
+describe('a logout while a refresh is in flight', () => {
+  let stack: Stack;
+  let stub: TokenStub;
+  beforeAll(async () => {
+    stack = await startStack({
+      provider: { configuration: refreshingProvider },
+      auth: { refreshSkew: REFRESH_SKEW },
+      routes: (app) => refreshRoutes(app),
+    });
+    stub = installTokenStub(stack.provider);
+  });
+  afterAll(async () => {
+    stub.release();
+    await stack.close();
+  });
+
+  test('the refresh that finishes after the logout cannot bring the login back', async () => {
+    const browser = new Browser();
+    await browser.login(`${stack.appUrl}/login?returnTo=/me`);
+    const cookie = sessionCookie(browser, stack.appUrl)!;
+    const before = await readLogin(stack, browser);
+    await waitUntilDue(before.tokens);
+
+    // The provider has rotated the refresh token; its answer is on the way when the user logs out.
+    stub.mode = 'hold';
+    const granted = stub.nextHang();
+    const inflight = getJson(browser, `${stack.appUrl}/api/token`);
+    await granted;
+    stub.mode = 'pass';
+    expect((await postLogout(browser, stack.appUrl)).status).toBe(303);
+    stub.release();
+
+    const answer = await inflight;
+    expect(answer.status).toBe(401);
+    expect(answer.body.error).toBe('login_required');
+    // The logout left a tombstone that no refresh can overwrite, so every process sees the login as ended.
+    expect(await readRecord(stack.redis, tokenKey(stack, before.id))).toMatchObject({ ended: true });
+    // The in-flight request may save its copy of the session back; it holds no login.
+    const saved = await storedSession(stack.redis, stack.sessionPrefix, cookie);
+    expect((saved?.oauth as { login?: unknown } | undefined)?.login).toBeUndefined();
+    expect((await me(new Browser(), stack.appUrl, `connect.sid=${cookie}`)).status).toBe(401);
+  });
+});
+
+describe('POST /logout when the session store fails', () => {
+  let stack: Stack;
+  beforeAll(async () => {
+    stack = await startStack({ provider: { configuration: logoutProviderConfiguration } });
+  });
+  afterAll(async () => stack.close());
+
+  test('a session that could not be destroyed stays findable by back-channel logout', async () => {
+    const browser = new Browser();
+    await browser.login(`${stack.appUrl}/login?returnTo=/me`);
+    const cookie = sessionCookie(browser, stack.appUrl)!;
+    const session = await storedSession(stack.redis, stack.sessionPrefix, cookie);
+    const { sub } = (session!.oauth as { login: { claims: { sub: string } } }).login.claims;
+
+    // connect-redis destroys a session with DEL: that one command fails, once.
+    const redis = stack.redis as unknown as { del: (...args: unknown[]) => Promise<unknown> };
+    const del = redis.del.bind(redis);
+    let failures = 0;
+    redis.del = async (...args: unknown[]) => {
+      if (String(args[0]).startsWith(stack.sessionPrefix) && failures++ === 0) throw new Error('Connection is closed.');
+      return del(...args);
+    };
+    try {
+      const failed = await postLogout(browser, stack.appUrl);
+      expect(failed.status).toBe(503);
+      expect(failed.body).toContain('session_unavailable');
+    } finally {
+      redis.del = del;
+    }
+    expect(failures).toBe(1);
+    expect((await me(browser, stack.appUrl)).status).toBe(200);
+
+    // The provider's back-channel logout still finds the session and ends it.
+    const token = await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub }));
+    expect((await sendLogoutToken(stack.appUrl, token)).status).toBe(200);
+    expect((await me(browser, stack.appUrl)).status).toBe(401);
+  });
+});
