@@ -7,7 +7,13 @@ import { storeUnavailable } from './store-errors.js';
  * two concurrent callbacks can never redeem one code twice.
  */
 export interface OnceRegistry {
+  /** True for the first caller only. A store failure rejects, and leaves the value unclaimed everywhere. */
   claim(key: string, ttlMs: number): Promise<boolean>;
+  /**
+   * Gives a claimed value back (best effort), for a claim whose work failed and that its sender may retry. Never for a
+   * callback `state`: a code is redeemed at most once, whatever happens after.
+   */
+  release(key: string): Promise<void>;
 }
 
 const MAX_LOCAL_ENTRIES = 100_000;
@@ -35,8 +41,15 @@ export function createOnceRegistry(config: ResolvedConfig): OnceRegistry {
         const result = await config.redis.set(`${config.keyPrefix}once:${key}`, '1', 'PX', ttlMs, 'NX');
         return result === 'OK';
       } catch (err) {
+        // Nobody holds it: the process must not refuse a retry that Redis, once back, would accept.
+        local.delete(key);
         throw storeUnavailable(err);
       }
+    },
+    async release(key) {
+      local.delete(key);
+      // If this fails too, the claim runs out with its TTL.
+      await config.redis?.del(`${config.keyPrefix}once:${key}`).catch(() => undefined);
     },
   };
 }

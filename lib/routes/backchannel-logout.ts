@@ -86,9 +86,9 @@ export function backchannelLogoutRoute(runtime: Runtime, index: SessionIndex, ve
       const claims = await verify(token);
       // Claimed before anything is destroyed: a replayed token must not end sessions created since.
       // This route needs an `openid` scope, and so an issuer (discovered, or `server.issuer`).
-      const jtiKey = createHash('sha256').update(`${config.issuer?.href ?? ''} ${claims.jti}`).digest('base64url');
+      const jtiKey = `logout-jti:${createHash('sha256').update(`${config.issuer?.href ?? ''} ${claims.jti}`).digest('base64url')}`;
       const ttlMs = Math.max(1, claims.acceptableUntil - nowSeconds() + 1) * 1000;
-      if (!(await runtime.once.claim(`logout-jti:${jtiKey}`, ttlMs))) {
+      if (!(await runtime.once.claim(jtiKey, ttlMs))) {
         throw new AuthError(AuthErrorCode.INVALID_LOGOUT_TOKEN, 400, 'The logout token is invalid: its "jti" was already used.');
       }
       let ids: string[];
@@ -98,6 +98,9 @@ export function backchannelLogoutRoute(runtime: Runtime, index: SessionIndex, ve
         await Promise.all(ids.map((id) => destroyInStore(req.sessionStore, id)));
         await index.remove(ids, claims);
       } catch (err) {
+        // The server retries a logout that failed (§2.8): the retry carries the same token, and must not be taken
+        // for a replay while the sessions are still alive.
+        await runtime.once.release(jtiKey);
         throw storeUnavailable(err, 'The session store failed; the sessions were not all ended.');
       }
       res.status(200).end();

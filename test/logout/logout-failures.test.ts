@@ -49,12 +49,61 @@ describe('a logout while a refresh is in flight', () => {
   });
 });
 
-describe('POST /logout when the session store fails', () => {
+describe('logouts when the session store fails', () => {
   let stack: Stack;
   beforeAll(async () => {
     stack = await startStack({ provider: { configuration: logoutProviderConfiguration } });
   });
   afterAll(async () => stack.close());
+
+  /** A logged-in browser, and a logout token for its user as the provider would send it. */
+  async function loggedInWithLogoutToken() {
+    const browser = new Browser();
+    await browser.login(`${stack.appUrl}/login?returnTo=/me`);
+    const session = await storedSession(stack.redis, stack.sessionPrefix, sessionCookie(browser, stack.appUrl)!);
+    const { sub } = (session!.oauth as { login: { claims: { sub: string } } }).login.claims;
+    return { browser, token: await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub })) };
+  }
+
+  /** Makes the next call of one Redis command fail when `applies` says so; returns a counter and the undo. */
+  function failOnce(command: 'smembers' | 'set', applies: (args: unknown[]) => boolean) {
+    const redis = stack.redis as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+    const original = redis[command]!.bind(redis);
+    const seen = { failures: 0 };
+    redis[command] = async (...args: unknown[]) => {
+      if (seen.failures === 0 && applies(args)) {
+        seen.failures++;
+        throw new Error('Connection is closed.');
+      }
+      return original(...args);
+    };
+    return { seen, restore: () => void (redis[command] = original) };
+  }
+
+  test.each([
+    ['looking up the sessions to end', 'smembers' as const, () => true],
+    ['claiming the jti', 'set' as const, (args: unknown[]) => String(args[0]).includes('once:logout-jti:')],
+  ])('a back-channel logout that failed in %s succeeds when the server retries the same token', async (_step, command, applies) => {
+    const { browser, token } = await loggedInWithLogoutToken();
+    const failing = failOnce(command, applies);
+    try {
+      const first = await sendLogoutToken(stack.appUrl, token);
+      expect(first.status).toBe(503);
+      expect(await first.json()).toMatchObject({ error: 'session_unavailable' });
+    } finally {
+      failing.restore();
+    }
+    expect(failing.seen.failures).toBe(1);
+    expect((await me(browser, stack.appUrl)).status).toBe(200);
+
+    // Back-Channel Logout 1.0 §2.8: the server may retry. The retry is not a replay: the sessions are still alive.
+    expect((await sendLogoutToken(stack.appUrl, token)).status).toBe(200);
+    expect((await me(browser, stack.appUrl)).status).toBe(401);
+    // Once it succeeded, the same token is a replay.
+    const replay = await sendLogoutToken(stack.appUrl, token);
+    expect(replay.status).toBe(400);
+    expect(await replay.json()).toMatchObject({ error: 'invalid_logout_token' });
+  });
 
   test('a session that could not be destroyed stays findable by back-channel logout', async () => {
     const browser = new Browser();
