@@ -155,7 +155,13 @@ export function createRefresher(runtime: RefreshServices): Refresher {
     throw err;
   }
 
-  async function refreshUnderLock(login: LoginState, record: TokenRecord, ttlSeconds: number, rereadAllowed: boolean): Promise<TokenRecord> {
+  async function refreshUnderLock(
+    login: LoginState,
+    record: TokenRecord,
+    ttlSeconds: number,
+    rereadAllowed: boolean,
+    lockedUntil: number,
+  ): Promise<TokenRecord> {
     const refreshToken = record.tokens.refreshToken;
     if (refreshToken === undefined) {
       throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The access token has expired and there is no refresh token; log in again.');
@@ -172,7 +178,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         // once the store has nothing newer.
         const again = await latest(login);
         if (again.v > record.v) {
-          return needsRefresh(again.tokens, config.refreshSkew) ? refreshUnderLock(login, again, ttlSeconds, false) : again;
+          return needsRefresh(again.tokens, config.refreshSkew) ? refreshUnderLock(login, again, ttlSeconds, false, lockedUntil) : again;
         }
       }
       return end(login, record, ttlSeconds, ended);
@@ -193,7 +199,24 @@ export function createRefresher(runtime: RefreshServices): Refresher {
       }
     }
     const next: TokenRecord = { v: record.v + 1, tokens: toStoredTokens(response, record.tokens), claims };
-    return (await commit(login, next, ttlSeconds)) ?? next;
+    return commitRefreshed(login, next, ttlSeconds, lockedUntil);
+  }
+
+  /**
+   * Stores tokens the server has already rotated: the old refresh token is spent, so losing the new one to a Redis
+   * blip would end the login at the next refresh (reuse detection). A failed write is retried while the lock is ours;
+   * after that the new version is still returned, and the session copy (saved with the response) is the one left.
+   */
+  async function commitRefreshed(login: LoginState, next: TokenRecord, ttlSeconds: number, lockedUntil: number): Promise<TokenRecord> {
+    for (let delay = 25; ; delay = Math.min(delay * 2, 200)) {
+      try {
+        return (await commit(login, next, ttlSeconds)) ?? next;
+      } catch (err) {
+        if (!(err instanceof AuthError && err.code === AuthErrorCode.SESSION_UNAVAILABLE)) throw err;
+        if (Date.now() + delay >= lockedUntil) return next;
+        await sleep(delay);
+      }
+    }
   }
 
   function settled(record: TokenRecord, force: boolean, seen: number): boolean {
@@ -209,6 +232,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
     for (;;) {
       const record = await latest(login);
       if (settled(record, force, seen)) return record;
+      const lockedUntil = Date.now() + lease;
       const lock = await locks.acquire(login.id);
       if (lock === undefined) {
         // Another process is refreshing: wait for its new version (or for its lease to run out, then take over).
@@ -221,7 +245,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         // The previous holder may have finished between our read and our lock.
         const current = await latest(login);
         if (settled(current, force, seen)) return current;
-        return await refreshUnderLock(login, current, ttlSeconds, true);
+        return await refreshUnderLock(login, current, ttlSeconds, true, lockedUntil);
       } finally {
         await locks.release(lock);
       }

@@ -226,6 +226,90 @@ describe('refresh on expiry (one process, Redis)', () => {
   });
 });
 
+/**
+ * Makes the token store's compare-and-set write (the `EVAL` of a script that decodes the stored version) fail while
+ * `failing()` says so; the lock's own scripts are left alone.
+ */
+function failStoreWrites(target: Stack, failing: () => boolean) {
+  const redis = target.redis as unknown as { eval: (...args: unknown[]) => Promise<unknown> };
+  const original = redis.eval.bind(redis);
+  const seen = { failures: 0 };
+  redis.eval = async (...args: unknown[]) => {
+    if (String(args[0]).includes('cjson.decode') && failing()) {
+      seen.failures++;
+      throw new Error('Connection is closed.');
+    }
+    return original(...args);
+  };
+  return { seen, restore: () => void (redis.eval = original) };
+}
+
+describe('Redis failing after the server rotated the refresh token', () => {
+  let short: Stack;
+  beforeAll(async () => {
+    // A short lease (2 × 1 s + 1 s), so that the write can be failed for the whole of it.
+    short = await startStack({
+      provider: { configuration: refreshingProvider },
+      auth: { refreshSkew: REFRESH_SKEW, httpTimeout: 1000 },
+      routes: (app) => refreshRoutes(app),
+    });
+  });
+  afterAll(async () => short.close());
+
+  async function dueLogin() {
+    const browser = new Browser();
+    expect((await browser.login(`${short.appUrl}/login?returnTo=/me`)).status).toBe(200);
+    const before = await readLogin(short, browser);
+    await waitUntilDue(before.tokens);
+    return { browser, before };
+  }
+
+  test('a failed write of the new tokens is retried, and the login goes on', async () => {
+    const { browser, before } = await dueLogin();
+    const writes = failStoreWrites(short, () => writes.seen.failures < 2);
+    let first: Awaited<ReturnType<typeof getJson>>;
+    try {
+      first = await getJson(browser, `${short.appUrl}/api/token`);
+    } finally {
+      writes.restore();
+    }
+    expect(writes.seen.failures).toBe(2);
+    expect(first.status).toBe(200);
+    const stored = await readRecord(short.redis, tokenKey(short, before.id));
+    expect(stored).toMatchObject({ v: 2 });
+    expect(stored?.tokens?.refreshToken).not.toBe(before.tokens.refreshToken);
+
+    // The rotated refresh token was kept: the next refresh uses it, and the server sees no reuse.
+    const again = await getJson(browser, `${short.appUrl}/api/refresh`);
+    expect(again.status).toBe(200);
+    expect(short.provider.count('grant.revoked')).toBe(0);
+  });
+
+  test('when the store stays down for the whole lease, the new tokens still reach the session copy', async () => {
+    const { browser, before } = await dueLogin();
+    const writes = failStoreWrites(short, () => true);
+    let first: Awaited<ReturnType<typeof getJson>>;
+    try {
+      first = await getJson(browser, `${short.appUrl}/api/token`);
+    } finally {
+      writes.restore();
+    }
+    expect(writes.seen.failures).toBeGreaterThan(1);
+    expect(first.status).toBe(200);
+    expect(await readRecord(short.redis, tokenKey(short, before.id))).toMatchObject({ v: 1 });
+    const copy = await readLogin(short, browser);
+    expect(copy.version).toBe(2);
+    expect(copy.tokens.refreshToken).not.toBe(before.tokens.refreshToken);
+    expect(copy.tokens.accessToken).toBe(first.body.accessToken);
+
+    // The session's newer version wins over the store's: the next refresh presents the rotated token.
+    const again = await getJson(browser, `${short.appUrl}/api/refresh`);
+    expect(again.status).toBe(200);
+    expect(short.provider.count('grant.revoked')).toBe(0);
+    expect(await readRecord(short.redis, tokenKey(short, before.id))).toMatchObject({ v: 3 });
+  });
+});
+
 describe('refresh without redis (single process)', () => {
   let local: Stack;
   beforeAll(async () => {
