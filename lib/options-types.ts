@@ -140,7 +140,15 @@ export interface AuthOptions {
    * @default `'openid'`
    */
   scope?: string;
-  /** Extra authorization-request parameters (`prompt`, `audience`, `acr_values`, …). Protocol parameters the library sets itself are refused. */
+  /**
+   * Extra authorization-request parameters (`prompt`, `audience`, `acr_values`, …). Protocol parameters the library
+   * sets itself are refused.
+   *
+   * `max_age` (OpenID Connect Core §3.1.2.1) must be a whole number of seconds as a string and needs `openid` in
+   * `scope`: each login records the value it sent, and its callback refuses an ID token whose `auth_time` is missing or
+   * older than `max_age` + `clockTolerance` (`invalid_id_token`).
+   * @default `{}`
+   */
   authorizationParams?: Record<string, string>;
   /** An ioredis client (or Cluster). Makes single-use checks and refresh single-flight hold across processes. */
   redis?: Redis | Cluster;

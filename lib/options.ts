@@ -90,6 +90,25 @@ function routePath(value: unknown, name: string, fallback: string): string {
   return value;
 }
 
+/**
+ * `max_age` (OpenID Connect Core §3.1.2.1) is checked at the callback against the ID token's `auth_time`, so it must be
+ * a number openid-client can compare, and there must be an ID token to carry `auth_time`.
+ */
+function checkMaxAge(value: unknown, openid: boolean): void {
+  const shape = "a whole number of seconds written as a string, such as '0' (always log in again) or '3600'";
+  if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) {
+    fail(`\`authorizationParams.max_age\` must be ${shape}: write '${String(value)}' instead of ${String(value)}.`);
+  }
+  if (typeof value !== 'string' || !/^\d+$/.test(value) || !Number.isSafeInteger(Number(value))) {
+    fail(`\`authorizationParams.max_age\` must be ${shape}, got ${JSON.stringify(value)}.`);
+  }
+  if (!openid) {
+    fail(
+      "`authorizationParams.max_age` is checked against the ID token's `auth_time`, and without 'openid' in `scope` there is no ID token: add 'openid' to `scope`, or remove `max_age`.",
+    );
+  }
+}
+
 function positiveNumber(value: unknown, name: string, fallback: number, unit: string): number {
   if (value === undefined) return fallback;
   if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
@@ -180,6 +199,7 @@ export function resolveOptions(input: unknown): ResolvedConfig {
     if (PROTECTED_PARAMS.has(key)) {
       fail(`\`authorizationParams.${key}\` is set by the library itself; remove it${key === 'scope' ? ' and use the `scope` option' : ''}.`);
     }
+    if (key === 'max_age') checkMaxAge(value, openid);
     if (typeof value !== 'string') fail(`\`authorizationParams.${key}\` must be a string.`);
   }
 

@@ -8,6 +8,11 @@ export interface Transaction {
   verifier: string;
   /** OIDC nonce, when the scope has `openid`. */
   nonce?: string;
+  /**
+   * The `max_age` the authorization request asked for, in seconds (validated at startup); the callback refuses an ID
+   * token whose `auth_time` is missing or older. Absent when no `max_age` was sent.
+   */
+  maxAge?: number;
   /** The DPoP private key the login will be bound to, when `dpop` is on. */
   dpopKey?: JWK;
   /** Sanitised same-origin path to land on after login. */

@@ -92,6 +92,8 @@ export function callbackRoute(runtime: Runtime) {
           pkceCodeVerifier: transaction.verifier,
           expectedState: stateValue,
           ...(transaction.nonce === undefined ? {} : { expectedNonce: transaction.nonce }),
+          // Without it openid-client skips `auth_time` entirely: a server that ignored max_age would go unnoticed.
+          ...(transaction.maxAge === undefined ? {} : { maxAge: transaction.maxAge }),
           idTokenExpected: config.openid,
         },
         undefined,

@@ -36,6 +36,9 @@ export function loginRoute(runtime: Runtime) {
       code_challenge_method: 'S256',
     };
     if (transaction.nonce !== undefined) parameters.nonce = transaction.nonce;
+    // The callback checks `auth_time` against the max_age this request asked for (OpenID Connect Core §3.1.3.7), not
+    // against whatever the configuration says by the time the browser comes back.
+    if (parameters.max_age !== undefined) transaction.maxAge = Number(parameters.max_age);
     const target = await authorizationUrl(config, configuration, parameters, dpop?.handle);
     writableState(session).tx = draft.tx;
     // The transaction must be in the store before the browser can come back with its state.

@@ -48,9 +48,21 @@ describe('auth() options', () => {
     ['colliding routes', { routes: { login: '/callback' } }, [], /must differ/],
     ['negative httpTimeout', { httpTimeout: -1 }, [], /httpTimeout` must be a non-negative number/],
     ['string clockTolerance', { clockTolerance: '5' }, [], /clockTolerance` must be a non-negative number/],
+    ['max_age that is not a number', { authorizationParams: { max_age: 'soon' } }, [], /max_age` must be a whole number of seconds.*got "soon"/],
+    ['negative max_age', { authorizationParams: { max_age: '-1' } }, [], /max_age` must be a whole number/],
+    ['fractional max_age', { authorizationParams: { max_age: '1.5' } }, [], /max_age` must be a whole number/],
+    ['empty max_age', { authorizationParams: { max_age: '' } }, [], /max_age` must be a whole number/],
+    ['max_age as a number', { authorizationParams: { max_age: 300 } }, [], /write '300' instead of 300/],
+    ['max_age without openid', { scope: 'email', authorizationParams: { max_age: '0' } }, [], /max_age` is checked against the ID token's `auth_time`.*add 'openid'/],
   ])('%s → TypeError naming the fix', (_name, overrides, remove, message) => {
     expect(attempt(overrides, remove)).toThrow(TypeError);
     expect(attempt(overrides, remove)).toThrow(message);
+  });
+
+  test('max_age: a whole number of seconds as a string, with openid', () => {
+    for (const maxAge of ['0', '1', '3600']) {
+      expect(typeof auth({ ...valid, authorizationParams: { max_age: maxAge } })).toBe('function');
+    }
   });
 
   test('a non-object is refused', () => {
