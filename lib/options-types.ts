@@ -133,7 +133,11 @@ export interface AuthOptions {
    * @default false
    */
   dpop?: boolean;
-  /** Absolute callback URL, exactly as registered. Its path is where `GET` callback route is mounted. */
+  /**
+   * Absolute callback URL, exactly as registered. Its path is where the `GET` callback route is mounted, matched
+   * exactly, so it must be a path of its own: not '/', and none of the other routes. No query string (the token request
+   * repeats the redirect URI without it; per-login data travels in the login transaction) and no fragment.
+   */
   redirectUri: string | URL;
   /**
    * Space-separated scopes.
@@ -182,7 +186,8 @@ export interface AuthOptions {
     backchannelLogout?: string;
   };
   /**
-   * Same-origin path the browser lands on after logout (local, and after the return from RP-initiated logout).
+   * Same-origin path the browser lands on after logout (local, and after the return from RP-initiated logout). Not
+   * one of the routes that answer a plain visit with an error (the callback, logout and logout-return routes).
    * @default `'/'`
    */
   postLogoutRedirect?: string;

@@ -176,7 +176,20 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   if (typeof dpop !== 'boolean') fail('`dpop` must be a boolean.');
 
   const redirectUri = parseUrl(options.redirectUri, 'redirectUri', 'https://app.example.com/callback');
-  if (redirectUri.hash !== '') fail('`redirectUri` must not have a fragment (RFC 6749 §3.1.2).');
+  // `href`, not `hash`/`search`: a bare '#' or '?' leaves those empty but stays in the redirect_uri sent.
+  if (redirectUri.href.includes('#')) fail('`redirectUri` must not have a fragment (RFC 6749 §3.1.2).');
+  if (redirectUri.href.includes('?')) {
+    // The token request repeats redirect_uri as origin + path (the callback's own query is the response), so a query
+    // here would make every code exchange fail with invalid_grant.
+    fail(
+      `\`redirectUri\` must not have a query string, got '${redirectUri.href}': the callback is matched by its exact path and the token request sends the redirect URI without it. Register a plain path such as '${redirectUri.origin}${redirectUri.pathname === '/' ? '/callback' : redirectUri.pathname}'; per-login data travels in the login transaction (\`returnTo\`), keyed by \`state\`.`,
+    );
+  }
+  if (redirectUri.pathname === '/') {
+    fail(
+      `\`redirectUri\` '${redirectUri.href}' has the path '/', which would make every visit to the home page a callback (and fail with invalid_state): give the callback a path of its own, such as '${redirectUri.origin}/callback'.`,
+    );
+  }
   if (redirectUri.protocol === 'http:' && !allowInsecureRequests && !isLoopback(redirectUri.hostname)) {
     fail(`\`redirectUri\` '${redirectUri.href}' uses http:. Use https:, or set \`allowInsecureRequests: true\` in development.`);
   }
@@ -225,6 +238,17 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   const paths = [loginPath, logoutPath, callbackPath, logout.postLogoutPath, logout.backchannelLogoutPath].filter((p) => p !== undefined);
   if (new Set(paths).size !== paths.length) {
     fail(`the route paths must differ: ${paths.join(', ')} (login, logout, callback${paths.length > 3 ? ' and the logout return routes' : ''}).`);
+  }
+  // These routes answer a plain visit with an error page (invalid_state, or 405 for the POST-only ones), so landing
+  // there after logout would greet every user with one.
+  const landing = new URL(logout.postLogoutRedirect, 'http://landing.invalid').pathname;
+  const unfit = { callback: callbackPath, logout: logoutPath, postLogout: logout.postLogoutPath, backchannelLogout: logout.backchannelLogoutPath };
+  for (const [name, path] of Object.entries(unfit)) {
+    if (path === landing) {
+      fail(
+        `\`postLogoutRedirect\` '${logout.postLogoutRedirect}' is the ${name === 'callback' ? 'callback path of `redirectUri`' : `\`routes.${name}\` path`}, which answers a plain visit with an error: land on a page of the app instead, such as '/'.`,
+      );
+    }
   }
 
   const httpTimeout = positiveNumber(options.httpTimeout, 'httpTimeout', 5000, 'milliseconds');

@@ -48,6 +48,18 @@ describe('auth() options', () => {
     ['colliding routes', { routes: { login: '/callback' } }, [], /must differ/],
     ['negative httpTimeout', { httpTimeout: -1 }, [], /httpTimeout` must be a non-negative number/],
     ['string clockTolerance', { clockTolerance: '5' }, [], /clockTolerance` must be a non-negative number/],
+    // The token request repeats redirect_uri without the query: every login would end in invalid_grant.
+    ['redirectUri with a query', { redirectUri: 'https://app.example.com/callback?tenant=1' }, [], /redirectUri` must not have a query string.*'https:\/\/app\.example\.com\/callback'/],
+    ['redirectUri with an empty query', { redirectUri: 'https://app.example.com/callback?' }, [], /redirectUri` must not have a query string/],
+    ['redirectUri URL with a query', { redirectUri: new URL('https://app.example.com/callback?tenant=1') }, [], /must not have a query string/],
+    ['redirectUri with an empty fragment', { redirectUri: 'https://app.example.com/callback#' }, [], /fragment/],
+    // Every visit to the home page would be taken for a callback.
+    ['redirectUri with the path /', { redirectUri: 'https://app.example.com/' }, [], /has the path '\/'.*'https:\/\/app\.example\.com\/callback'/],
+    ['redirectUri without a path', { redirectUri: 'https://app.example.com' }, [], /has the path '\/'/],
+    ['postLogoutRedirect on the callback', { postLogoutRedirect: '/callback' }, [], /postLogoutRedirect` '\/callback' is the callback path/],
+    ['postLogoutRedirect on the callback, with a query', { postLogoutRedirect: '/callback?bye=1' }, [], /is the callback path/],
+    ['postLogoutRedirect on the logout route', { postLogoutRedirect: '/logout' }, [], /is the `routes.logout` path/],
+    ['postLogoutRedirect on the logout return route', { idpLogout: true, postLogoutRedirect: '/logout/callback' }, [], /is the `routes.postLogout` path/],
     ['max_age that is not a number', { authorizationParams: { max_age: 'soon' } }, [], /max_age` must be a whole number of seconds.*got "soon"/],
     ['negative max_age', { authorizationParams: { max_age: '-1' } }, [], /max_age` must be a whole number/],
     ['fractional max_age', { authorizationParams: { max_age: '1.5' } }, [], /max_age` must be a whole number/],
@@ -63,6 +75,13 @@ describe('auth() options', () => {
     for (const maxAge of ['0', '1', '3600']) {
       expect(typeof auth({ ...valid, authorizationParams: { max_age: maxAge } })).toBe('function');
     }
+  });
+
+  test('redirectUri with a path of its own, and postLogoutRedirect on an ordinary page, are accepted', () => {
+    expect(typeof auth({ ...valid, redirectUri: 'https://app.example.com/auth/callback', postLogoutRedirect: '/goodbye?from=logout' })).toBe('function');
+    expect(typeof auth({ ...valid, redirectUri: new URL('https://app.example.com/callback') })).toBe('function');
+    // The login route is a page: landing there after logout starts a new login, which some apps want.
+    expect(typeof auth({ ...valid, postLogoutRedirect: '/login' })).toBe('function');
   });
 
   test('a non-object is refused', () => {
