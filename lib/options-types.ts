@@ -19,7 +19,12 @@ export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'p
  * ```
  */
 export interface ServerEndpoints {
-  /** The issuer identifier, when the server has one. Required when `scope` has `openid` (ID tokens name it in `iss`). */
+  /**
+   * The issuer identifier, when the server has one. Required when `scope` has `openid` (ID tokens name it in `iss`).
+   * Nothing is discovered, so ID tokens and RFC 9207 `iss` are compared with it as a string: write it exactly as the
+   * server does, trailing '/' or not. A `URL` object is refused when it is a bare origin, because `URL` always adds the
+   * '/' (`new URL('https://idp.example.com').href` is `'https://idp.example.com/'`); give such an issuer as a string.
+   */
   issuer?: string | URL;
   authorizationEndpoint: string | URL;
   tokenEndpoint: string | URL;
@@ -98,6 +103,8 @@ export type FetchUser = (tokens: TokenSet, helpers: { fetch: ResourceFetch }) =>
 export interface AuthOptions {
   /**
    * The issuer identifier. Its metadata is discovered on first use (see `discovery`). Give either `issuer` or `server`.
+   * A trailing '/' (which a `URL` object always adds to a bare origin) does not matter: discovery compares the two
+   * forms as URLs, and ID tokens are then checked against the `issuer` the metadata names, exactly.
    */
   issuer?: string | URL;
   /** The server's endpoints, for a server without discovery. Give either `issuer` or `server`. */

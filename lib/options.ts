@@ -390,6 +390,13 @@ function resolveServerOptions(
     endpoints[name] = url;
   }
   const issuer = input.issuer === undefined ? undefined : parseIssuer(input.issuer, 'server.issuer', allowInsecureRequests);
+  // Nothing is discovered here, so this value is the `iss` ID tokens must carry, compared as a string. A URL object
+  // always ends a bare origin with '/', and many servers write their issuer without it: rather than guess, ask.
+  if (input.issuer instanceof URL && issuer?.pathname === '/') {
+    fail(
+      `\`server.issuer\` is compared exactly with the \`iss\` of ID tokens, and a URL object cannot tell '${issuer.origin}' from '${issuer.origin}/' (it always adds the '/'): give it as a string, exactly as the server writes its issuer.`,
+    );
+  }
   return {
     issuer,
     server: Object.freeze({

@@ -1,5 +1,6 @@
 import { describe, expect, test } from '@jest/globals';
 import { auth, type AuthOptions } from '../../lib/index.js';
+import { resolveOptions } from '../../lib/options.js';
 
 const valid: AuthOptions = {
   issuer: 'https://idp.example.com',
@@ -66,6 +67,13 @@ describe('auth() options', () => {
     ['empty max_age', { authorizationParams: { max_age: '' } }, [], /max_age` must be a whole number/],
     ['max_age as a number', { authorizationParams: { max_age: 300 } }, [], /write '300' instead of 300/],
     ['max_age without openid', { scope: 'email', authorizationParams: { max_age: '0' } }, [], /max_age` is checked against the ID token's `auth_time`.*add 'openid'/],
+    // A URL object always ends a bare origin with '/', and server.issuer is compared as a string with the ID token's iss.
+    [
+      'server.issuer as a bare-origin URL object',
+      { server: { issuer: new URL('https://idp.example.com'), authorizationEndpoint: 'https://idp.example.com/auth', tokenEndpoint: 'https://idp.example.com/token', jwksUri: 'https://idp.example.com/jwks' } },
+      ['issuer'],
+      /server.issuer` .*cannot tell 'https:\/\/idp\.example\.com' from 'https:\/\/idp\.example\.com\/'.*as a string/,
+    ],
   ])('%s → TypeError naming the fix', (_name, overrides, remove, message) => {
     expect(attempt(overrides, remove)).toThrow(TypeError);
     expect(attempt(overrides, remove)).toThrow(message);
@@ -82,6 +90,16 @@ describe('auth() options', () => {
     expect(typeof auth({ ...valid, redirectUri: new URL('https://app.example.com/callback') })).toBe('function');
     // The login route is a page: landing there after logout starts a new login, which some apps want.
     expect(typeof auth({ ...valid, postLogoutRedirect: '/login' })).toBe('function');
+  });
+
+  test('server.issuer: a string is kept exactly; a URL object with a path is unambiguous', () => {
+    const server = { authorizationEndpoint: 'https://idp.example.com/auth', tokenEndpoint: 'https://idp.example.com/token', jwksUri: 'https://idp.example.com/jwks' };
+    const base = { clientId: 'app', clientSecret: 'secret', redirectUri: 'https://app.example.com/callback' };
+    for (const issuer of ['https://idp.example.com', 'https://idp.example.com/', 'https://idp.example.com/realms/app']) {
+      expect(resolveOptions({ ...base, server: { ...server, issuer } }).server?.issuerIdentifier).toBe(issuer);
+    }
+    const withPath = new URL('https://idp.example.com/realms/app');
+    expect(resolveOptions({ ...base, server: { ...server, issuer: withPath } }).server?.issuerIdentifier).toBe('https://idp.example.com/realms/app');
   });
 
   test('a non-object is refused', () => {
