@@ -45,7 +45,7 @@ export function auth(options: AuthOptions): Router {
   const backchannel =
     runtime.sessionIndex === undefined
       ? undefined
-      : backchannelLogoutRoute(runtime, runtime.sessionIndex, createLogoutTokenVerifier(config, runtime.server));
+      : backchannelLogoutRoute(runtime, runtime.sessionIndex, createLogoutTokenVerifier(config, runtime.server, runtime.keys));
   const probeSession = uninitializedSessionProbe();
 
   // AuthErrors become clean 4xx/5xx answers here; anything else goes on to the app's error handling.

@@ -1,16 +1,11 @@
-import { createRemoteJWKSet, errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import { errors, jwtVerify, type JWTPayload } from 'jose';
 import { AuthError, AuthErrorCode } from './errors.js';
+import { acceptedAlgorithms, KeySetUnavailable, type IssuerKeys } from './keys.js';
 import type { ResolvedConfig } from './options.js';
 import type { ServerResolver } from './server.js';
 
 /** The event a logout token must carry (Back-Channel Logout 1.0 §2.4). */
 export const BACKCHANNEL_LOGOUT_EVENT = 'http://schemas.openid.net/event/backchannel-logout';
-
-/**
- * Signature algorithms a logout token may use: asymmetric ones only. `none` is never accepted, and `HS*` would need
- * the client secret as a verification key, which this library does not hand to a JWT verifier.
- */
-export const LOGOUT_TOKEN_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const;
 
 /** A logout token issued longer ago than this is refused even when its `exp` is later (bounds the replay cache). */
 export const LOGOUT_TOKEN_MAX_AGE_SECONDS = 600;
@@ -41,51 +36,24 @@ function optionalString(payload: JWTPayload, claim: 'sub' | 'sid'): string | und
   return value;
 }
 
-/** An error of the key-set fetch, kept apart from errors about the token itself. */
-class KeySetUnavailable extends Error {}
-
 /**
  * Builds the validator of back-channel `logout_token`s (Back-Channel Logout 1.0 §2.6): signature with the issuer's
  * keys (`jwks_uri` from its metadata, re-fetched for an unknown `kid` after a cooldown), an asymmetric algorithm the server
  * advertises, `iss`, `aud`, `iat`, `exp`, `jti`, the back-channel `events` member, no `nonce`, and `sub` and/or `sid`.
  * Replay of `jti` is checked by the caller, which owns the shared store.
  */
-export function createLogoutTokenVerifier(config: ResolvedConfig, server: ServerResolver): LogoutTokenVerifier {
-  let keys: { uri: string; getKey: JWTVerifyGetKey } | undefined;
-
-  function keySet(jwksUri: string): JWTVerifyGetKey {
-    if (keys?.uri !== jwksUri) {
-      const url = new URL(jwksUri);
-      if (url.protocol !== 'https:' && !(url.protocol === 'http:' && config.allowInsecureRequests)) {
-        throw new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, 'The authorization server\'s jwks_uri is not https: (set allowInsecureRequests only in development).');
-      }
-      const remote = createRemoteJWKSet(url, { timeoutDuration: Math.ceil(config.httpTimeout) });
-      const getKey: JWTVerifyGetKey = async (header, token) => {
-        try {
-          return await remote(header, token);
-        } catch (err) {
-          // No key for this kid/alg (after the one re-fetch jose does) is the token's fault; anything else is the server's.
-          if (err instanceof errors.JWKSNoMatchingKey || err instanceof errors.JWKSMultipleMatchingKeys) throw err;
-          throw new KeySetUnavailable('The key set could not be fetched.', { cause: err });
-        }
-      };
-      keys = { uri: jwksUri, getKey };
-    }
-    return keys.getKey;
-  }
-
+export function createLogoutTokenVerifier(config: ResolvedConfig, server: ServerResolver, keys: IssuerKeys): LogoutTokenVerifier {
   return async function verifyLogoutToken(token) {
     const metadata = (await server()).serverMetadata();
     if (typeof metadata.jwks_uri !== 'string') {
       throw new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, 'The authorization server publishes no jwks_uri, so logout tokens cannot be verified.');
     }
-    const advertised = metadata.id_token_signing_alg_values_supported;
-    const algorithms = LOGOUT_TOKEN_ALGORITHMS.filter((alg) => !Array.isArray(advertised) || advertised.includes(alg));
+    const algorithms = acceptedAlgorithms(metadata.id_token_signing_alg_values_supported);
 
     let payload: JWTPayload;
     let typ: string | undefined;
     try {
-      const result = await jwtVerify(token, keySet(metadata.jwks_uri), {
+      const result = await jwtVerify(token, keys(metadata.jwks_uri), {
         algorithms,
         issuer: metadata.issuer,
         audience: config.clientId,

@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import * as client from 'openid-client';
 import { assertDPoPBound, dpopOptionsFor } from './dpop.js';
 import { AuthError, AuthErrorCode } from './errors.js';
+import { KeySetUnavailable, verifySignature } from './keys.js';
 import type { ResolvedConfig } from './options.js';
 import type { Runtime } from './runtime.js';
 import type { LoginState } from './session.js';
@@ -50,7 +51,8 @@ export function leaseMs(config: ResolvedConfig): number {
  * DPoP proof, for instance) belong here, so that every refresh carries them.
  */
 export async function requestRefresh(runtime: RefreshServices, login: LoginState, refreshToken: string) {
-  const configuration = await runtime.server();
+  // No signature check inside the grant: refreshUnderLock() does it once the rotated tokens cannot be lost.
+  const configuration = await runtime.server.forRefresh();
   // A DPoP-bound login proves its key on every refresh (RFC 9449 §5; public clients' refresh tokens are bound to it).
   const response = await client.refreshTokenGrant(configuration, refreshToken, undefined, await dpopOptionsFor(runtime, login));
   assertDPoPBound(runtime.config, response, 'refresh');
@@ -185,9 +187,15 @@ export function createRefresher(runtime: RefreshServices): Refresher {
     }
 
     let claims = record.claims;
+    let tokens = toStoredTokens(response, record.tokens);
     if (config.openid && response.id_token !== undefined) {
+      // openid-client validated the claims (iss, aud, exp, iat, azp); the signature is checked here, as at login.
+      const verified = await signatureOf(response.id_token);
+      if (verified === 'invalid') {
+        return end(login, record, ttlSeconds, loginEnded('The refreshed ID token has no valid signature from the issuer; log in again.'));
+      }
       const idClaims = response.claims();
-      if (idClaims !== undefined) {
+      if (verified === 'valid' && idClaims !== undefined) {
         if (record.claims !== undefined) {
           try {
             checkSameLogin(record.claims, idClaims);
@@ -196,9 +204,13 @@ export function createRefresher(runtime: RefreshServices): Refresher {
           }
         }
         claims = { ...idClaims };
+      } else if (verified === 'unknown') {
+        // The keys could not be fetched. The new tokens came from the token endpoint over TLS and the old refresh token
+        // is spent, so they are kept; the new ID token and its claims, which nothing vouches for, are not.
+        tokens = record.tokens.idToken === undefined ? omitIdToken(tokens) : { ...tokens, idToken: record.tokens.idToken };
       }
     }
-    const next: TokenRecord = { v: record.v + 1, tokens: toStoredTokens(response, record.tokens), claims };
+    const next: TokenRecord = { v: record.v + 1, tokens, claims };
     return commitRefreshed(login, next, ttlSeconds, lockedUntil);
   }
 
@@ -216,6 +228,16 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         if (Date.now() + delay >= lockedUntil) return next;
         await sleep(delay);
       }
+    }
+  }
+
+  /** 'unknown' when the issuer's keys could not be fetched, which says nothing about the token. */
+  async function signatureOf(idToken: string): Promise<'valid' | 'invalid' | 'unknown'> {
+    try {
+      await verifySignature(runtime.keys, (await runtime.server.forRefresh()).serverMetadata(), idToken);
+      return 'valid';
+    } catch (err) {
+      return err instanceof KeySetUnavailable ? 'unknown' : 'invalid';
     }
   }
 
@@ -268,6 +290,11 @@ export function createRefresher(runtime: RefreshServices): Refresher {
   }
 
   return { current };
+}
+
+function omitIdToken(tokens: StoredTokens): StoredTokens {
+  const { idToken: _unverified, ...rest } = tokens;
+  return rest;
 }
 
 function refreshFailed(message: string): AuthError {

@@ -1,3 +1,4 @@
+import { createIssuerKeys, type IssuerKeys } from './keys.js';
 import { createOnceRegistry, type OnceRegistry } from './once.js';
 import type { ResolvedConfig } from './options.js';
 import { createRefresher, type Refresher } from './refresh.js';
@@ -9,6 +10,8 @@ import { createTokenStore, type TokenStore } from './token-store.js';
 export interface Runtime {
   readonly config: ResolvedConfig;
   readonly server: ServerResolver;
+  /** The issuer's signing keys, for the JWTs the library verifies itself (logout tokens, refreshed ID tokens). */
+  readonly keys: IssuerKeys;
   readonly once: OnceRegistry;
   /** `sid`/`sub` → session ids for back-channel logout; only with `redis` and an `openid` scope. */
   readonly sessionIndex: SessionIndex | undefined;
@@ -22,6 +25,7 @@ export function createRuntime(config: ResolvedConfig): Runtime {
   const services = {
     config,
     server: createServerResolver(config),
+    keys: createIssuerKeys(config),
     once: createOnceRegistry(config),
     sessionIndex:
       config.redis !== undefined && config.backchannelLogoutPath !== undefined ? createSessionIndex(config.redis, config.keyPrefix) : undefined,

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { decodeJwt, importJWK, SignJWT } from 'jose';
+import { decodeJwt, generateKeyPair, importJWK, SignJWT } from 'jose';
 import type { Configuration } from 'oidc-provider';
 import type { Redis } from 'ioredis';
 import type { AuthOptions } from '../../lib/index.js';
@@ -36,13 +36,15 @@ export function refreshErrors(provider: TestProvider): number {
   return provider.events.filter((e) => e.name === 'grant.error' && grantType(e.args) === 'refresh_token').length;
 }
 
-export type StubMode = 'pass' | 'fail500' | 'hang' | 'hold' | 'swapSub';
+export type StubMode = 'pass' | 'fail500' | 'hang' | 'hold' | 'swapSub' | 'foreignKey';
 
 /**
  * A provider misbehaving on purpose, in front of its token endpoint: answering 500, hanging until the client goes
  * away (the request never reaches the grant handler), holding a granted answer until released (the refresh token is
- * rotated at the provider, the client has not heard yet), or swapping the refreshed ID token's `sub` (re-signed with the
- * provider's own key, so that only the §12.2 check can catch it). Counts every POST to the token endpoint.
+ * rotated at the provider, the client has not heard yet), swapping the refreshed ID token's `sub` (re-signed with the
+ * provider's own key, so that only the §12.2 check can catch it), or re-signing the refreshed ID token unchanged with
+ * a key of its own under the provider's `kid` (only a signature check can catch it). Counts every POST to the token
+ * endpoint. With `keysDown`, the provider's key set (`/jwks`) answers 503.
  */
 export interface TokenStub {
   mode: StubMode;
@@ -52,6 +54,8 @@ export interface TokenStub {
   nextHang(): Promise<void>;
   /** Sends the answers held in `hold` mode. */
   release(): void;
+  /** While true, `GET /jwks` answers 503. */
+  keysDown: boolean;
 }
 
 export function installTokenStub(tp: TestProvider): TokenStub {
@@ -71,8 +75,15 @@ export function installTokenStub(tp: TestProvider): TokenStub {
       held = [];
       for (const send of answers) send();
     },
+    keysDown: false,
   };
+  const foreignKey = generateKeyPair('RS256');
   tp.provider.use(async (ctx, next) => {
+    if (stub.keysDown && ctx.path === '/jwks') {
+      ctx.status = 503;
+      ctx.body = { error: 'temporarily_unavailable' };
+      return;
+    }
     if (ctx.method !== 'POST' || ctx.path !== '/token') return next();
     stub.posts++;
     switch (stub.mode) {
@@ -94,12 +105,14 @@ export function installTokenStub(tp: TestProvider): TokenStub {
         await released;
         return;
       }
-      case 'swapSub': {
+      case 'swapSub':
+      case 'foreignKey': {
         await next();
         const body = ctx.body as { id_token?: string } | undefined;
         if (ctx.status === 200 && typeof body?.id_token === 'string') {
-          const key = await importJWK(tp.signingKey, 'RS256');
-          const forged = await new SignJWT({ ...decodeJwt(body.id_token), sub: 'mallory' })
+          const key = stub.mode === 'swapSub' ? await importJWK(tp.signingKey, 'RS256') : (await foreignKey).privateKey;
+          const claims = decodeJwt(body.id_token);
+          const forged = await new SignJWT(stub.mode === 'swapSub' ? { ...claims, sub: 'mallory' } : claims)
             .setProtectedHeader({ alg: 'RS256', kid: String(tp.signingKey.kid) })
             .sign(key);
           ctx.body = { ...body, id_token: forged };
