@@ -39,11 +39,12 @@ export function needsRefresh(tokens: StoredTokens, refreshSkew: number, now?: nu
 
 /**
  * How long the cross-process lock is held at most. Everything done under it is bounded by the request timeout
- * (openid-client counts it in whole seconds) and openid-client retries a token request at most once (DPoP nonce), so a
- * live holder always finishes within the lease; a dead one blocks the login for no longer than the lease.
+ * (openid-client counts it in whole seconds): the token request, its one retry for a DPoP nonce, and the fetch of the
+ * issuer's keys for the refreshed ID token's signature. So a live holder always finishes within the lease; a dead one
+ * blocks the login for no longer than the lease.
  */
 export function leaseMs(config: ResolvedConfig): number {
-  return 2 * Math.max(1, Math.ceil(config.httpTimeout / 1000)) * 1000 + 1000;
+  return 3 * Math.max(1, Math.ceil(config.httpTimeout / 1000)) * 1000 + 1000;
 }
 
 /**

@@ -21,7 +21,7 @@ import {
 } from './support.js';
 
 // Two app processes besides this one, sharing Redis (sessions, token store, locks) and the provider.
-// httpTimeout 1000 ms makes the lock lease 3 s (2 × timeout + 1 s), short enough to wait for in a test.
+// httpTimeout 1000 ms makes the lock lease 4 s (3 × timeout + 1 s), short enough to wait for in a test.
 let stack: Stack;
 let stub: TokenStub;
 let first: AppProcess;

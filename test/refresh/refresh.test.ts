@@ -247,7 +247,7 @@ function failStoreWrites(target: Stack, failing: () => boolean) {
 describe('Redis failing after the server rotated the refresh token', () => {
   let short: Stack;
   beforeAll(async () => {
-    // A short lease (2 × 1 s + 1 s), so that the write can be failed for the whole of it.
+    // A short lease (3 × 1 s + 1 s), so that the write can be failed for the whole of it.
     short = await startStack({
       provider: { configuration: refreshingProvider },
       auth: { refreshSkew: REFRESH_SKEW, httpTimeout: 1000 },

@@ -24,8 +24,8 @@ test('the skew is never more than half the issued lifetime', () => {
   expect(needsRefresh({ accessToken: 'a', tokenType: 'Bearer' }, 60, 10 ** 12)).toBe(false);
 });
 
-test('the lock lease outlasts two token requests at the configured timeout', () => {
-  expect(leaseMs(resolveOptions(base))).toBe(11_000);
-  expect(leaseMs(resolveOptions({ ...base, httpTimeout: 1000 }))).toBe(3000);
+test('the lock lease outlasts two token requests and a key-set fetch at the configured timeout', () => {
+  expect(leaseMs(resolveOptions(base))).toBe(16_000);
+  expect(leaseMs(resolveOptions({ ...base, httpTimeout: 1000 }))).toBe(4000);
   expect(leaseMs(resolveOptions({ ...base, httpTimeout: 1500 }))).toBeGreaterThan(2 * 2000);
 });
