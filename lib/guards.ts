@@ -1,7 +1,18 @@
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { RequestAuth, type IdTokenClaims } from './context.js';
 import { AuthError, AuthErrorCode } from './errors.js';
+import { MAX_QUERY_LENGTH } from './query.js';
 import { prefersHtml, sendError } from './respond.js';
+import { MAX_RETURN_TO_LENGTH } from './return-to.js';
+
+/**
+ * The login route, with the page to come back to. A URL too long to be kept as `returnTo` is left out: sent along, it
+ * would either be dropped by the login route or, past the query limit, make the login itself fail (400).
+ */
+function loginUrl(loginPath: string, originalUrl: string): string {
+  const returnTo = `returnTo=${encodeURIComponent(originalUrl)}`;
+  return originalUrl.length > MAX_RETURN_TO_LENGTH || returnTo.length > MAX_QUERY_LENGTH ? loginPath : `${loginPath}?${returnTo}`;
+}
 
 /** A predicate a logged-in user must satisfy (roles, groups, a verified email…). */
 export type AuthCheck = (claims: IdTokenClaims | undefined, req: Request) => boolean | Promise<boolean>;
@@ -14,7 +25,7 @@ export type AuthCheck = (claims: IdTokenClaims | undefined, req: Request) => boo
  * @example
  * ```ts
  * app.get('/profile', requireAuth(), (req, res) => res.render('profile', { user: req.auth.claims }));
- * app.get('/admin', requireAuth((claims) => claims?.groups?.includes('admin') === true), adminPage);
+ * app.get('/admin', requireAuth((claims) => Array.isArray(claims?.groups) && claims.groups.includes('admin')), adminPage);
  * ```
  */
 export function requireAuth(check?: AuthCheck): RequestHandler {
@@ -31,9 +42,8 @@ export function requireAuth(check?: AuthCheck): RequestHandler {
     }
     if (!context.isAuthenticated) {
       if ((req.method === 'GET' || req.method === 'HEAD') && prefersHtml(req)) {
-        const loginPath = RequestAuth.runtimeOf(context).config.loginPath;
         res.set('Cache-Control', 'no-store');
-        res.redirect(302, `${loginPath}?returnTo=${encodeURIComponent(req.originalUrl)}`);
+        res.redirect(302, loginUrl(RequestAuth.runtimeOf(context).config.loginPath, req.originalUrl));
         return;
       }
       sendError(req, res, new AuthError(AuthErrorCode.UNAUTHORIZED, 401, 'Log in to use this resource.'));

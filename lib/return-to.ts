@@ -1,7 +1,8 @@
 /** Where a login lands when `returnTo` is missing or unsafe. */
 export const DEFAULT_RETURN_TO = '/';
 
-const MAX_RETURN_TO_LENGTH = 2048;
+/** A longer `returnTo` is not kept (the login lands on {@link DEFAULT_RETURN_TO}). */
+export const MAX_RETURN_TO_LENGTH = 2048;
 const PROBE_ORIGIN = 'http://return-to.invalid';
 
 /**

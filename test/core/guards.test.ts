@@ -41,6 +41,19 @@ describe('requireAuth()', () => {
     expect(res.headers.get('location')).toBe(`/login?returnTo=${encodeURIComponent('/me?x=1&y=2')}`);
   });
 
+  test.each([
+    ['longer than returnTo may be', `/me?q=${'a'.repeat(2100)}`],
+    ['short enough, but too long for the login query once encoded', `/me?q=${'é'.repeat(800)}`],
+  ])('a guarded URL %s sends the browser to log in without returnTo, and the login works', async (_case, path) => {
+    const res = await new Browser().request(`${stack.appUrl}${path}`);
+    expect(res.status).toBe(302);
+    expect(res.headers.get('location')).toBe('/login');
+    const browser = new Browser();
+    const landed = await browser.login(`${stack.appUrl}${path}`);
+    expect(landed.status).toBe(200);
+    expect(landed.url).toBe(`${stack.appUrl}/`);
+  });
+
   test('an API client gets 401 with a JSON body', async () => {
     for (const accept of ['application/json', '*/*', undefined]) {
       const browser = new Browser();
