@@ -29,7 +29,7 @@ import { checkSessionCookie, uninitializedSessionProbe } from './warnings.js';
  * import { Redis } from 'ioredis';
  * import { auth, requireAuth } from 'express-oauth-pkce';
  *
- * const redis = new Redis(process.env.REDIS_URL);
+ * const redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
  * app.use(session({ store: new RedisStore({ client: redis }), secret, resave: false, saveUninitialized: false }));
  * app.use(auth({ issuer: 'https://idp.example.com', clientId: 'app', clientSecret, redirectUri: 'https://app.example.com/callback', redis }));
  * app.get('/me', requireAuth(), (req, res) => res.json(req.auth.claims));
