@@ -31,6 +31,8 @@ function currentUser(req: Request): { name: string } | undefined {
   return context?.isAuthenticated ? { name: displayName(context.claims) } : undefined;
 }
 
+const SESSION_COOKIE = 'example.sid';
+
 function nowSeconds(): number {
   return Math.floor(Date.now() / 1000);
 }
@@ -46,8 +48,9 @@ export function createApp(options: ExampleAppOptions): Express {
       `default-src 'none'; style-src 'self'; form-action 'self' ${options.formTargets.join(' ')}; frame-ancestors 'none'; base-uri 'none'`,
     );
     res.set('X-Content-Type-Options', 'nosniff');
-    // Not 'no-referrer': with it, browsers send `Origin: null` on form POSTs, and the library's logout CSRF check
-    // (which compares Origin with the app's) refuses the log-out button with 403.
+    // Not 'no-referrer': with it, browsers send `Origin: null` on same-origin form POSTs. The library's logout check
+    // lets `Sec-Fetch-Site: same-origin` win over that, but a browser that sends no Fetch Metadata would get 403 for the
+    // log-out button. 'same-origin' still sends no Referer to other sites.
     res.set('Referrer-Policy', 'same-origin');
     next();
   });
@@ -58,7 +61,7 @@ export function createApp(options: ExampleAppOptions): Express {
 
   app.use(
     session({
-      name: 'example.sid',
+      name: SESSION_COOKIE,
       store: options.sessionStore,
       secret: options.sessionSecret,
       resave: false,
@@ -68,7 +71,9 @@ export function createApp(options: ExampleAppOptions): Express {
     }),
   );
 
-  app.use(auth(options.auth));
+  // express-session does not tell the library its cookie's name; without this, logout would clear `connect.sid` and
+  // leave this cookie in the browser.
+  app.use(auth({ ...options.auth, sessionCookieName: SESSION_COOKIE }));
 
   app.get('/', (req, res) => {
     res.set('Cache-Control', 'no-store');

@@ -189,6 +189,8 @@ test('a person logs in, calls the API, outlives the access token, calls it again
       await page.locator('header').getByRole('button', { name: 'Log out' }).click();
       await page.waitForURL(`${example.appUrl}/`);
       await page.getByRole('link', { name: 'Log in' }).waitFor();
+      // The destroyed session alone would pass step 08; a cookie left behind means logout cleared another name.
+      expect((await context.cookies(example.appUrl)).map((c) => c.name)).not.toContain('example.sid');
     });
 
     await step(page, '08-profile-asks-to-log-in', async () => {
