@@ -7,7 +7,15 @@ import { readState, type LoginState } from './session.js';
 import { sessionTtlSeconds } from './token-store.js';
 import { publicTokens, sessionCopy, unpackTokens, type StoredTokens, type TokenSet } from './tokens.js';
 
-/** Validated ID-token claims (OpenID Connect Core §2, §5.1). */
+/**
+ * Validated ID-token claims (OpenID Connect Core §2, §5.1).
+ *
+ * @example
+ * ```ts
+ * // Claims beyond the five typed here are `unknown`: the provider decides their shape, so check it.
+ * const email = typeof req.auth.claims?.email === 'string' ? req.auth.claims.email : undefined;
+ * ```
+ */
 export interface IdTokenClaims {
   readonly iss: string;
   readonly sub: string;
@@ -18,7 +26,7 @@ export interface IdTokenClaims {
 }
 
 /**
- * `req.auth`, on every request that passed through {@link auth}.
+ * `req.auth`, on every request that passed through `auth()`.
  *
  * @example
  * ```ts

@@ -49,10 +49,33 @@ export const AuthErrorCode = {
   MISCONFIGURED: 'misconfigured',
 } as const;
 
-/** One of the {@link AuthErrorCode} values. */
+/**
+ * One of the {@link AuthErrorCode} values.
+ *
+ * @example
+ * ```ts
+ * function advice(code: AuthErrorCode): string {
+ *   if (code === AuthErrorCode.LOGIN_REQUIRED) return 'Log in again.';
+ *   if (code === AuthErrorCode.SESSION_UNAVAILABLE) return 'Try again in a moment.';
+ *   return 'Something went wrong.';
+ * }
+ * ```
+ */
 export type AuthErrorCode = (typeof AuthErrorCode)[keyof typeof AuthErrorCode];
 
-/** Extra facts an {@link AuthError} may carry. */
+/**
+ * Extra facts an {@link AuthError} may carry.
+ *
+ * @example
+ * ```ts
+ * const err = new AuthError(AuthErrorCode.ACCESS_DENIED, 403, 'The authorization was refused.', {
+ *   error: 'access_denied',
+ *   errorDescription: 'The user cancelled.',
+ * });
+ * err.toJSON(); // { error: 'access_denied', error_description: 'The authorization was refused.', status: 403,
+ *               //   upstream_error: 'access_denied', upstream_error_description: 'The user cancelled.' }
+ * ```
+ */
 export interface AuthErrorOptions {
   /** The underlying error. Kept for logs; never serialised by `toJSON()`. */
   cause?: unknown;

@@ -14,7 +14,15 @@ function loginUrl(loginPath: string, originalUrl: string): string {
   return originalUrl.length > MAX_RETURN_TO_LENGTH || returnTo.length > MAX_QUERY_LENGTH ? loginPath : `${loginPath}?${returnTo}`;
 }
 
-/** A predicate a logged-in user must satisfy (roles, groups, a verified email…). */
+/**
+ * A predicate a logged-in user must satisfy (roles, groups, a verified email…).
+ *
+ * @example
+ * ```ts
+ * const isAdmin: AuthCheck = (claims) => Array.isArray(claims?.groups) && claims.groups.includes('admin');
+ * app.get('/admin', requireAuth(isAdmin), adminPage);
+ * ```
+ */
 export type AuthCheck = (claims: IdTokenClaims | undefined, req: Request) => boolean | Promise<boolean>;
 
 /**

@@ -3,7 +3,15 @@ import type { JWK } from 'jose';
 import type { ResourceFetch } from './resource.js';
 import type { TokenSet } from './tokens.js';
 
-/** How the client authenticates at the token endpoint. */
+/**
+ * How the client authenticates at the token endpoint.
+ *
+ * @example
+ * ```ts
+ * // GitHub takes the secret in the request body only.
+ * app.use(auth({ ...options, clientSecret: process.env.CLIENT_SECRET, clientAuthMethod: 'client_secret_post' }));
+ * ```
+ */
 export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt' | 'none';
 
 /**
@@ -85,7 +93,7 @@ export type ClientPrivateKey = JWK | ClientPrivateKeyOptions;
 export type FetchUser = (tokens: TokenSet, helpers: { fetch: ResourceFetch }) => Promise<object>;
 
 /**
- * Options of {@link auth}. Validated once, when `auth()` is called: a mistake is a `TypeError` at startup
+ * Options of `auth()`. Validated once, when `auth()` is called: a mistake is a `TypeError` at startup
  * that says how to fix it, never a failure on the first login.
  *
  * @example

@@ -1,6 +1,14 @@
 import type * as client from 'openid-client';
 
-/** The token set as the app sees it on `req.auth.tokens`. The refresh token is never exposed. */
+/**
+ * The token set as the app sees it on `req.auth.tokens`. The refresh token is never exposed.
+ *
+ * @example
+ * ```ts
+ * const tokens: TokenSet | undefined = req.auth.tokens;
+ * const secondsLeft = tokens?.expiresAt === undefined ? undefined : tokens.expiresAt - Math.floor(Date.now() / 1000);
+ * ```
+ */
 export interface TokenSet {
   readonly accessToken: string;
   /** `Bearer` (or `DPoP`), normalised to that casing. */
