@@ -39,7 +39,8 @@ beforeAll(async () => {
     req.on('data', (chunk: Buffer) => (body += chunk.toString()));
     req.on('end', () => {
       const path = new URL(req.url ?? '/', api.url).pathname;
-      seen.push({ method: req.method ?? '', path, authorization: req.headers.authorization, contentType: req.headers['content-type'], body });
+      // The request target as sent, query included: the token must not be added to the URL (RFC 6750 §2.3).
+      seen.push({ method: req.method ?? '', path: req.url ?? '', authorization: req.headers.authorization, contentType: req.headers['content-type'], body });
       if (path === '/expired') {
         res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"', 'content-type': 'application/json' }).end('{"error":"invalid_token"}');
       } else if (path === '/slow') {
@@ -66,7 +67,7 @@ test('sends the token in the Authorization header only, with the method, headers
 
   expect(response.status).toBe(200);
   expect(await response.json()).toEqual({ ok: true });
-  expect(seen).toEqual([{ method: 'POST', path: '/orders', authorization: 'Bearer resource-test-token', contentType: 'application/json', body: '{"item":1}' }]);
+  expect(seen).toEqual([{ method: 'POST', path: '/orders?page=2', authorization: 'Bearer resource-test-token', contentType: 'application/json', body: '{"item":1}' }]);
 });
 
 test('a 401 challenge is returned to the caller, not thrown (the app decides: refresh or log in again)', async () => {
