@@ -218,7 +218,7 @@ export function resolveOptions(input: unknown): ResolvedConfig {
 
   const redis = options.redis;
   if (redis !== undefined && (typeof redis !== 'object' || redis === null || typeof (redis as { set?: unknown }).set !== 'function')) {
-    fail('`redis` must be an ioredis client: new Redis(process.env.REDIS_URL).');
+    fail("`redis` must be an ioredis client (or Cluster): import { Redis } from 'ioredis'; new Redis('redis://127.0.0.1:6379').");
   }
 
   const keyPrefix = options.keyPrefix ?? 'oauth-pkce:';
