@@ -1,19 +1,14 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { Browser } from '../helpers/browser.js';
 import { sessionCookie, startStack, type Stack } from '../helpers/app.js';
-import { refreshRoutes } from '../refresh/fixtures/routes.js';
-import { getJson, installTokenStub, readLogin, readRecord, REFRESH_SKEW, refreshingProvider, tokenKey, waitUntilDue, type TokenStub } from '../refresh/support.js';
+import { getJson, installTokenStub, readLogin, readRecord, startRefreshStack, tokenKey, waitUntilDue, type TokenStub } from '../refresh/support.js';
 import { logoutClaims, logoutProviderConfiguration, me, postLogout, sendLogoutToken, signLogoutToken, storedSession } from './support.js';
 
 describe('a logout while a refresh is in flight', () => {
   let stack: Stack;
   let stub: TokenStub;
   beforeAll(async () => {
-    stack = await startStack({
-      provider: { configuration: refreshingProvider },
-      auth: { refreshSkew: REFRESH_SKEW },
-      routes: (app) => refreshRoutes(app),
-    });
+    stack = await startRefreshStack();
     stub = installTokenStub(stack.provider);
   });
   afterAll(async () => {

@@ -1,17 +1,16 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
-import { startStack, type Stack } from '../helpers/app.js';
+import type { Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
-import { refreshRoutes } from './fixtures/routes.js';
 import {
+  expectLoginEnded,
   getJson,
+  inMode,
   installTokenStub,
   readLogin,
   readRecord,
-  readSession,
-  REFRESH_SKEW,
   refreshGrants,
-  refreshingProvider,
   spawnAppProcess,
+  startRefreshStack,
   tokenKey,
   waitUntilDue,
   type AppProcess,
@@ -25,11 +24,7 @@ let stub: TokenStub;
 let fresh: AppProcess;
 
 beforeAll(async () => {
-  stack = await startStack({
-    provider: { configuration: refreshingProvider },
-    auth: { refreshSkew: REFRESH_SKEW, httpTimeout: 1000 },
-    routes: (app) => refreshRoutes(app),
-  });
+  stack = await startRefreshStack({ httpTimeout: 1000 });
   stub = installTokenStub(stack.provider);
   fresh = await spawnAppProcess(stack);
 }, 60_000);
@@ -51,18 +46,8 @@ async function dueLogin() {
 
 test('a refreshed ID token signed with a key that is not the issuer’s ends the login', async () => {
   const { browser, before } = await dueLogin();
-  stub.mode = 'foreignKey';
-  let result: Awaited<ReturnType<typeof getJson>>;
-  try {
-    result = await getJson(browser, `${stack.appUrl}/api/token`);
-  } finally {
-    stub.mode = 'pass';
-  }
-  expect(result.status).toBe(401);
-  expect(result.body).toMatchObject({ error: 'login_required' });
-  expect(String(result.body.error_description)).toMatch(/signature/);
-  expect((await readSession(stack, browser)).oauth?.login).toBeUndefined();
-  expect(await readRecord(stack.redis, tokenKey(stack, before.id))).toMatchObject({ ended: true });
+  const result = await inMode(stub, 'foreignKey', () => getJson(browser, `${stack.appUrl}/api/token`));
+  await expectLoginEnded(stack, browser, before.id, result, /signature/);
 });
 
 test('with the key set down, a refresh keeps the rotated tokens, and not the ID token nothing vouches for', async () => {

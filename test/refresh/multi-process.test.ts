@@ -1,18 +1,16 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
-import { startStack, type Stack } from '../helpers/app.js';
+import type { Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
-import { refreshRoutes } from './fixtures/routes.js';
 import {
   getJson,
   installTokenStub,
   lockKey,
   readLogin,
   readRecord,
-  REFRESH_SKEW,
   refreshErrors,
   refreshGrants,
-  refreshingProvider,
   spawnAppProcess,
+  startRefreshStack,
   tokenKey,
   userinfoStatus,
   waitUntilDue,
@@ -28,11 +26,7 @@ let first: AppProcess;
 let second: AppProcess;
 
 beforeAll(async () => {
-  stack = await startStack({
-    provider: { configuration: refreshingProvider },
-    auth: { refreshSkew: REFRESH_SKEW, httpTimeout: 1000 },
-    routes: (app) => refreshRoutes(app),
-  });
+  stack = await startRefreshStack({ httpTimeout: 1000 });
   stub = installTokenStub(stack.provider);
   [first, second] = await Promise.all([spawnAppProcess(stack), spawnAppProcess(stack)]);
 }, 60_000);

@@ -1,17 +1,17 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { startStack, CLIENT_ID, CLIENT_SECRET, type Stack } from '../helpers/app.js';
+import { CLIENT_ID, CLIENT_SECRET, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
-import { refreshRoutes } from './fixtures/routes.js';
 import {
+  expectLoginEnded,
   getJson,
+  inMode,
   installTokenStub,
   readLogin,
   readRecord,
   readSession,
-  REFRESH_SKEW,
   refreshErrors,
   refreshGrants,
-  refreshingProvider,
+  startRefreshStack,
   tokenKey,
   userinfoStatus,
   waitUntilDue,
@@ -26,11 +26,7 @@ let stack: Stack;
 let stub: TokenStub;
 
 beforeAll(async () => {
-  stack = await startStack({
-    provider: { configuration: refreshingProvider },
-    auth: { refreshSkew: REFRESH_SKEW },
-    routes: (app) => refreshRoutes(app, { slowWrite: () => slowWriteGate }),
-  });
+  stack = await startRefreshStack({}, { slowWrite: () => slowWriteGate });
   stub = installTokenStub(stack.provider);
 });
 afterAll(async () => stack.close());
@@ -182,13 +178,7 @@ describe('refresh on expiry (one process, Redis)', () => {
     const before = await readLogin(stack, browser);
     const grants = refreshGrants(stack.provider);
 
-    stub.mode = 'fail500';
-    let failed: Awaited<ReturnType<typeof getJson>>;
-    try {
-      failed = await getJson(browser, `${stack.appUrl}/api/refresh`);
-    } finally {
-      stub.mode = 'pass';
-    }
+    const failed = await inMode(stub, 'fail500', () => getJson(browser, `${stack.appUrl}/api/refresh`));
 
     expect(failed.status).toBe(503);
     expect(failed.body).toMatchObject({ error: 'refresh_failed', status: 503 });
@@ -210,49 +200,39 @@ describe('refresh on expiry (one process, Redis)', () => {
     const browser = await login();
     const before = await readLogin(stack, browser);
 
-    stub.mode = 'swapSub';
-    let result: Awaited<ReturnType<typeof getJson>>;
-    try {
-      result = await getJson(browser, `${stack.appUrl}/api/refresh`);
-    } finally {
-      stub.mode = 'pass';
-    }
+    const result = await inMode(stub, 'swapSub', () => getJson(browser, `${stack.appUrl}/api/refresh`));
 
-    expect(result.status).toBe(401);
-    expect(result.body).toMatchObject({ error: 'login_required' });
-    expect(String(result.body.error_description)).toMatch(/sub/);
-    expect((await readSession(stack, browser)).oauth?.login).toBeUndefined();
-    expect(await readRecord(stack.redis, tokenKey(stack, before.id))).toMatchObject({ ended: true });
+    await expectLoginEnded(stack, browser, before.id, result, /sub/);
   });
 });
 
 /**
- * Makes the token store's compare-and-set write (the `EVAL` of a script that decodes the stored version) fail while
- * `failing()` says so; the lock's own scripts are left alone.
+ * Calls `url` while the token store's compare-and-set write (the `EVAL` of a script that decodes the stored version)
+ * fails for as long as `failing(failuresSoFar)` says; the lock's own scripts are left alone.
  */
-function failStoreWrites(target: Stack, failing: () => boolean) {
+async function withFailingStoreWrites(target: Stack, browser: Browser, url: string, failing: (failures: number) => boolean) {
   const redis = target.redis as unknown as { eval: (...args: unknown[]) => Promise<unknown> };
   const original = redis.eval.bind(redis);
-  const seen = { failures: 0 };
+  let failures = 0;
   redis.eval = async (...args: unknown[]) => {
-    if (String(args[0]).includes('cjson.decode') && failing()) {
-      seen.failures++;
+    if (String(args[0]).includes('cjson.decode') && failing(failures)) {
+      failures++;
       throw new Error('Connection is closed.');
     }
     return original(...args);
   };
-  return { seen, restore: () => void (redis.eval = original) };
+  try {
+    return { answer: await getJson(browser, url), failures };
+  } finally {
+    redis.eval = original;
+  }
 }
 
 describe('Redis failing after the server rotated the refresh token', () => {
   let short: Stack;
   beforeAll(async () => {
     // A short lease (3 × 1 s + 1 s), so that the write can be failed for the whole of it.
-    short = await startStack({
-      provider: { configuration: refreshingProvider },
-      auth: { refreshSkew: REFRESH_SKEW, httpTimeout: 1000 },
-      routes: (app) => refreshRoutes(app),
-    });
+    short = await startRefreshStack({ httpTimeout: 1000 });
   });
   afterAll(async () => short.close());
 
@@ -266,14 +246,8 @@ describe('Redis failing after the server rotated the refresh token', () => {
 
   test('a failed write of the new tokens is retried, and the login goes on', async () => {
     const { browser, before } = await dueLogin();
-    const writes = failStoreWrites(short, () => writes.seen.failures < 2);
-    let first: Awaited<ReturnType<typeof getJson>>;
-    try {
-      first = await getJson(browser, `${short.appUrl}/api/token`);
-    } finally {
-      writes.restore();
-    }
-    expect(writes.seen.failures).toBe(2);
+    const { answer: first, failures } = await withFailingStoreWrites(short, browser, `${short.appUrl}/api/token`, (n) => n < 2);
+    expect(failures).toBe(2);
     expect(first.status).toBe(200);
     const stored = await readRecord(short.redis, tokenKey(short, before.id));
     expect(stored).toMatchObject({ v: 2 });
@@ -287,14 +261,8 @@ describe('Redis failing after the server rotated the refresh token', () => {
 
   test('when the store stays down for the whole lease, the new tokens still reach the session copy', async () => {
     const { browser, before } = await dueLogin();
-    const writes = failStoreWrites(short, () => true);
-    let first: Awaited<ReturnType<typeof getJson>>;
-    try {
-      first = await getJson(browser, `${short.appUrl}/api/token`);
-    } finally {
-      writes.restore();
-    }
-    expect(writes.seen.failures).toBeGreaterThan(1);
+    const { answer: first, failures } = await withFailingStoreWrites(short, browser, `${short.appUrl}/api/token`, () => true);
+    expect(failures).toBeGreaterThan(1);
     expect(first.status).toBe(200);
     expect(await readRecord(short.redis, tokenKey(short, before.id))).toMatchObject({ v: 1 });
     const copy = await readLogin(short, browser);
@@ -313,11 +281,7 @@ describe('Redis failing after the server rotated the refresh token', () => {
 describe('refresh without redis (single process)', () => {
   let local: Stack;
   beforeAll(async () => {
-    local = await startStack({
-      provider: { configuration: refreshingProvider },
-      auth: { refreshSkew: REFRESH_SKEW, redis: undefined },
-      routes: (app) => refreshRoutes(app),
-    });
+    local = await startRefreshStack({ redis: undefined });
   });
   afterAll(async () => local.close());
 

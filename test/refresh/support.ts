@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { expect } from '@jest/globals';
 import { fileURLToPath } from 'node:url';
 import { decodeJwt, generateKeyPair, importJWK, SignJWT } from 'jose';
 import type { Configuration } from 'oidc-provider';
@@ -6,7 +7,8 @@ import type { Redis } from 'ioredis';
 import type { AuthOptions } from '../../lib/index.js';
 import { unpackTokens, type StoredTokens } from '../../lib/tokens.js';
 import type { Browser } from '../helpers/browser.js';
-import type { Stack } from '../helpers/app.js';
+import { startStack, type Stack } from '../helpers/app.js';
+import { refreshRoutes, type RouteHooks } from './fixtures/routes.js';
 import { TEST_TTLS, type TestProvider } from '../helpers/provider.js';
 
 /** Access tokens live 4 s; expired tokens are refused at once (oidc-provider tolerates 15 s by default). */
@@ -21,6 +23,15 @@ export const refreshingProvider: Partial<Configuration> = {
 
 /** Refreshes 1 s before expiry: with 4 s tokens, a fresh token stays usable for 2–3 s, plenty for a burst of calls. */
 export const REFRESH_SKEW = 1;
+
+/** The refresh tests' stack: the rotating provider, `refreshSkew` of {@link REFRESH_SKEW}, and the routes of fixtures/routes.ts. */
+export function startRefreshStack(auth: Partial<AuthOptions> = {}, hooks: RouteHooks = {}): Promise<Stack> {
+  return startStack({
+    provider: { configuration: refreshingProvider },
+    auth: { refreshSkew: REFRESH_SKEW, ...auth },
+    routes: (app) => refreshRoutes(app, hooks),
+  });
+}
 
 function grantType(args: unknown[]): unknown {
   return (args[0] as { oidc?: { params?: { grant_type?: unknown } } } | undefined)?.oidc?.params?.grant_type;
@@ -128,6 +139,31 @@ export function installTokenStub(tp: TestProvider): TokenStub {
   tp.server.removeAllListeners('request');
   tp.server.on('request', handler);
   return stub;
+}
+
+/** Runs `call` with the stub in `mode`, then puts it back to `pass`, whatever happened. */
+export async function inMode<T>(stub: TokenStub, mode: StubMode, call: () => Promise<T>): Promise<T> {
+  stub.mode = mode;
+  try {
+    return await call();
+  } finally {
+    stub.mode = 'pass';
+  }
+}
+
+/** A refresh that ended the login: 401 `login_required` for `reason`, no login left in the session, a tombstone in the store. */
+export async function expectLoginEnded(
+  stack: Stack,
+  browser: Browser,
+  loginId: string,
+  answer: { status: number; body: Record<string, unknown> },
+  reason: RegExp,
+): Promise<void> {
+  expect(answer.status).toBe(401);
+  expect(answer.body).toMatchObject({ error: 'login_required' });
+  expect(String(answer.body.error_description)).toMatch(reason);
+  expect((await readSession(stack, browser)).oauth?.login).toBeUndefined();
+  expect(await readRecord(stack.redis, tokenKey(stack, loginId))).toMatchObject({ ended: true });
 }
 
 /** The session id behind the browser's signed `connect.sid` cookie. */
