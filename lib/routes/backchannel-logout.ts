@@ -96,13 +96,15 @@ export function backchannelLogoutRoute(runtime: Runtime, index: SessionIndex, ve
         ids = await index.find(claims);
         await endLogins(runtime, req.sessionStore, ids);
         await Promise.all(ids.map((id) => destroyInStore(req.sessionStore, id)));
-        await index.remove(ids, claims);
       } catch (err) {
         // The server retries a logout that failed (§2.8): the retry carries the same token, and must not be taken
         // for a replay while the sessions are still alive.
         await runtime.once.release(jtiKey);
         throw storeUnavailable(err, 'The session store failed; the sessions were not all ended.');
       }
+      // The sessions are gone, so the logout succeeded and its jti stays used: an index entry left behind by a failure
+      // here only names sessions that no longer exist.
+      await index.remove(ids, claims).catch(() => undefined);
       res.status(200).end();
     } catch (err) {
       if (!(err instanceof AuthError)) {

@@ -61,7 +61,7 @@ describe('logouts when the session store fails', () => {
   }
 
   /** Makes the next call of one Redis command fail when `applies` says so; returns a counter and the undo. */
-  function failOnce(command: 'smembers' | 'set', applies: (args: unknown[]) => boolean) {
+  function failOnce(command: 'smembers' | 'set' | 'srem', applies: (args: unknown[]) => boolean) {
     const redis = stack.redis as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
     const original = redis[command]!.bind(redis);
     const seen = { failures: 0 };
@@ -98,6 +98,24 @@ describe('logouts when the session store fails', () => {
     const replay = await sendLogoutToken(stack.appUrl, token);
     expect(replay.status).toBe(400);
     expect(await replay.json()).toMatchObject({ error: 'invalid_logout_token' });
+  });
+
+  test('a back-channel logout whose sessions are gone succeeds even when the index cleanup fails, and stays used', async () => {
+    const { browser, token } = await loggedInWithLogoutToken();
+    const failing = failOnce('srem', () => true);
+    try {
+      expect((await sendLogoutToken(stack.appUrl, token)).status).toBe(200);
+    } finally {
+      failing.restore();
+    }
+    expect(failing.seen.failures).toBe(1);
+    expect((await me(browser, stack.appUrl)).status).toBe(401);
+    // The jti was not given back: the same token, replayed, cannot end sessions the user creates later.
+    const later = await loggedInWithLogoutToken();
+    const replay = await sendLogoutToken(stack.appUrl, token);
+    expect(replay.status).toBe(400);
+    expect(await replay.json()).toMatchObject({ error: 'invalid_logout_token' });
+    expect((await me(later.browser, stack.appUrl)).status).toBe(200);
   });
 
   test('a session that could not be destroyed stays findable by back-channel logout', async () => {
