@@ -3,8 +3,8 @@ import { AuthError, AuthErrorCode } from './errors.js';
 import type { ResolvedConfig } from './options.js';
 
 /**
- * Signature algorithms accepted from the authorization server for the JWTs this library verifies itself (logout
- * tokens, refreshed ID tokens): asymmetric ones only. `none` is never accepted, and `HS*` would need the client
+ * Signature algorithms accepted from the authorization server for the JWTs this library verifies (ID tokens, logout
+ * tokens): asymmetric ones only. `none` is never accepted, and `HS*` would need the client
  * secret as a verification key, which this library does not hand to a JWT verifier.
  */
 export const SIGNING_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const;
@@ -21,8 +21,9 @@ export class KeySetUnavailable extends Error {}
 export type IssuerKeys = (jwksUri: string) => JWTVerifyGetKey;
 
 /**
- * The issuer's signing keys, fetched from its `jwks_uri` by jose: cached, and re-fetched for an unknown `kid` after a
- * cooldown, which is how key rotation works. One per `auth()` instance, shared by everything that verifies a JWT.
+ * The issuer's signing keys, fetched from its `jwks_uri` by jose: cached, and re-fetched for an unknown `kid` at most
+ * every 30 seconds (jose's cooldown, against floods of forged `kid`s), which is how key rotation works. One per `auth()`
+ * instance, shared by everything that verifies a JWT: ID tokens at login and refresh, logout tokens.
  */
 export function createIssuerKeys(config: ResolvedConfig): IssuerKeys {
   let keys: { uri: string; getKey: JWTVerifyGetKey } | undefined;
@@ -48,13 +49,24 @@ export function createIssuerKeys(config: ResolvedConfig): IssuerKeys {
   };
 }
 
+/** What a signature check found; `unknown` when the issuer's keys could not be fetched, which says nothing of the token. */
+export type SignatureCheck = 'valid' | 'invalid' | 'unknown';
+
 /**
- * Checks a compact JWS's signature (only its signature: the caller has validated the claims) against the issuer's
- * keys. Rejects with {@link KeySetUnavailable} when the keys cannot be fetched, and with jose's error when the
- * signature, the algorithm or the key does not fit.
+ * Checks a compact JWS's signature, and only its signature (openid-client has validated the claims), against the
+ * issuer's keys, with an asymmetric algorithm the server advertises: `none` and `HS*` are always `invalid`.
  */
-export async function verifySignature(keys: IssuerKeys, metadata: { jwks_uri?: unknown; id_token_signing_alg_values_supported?: unknown }, jws: string): Promise<void> {
+export async function checkSignature(
+  keys: IssuerKeys,
+  metadata: { jwks_uri?: unknown; id_token_signing_alg_values_supported?: unknown },
+  jws: string,
+): Promise<SignatureCheck> {
   // Not a passing outage: without keys no signature can ever be checked, so the token counts as unverifiable.
-  if (typeof metadata.jwks_uri !== 'string') throw new Error('The authorization server publishes no jwks_uri.');
-  await compactVerify(jws, keys(metadata.jwks_uri), { algorithms: acceptedAlgorithms(metadata.id_token_signing_alg_values_supported) });
+  if (typeof metadata.jwks_uri !== 'string') return 'invalid';
+  try {
+    await compactVerify(jws, keys(metadata.jwks_uri), { algorithms: acceptedAlgorithms(metadata.id_token_signing_alg_values_supported) });
+    return 'valid';
+  } catch (err) {
+    return err instanceof KeySetUnavailable ? 'unknown' : 'invalid';
+  }
 }

@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import * as client from 'openid-client';
 import { assertDPoPBound, dpopOptionsFor } from './dpop.js';
 import { AuthError, AuthErrorCode } from './errors.js';
-import { KeySetUnavailable, verifySignature } from './keys.js';
+import { checkSignature } from './keys.js';
 import type { ResolvedConfig } from './options.js';
 import type { Runtime } from './runtime.js';
 import type { LoginState } from './session.js';
@@ -52,8 +52,7 @@ export function leaseMs(config: ResolvedConfig): number {
  * DPoP proof, for instance) belong here, so that every refresh carries them.
  */
 export async function requestRefresh(runtime: RefreshServices, login: LoginState, refreshToken: string) {
-  // No signature check inside the grant: refreshUnderLock() does it once the rotated tokens cannot be lost.
-  const configuration = await runtime.server.forRefresh();
+  const configuration = await runtime.server();
   // A DPoP-bound login proves its key on every refresh (RFC 9449 §5; public clients' refresh tokens are bound to it).
   const response = await client.refreshTokenGrant(configuration, refreshToken, undefined, await dpopOptionsFor(runtime, login));
   assertDPoPBound(runtime.config, response, 'refresh');
@@ -189,25 +188,26 @@ export function createRefresher(runtime: RefreshServices): Refresher {
 
     let claims = record.claims;
     let tokens = toStoredTokens(response, record.tokens);
-    if (config.openid && response.id_token !== undefined) {
-      // openid-client validated the claims (iss, aud, exp, iat, azp); the signature is checked here, as at login.
-      const verified = await signatureOf(response.id_token);
-      if (verified === 'invalid') {
+    if (response.id_token !== undefined) {
+      // Checked here, once the new tokens are in hand: the old refresh token is spent, so they must not be lost.
+      const signature = await checkSignature(runtime.keys, (await runtime.server()).serverMetadata(), response.id_token);
+      if (signature === 'invalid') {
         return end(login, record, ttlSeconds, loginEnded('The refreshed ID token has no valid signature from the issuer; log in again.'));
       }
-      const idClaims = response.claims();
-      if (verified === 'valid' && idClaims !== undefined) {
-        if (record.claims !== undefined) {
-          try {
-            checkSameLogin(record.claims, idClaims);
-          } catch (err) {
-            return end(login, record, ttlSeconds, err as AuthError);
-          }
+      const idClaims = config.openid ? response.claims() : undefined;
+      if (idClaims !== undefined && record.claims !== undefined) {
+        // Even unverified (keys unreachable): claims naming someone else mean this response must not be kept.
+        try {
+          checkSameLogin(record.claims, idClaims);
+        } catch (err) {
+          return end(login, record, ttlSeconds, err as AuthError);
         }
+      }
+      if (signature === 'valid' && idClaims !== undefined) {
         claims = { ...idClaims };
-      } else if (verified === 'unknown') {
-        // The keys could not be fetched. The new tokens came from the token endpoint over TLS and the old refresh token
-        // is spent, so they are kept; the new ID token and its claims, which nothing vouches for, are not.
+      } else if (signature === 'unknown') {
+        // The keys could not be fetched. The tokens came from the token endpoint over TLS and are kept; an ID token
+        // nothing vouches for, and its claims, are not.
         tokens = record.tokens.idToken === undefined ? omitIdToken(tokens) : { ...tokens, idToken: record.tokens.idToken };
       }
     }
@@ -229,16 +229,6 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         if (Date.now() + delay >= lockedUntil) return next;
         await sleep(delay);
       }
-    }
-  }
-
-  /** 'unknown' when the issuer's keys could not be fetched, which says nothing about the token. */
-  async function signatureOf(idToken: string): Promise<'valid' | 'invalid' | 'unknown'> {
-    try {
-      await verifySignature(runtime.keys, (await runtime.server.forRefresh()).serverMetadata(), idToken);
-      return 'valid';
-    } catch (err) {
-      return err instanceof KeySetUnavailable ? 'unknown' : 'invalid';
     }
   }
 

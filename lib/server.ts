@@ -7,15 +7,7 @@ import { checkPushedAuthorizationSupport } from './par.js';
 import { isNetworkError, isTimeout } from './upstream.js';
 
 /** Resolves the openid-client `Configuration` once and shares it; a failure is not cached. */
-export interface ServerResolver {
-  (): Promise<client.Configuration>;
-  /**
-   * The same server and client for refresh-token grants, without openid-client's ID-token signature check: by the
-   * time that check fetches the issuer's keys, the server has already rotated the refresh token, and a key-set
-   * outage would throw the new one away. The refresher checks the signature itself, once the tokens are safe.
-   */
-  forRefresh(): Promise<client.Configuration>;
-}
+export type ServerResolver = () => Promise<client.Configuration>;
 
 /**
  * Refuses metadata that would silently weaken the flow. Each check names the fix, because the person who reads it
@@ -76,10 +68,10 @@ function discoveryError(err: unknown): AuthError {
  * fetch is forgotten so that the next request tries again (a provider that was briefly down must not need a restart).
  */
 export function createServerResolver(config: ResolvedConfig): ServerResolver {
-  let pending: Promise<{ configuration: client.Configuration; refreshing: client.Configuration }> | undefined;
+  let pending: Promise<client.Configuration> | undefined;
   const timeoutSeconds = Math.max(1, Math.ceil(config.httpTimeout / 1000));
 
-  async function discover(): Promise<{ configuration: client.Configuration; refreshing: client.Configuration }> {
+  async function discover(): Promise<client.Configuration> {
     try {
       const clientMetadata: Partial<client.ClientMetadata> = {
         redirect_uris: [config.redirectUri.href],
@@ -102,29 +94,22 @@ export function createServerResolver(config: ResolvedConfig): ServerResolver {
       }
       checkPushedAuthorizationSupport(config, configuration.serverMetadata());
       checkDPoPSupport(config, configuration.serverMetadata());
-      const refreshing = new client.Configuration(configuration.serverMetadata(), config.clientId, clientMetadata, clientAuth);
-      if (config.allowInsecureRequests) client.allowInsecureRequests(refreshing);
-      refreshing.timeout = timeoutSeconds;
-      // openid-client trusts a token-endpoint ID token on TLS alone (OIDC Core §3.1.3.7 step 6 allows it); we verify
-      // its signature against the issuer's JWKS anyway, so a forged, tampered, unsigned or HMAC-signed ID token is
-      // refused. An unknown `kid` re-fetches the key set (at most once a minute), which is how key rotation works.
-      // A server given by hand with `openid` must name its `jwksUri` (options.ts); without `openid` no ID token is read.
-      client.enableNonRepudiationChecks(configuration);
+      // openid-client trusts a token-endpoint ID token on TLS alone (OIDC Core §3.1.3.7 step 6 allows it) and validates
+      // its claims; the signature is checked by the library itself (keys.ts), at login and at refresh. Not with
+      // openid-client's own check: that one runs inside the grant, after the server has rotated a refresh token, so a
+      // key-set outage would throw the new tokens away.
       configuration.timeout = timeoutSeconds;
-      return { configuration, refreshing };
+      return configuration;
     } catch (err) {
       throw discoveryError(err);
     }
   }
 
-  function resolve() {
+  return function resolveServer() {
     pending ??= discover().catch((err: unknown) => {
       pending = undefined;
       throw err;
     });
     return pending;
-  }
-  const resolveServer = async () => (await resolve()).configuration;
-  resolveServer.forRefresh = async () => (await resolve()).refreshing;
-  return resolveServer;
+  };
 }

@@ -3,6 +3,7 @@ import type { NextFunction, Request, Response } from 'express';
 import * as client from 'openid-client';
 import { assertDPoPBound, dpopOptionsFor } from '../dpop.js';
 import { AuthError, AuthErrorCode } from '../errors.js';
+import { checkSignature } from '../keys.js';
 import { rawQuery, strictQuery } from '../query.js';
 import { setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
@@ -51,6 +52,20 @@ function authorizationResponseError(params: URLSearchParams): AuthError {
     return new AuthError(AuthErrorCode.ACCESS_DENIED, 403, 'The sign-in was cancelled or refused.', upstream);
   }
   return new AuthError(AuthErrorCode.AUTHORIZATION_ERROR, 400, `The authorization server refused the sign-in: ${error}.`, upstream);
+}
+
+/**
+ * The ID token's signature against the issuer's keys (openid-client has validated its claims), before anything of the
+ * login is stored: a forged, tampered, unsigned or HMAC-signed ID token is refused (OpenID Connect Core §3.1.3.7).
+ */
+async function checkIdTokenSignature(runtime: Runtime, configuration: client.Configuration, idToken: string): Promise<void> {
+  const signature = await checkSignature(runtime.keys, configuration.serverMetadata(), idToken);
+  if (signature === 'invalid') {
+    throw new AuthError(AuthErrorCode.INVALID_ID_TOKEN, 400, "The ID token is invalid: its signature does not verify with the issuer's keys.");
+  }
+  if (signature === 'unknown') {
+    throw new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, "The authorization server's signing keys could not be fetched to check the ID token; try again.");
+  }
 }
 
 /**
@@ -103,6 +118,7 @@ export function callbackRoute(runtime: Runtime) {
     } catch (err) {
       throw exchangeError(err, [params.get('code') ?? undefined, transaction.verifier, transaction.nonce, config.clientSecret]);
     }
+    if (response.id_token !== undefined) await checkIdTokenSignature(runtime, configuration, response.id_token);
 
     const idClaims = config.openid ? response.claims() : undefined;
     const tokens = toStoredTokens(response);

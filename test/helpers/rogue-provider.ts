@@ -79,6 +79,8 @@ export class RogueProvider {
   metadata!: Record<string, unknown>;
   /** The keys the JWKS publishes. */
   published!: RogueKey[];
+  /** While true, the JWKS answers 503 (the key set is unreachable). */
+  keySetDown!: boolean;
   /** The key ID tokens are signed with. */
   signingKey!: RogueKey;
   /** The `iss` of authorization responses: the real issuer, none, or a forged value. */
@@ -132,6 +134,7 @@ export class RogueProvider {
       authorization_response_iss_parameter_supported: true,
     };
     this.published = [this.keys.primary, this.keys.ec];
+    this.keySetDown = false;
     this.signingKey = this.keys.primary;
     this.responseIss = this.issuer;
     this.onToken = (context) => context.respond();
@@ -166,7 +169,9 @@ export class RogueProvider {
     };
 
     if (req.method === 'GET' && url.pathname === '/.well-known/openid-configuration') return json(200, this.metadata);
-    if (req.method === 'GET' && url.pathname === '/jwks') return json(200, { keys: this.published.map((k) => k.publicJwk) });
+    if (req.method === 'GET' && url.pathname === '/jwks') {
+      return this.keySetDown ? json(503, { error: 'temporarily_unavailable' }) : json(200, { keys: this.published.map((k) => k.publicJwk) });
+    }
     if (req.method === 'GET' && url.pathname === '/authorize') return this.#authorize(url.searchParams, res);
     if (req.method === 'POST' && url.pathname === '/token') return this.#token(req, new URLSearchParams(body), res, json);
     json(404, { error: 'not_found' });

@@ -142,9 +142,29 @@ test('an ID token that is not a JWT is refused', async () => {
   await refusedWith(async () => 'not-a-jwt');
 });
 
+test('the key set unreachable at login: 502 idp_unreachable, no login (the signature cannot be checked)', async () => {
+  // A fresh app on the same server: nothing cached yet, so the check has to fetch the keys.
+  const fresh = await startRogueStack({ rogue: stack.rogue });
+  try {
+    const browser = new Browser();
+    const pending = await loginUntilCallback(fresh, browser);
+    stack.rogue.keySetDown = true;
+    const seen: Observed = { redis: fresh.redis, sessionPrefix: fresh.sessionPrefix, traffic: fresh.traffic };
+    await expectRefusal(seen, () => browser.request(pending.callbackUrl), {
+      status: 502,
+      code: 'idp_unreachable',
+      calls: ['GET /jwks', 'POST /token'],
+      secrets: () => [...pending.secrets, ...stack.rogue.issued],
+    });
+  } finally {
+    stack.rogue.reset();
+    await fresh.close();
+  }
+});
+
 test('unknown kid: the key set is re-fetched once, a rotated key is accepted, an unknown one refused', async () => {
-  // oauth4webapi re-fetches the key set for an unknown kid when the cached set is at least a minute old, so that a
-  // flood of forged kids cannot turn into a flood of JWKS requests. Only Date is faked, to age the cache.
+  // jose re-fetches the key set for an unknown kid at most every 30 seconds, so that a flood of forged kids cannot
+  // turn into a flood of JWKS requests. Only Date is faked, to age the cache past that cooldown.
   jest.useFakeTimers({
     doNotFake: ['hrtime', 'nextTick', 'performance', 'queueMicrotask', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'setTimeout', 'clearTimeout'],
     advanceTimers: true,
