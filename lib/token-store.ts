@@ -38,8 +38,9 @@ export interface TokenStore {
   /**
    * Ends a login for good (logout): a tombstone with {@link FINAL_VERSION}, not a deletion, so that a refresh already
    * in flight when the user logged out cannot write its new tokens into an empty key and bring the login back.
+   * Returns the entry it replaced, read in the same step, so that no refresh can slip newer tokens in between.
    */
-  end(loginId: string, ttlSeconds: number): Promise<void>;
+  end(loginId: string, ttlSeconds: number): Promise<StoreEntry | undefined>;
 }
 
 /** A version no refresh can ever beat: once a login is ended with it, every process treats it as ended. */
@@ -108,6 +109,18 @@ end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 return 1`;
 
+// Swaps in the tombstone and returns what it replaced, in one step; a tombstone already there stays.
+const END_LOGIN = `
+local previous = redis.call('GET', KEYS[1])
+if previous then
+  local ok, decoded = pcall(cjson.decode, previous)
+  if ok and type(decoded) == 'table' and decoded.ended == true and tonumber(decoded.v) == ${FINAL_VERSION} then
+    return previous
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return previous`;
+
 /** Entries kept in-process without `redis`; the oldest go first. Evicted logins fall back to their session copy. */
 export const MAX_LOCAL_ENTRIES = 10_000;
 
@@ -139,7 +152,9 @@ function createLocalStore(): TokenStore {
       return true;
     },
     async end(loginId, ttlSeconds) {
+      const previous = await store.read(loginId);
       await store.write(loginId, { v: FINAL_VERSION, ended: true }, ttlSeconds);
+      return previous;
     },
   };
   return store;
@@ -174,7 +189,11 @@ export function createTokenStore(config: ResolvedConfig): TokenStore {
       }
     },
     async end(loginId, ttlSeconds) {
-      await store.write(loginId, { v: FINAL_VERSION, ended: true }, ttlSeconds);
+      try {
+        return parseEntry((await redis.eval(END_LOGIN, 1, key(loginId), serialise({ v: FINAL_VERSION, ended: true }), ttlSeconds)) as string | null);
+      } catch (err) {
+        throw storeUnavailable(err);
+      }
     },
   };
   return store;

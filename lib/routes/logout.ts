@@ -85,8 +85,7 @@ async function startIdpLogout(
  */
 async function currentTokens(runtime: Runtime, req: Request, login: LoginState): Promise<StoredTokens | undefined> {
   try {
-    const entry = await runtime.tokenStore.read(login.id);
-    await runtime.tokenStore.end(login.id, sessionTtlSeconds(req));
+    const entry = await runtime.tokenStore.end(login.id, sessionTtlSeconds(req));
     // The store's set is the whole one (the session copy has no raw ID token) and never older than the session's.
     return entry !== undefined && !entry.ended && entry.v >= (login.version ?? 1) ? entry.tokens : unpackTokens(login.tokens);
   } catch {
