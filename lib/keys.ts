@@ -54,17 +54,21 @@ export type SignatureCheck = 'valid' | 'invalid' | 'unknown';
 
 /**
  * Checks a compact JWS's signature, and only its signature (openid-client has validated the claims), against the
- * issuer's keys, with an asymmetric algorithm the server advertises: `none` and `HS*` are always `invalid`.
+ * issuer's keys, with an asymmetric algorithm the server advertises: `none` and `HS*` are always `invalid`. A server
+ * whose metadata cannot give keys at all (no `jwks_uri`, or an `http:` one without `allowInsecureRequests`) is a
+ * configuration problem, not a verdict on the token: that rejects with `discovery_failed` (502).
  */
 export async function checkSignature(
   keys: IssuerKeys,
   metadata: { jwks_uri?: unknown; id_token_signing_alg_values_supported?: unknown },
   jws: string,
 ): Promise<SignatureCheck> {
-  // Not a passing outage: without keys no signature can ever be checked, so the token counts as unverifiable.
-  if (typeof metadata.jwks_uri !== 'string') return 'invalid';
+  if (typeof metadata.jwks_uri !== 'string') {
+    throw new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, 'The authorization server publishes no jwks_uri, so ID-token signatures cannot be checked.');
+  }
+  const getKey = keys(metadata.jwks_uri);
   try {
-    await compactVerify(jws, keys(metadata.jwks_uri), { algorithms: acceptedAlgorithms(metadata.id_token_signing_alg_values_supported) });
+    await compactVerify(jws, getKey, { algorithms: acceptedAlgorithms(metadata.id_token_signing_alg_values_supported) });
     return 'valid';
   } catch (err) {
     return err instanceof KeySetUnavailable ? 'unknown' : 'invalid';
