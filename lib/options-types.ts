@@ -226,8 +226,8 @@ export interface AuthOptions {
   sessionIndexTtl?: number;
   /**
    * Timeout of each request to the authorization server and of `req.auth.fetch()`, in milliseconds. openid-client,
-   * which sends them, takes whole seconds, so the value is rounded up: `200` waits 1 s. Only the key-set fetches that
-   * check refreshed ID tokens and logout tokens use the milliseconds as given.
+   * which sends them, takes whole seconds, so the value is rounded up: `200` waits 1 s. Only the key-set fetches (for
+   * the signatures of ID tokens and logout tokens) use the milliseconds as given.
    * @default 5000
    */
   httpTimeout?: number;
