@@ -9,7 +9,7 @@
  * | `authorization_error` | 400 | any other error response from the authorization endpoint |
  * | `invalid_response` | 400 | the authorization response failed a check (`iss` per RFC 9207, …) |
  * | `invalid_id_token` | 400 | the ID token failed validation (signature, `iss`, `aud`, `nonce`, `exp`, …) |
- * | `token_exchange_failed` | 400 | the token endpoint refused the code (`invalid_grant`, …) or answered nonsense |
+ * | `token_exchange_failed` | 400 / 502 | the token endpoint refused the code (`invalid_grant`, …) or answered nonsense; 502 when it refused the client itself (`invalid_client`, …) |
  * | `par_failed` | 502 | the pushed authorization request (RFC 9126) was refused; nothing was stored |
  * | `user_fetch_failed` | 502 | the `fetchUser` hook failed or returned no object; no login was stored |
  * | `resource_request_failed` | 502 / 504 | `req.auth.fetch()` could not reach the resource server, or timed out (504) |

@@ -124,6 +124,12 @@ function upstreamOf(failure: { error: string; errorDescription?: string }, cause
 }
 
 /**
+ * Token-endpoint errors about the client itself (RFC 6749 §5.2), not the code: the app's configuration is wrong, and
+ * nothing the user does will help, so they are the server side's failure (502), not a bad request.
+ */
+const CLIENT_REFUSED = new Set(['invalid_client', 'unauthorized_client', 'unsupported_grant_type']);
+
+/**
  * Classifies a failure of the code exchange (token request plus ID-token validation). Upstream `error` and
  * `error_description` are kept; tokens and codes never reach the message.
  */
@@ -136,9 +142,18 @@ export function exchangeError(err: unknown, secrets: ReadonlyArray<string | unde
     case 'network':
       return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The token endpoint could not be reached.', { cause });
     case 'refused':
-      return failure.status >= 500
-        ? new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${failure.status}).`, upstreamOf(failure, cause))
-        : new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token endpoint refused the authorization code: ${failure.error}.`, upstreamOf(failure, cause));
+      if (failure.status >= 500) {
+        return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${failure.status}).`, upstreamOf(failure, cause));
+      }
+      if (CLIENT_REFUSED.has(failure.error)) {
+        return new AuthError(
+          AuthErrorCode.TOKEN_EXCHANGE_FAILED,
+          502,
+          `The token endpoint refused this client (${failure.error}): check its credentials, authentication method and registration at the authorization server.`,
+          upstreamOf(failure, cause),
+        );
+      }
+      return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token endpoint refused the authorization code: ${failure.error}.`, upstreamOf(failure, cause));
     case 'id_token':
       return new AuthError(AuthErrorCode.INVALID_ID_TOKEN, 400, `The ID token is invalid: ${failure.detail}.`, { cause });
     case 'server':
