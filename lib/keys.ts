@@ -7,11 +7,29 @@ import type { ResolvedConfig } from './options.js';
  * tokens): asymmetric ones only. `none` is never accepted, and `HS*` would need the client
  * secret as a verification key, which this library does not hand to a JWT verifier.
  */
-export const SIGNING_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const;
+const SIGNING_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const;
 
-/** The advertised subset of {@link SIGNING_ALGORITHMS} (all of them when the server advertises nothing). */
-export function acceptedAlgorithms(advertised: unknown): string[] {
-  return SIGNING_ALGORITHMS.filter((alg) => !Array.isArray(advertised) || advertised.includes(alg));
+/** The server metadata a JWT verification reads. */
+export interface KeyMetadata {
+  jwks_uri?: unknown;
+  id_token_signing_alg_values_supported?: unknown;
+}
+
+/**
+ * The key resolver and the algorithms for a JWT from this server: the advertised subset of {@link SIGNING_ALGORITHMS}
+ * (all of them when the server advertises nothing). A server whose metadata cannot give keys at all (no `jwks_uri`, or
+ * an `http:` one without `allowInsecureRequests`) is a configuration problem, not a verdict on the token: that throws
+ * `discovery_failed` (502), naming `what` cannot be verified.
+ */
+export function verificationKeys(keys: IssuerKeys, metadata: KeyMetadata, what: string): { getKey: JWTVerifyGetKey; algorithms: string[] } {
+  if (typeof metadata.jwks_uri !== 'string') {
+    throw new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, `The authorization server publishes no jwks_uri, so ${what} cannot be verified.`);
+  }
+  const advertised = metadata.id_token_signing_alg_values_supported;
+  return {
+    getKey: keys(metadata.jwks_uri),
+    algorithms: SIGNING_ALGORITHMS.filter((alg) => !Array.isArray(advertised) || advertised.includes(alg)),
+  };
 }
 
 /** The key set could not be fetched: the server's fault (down, 5xx, timeout), not the token's. */
@@ -53,22 +71,14 @@ export function createIssuerKeys(config: ResolvedConfig): IssuerKeys {
 export type SignatureCheck = 'valid' | 'invalid' | 'unknown';
 
 /**
- * Checks a compact JWS's signature, and only its signature (openid-client has validated the claims), against the
- * issuer's keys, with an asymmetric algorithm the server advertises: `none` and `HS*` are always `invalid`. A server
- * whose metadata cannot give keys at all (no `jwks_uri`, or an `http:` one without `allowInsecureRequests`) is a
- * configuration problem, not a verdict on the token: that rejects with `discovery_failed` (502).
+ * Checks an ID token's signature, and only its signature (openid-client has validated the claims), against the
+ * issuer's keys, with an asymmetric algorithm the server advertises: `none` and `HS*` are always `invalid`. Throws like
+ * {@link verificationKeys} when the server gives no usable keys.
  */
-export async function checkSignature(
-  keys: IssuerKeys,
-  metadata: { jwks_uri?: unknown; id_token_signing_alg_values_supported?: unknown },
-  jws: string,
-): Promise<SignatureCheck> {
-  if (typeof metadata.jwks_uri !== 'string') {
-    throw new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, 'The authorization server publishes no jwks_uri, so ID-token signatures cannot be checked.');
-  }
-  const getKey = keys(metadata.jwks_uri);
+export async function checkSignature(keys: IssuerKeys, metadata: KeyMetadata, jws: string): Promise<SignatureCheck> {
+  const { getKey, algorithms } = verificationKeys(keys, metadata, 'ID-token signatures');
   try {
-    await compactVerify(jws, getKey, { algorithms: acceptedAlgorithms(metadata.id_token_signing_alg_values_supported) });
+    await compactVerify(jws, getKey, { algorithms });
     return 'valid';
   } catch (err) {
     return err instanceof KeySetUnavailable ? 'unknown' : 'invalid';

@@ -1,6 +1,6 @@
 import { errors, jwtVerify, type JWTPayload } from 'jose';
 import { AuthError, AuthErrorCode } from './errors.js';
-import { acceptedAlgorithms, KeySetUnavailable, type IssuerKeys } from './keys.js';
+import { KeySetUnavailable, verificationKeys, type IssuerKeys } from './keys.js';
 import type { ResolvedConfig } from './options.js';
 import type { ServerResolver } from './server.js';
 
@@ -45,15 +45,12 @@ function optionalString(payload: JWTPayload, claim: 'sub' | 'sid'): string | und
 export function createLogoutTokenVerifier(config: ResolvedConfig, server: ServerResolver, keys: IssuerKeys): LogoutTokenVerifier {
   return async function verifyLogoutToken(token) {
     const metadata = (await server()).serverMetadata();
-    if (typeof metadata.jwks_uri !== 'string') {
-      throw new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, 'The authorization server publishes no jwks_uri, so logout tokens cannot be verified.');
-    }
-    const algorithms = acceptedAlgorithms(metadata.id_token_signing_alg_values_supported);
+    const { getKey, algorithms } = verificationKeys(keys, metadata, 'logout tokens');
 
     let payload: JWTPayload;
     let typ: string | undefined;
     try {
-      const result = await jwtVerify(token, keys(metadata.jwks_uri), {
+      const result = await jwtVerify(token, getKey, {
         algorithms,
         issuer: metadata.issuer,
         audience: config.clientId,

@@ -58,8 +58,8 @@ function authorizationResponseError(params: URLSearchParams): AuthError {
  * The ID token's signature against the issuer's keys (openid-client has validated its claims), before anything of the
  * login is stored: a forged, tampered, unsigned or HMAC-signed ID token is refused (OpenID Connect Core §3.1.3.7).
  */
-async function checkIdTokenSignature(runtime: Runtime, configuration: client.Configuration, idToken: string): Promise<void> {
-  const signature = await checkSignature(runtime.keys, configuration.serverMetadata(), idToken);
+async function checkIdTokenSignature(runtime: Runtime, metadata: client.ServerMetadata, idToken: string): Promise<void> {
+  const signature = await checkSignature(runtime.keys, metadata, idToken);
   if (signature === 'invalid') {
     throw new AuthError(AuthErrorCode.INVALID_ID_TOKEN, 400, "The ID token is invalid: its signature does not verify with the issuer's keys.");
   }
@@ -92,7 +92,8 @@ export function callbackRoute(runtime: Runtime) {
     }
 
     const configuration = await runtime.server();
-    checkIssuer(params, configuration.serverMetadata(), config.issuer !== undefined);
+    const metadata = configuration.serverMetadata();
+    checkIssuer(params, metadata, config.issuer !== undefined);
     if (params.has('error')) throw authorizationResponseError(params);
     if (!params.get('code')) throw new AuthError(AuthErrorCode.INVALID_REQUEST, 400, 'The callback has no authorization "code".');
 
@@ -118,7 +119,7 @@ export function callbackRoute(runtime: Runtime) {
     } catch (err) {
       throw exchangeError(err, [params.get('code') ?? undefined, transaction.verifier, transaction.nonce, config.clientSecret]);
     }
-    if (response.id_token !== undefined) await checkIdTokenSignature(runtime, configuration, response.id_token);
+    if (response.id_token !== undefined) await checkIdTokenSignature(runtime, metadata, response.id_token);
 
     const idClaims = config.openid ? response.claims() : undefined;
     const tokens = toStoredTokens(response);
