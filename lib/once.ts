@@ -1,6 +1,9 @@
 import type { ResolvedConfig } from './options.js';
 import { storeUnavailable } from './store-errors.js';
 
+/** What a refused {@link OnceRegistry.claim} ran into: work that finished, or work that another attempt still does. */
+export type ClaimHolder = 'used' | 'in_progress';
+
 /**
  * Marks a value as used, exactly once: `claim(key)` is true for the first caller only. Inside a process a map
  * answers; with `redis` a `SET NX PX` makes it hold across processes. Used for callback `state` values so that
@@ -10,6 +13,14 @@ export interface OnceRegistry {
   /** True for the first caller only. A store failure rejects, and leaves the value unclaimed everywhere. */
   claim(key: string, ttlMs: number): Promise<boolean>;
   /**
+   * For a claim whose work may fail and be retried by its sender (back-channel logout): marks the work done, so that
+   * the value stays used for `ttlMs` more. Until then a claim is only in progress, and lapses with its own TTL (a
+   * lease) if its process dies. Best effort: if this fails, the claim still runs out with that lease.
+   */
+  finish(key: string, ttlMs: number): Promise<void>;
+  /** Why a claim was refused: finished work, or work still in progress (or one whose claim could not be read). */
+  holder(key: string): Promise<ClaimHolder>;
+  /**
    * Gives a claimed value back (best effort), for a claim whose work failed and that its sender may retry. Never for a
    * callback `state`: a code is redeemed at most once, whatever happens after.
    */
@@ -17,19 +28,26 @@ export interface OnceRegistry {
 }
 
 const MAX_LOCAL_ENTRIES = 100_000;
+const CLAIMED = '1';
+const USED = 'used';
 
 export function createOnceRegistry(config: ResolvedConfig): OnceRegistry {
-  const local = new Map<string, number>();
+  const local = new Map<string, { until: number; used: boolean }>();
+  const redisKey = (key: string): string => `${config.keyPrefix}once:${key}`;
 
-  function claimLocally(key: string, ttlMs: number, now: number): boolean {
-    const until = local.get(key);
-    if (until !== undefined && until > now) return false;
-    if (local.size >= MAX_LOCAL_ENTRIES) {
-      for (const [k, expiry] of local) if (expiry <= now) local.delete(k);
+  function remember(key: string, ttlMs: number, used: boolean, now: number): void {
+    if (local.size >= MAX_LOCAL_ENTRIES && !local.has(key)) {
+      for (const [k, entry] of local) if (entry.until <= now) local.delete(k);
       // Still full of live entries: forget the oldest; Redis (when configured) still guards across processes.
       if (local.size >= MAX_LOCAL_ENTRIES) local.delete(local.keys().next().value as string);
     }
-    local.set(key, now + ttlMs);
+    local.set(key, { until: now + ttlMs, used });
+  }
+
+  function claimLocally(key: string, ttlMs: number, now: number): boolean {
+    const entry = local.get(key);
+    if (entry !== undefined && entry.until > now) return false;
+    remember(key, ttlMs, false, now);
     return true;
   }
 
@@ -38,18 +56,32 @@ export function createOnceRegistry(config: ResolvedConfig): OnceRegistry {
       if (!claimLocally(key, ttlMs, Date.now())) return false;
       if (config.redis === undefined) return true;
       try {
-        const result = await config.redis.set(`${config.keyPrefix}once:${key}`, '1', 'PX', ttlMs, 'NX');
-        return result === 'OK';
+        if ((await config.redis.set(redisKey(key), CLAIMED, 'PX', ttlMs, 'NX')) === 'OK') return true;
+        // Another process holds it. No local mark: if that process gives it back, a retry here must be let through.
+        local.delete(key);
+        return false;
       } catch (err) {
         // Nobody holds it: the process must not refuse a retry that Redis, once back, would accept.
         local.delete(key);
         throw storeUnavailable(err);
       }
     },
+    async finish(key, ttlMs) {
+      remember(key, ttlMs, true, Date.now());
+      await config.redis?.set(redisKey(key), USED, 'PX', ttlMs).catch(() => undefined);
+    },
+    async holder(key) {
+      const entry = local.get(key);
+      if (entry?.used === true && entry.until > Date.now()) return 'used';
+      if (config.redis === undefined) return 'in_progress';
+      // Unreadable, or gone since the claim was refused: the sender's next retry finds out.
+      const value = await config.redis.get(redisKey(key)).catch(() => null);
+      return value === USED ? 'used' : 'in_progress';
+    },
     async release(key) {
       local.delete(key);
       // If this fails too, the claim runs out with its TTL.
-      await config.redis?.del(`${config.keyPrefix}once:${key}`).catch(() => undefined);
+      await config.redis?.del(redisKey(key)).catch(() => undefined);
     },
   };
 }

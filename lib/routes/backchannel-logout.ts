@@ -11,6 +11,9 @@ import type { SessionIndex } from '../session-index.js';
 import { DEFAULT_SESSION_TTL_SECONDS } from '../token-store.js';
 import { nowSeconds } from '../tokens.js';
 
+/** How long a delivery may be at work before a retry of the same token may start over (its process may have died). */
+const IN_PROGRESS_LEASE_MS = 30_000;
+
 /** Logout tokens are a few hundred bytes; anything much larger is not one. */
 const MAX_BODY_BYTES = 16 * 1024;
 
@@ -88,8 +91,15 @@ export function backchannelLogoutRoute(runtime: Runtime, index: SessionIndex, ve
       // This route needs an `openid` scope, and so an issuer (discovered, or `server.issuer`).
       const jtiKey = `logout-jti:${createHash('sha256').update(`${config.issuer?.href ?? ''} ${claims.jti}`).digest('base64url')}`;
       const ttlMs = Math.max(1, claims.acceptableUntil - nowSeconds() + 1) * 1000;
-      if (!(await runtime.once.claim(jtiKey, ttlMs))) {
-        throw new AuthError(AuthErrorCode.INVALID_LOGOUT_TOKEN, 400, 'The logout token is invalid: its "jti" was already used.');
+      // Held as "in progress" for a lease only, so that a process that dies mid-way does not turn every retry into a
+      // replay; finished work keeps the jti for as long as the token could be accepted.
+      if (!(await runtime.once.claim(jtiKey, Math.min(ttlMs, IN_PROGRESS_LEASE_MS)))) {
+        if ((await runtime.once.holder(jtiKey)) === 'used') {
+          throw new AuthError(AuthErrorCode.INVALID_LOGOUT_TOKEN, 400, 'The logout token is invalid: its "jti" was already used.');
+        }
+        // The server's retry (§2.8) overtook its first delivery, which is still at work: not a replay, and not done.
+        res.set('Retry-After', '5');
+        throw new AuthError(AuthErrorCode.SESSION_UNAVAILABLE, 503, 'A logout with this token is still in progress; retry later.');
       }
       let ids: string[];
       try {
@@ -104,6 +114,7 @@ export function backchannelLogoutRoute(runtime: Runtime, index: SessionIndex, ve
       }
       // The sessions are gone, so the logout succeeded and its jti stays used: an index entry left behind by a failure
       // here only names sessions that no longer exist.
+      await runtime.once.finish(jtiKey, ttlMs);
       await index.remove(ids, claims).catch(() => undefined);
       res.status(200).end();
     } catch (err) {

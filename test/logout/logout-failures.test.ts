@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { Browser } from '../helpers/browser.js';
-import { sessionCookie, startStack, type Stack } from '../helpers/app.js';
+import { buildApp, listen, sessionCookie, startStack, type Listener, type Stack } from '../helpers/app.js';
 import { getJson, installTokenStub, readLogin, readRecord, startRefreshStack, tokenKey, waitUntilDue, type TokenStub } from '../refresh/support.js';
 import { logoutClaims, logoutProviderConfiguration, me, postLogout, sendLogoutToken, signLogoutToken, storedSession } from './support.js';
 
@@ -46,10 +46,17 @@ describe('a logout while a refresh is in flight', () => {
 
 describe('logouts when the session store fails', () => {
   let stack: Stack;
+  /** A second instance of the same app: its own process-local state, the same Redis and sessions. */
+  let twin: Listener;
   beforeAll(async () => {
     stack = await startStack({ provider: { configuration: logoutProviderConfiguration } });
+    twin = await listen();
+    twin.handle(buildApp({ redis: stack.redis, sessionPrefix: stack.sessionPrefix, auth: stack.authOptions }));
   });
-  afterAll(async () => stack.close());
+  afterAll(async () => {
+    await twin.close();
+    await stack.close();
+  });
 
   /** A logged-in browser, and a logout token for its user as the provider would send it. */
   async function loggedInWithLogoutToken() {
@@ -98,6 +105,50 @@ describe('logouts when the session store fails', () => {
     const replay = await sendLogoutToken(stack.appUrl, token);
     expect(replay.status).toBe(400);
     expect(await replay.json()).toMatchObject({ error: 'invalid_logout_token' });
+  });
+
+  test('a retry that overtakes a delivery still at work is asked to come back (503) on every instance, not refused as a replay', async () => {
+    const { browser, token } = await loggedInWithLogoutToken();
+    // The first delivery's lookup of the sessions to end hangs until the test lets it fail.
+    const redis = stack.redis as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+    const smembers = redis.smembers!.bind(redis);
+    let reached!: () => void;
+    const atWork = new Promise<void>((resolve) => (reached = resolve));
+    let giveUp!: () => void;
+    const failure = new Promise<void>((resolve) => (giveUp = resolve));
+    redis.smembers = async () => {
+      redis.smembers = smembers;
+      reached();
+      await failure;
+      throw new Error('Connection is closed.');
+    };
+    let first: Promise<Response> | undefined;
+    try {
+      first = sendLogoutToken(stack.appUrl, token);
+      await atWork;
+      for (const url of [stack.appUrl, twin.url]) {
+        const retry = await sendLogoutToken(url, token);
+        expect(retry.status).toBe(503);
+        expect(retry.headers.get('retry-after')).toBe('5');
+        expect(await retry.json()).toMatchObject({ error: 'session_unavailable' });
+      }
+    } finally {
+      giveUp();
+      redis.smembers = smembers;
+    }
+    // The first delivery fails after all and gives the jti back; the sessions are alive.
+    expect((await first)?.status).toBe(503);
+    expect((await me(browser, stack.appUrl)).status).toBe(200);
+
+    // The twin's refused claim left no mark of its own there: the server's next retry ends the sessions.
+    expect((await sendLogoutToken(twin.url, token)).status).toBe(200);
+    expect((await me(browser, stack.appUrl)).status).toBe(401);
+    // Finished, the token is a replay on every instance.
+    for (const url of [stack.appUrl, twin.url]) {
+      const replay = await sendLogoutToken(url, token);
+      expect(replay.status).toBe(400);
+      expect(await replay.json()).toMatchObject({ error: 'invalid_logout_token' });
+    }
   });
 
   test('a back-channel logout whose sessions are gone succeeds even when the index cleanup fails, and stays used', async () => {
