@@ -19,7 +19,11 @@ export interface SessionIndex {
   add(sessionId: string, subject: LogoutSubject, ttlSeconds: number): Promise<void>;
   /** Forgets session ids (local logout, or after a back-channel logout destroyed them). */
   remove(sessionIds: string | readonly string[], subject: LogoutSubject): Promise<void>;
-  /** The session ids a logout token names: with both `sid` and `sub`, only sessions indexed under both. */
+  /**
+   * The session ids a logout token names: `sid` alone, that OP session's; `sub` alone, all the user's; both, the
+   * user's sessions of that OP session, and the user's logins whose ID token carried no `sid` (nothing tells
+   * whether they belong to it: ended rather than left alive).
+   */
   find(subject: LogoutSubject): Promise<string[]>;
 }
 
@@ -36,17 +40,19 @@ function hashed(value: string): string {
 }
 
 export function createSessionIndex(redis: Redis | Cluster, keyPrefix: string): SessionIndex {
-  const keys = (subject: LogoutSubject): { sid?: string; sub?: string } => ({
+  // `nosid`: the user's logins whose ID token had no sid, for logout tokens that name one (an OP that began sending
+  // sids after these logins, e.g. once the client was registered with backchannel_logout_session_required).
+  const keys = (subject: LogoutSubject): { sid?: string; sub?: string; nosid?: string } => ({
     ...(subject.sid === undefined ? {} : { sid: `${keyPrefix}logout:sid:${hashed(subject.sid)}` }),
-    ...(subject.sub === undefined ? {} : { sub: `${keyPrefix}logout:sub:${hashed(subject.sub)}` }),
+    ...(subject.sub === undefined ? {} : { sub: `${keyPrefix}logout:sub:${hashed(subject.sub)}`, nosid: `${keyPrefix}logout:nosid:${hashed(subject.sub)}` }),
   });
 
   return {
     async add(sessionId, subject, ttlSeconds) {
-      const { sid, sub } = keys(subject);
-      // One MULTI per key: a Cluster may place the two keys on different slots.
+      const { sid, sub, nosid } = keys(subject);
+      // One MULTI per key: a Cluster may place the keys on different slots.
       await Promise.all(
-        [sid, sub]
+        [sid, sub, sid === undefined ? nosid : undefined]
           .filter((key) => key !== undefined)
           .map((key) => redis.multi().sadd(key, sessionId).expire(key, ttlSeconds).exec().then(failedReply)),
       );
@@ -54,21 +60,17 @@ export function createSessionIndex(redis: Redis | Cluster, keyPrefix: string): S
     async remove(sessionIds, subject) {
       const members = typeof sessionIds === 'string' ? [sessionIds] : [...sessionIds];
       if (members.length === 0) return;
-      const { sid, sub } = keys(subject);
-      await Promise.all([sid, sub].filter((key) => key !== undefined).map((key) => redis.srem(key, ...members)));
+      const { sid, sub, nosid } = keys(subject);
+      await Promise.all([sid, sub, nosid].filter((key) => key !== undefined).map((key) => redis.srem(key, ...members)));
     },
     async find(subject) {
-      const { sid, sub } = keys(subject);
-      const [bySid, bySub] = await Promise.all([
-        sid === undefined ? undefined : redis.smembers(sid),
-        sub === undefined ? undefined : redis.smembers(sub),
-      ]);
-      if (bySid !== undefined && bySub !== undefined) {
-        // Intersected here rather than with SINTER, which a Cluster refuses across slots.
-        const ofUser = new Set(bySub);
-        return bySid.filter((id) => ofUser.has(id));
-      }
-      return bySid ?? bySub ?? [];
+      const { sid, sub, nosid } = keys(subject);
+      if (sid === undefined) return sub === undefined ? [] : redis.smembers(sub);
+      if (sub === undefined || nosid === undefined) return redis.smembers(sid);
+      const [bySid, bySub, withoutSid] = await Promise.all([redis.smembers(sid), redis.smembers(sub), redis.smembers(nosid)]);
+      // Intersected here rather than with SINTER, which a Cluster refuses across slots.
+      const ofUser = new Set(bySub);
+      return [...new Set([...bySid.filter((id) => ofUser.has(id)), ...withoutSid])];
     },
   };
 }

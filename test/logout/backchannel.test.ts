@@ -150,6 +150,11 @@ describe('back-channel logout across two app processes', () => {
     expect((await sendLogoutToken(appB.url, mismatched)).status).toBe(200);
     expect((await me(dave, appA.url)).status).toBe(200);
 
+    // Dave's sub with another OP session's sid leaves this session, which recorded its own sid, alone.
+    const otherSession = await signLogoutToken(provider, logoutClaims(provider.issuer, { sub: 'dave', sid: `${sid}-other` }));
+    expect((await sendLogoutToken(appB.url, otherSession)).status).toBe(200);
+    expect((await me(dave, appA.url)).status).toBe(200);
+
     const matching = await signLogoutToken(provider, logoutClaims(provider.issuer, { sub: 'dave', sid }));
     expect((await sendLogoutToken(appB.url, matching)).status).toBe(200);
     expect((await me(dave, appA.url)).status).toBe(401);

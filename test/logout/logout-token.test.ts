@@ -115,6 +115,24 @@ describe('logout-token refusals (Back-Channel Logout 1.0 §2.6)', () => {
   });
 });
 
+describe('logins whose ID token carried no sid', () => {
+  // This stack's client is registered without backchannel_logout_session_required, so oidc-provider puts no sid into
+  // its ID tokens. An OP whose registration changes later (or that sends sids only in logout tokens) names a sid
+  // these logins never recorded.
+  test('a logout token with sid and sub ends the user\'s sid-less logins, and nobody else\'s', async () => {
+    const target = await loggedInUser();
+    const bystander = await loggedInUser();
+    const { claims } = JSON.parse((await me(target.browser, stack.appUrl)).body) as { claims: Record<string, unknown> };
+    expect(claims.sub).toBe(target.sub);
+    expect(claims).not.toHaveProperty('sid');
+
+    const token = await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub: target.sub, sid: `op-session-${target.sub}` }));
+    expect((await sendLogoutToken(stack.appUrl, token)).status).toBe(200);
+    expect((await me(target.browser, stack.appUrl)).status).toBe(401);
+    expect((await me(bystander.browser, stack.appUrl)).status).toBe(200);
+  });
+});
+
 describe('back-channel request shape', () => {
   test('GET is refused with 405', async () => {
     const response = await fetch(`${stack.appUrl}/backchannel-logout`, { headers: { accept: 'application/json' } });
