@@ -82,6 +82,8 @@ type TokenFailure =
   | { kind: 'network' }
   /** An OAuth error response (RFC 6749 §5.2), redacted. */
   | { kind: 'refused'; status: number; error: string; errorDescription?: string }
+  /** A 401 challenge without an error code: the token endpoint did not accept the client's authentication. */
+  | { kind: 'client_authentication'; status: number }
   /** The ID token in the response failed validation. */
   | { kind: 'id_token'; detail: string }
   /** A non-OAuth 5xx answer. */
@@ -107,6 +109,20 @@ function classifyTokenFailure(err: unknown, secrets: ReadonlyArray<string | unde
         ...(err.error_description ? { errorDescription: redact(err.error_description) } : {}),
       };
     }
+    if (err instanceof client.WWWAuthenticateChallengeError) {
+      // A 401 with WWW-Authenticate: how a server answers a client whose Basic credentials it refuses (RFC 6749 §5.2).
+      // The OAuth error, when the server gives one, is a parameter of the challenge; openid-client leaves the body unread.
+      const params = err.cause.map((challenge) => challenge.parameters).find((p) => typeof p.error === 'string');
+      if (params?.error !== undefined) {
+        return {
+          kind: 'refused',
+          status: err.status,
+          error: redact(params.error),
+          ...(params.error_description ? { errorDescription: redact(params.error_description) } : {}),
+        };
+      }
+      if (err.status === 401) return { kind: 'client_authentication', status: err.status };
+    }
     const code = (err as { code?: unknown } | null)?.code;
     // `"id_token"` covers a response without one (or a malformed one) although the scope has `openid`.
     if ((typeof code === 'string' && ID_TOKEN_CODES.has(code)) || /ID Token|"id_token"|JWT|JWS|signature/i.test(messages(err))) {
@@ -129,6 +145,10 @@ function upstreamOf(failure: { error: string; errorDescription?: string }, cause
  */
 const CLIENT_REFUSED = new Set(['invalid_client', 'unauthorized_client', 'unsupported_grant_type']);
 
+function clientRefused(reason: string): string {
+  return `The token endpoint refused this client (${reason}): check its credentials, authentication method and registration at the authorization server.`;
+}
+
 /**
  * Classifies a failure of the code exchange (token request plus ID-token validation). Upstream `error` and
  * `error_description` are kept; tokens and codes never reach the message.
@@ -145,15 +165,13 @@ export function exchangeError(err: unknown, secrets: ReadonlyArray<string | unde
       if (failure.status >= 500) {
         return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${failure.status}).`, upstreamOf(failure, cause));
       }
-      if (CLIENT_REFUSED.has(failure.error)) {
-        return new AuthError(
-          AuthErrorCode.TOKEN_EXCHANGE_FAILED,
-          502,
-          `The token endpoint refused this client (${failure.error}): check its credentials, authentication method and registration at the authorization server.`,
-          upstreamOf(failure, cause),
-        );
+      // 401 at the token endpoint is always about the client's authentication (RFC 6749 §5.2), whatever the code says.
+      if (CLIENT_REFUSED.has(failure.error) || failure.status === 401) {
+        return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 502, clientRefused(failure.error), upstreamOf(failure, cause));
       }
       return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token endpoint refused the authorization code: ${failure.error}.`, upstreamOf(failure, cause));
+    case 'client_authentication':
+      return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 502, clientRefused(`HTTP ${failure.status}`), { cause });
     case 'id_token':
       return new AuthError(AuthErrorCode.INVALID_ID_TOKEN, 400, `The ID token is invalid: ${failure.detail}.`, { cause });
     case 'server':
@@ -231,8 +249,13 @@ export function refreshError(err: unknown, secrets: ReadonlyArray<string | undef
       if (failure.error === 'invalid_grant') {
         return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The authorization server ended this login (invalid_grant); log in again.', upstream);
       }
+      if (CLIENT_REFUSED.has(failure.error) || failure.status === 401) {
+        return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, clientRefused(failure.error), upstream);
+      }
       return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The token endpoint refused the refresh: ${failure.error}.`, upstream);
     }
+    case 'client_authentication':
+      return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, clientRefused(`HTTP ${failure.status}`), { cause });
     case 'id_token':
       return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, `The refreshed ID token is invalid (${failure.detail}); log in again.`, { cause });
     case 'server':

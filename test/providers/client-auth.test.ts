@@ -34,7 +34,7 @@ describe('every client authentication method against a provider that registered 
   let provider: TestProvider;
   let requests: string[];
   const slots: Record<string, AppSlot> = {};
-  const names = ['basic', 'post', 'jwtRsa', 'jwtEcPem', 'public', 'wrongMethod'] as const;
+  const names = ['basic', 'post', 'jwtRsa', 'jwtEcPem', 'public', 'wrongMethod', 'wrongSecret'] as const;
 
   beforeAll(async () => {
     for (const name of names) slots[name] = await appSlot();
@@ -44,7 +44,7 @@ describe('every client authentication method against a provider that registered 
     const common: Pick<ClientMetadata, 'grant_types' | 'response_types'> = { grant_types: ['authorization_code'], response_types: ['code'] };
     provider = await startProviderWithClientKeys({
       clients: [
-        { ...common, client_id: 'basic', client_secret: SECRET, token_endpoint_auth_method: 'client_secret_basic', redirect_uris: [slots.basic!.redirectUri, slots.wrongMethod!.redirectUri] },
+        { ...common, client_id: 'basic', client_secret: SECRET, token_endpoint_auth_method: 'client_secret_basic', redirect_uris: [slots.basic!.redirectUri, slots.wrongMethod!.redirectUri, slots.wrongSecret!.redirectUri] },
         { ...common, client_id: 'post', client_secret: SECRET, token_endpoint_auth_method: 'client_secret_post', redirect_uris: [slots.post!.redirectUri] },
         { ...common, client_id: 'jwt-rsa', token_endpoint_auth_method: 'private_key_jwt', jwks: { keys: [rsa.publicJwk] }, redirect_uris: [slots.jwtRsa!.redirectUri] },
         {
@@ -72,6 +72,8 @@ describe('every client authentication method against a provider that registered 
     slots.public!.mount(redis, base(slots.public!, provider, 'public'), whoami);
     // No authentication for a confidential client: the provider must refuse the code exchange.
     slots.wrongMethod!.mount(redis, { ...base(slots.wrongMethod!, provider, 'basic'), clientAuthMethod: 'none' }, whoami);
+    // The likeliest setup mistake: a wrong secret, sent the default way (client_secret_basic).
+    slots.wrongSecret!.mount(redis, { ...base(slots.wrongSecret!, provider, 'basic'), clientSecret: `${SECRET}-wrong` }, whoami);
   });
 
   afterAll(async () => {
@@ -103,6 +105,16 @@ describe('every client authentication method against a provider that registered 
     expect(result.status).toBe(502);
     expect(result.body).toContain('token_exchange_failed');
     expect(result.body).toContain('invalid_client');
+  });
+
+  test('a wrong client secret is the client refused (502 invalid_client), though the server answers with a Basic challenge', async () => {
+    const slot = slots.wrongSecret!;
+    const result = await slot.browser.login(`${slot.url}/login?returnTo=/whoami`);
+
+    expect(result.status).toBe(502);
+    expect(result.body).toContain('<code>token_exchange_failed</code>');
+    expect(result.body).toContain('The token endpoint refused this client (invalid_client)');
+    expect(result.body).not.toContain(SECRET);
   });
 
   test('the configuration, client key included, is built once per auth() instance, not per login', async () => {

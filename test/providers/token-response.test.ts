@@ -11,7 +11,7 @@ import { appSlot, clearSessions, storedSessions, type AppSlot } from './support.
 let stub: Listener;
 let app: AppSlot;
 let redis: Redis;
-let answer: { status: number; type: string; body: string };
+let answer: { status: number; type: string; body: string; headers?: Record<string, string> };
 const tokenRequests: URLSearchParams[] = [];
 
 const SECRET_TOKEN = 'stub-access-token-never-shown';
@@ -32,7 +32,7 @@ beforeAll(async () => {
       req.on('data', (chunk: Buffer) => (body += chunk.toString()));
       req.on('end', () => {
         tokenRequests.push(new URLSearchParams(body));
-        res.writeHead(answer.status, { 'content-type': answer.type, 'cache-control': 'no-store' }).end(answer.body);
+        res.writeHead(answer.status, { 'content-type': answer.type, 'cache-control': 'no-store', ...answer.headers }).end(answer.body);
       });
       return;
     }
@@ -118,4 +118,23 @@ test.each([
   expect(JSON.parse(after.body)).toMatchObject({ isAuthenticated: false });
   const sessions = await storedSessions(redis, app.sessionPrefix);
   expect(sessions.filter((s) => (s.oauth as { login?: unknown } | undefined)?.login !== undefined)).toEqual([]);
+});
+
+test.each([
+  ['without an error code', 'Basic realm="stub"', 'HTTP 401', undefined],
+  ['naming invalid_client', 'Basic realm="stub", error="invalid_client", error_description="client authentication failed"', 'invalid_client', 'invalid_client'],
+])('a 401 challenge (WWW-Authenticate) %s is the client refused: 502 token_exchange_failed, no login stored', async (_case, challenge, reason, upstream) => {
+  // How servers answer a wrong client secret (RFC 6749 §5.2); openid-client throws these before reading the body.
+  answer = { status: 401, type: 'application/json', body: JSON.stringify({ error: 'invalid_client' }), headers: { 'www-authenticate': challenge } };
+  const result = await app.browser.follow(`${app.url}/login?returnTo=/whoami`);
+
+  expect(tokenRequests).toHaveLength(1);
+  expect(result.status).toBe(502);
+  expect(result.body).toContain('<code>token_exchange_failed</code>');
+  expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toBe(
+    `The token endpoint refused this client (${reason}): check its credentials, authentication method and registration at the authorization server.`,
+  );
+  expect(/The authorization server said: <code>(.*?)<\/code>/.exec(result.body)?.[1]).toBe(upstream);
+  const after = await app.browser.request(`${app.url}/whoami`);
+  expect(JSON.parse(after.body)).toMatchObject({ isAuthenticated: false });
 });

@@ -196,6 +196,19 @@ describe('refresh on expiry (one process, Redis)', () => {
     expect(refreshGrants(stack.provider) - grants).toBe(1);
   });
 
+  test('a refresh the server refuses to this client (401 Basic challenge) keeps the login: 502 refresh_failed, naming the client', async () => {
+    const browser = await login();
+    const before = await readLogin(stack, browser);
+
+    const failed = await inMode(stub, 'clientRefused', () => getJson(browser, `${stack.appUrl}/api/refresh`));
+
+    expect(failed.status).toBe(502);
+    expect(failed.body).toMatchObject({ error: 'refresh_failed', status: 502, upstream_error: 'invalid_client' });
+    expect(String(failed.body.error_description)).toMatch(/refused this client \(invalid_client\)/);
+    expect((await readLogin(stack, browser)).id).toBe(before.id);
+    expect((await getJson(browser, `${stack.appUrl}/me`)).status).toBe(200);
+  });
+
   test('a refreshed ID token naming another subject ends the login (OpenID Connect Core §12.2)', async () => {
     const browser = await login();
     const before = await readLogin(stack, browser);

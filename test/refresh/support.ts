@@ -47,7 +47,7 @@ export function refreshErrors(provider: TestProvider): number {
   return provider.events.filter((e) => e.name === 'grant.error' && grantType(e.args) === 'refresh_token').length;
 }
 
-export type StubMode = 'pass' | 'fail500' | 'hang' | 'hold' | 'swapSub' | 'foreignKey';
+export type StubMode = 'pass' | 'fail500' | 'hang' | 'hold' | 'swapSub' | 'foreignKey' | 'clientRefused';
 
 /**
  * A provider misbehaving on purpose, in front of its token endpoint: answering 500, hanging until the client goes
@@ -101,6 +101,12 @@ export function installTokenStub(tp: TestProvider): TokenStub {
       case 'fail500':
         ctx.status = 500;
         ctx.body = { error: 'server_error', error_description: 'stubbed failure' };
+        return;
+      case 'clientRefused':
+        // What the server answers once the client's secret changed at the server (a Basic challenge, RFC 6749 §5.2).
+        ctx.status = 401;
+        ctx.set('WWW-Authenticate', `Basic realm="${tp.issuer}", error="invalid_client"`);
+        ctx.body = { error: 'invalid_client', error_description: 'client authentication failed' };
         return;
       case 'hang': {
         const closed = new Promise<void>((resolve) => ctx.res.once('close', () => resolve()));
