@@ -50,12 +50,15 @@ export const FINAL_VERSION = Number.MAX_SAFE_INTEGER;
 export const DEFAULT_SESSION_TTL_SECONDS = 86_400;
 
 /**
- * How long the request's session lives in its store, in seconds: what connect-redis computes (its `ttl` option when it
- * is a function, else the cookie's expiry, else its `ttl` number, else one day). Token-store keys get this TTL, so
- * they never outlive the session they belong to.
+ * How long the request's session will live in its store once this request saves or touches it, in seconds: what
+ * connect-redis computes then (its `ttl` option when it is a function, else the cookie's expiry, else its `ttl` number,
+ * else one day). Token-store keys get this TTL, so they never outlive the session they belong to, nor die long before.
  */
 export function sessionTtlSeconds(req: Request): number {
-  const session = (req as { session?: { cookie?: { expires?: unknown } } }).session;
+  const session = (req as { session?: { cookie?: { expires?: unknown; originalMaxAge?: unknown }; touch?: () => void } }).session;
+  // During a request the cookie still carries the expiry of the session's last save; express-session resets it to a
+  // full maxAge (touch) before it saves or touches the session at the end. Reset it now, as it will be then.
+  if (typeof session?.cookie?.originalMaxAge === 'number' && typeof session.touch === 'function') session.touch();
   const store = (req as { sessionStore?: { ttl?: unknown } }).sessionStore;
   const storeTtl = store?.ttl;
   let ttl: unknown;

@@ -1,9 +1,13 @@
 import { randomUUID } from 'node:crypto';
-import { afterAll, describe, expect, test } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { resolveOptions } from '../../lib/options.js';
 import { createTokenStore, FINAL_VERSION, type TokenStore } from '../../lib/token-store.js';
 import { sessionCopy } from '../../lib/tokens.js';
-import { connectRedis } from '../helpers/app.js';
+import { connectRedis, startStack, type Stack } from '../helpers/app.js';
+import { Browser } from '../helpers/browser.js';
+import { postLogout } from '../logout/support.js';
+import { refreshRoutes } from './fixtures/routes.js';
+import { getJson, readLogin, readRecord, REFRESH_SKEW, refreshingProvider, tokenKey } from './support.js';
 
 // Ending a login (logout): the tombstone goes in and the entry it replaced comes back in one step, so that a refresh
 // committing at the same moment either lands before (and its tokens are returned, to be revoked) or loses.
@@ -48,4 +52,37 @@ test('with redis, the tombstone carries the TTL it was given', async () => {
   const ttl = await redis.ttl(`${keyPrefix}tokens:${id}`);
   expect(ttl).toBeGreaterThan(100);
   expect(ttl).toBeLessThanOrEqual(120);
+});
+
+describe('the token-store key lives as long as the session will after this request', () => {
+  // express-session gives the session a full maxAge again when it saves or touches it at the end of each request; the
+  // cookie read during the request still carries the expiry of its last save. A key written with that older expiry
+  // would die seconds after a refresh, and with it the defence against a stale session save bringing a spent refresh
+  // token back (the next refresh would present it, and reuse detection would revoke the grant).
+  const MAX_AGE_S = 12;
+  let stack: Stack;
+  beforeAll(async () => {
+    stack = await startStack({
+      provider: { configuration: refreshingProvider },
+      auth: { refreshSkew: REFRESH_SKEW },
+      session: { cookie: { maxAge: MAX_AGE_S * 1000 } },
+      routes: (app) => refreshRoutes(app, {}),
+    });
+  });
+  afterAll(async () => stack.close());
+
+  test('after a refresh and after logout (the tombstone), the key gets the full maxAge', async () => {
+    const browser = new Browser();
+    await browser.login(`${stack.appUrl}/login?returnTo=/me`);
+    const { id } = await readLogin(stack, browser);
+    await new Promise((resolve) => setTimeout(resolve, 4_000));
+
+    expect((await getJson(browser, `${stack.appUrl}/api/refresh`)).status).toBe(200);
+    expect(await stack.redis.ttl(tokenKey(stack, id))).toBeGreaterThanOrEqual(MAX_AGE_S - 1);
+
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    expect((await postLogout(browser, stack.appUrl)).status).toBe(303);
+    expect(await readRecord(stack.redis, tokenKey(stack, id))).toMatchObject({ ended: true });
+    expect(await stack.redis.ttl(tokenKey(stack, id))).toBeGreaterThanOrEqual(MAX_AGE_S - 1);
+  });
 });
