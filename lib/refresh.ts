@@ -101,6 +101,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0`;
 
+// Extends the lease only while the lock is still ours.
+const RENEW_IF_OWNER = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0`;
+
 /** Without `redis` every acquisition succeeds: the in-process single flight is the only guard. */
 function createLocks(config: ResolvedConfig, lease: number) {
   const redis = config.redis;
@@ -110,6 +117,18 @@ function createLocks(config: ResolvedConfig, lease: number) {
       if (redis === undefined) return lock;
       try {
         return (await redis.set(lock.key, lock.owner, 'PX', lease, 'NX')) === 'OK' ? lock : undefined;
+      } catch (err) {
+        throw storeUnavailable(err);
+      }
+    },
+    /**
+     * A full lease from now, if the lock is still ours: false when it ran out (a stalled process, a slow Redis) and
+     * another holder may already have rotated the refresh token this one was about to send.
+     */
+    async renew(lock: Lock): Promise<boolean> {
+      if (redis === undefined) return true;
+      try {
+        return Number(await redis.eval(RENEW_IF_OWNER, 1, lock.key, lock.owner, String(lease))) === 1;
       } catch (err) {
         throw storeUnavailable(err);
       }
@@ -245,7 +264,6 @@ export function createRefresher(runtime: RefreshServices): Refresher {
     for (;;) {
       const record = await latest(login);
       if (settled(record, force, seen)) return record;
-      const lockedUntil = Date.now() + lease;
       const lock = await locks.acquire(login.id);
       if (lock === undefined) {
         // Another process is refreshing: wait for its new version (or for its lease to run out, then take over).
@@ -258,6 +276,10 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         // The previous holder may have finished between our read and our lock.
         const current = await latest(login);
         if (settled(current, force, seen)) return current;
+        // Nothing bounds the time spent since the lock was taken (Redis round trips, a stalled event loop): make sure it
+        // is still ours, for a whole lease, before its refresh token goes out. Lost: another holder may be refreshing.
+        const lockedUntil = Date.now() + lease;
+        if (!(await locks.renew(lock))) continue;
         return await refreshUnderLock(login, current, ttlSeconds, true, lockedUntil);
       } finally {
         await locks.release(lock);
