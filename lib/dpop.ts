@@ -98,7 +98,7 @@ export async function createDPoPKey(runtime: DPoPServices): Promise<{ jwk: JWK; 
  * @example
  * ```ts
  * const response = await client.refreshTokenGrant(configuration, refreshToken, undefined, await dpopOptionsFor(runtime, login));
- * assertDPoPBound(runtime.config, response, 'refresh');
+ * if (dpopDowngrade(runtime.config, response) !== undefined) throw new Error('not DPoP-bound');
  * ```
  */
 export async function dpopOptionsFor(runtime: DPoPServices, login: DPoPBound): Promise<{ DPoP: client.DPoPHandle } | undefined> {
@@ -108,14 +108,15 @@ export async function dpopOptionsFor(runtime: DPoPServices, login: DPoPBound): P
 
 /**
  * With `dpop` on, a Bearer token is a downgrade the app did not ask for (RFC 9449 §5: the server decides, so the client
- * has to look). A code exchange that gets one fails the login; a refresh that gets one fails (`refresh_failed`, the
- * login is kept as it was).
+ * has to look): the message to give, or undefined when the token is DPoP-bound (or `dpop` is off).
  */
-export function assertDPoPBound(config: ResolvedConfig, response: { token_type: string }, during: 'exchange' | 'refresh' = 'exchange'): void {
-  if (config.dpop && response.token_type.toLowerCase() !== 'dpop') {
-    const message = `dpop is on, but the authorization server issued a ${response.token_type} token instead of a DPoP-bound one; enable DPoP for this client at the server.`;
-    throw during === 'exchange'
-      ? new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, message)
-      : new AuthError(AuthErrorCode.REFRESH_FAILED, 502, message);
-  }
+export function dpopDowngrade(config: ResolvedConfig, response: { token_type: string }): string | undefined {
+  if (!config.dpop || response.token_type.toLowerCase() === 'dpop') return undefined;
+  return `dpop is on, but the authorization server issued a ${response.token_type} token instead of a DPoP-bound one; enable DPoP for this client at the server.`;
+}
+
+/** A code exchange that gets a {@link dpopDowngrade} fails the login (`token_exchange_failed`, 400). */
+export function assertDPoPBound(config: ResolvedConfig, response: { token_type: string }): void {
+  const downgrade = dpopDowngrade(config, response);
+  if (downgrade !== undefined) throw new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, downgrade);
 }

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as client from 'openid-client';
-import { assertDPoPBound, dpopOptionsFor } from './dpop.js';
+import { dpopDowngrade, dpopOptionsFor } from './dpop.js';
 import { AuthError, AuthErrorCode } from './errors.js';
 import { checkSignature } from './keys.js';
 import type { ResolvedConfig } from './options.js';
@@ -9,6 +9,7 @@ import type { Runtime } from './runtime.js';
 import type { LoginState } from './session.js';
 import type { StoreEntry, TokenRecord } from './token-store.js';
 import { isExpired, toStoredTokens, unpackTokens, type StoredTokens } from './tokens.js';
+import { revokeTokens } from './revocation.js';
 import { refreshError } from './upstream.js';
 import { storeUnavailable } from './store-errors.js';
 
@@ -54,9 +55,7 @@ export function leaseMs(config: ResolvedConfig): number {
 export async function requestRefresh(runtime: RefreshServices, login: LoginState, refreshToken: string) {
   const configuration = await runtime.server();
   // A DPoP-bound login proves its key on every refresh (RFC 9449 §5; public clients' refresh tokens are bound to it).
-  const response = await client.refreshTokenGrant(configuration, refreshToken, undefined, await dpopOptionsFor(runtime, login));
-  assertDPoPBound(runtime.config, response, 'refresh');
-  return response;
+  return client.refreshTokenGrant(configuration, refreshToken, undefined, await dpopOptionsFor(runtime, login));
 }
 
 // Errors that end the login, as opposed to login_required for a token that merely cannot be renewed.
@@ -205,6 +204,13 @@ export function createRefresher(runtime: RefreshServices): Refresher {
       return end(login, record, ttlSeconds, ended);
     }
 
+    const downgrade = dpopDowngrade(config, response);
+    if (downgrade !== undefined) {
+      // The server has rotated the refresh token already, so the login cannot be kept as it was (the old one is spent),
+      // and the new tokens are not what the app asked for: the login ends, and they are revoked (best effort).
+      await revokeTokens(await runtime.server(), toStoredTokens(response)).catch(() => 0);
+      return end(login, record, ttlSeconds, loginEnded(`${downgrade} Log in again.`));
+    }
     let claims = record.claims;
     let tokens = toStoredTokens(response, record.tokens);
     if (response.id_token !== undefined) {
