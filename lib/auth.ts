@@ -1,6 +1,6 @@
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { RequestAuth } from './context.js';
-import { AuthError } from './errors.js';
+import { AuthError, AuthErrorCode } from './errors.js';
 import { resolveOptions, type AuthOptions } from './options.js';
 import { sendError } from './respond.js';
 import { callbackRoute } from './routes/callback.js';
@@ -13,8 +13,17 @@ import { createRuntime } from './runtime.js';
 import { requireSession } from './session.js';
 import { checkSessionCookie, uninitializedSessionProbe } from './warnings.js';
 
+function mountedUnderPath(baseUrl: string): AuthError {
+  return new AuthError(
+    AuthErrorCode.MISCONFIGURED,
+    500,
+    `auth() is mounted under "${baseUrl}"; mount it at the root of the app, after express-session: app.use(auth({ ... })). Its routes are set with the routes option and redirectUri.`,
+  );
+}
+
 /**
- * Creates the login router. Mount it at the app root, after express-session.
+ * Creates the login router. Mount it at the app root (`app.use(auth(…))`, not `app.use('/path', auth(…))`, nor in a
+ * sub-app mounted under a path: every request under such a mount gets 500 `misconfigured`), after express-session.
  *
  * Routes: `GET /login`, `GET <path of redirectUri>`, `POST /logout`; with `idpLogout`, `GET /logout/callback`; with
  * `redis`, `POST /backchannel-logout`. Every request gets `req.auth`.
@@ -76,6 +85,12 @@ export function auth(options: AuthOptions): Router {
 
   // Exact path matches, never Express patterns: the configured paths are not interpreted.
   function authenticate(req: Request, res: Response, next: NextFunction): void {
+    if (req.baseUrl !== '') {
+      // Under a mount path, req.path loses the prefix that redirectUri and the routes carry: the callback would be a 404
+      // after the user signed in, and requireAuth() elsewhere would find no req.auth. Refused on every request.
+      renderAuthError(mountedUnderPath(req.baseUrl), req, res, next);
+      return;
+    }
     try {
       requireSession(req);
     } catch (err) {

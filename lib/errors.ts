@@ -23,7 +23,7 @@
  * | `forbidden` | 403 | `requireAuth(check)` refused a logged-in user, or a cross-site request |
  * | `method_not_allowed` | 405 | e.g. `GET` on the logout route |
  * | `invalid_logout_token` | 400 | a back-channel `logout_token` failed validation (signature, `iss`, `aud`, `events`, replayed `jti`, …) |
- * | `misconfigured` | 500 | the library is used wrongly (e.g. `requireAuth()` without `auth()`) |
+ * | `misconfigured` | 500 | the library is used wrongly (e.g. `requireAuth()` without `auth()`, `auth()` mounted under a path) |
  */
 export const AuthErrorCode = {
   INVALID_REQUEST: 'invalid_request',

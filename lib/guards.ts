@@ -45,7 +45,7 @@ export function requireAuth(check?: AuthCheck): RequestHandler {
   return function requireAuthentication(req: Request, res: Response, next: NextFunction): void {
     const context = (req as { auth?: unknown }).auth;
     if (!(context instanceof RequestAuth)) {
-      next(new AuthError(AuthErrorCode.MISCONFIGURED, 500, 'requireAuth() found no req.auth: mount auth({ ... }) before the routes it guards.'));
+      next(new AuthError(AuthErrorCode.MISCONFIGURED, 500, 'requireAuth() found no req.auth: mount auth({ ... }) at the root of the app (app.use(auth({ ... })), not under a path), before the routes it guards.'));
       return;
     }
     if (!context.isAuthenticated) {

@@ -149,6 +149,33 @@ describe('auth() without a reachable authorization server or session', () => {
   });
 });
 
+describe('auth() mounted under a path', () => {
+  let listener: Listener;
+  beforeAll(async () => {
+    listener = await listen();
+    const app = express();
+    app.use((req, _res, next) => {
+      (req as unknown as { session: object }).session = { save: (cb: () => void) => cb() };
+      next();
+    });
+    // A common first attempt: the routes would then be /auth/login and /auth/callback.
+    app.use('/auth', auth({ issuer: 'http://127.0.0.1:9', clientId: 'c', clientSecret: 's', redirectUri: `${listener.url}/auth/callback`, allowInsecureRequests: true }));
+    app.use(appErrorHandler);
+    listener.handle(app);
+  });
+  afterAll(async () => listener.close());
+
+  test.each(['/auth/login', '/auth/callback?code=x&state=y', '/auth/anything'])('GET %s is refused at once with 500 misconfigured, naming the fix', async (path) => {
+    const response = await fetch(`${listener.url}${path}`, { redirect: 'manual', headers: { accept: 'application/json' } });
+    const body = (await response.json()) as Record<string, unknown>;
+
+    expect(response.status).toBe(500);
+    expect(body).toMatchObject({ error: 'misconfigured' });
+    expect(body.error_description).toContain('mounted under "/auth"');
+    expect(body.error_description).toContain('app.use(auth({ ... }))');
+  });
+});
+
 describe('requireAuth(check)', () => {
   test.each([
     ['sync-true', 200],
