@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { beforeAll, describe, expect, test } from '@jest/globals';
@@ -46,4 +46,20 @@ describe('the published package', () => {
     expect(result.stdout).toBe('');
     expect('failed' in result).toBe(false);
   }, 60_000);
+});
+
+describe('the tarball', () => {
+  test('carries the sources its source maps and declaration maps point at', async () => {
+    const { stdout } = await run('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: root });
+    const [packed] = JSON.parse(stdout) as Array<{ files: Array<{ path: string }> }>;
+    const shipped = new Set<string>(packed!.files.map((file) => file.path));
+    const maps = [...shipped].filter((path) => path.endsWith('.map'));
+    expect(maps.length).toBeGreaterThan(0);
+    const missing = maps.flatMap((map) =>
+      (JSON.parse(readFileSync(join(root, map), 'utf8')) as { sources: string[] }).sources
+        .map((source) => posix.normalize(posix.join(posix.dirname(map), source)))
+        .filter((source) => !shipped.has(source)),
+    );
+    expect(missing).toEqual([]);
+  });
 });
