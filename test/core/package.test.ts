@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -62,4 +62,27 @@ describe('the tarball', () => {
     );
     expect(missing).toEqual([]);
   });
+});
+
+test('every package the declaration files import is installed with it (a dependency or a required peer)', () => {
+  const manifest = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as {
+    dependencies?: Record<string, string>;
+    peerDependencies?: Record<string, string>;
+    peerDependenciesMeta?: Record<string, { optional?: boolean }>;
+  };
+  const installed = new Set([
+    ...Object.keys(manifest.dependencies ?? {}),
+    ...Object.keys(manifest.peerDependencies ?? {}).filter((name) => manifest.peerDependenciesMeta?.[name]?.optional !== true),
+  ]);
+  const dist = join(root, 'dist');
+  const imported = new Set(
+    readdirSync(dist)
+      .filter((file) => file.endsWith('.d.ts'))
+      .flatMap((file) => [...readFileSync(join(dist, file), 'utf8').matchAll(/^(?:import|export)\b[^;]*?\bfrom '([^'.][^']*)'/gm)].map((m) => m[1]!))
+      .filter((specifier) => !specifier.startsWith('node:'))
+      .map((specifier) => (specifier.startsWith('@') ? specifier.split('/').slice(0, 2).join('/') : specifier.split('/')[0]!)),
+  );
+  expect(imported.size).toBeGreaterThan(0);
+  // A consumer type-checking with skipLibCheck: false fails on any of these that npm did not install (TS2307).
+  expect([...imported].filter((name) => !installed.has(name))).toEqual([]);
 });
