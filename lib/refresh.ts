@@ -250,6 +250,12 @@ export function createRefresher(runtime: RefreshServices): Refresher {
       try {
         return (await commit(login, next, ttlSeconds)) ?? next;
       } catch (err) {
+        if (endsLogin(err)) {
+          // The login ended while the server was answering (a logout's tombstone): nobody will ever use these tokens,
+          // and the logout could only revoke the ones it knew. Revoke them too (best effort).
+          await revokeTokens(await runtime.server(), next.tokens).catch(() => 0);
+          throw err;
+        }
         if (!(err instanceof AuthError && err.code === AuthErrorCode.SESSION_UNAVAILABLE)) throw err;
         if (Date.now() + delay >= lockedUntil) return next;
         await sleep(delay);

@@ -83,3 +83,25 @@ test('with dpop on, a Bearer token at refresh ends the login (its refresh token 
   expect(server.revoked[0]).toMatch(/^rt-/);
   expect(server.live.has(server.revoked[0]!)).toBe(false);
 });
+
+test('a refresh answered after the login ended (logout) revokes the tokens it got, which nobody will use', async () => {
+  const runtime = server.runtime(redis, `test:${randomUUID()}:`);
+  const { login } = await expiredLogin(runtime);
+  // The server has granted the refresh; the user logs out before its answer arrives.
+  server.beforeAnswer = async () => void (await runtime.tokenStore.end(login.id, 60));
+  const revokedBefore = server.revoked.length;
+  try {
+    const failure = await runtime.refresher.current(login, { force: false, ttlSeconds: 600 }).then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    expect(failure).toMatchObject({ code: 'login_required' });
+    expect(endsLogin(failure)).toBe(true);
+  } finally {
+    server.beforeAnswer = undefined;
+  }
+  const revoked = server.revoked.slice(revokedBefore);
+  expect(revoked).toHaveLength(2);
+  expect(revoked[0]).toMatch(/^rt-/);
+  expect(server.live.has(revoked[0]!)).toBe(false);
+});
