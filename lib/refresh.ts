@@ -76,13 +76,23 @@ function loginEnded(message: string, upstream?: AuthError): AuthError {
   return err;
 }
 
-/** A refreshed ID token must name the same login (OpenID Connect Core §12.2): same issuer, subject and audience. */
+/**
+ * A refreshed ID token must name the same login (OpenID Connect Core §12.2): the same issuer, subject, audience and
+ * authorized party (`azp`: none if the first had none), and an `auth_time`, when it has one, that is still the time of
+ * the original authentication.
+ */
 function checkSameLogin(before: Record<string, unknown>, after: Record<string, unknown>): void {
   const audiences = (value: unknown) => new Set(Array.isArray(value) ? value.map(String) : value === undefined ? [] : [String(value)]);
   const a = audiences(before.aud);
   const b = audiences(after.aud);
   const sameAudience = a.size === b.size && [...a].every((aud) => b.has(aud));
-  const changed = [before.iss !== after.iss && 'iss', before.sub !== after.sub && 'sub', !sameAudience && 'aud'].filter(Boolean);
+  const changed = [
+    before.iss !== after.iss && 'iss',
+    before.sub !== after.sub && 'sub',
+    !sameAudience && 'aud',
+    before.azp !== after.azp && 'azp',
+    before.auth_time !== undefined && after.auth_time !== undefined && before.auth_time !== after.auth_time && 'auth_time',
+  ].filter(Boolean);
   if (changed.length > 0) {
     throw loginEnded(`The refreshed ID token names another login (${changed.join(', ')} changed; OpenID Connect Core §12.2); log in again.`);
   }

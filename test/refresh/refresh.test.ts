@@ -26,7 +26,8 @@ let stack: Stack;
 let stub: TokenStub;
 
 beforeAll(async () => {
-  stack = await startRefreshStack({}, { slowWrite: () => slowWriteGate });
+  // ID tokens carry auth_time (require_auth_time), which a refreshed one must keep (OpenID Connect Core §12.2).
+  stack = await startRefreshStack({}, { slowWrite: () => slowWriteGate }, { require_auth_time: true });
   stub = installTokenStub(stack.provider);
 });
 afterAll(async () => stack.close());
@@ -216,6 +217,32 @@ describe('refresh on expiry (one process, Redis)', () => {
     const result = await inMode(stub, 'swapSub', () => getJson(browser, `${stack.appUrl}/api/refresh`));
 
     await expectLoginEnded(stack, browser, before.id, result, /sub/);
+  });
+
+  test.each([
+    ['another auth_time (not the original authentication)', (claims: Record<string, unknown>) => ({ ...claims, auth_time: Number(claims.auth_time) - 3600 }), /auth_time/],
+    ['an azp the first one did not have', (claims: Record<string, unknown>) => ({ ...claims, azp: claims.aud }), /azp/],
+  ])('a refreshed ID token with %s ends the login (OpenID Connect Core §12.2)', async (_case, reclaim, reason) => {
+    const browser = await login();
+    const before = await readLogin(stack, browser);
+    expect(before.claims?.auth_time).toEqual(expect.any(Number));
+    expect(before.claims).not.toHaveProperty('azp');
+
+    stub.reclaim = reclaim;
+    const result = await inMode(stub, 'reclaim', () => getJson(browser, `${stack.appUrl}/api/refresh`));
+
+    await expectLoginEnded(stack, browser, before.id, result, reason);
+  });
+
+  test('a refreshed ID token re-signed with the same claims is accepted (control for the §12.2 cases)', async () => {
+    const browser = await login();
+    const before = await readLogin(stack, browser);
+
+    stub.reclaim = (claims) => claims;
+    const result = await inMode(stub, 'reclaim', () => getJson(browser, `${stack.appUrl}/api/refresh`));
+
+    expect(result.status).toBe(200);
+    expect((await readLogin(stack, browser)).version).toBe((before.version ?? 1) + 1);
   });
 });
 

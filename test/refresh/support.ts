@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { expect } from '@jest/globals';
 import { fileURLToPath } from 'node:url';
 import { decodeJwt, generateKeyPair, importJWK, SignJWT } from 'jose';
-import type { Configuration } from 'oidc-provider';
+import type { ClientMetadata, Configuration } from 'oidc-provider';
 import type { Redis } from 'ioredis';
 import type { AuthOptions } from '../../lib/index.js';
 import { unpackTokens, type StoredTokens } from '../../lib/tokens.js';
@@ -25,8 +25,9 @@ export const refreshingProvider: Partial<Configuration> = {
 export const REFRESH_SKEW = 1;
 
 /** The refresh tests' stack: the rotating provider, `refreshSkew` of {@link REFRESH_SKEW}, and the routes of fixtures/routes.ts. */
-export function startRefreshStack(auth: Partial<AuthOptions> = {}, hooks: RouteHooks = {}): Promise<Stack> {
+export function startRefreshStack(auth: Partial<AuthOptions> = {}, hooks: RouteHooks = {}, client: Partial<ClientMetadata> = {}): Promise<Stack> {
   return startStack({
+    client,
     provider: { configuration: refreshingProvider },
     auth: { refreshSkew: REFRESH_SKEW, ...auth },
     routes: (app) => refreshRoutes(app, hooks),
@@ -47,7 +48,7 @@ export function refreshErrors(provider: TestProvider): number {
   return provider.events.filter((e) => e.name === 'grant.error' && grantType(e.args) === 'refresh_token').length;
 }
 
-export type StubMode = 'pass' | 'fail500' | 'hang' | 'hold' | 'swapSub' | 'foreignKey' | 'clientRefused';
+export type StubMode = 'pass' | 'fail500' | 'hang' | 'hold' | 'swapSub' | 'reclaim' | 'foreignKey' | 'clientRefused';
 
 /**
  * A provider misbehaving on purpose, in front of its token endpoint: answering 500, hanging until the client goes
@@ -67,6 +68,8 @@ export interface TokenStub {
   release(): void;
   /** While true, `GET /jwks` answers 503. */
   keysDown: boolean;
+  /** In `reclaim` mode: the refreshed ID token's claims, re-signed with the provider's own key. */
+  reclaim: (claims: Record<string, unknown>) => Record<string, unknown>;
 }
 
 export function installTokenStub(tp: TestProvider): TokenStub {
@@ -87,6 +90,7 @@ export function installTokenStub(tp: TestProvider): TokenStub {
       for (const send of answers) send();
     },
     keysDown: false,
+    reclaim: (claims) => claims,
   };
   const foreignKey = generateKeyPair('RS256');
   tp.provider.use(async (ctx, next) => {
@@ -123,13 +127,15 @@ export function installTokenStub(tp: TestProvider): TokenStub {
         return;
       }
       case 'swapSub':
+      case 'reclaim':
       case 'foreignKey': {
         await next();
         const body = ctx.body as { id_token?: string } | undefined;
         if (ctx.status === 200 && typeof body?.id_token === 'string') {
-          const key = stub.mode === 'swapSub' ? await importJWK(tp.signingKey, 'RS256') : (await foreignKey).privateKey;
+          const key = stub.mode === 'foreignKey' ? (await foreignKey).privateKey : await importJWK(tp.signingKey, 'RS256');
           const claims = decodeJwt(body.id_token);
-          const forged = await new SignJWT(stub.mode === 'swapSub' ? { ...claims, sub: 'mallory' } : claims)
+          const changed = stub.mode === 'swapSub' ? { ...claims, sub: 'mallory' } : stub.mode === 'reclaim' ? stub.reclaim(claims) : claims;
+          const forged = await new SignJWT(changed)
             .setProtectedHeader({ alg: 'RS256', kid: String(tp.signingKey.kid) })
             .sign(key);
           ctx.body = { ...body, id_token: forged };
