@@ -5,7 +5,7 @@ import session from 'express-session';
 import { exportJWK, generateKeyPair, type JWTPayload } from 'jose';
 import supertest from 'supertest';
 import { auth } from '../../lib/index.js';
-import { buildApp, CLIENT_SECRET, SESSION_SECRET, startStack, type Stack } from '../helpers/app.js';
+import { buildApp, CLIENT_ID, CLIENT_SECRET, SESSION_SECRET, startStack, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import {
   BCL_EVENT,
@@ -45,6 +45,18 @@ type Case = [string, (sub: string) => Promise<string>, RegExp];
 
 const refusals: Case[] = [
   ['a wrong aud', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), aud: 'another-client' }), /"aud"/],
+  // OIDC Core §3.1.3.7 (3)-(5), which §2.6 applies to logout tokens: an audience the client does not trust is refused
+  // unless the token was issued to this client (azp).
+  [
+    'an extra, untrusted aud and no azp',
+    (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), aud: [CLIENT_ID, 'another-client'] }),
+    /"aud".*untrusted audiences.*"azp"/,
+  ],
+  [
+    'an extra aud and an azp naming another client',
+    (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), aud: [CLIENT_ID, 'another-client'], azp: 'another-client' }),
+    /"azp"/,
+  ],
   ['a wrong iss', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), iss: 'http://localhost:1' }), /"iss"/],
   ['no events claim', (sub) => signLogoutToken(stack.provider, without(logoutClaims(stack.provider.issuer, { sub }), 'events')), /"events"/],
   [
@@ -100,6 +112,18 @@ describe('logout-token refusals (Back-Channel Logout 1.0 §2.6)', () => {
     expect(replayed.status).toBe(400);
     expect(await replayed.json()).toMatchObject({ error: 'invalid_logout_token', error_description: expect.stringContaining('jti') });
     expect((await me(again, stack.appUrl)).status).toBe(200);
+  });
+
+  test.each([
+    ['aud: [client id] (an array of one)', [CLIENT_ID], undefined],
+    ['an extra aud and azp: client id (issued to this client)', [CLIENT_ID, 'another-client'], CLIENT_ID],
+  ])('a token with %s is accepted', async (_name, aud, azp) => {
+    const target = await loggedInUser();
+    const bystander = await loggedInUser();
+    const claims = { ...logoutClaims(stack.provider.issuer, { sub: target.sub }), aud, ...(azp === undefined ? {} : { azp }) };
+    expect((await sendLogoutToken(stack.appUrl, await signLogoutToken(stack.provider, claims))).status).toBe(200);
+    expect((await me(target.browser, stack.appUrl)).status).toBe(401);
+    expect((await me(bystander.browser, stack.appUrl)).status).toBe(200);
   });
 
   test.each([
