@@ -1,3 +1,5 @@
+import { createServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { RedisStore } from 'connect-redis';
 import express from 'express';
@@ -187,6 +189,54 @@ describe('back-channel request shape', () => {
 
     expect(response.status).toBe(200);
     expect((await me(browser, stack.appUrl)).status).toBe(401);
+  });
+
+  test('a body the sender abandons mid-way is a 400 invalid_request of the route, not an error for the app', async () => {
+    // The app's error handler sees any error the route passes on; the response the route made is read at close.
+    const passedOn: unknown[] = [];
+    let answered: { status: number; cacheControl: unknown; type: unknown } | undefined;
+    let markEnded!: () => void;
+    const ended = new Promise<void>((resolve) => (markEnded = resolve));
+    const app = express();
+    app.use((_req, res, next) => {
+      // The client is gone, so nothing reaches it: what the app answered is read when the answer ends.
+      const end = res.end.bind(res) as (...args: unknown[]) => express.Response;
+      res.end = ((...args: unknown[]) => {
+        answered = { status: res.statusCode, cacheControl: res.getHeader('cache-control'), type: res.getHeader('content-type') };
+        markEnded();
+        return end(...args);
+      }) as typeof res.end;
+      next();
+    });
+    app.use(session({ store: new RedisStore({ client: stack.redis, prefix: stack.sessionPrefix }), secret: SESSION_SECRET, resave: false, saveUninitialized: false }));
+    app.use(auth(stack.authOptions));
+    app.use((err: unknown, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
+      passedOn.push(err);
+      res.status(500).end();
+    });
+    const server = createServer(app);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const request = httpRequest({
+        host: '127.0.0.1',
+        port,
+        method: 'POST',
+        path: '/backchannel-logout',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': '1000' },
+      });
+      request.on('error', () => undefined);
+      request.write('logout_token=eyJhbGciOiJSUzI1NiJ9.');
+      // Let the route start reading, then drop the connection before the declared length arrived.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      request.destroy();
+      await ended;
+
+      expect(passedOn).toEqual([]);
+      expect(answered).toEqual({ status: 400, cacheControl: 'no-store', type: expect.stringMatching(/^application\/json/) });
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 
   test.each([
