@@ -57,26 +57,41 @@ async function serverOrNothing(runtime: Runtime): Promise<client.Configuration |
   }
 }
 
+/** Where an RP-initiated logout sends the browser, and the one-time `state` its return must bring back. */
+interface EndSessionRequest {
+  url: string;
+  state: string;
+}
+
 /**
- * Replaces the logged-in session by a fresh one (new id) that holds only the one-time `state` of this logout, and
- * returns the end-session URL to send the browser to (RP-Initiated Logout 1.0 §2).
+ * The end-session URL for this logout with a fresh one-time `state` (RP-Initiated Logout 1.0 §2), built before anything
+ * of the session changes. Undefined when the server has no end-session endpoint the library can use: none, or one
+ * openid-client refuses (not a URL, or `http:` without `allowInsecureRequests`); the logout is then local only.
  */
-async function startIdpLogout(
-  runtime: Runtime,
-  req: Request,
-  configuration: client.Configuration,
-  tokens: StoredTokens | undefined,
-): Promise<string> {
-  const session = await regenerateSession(req);
+function endSessionRequest(runtime: Runtime, configuration: client.Configuration, tokens: StoredTokens | undefined): EndSessionRequest | undefined {
+  if (typeof configuration.serverMetadata().end_session_endpoint !== 'string') return undefined;
   const state = client.randomState();
-  writableState(session).logout = { state, createdAt: Date.now() };
-  await saveSession(session);
   const parameters: Record<string, string> = {
     post_logout_redirect_uri: `${runtime.config.redirectUri.origin}${runtime.config.postLogoutPath ?? '/'}`,
     state,
   };
   if (tokens?.idToken !== undefined) parameters.id_token_hint = tokens.idToken;
-  return client.buildEndSessionUrl(configuration, parameters).href;
+  try {
+    return { url: client.buildEndSessionUrl(configuration, parameters).href, state };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Replaces the logged-in session by a fresh one (new id) that holds only the one-time `state` of this logout, and
+ * returns the end-session URL to send the browser to.
+ */
+async function startIdpLogout(req: Request, request: EndSessionRequest): Promise<string> {
+  const session = await regenerateSession(req);
+  writableState(session).logout = { state: request.state, createdAt: Date.now() };
+  await saveSession(session);
+  return request.url;
 }
 
 /**
@@ -113,9 +128,10 @@ export function logoutRoute(runtime: Runtime) {
     const tokens = login === undefined ? undefined : await currentTokens(runtime, req, login);
 
     const configuration = login === undefined ? undefined : await serverOrNothing(runtime);
+    const endSessionAt = config.idpLogout && login !== undefined && configuration !== undefined ? endSessionRequest(runtime, configuration, tokens) : undefined;
     let target = config.postLogoutRedirect;
-    if (config.idpLogout && login !== undefined && typeof configuration?.serverMetadata().end_session_endpoint === 'string') {
-      target = await startIdpLogout(runtime, req, configuration, tokens);
+    if (endSessionAt !== undefined) {
+      target = await startIdpLogout(req, endSessionAt);
     } else {
       await endSession(res, config, session);
     }

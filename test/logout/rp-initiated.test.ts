@@ -4,6 +4,7 @@ import type { Redis } from 'ioredis';
 import { buildApp, CLIENT_ID, CLIENT_SECRET, connectRedis, listen, sessionCookie, type Listener } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import { startProvider, type TestProvider } from '../helpers/provider.js';
+import { startRogueStack, type RogueStack } from '../helpers/rogue-provider.js';
 import { endSessionAtProvider, logoutProviderConfiguration, me, postLogout, storedSession, userinfoStatus } from './support.js';
 
 let provider: TestProvider;
@@ -151,5 +152,30 @@ describe('RP-initiated logout (idpLogout: true)', () => {
     const response = await postLogout(browser, app.url);
     expect(response.status).toBe(303);
     expect(response.headers.get('location')).toBe('/bye');
+  });
+});
+
+describe('RP-initiated logout with an end_session_endpoint the library cannot use', () => {
+  let rogue: RogueStack;
+  beforeAll(async () => {
+    rogue = await startRogueStack({ auth: { idpLogout: true, postLogoutRedirect: '/bye' } });
+    // openid-client refuses to build a URL from it (as it refuses an http: one without allowInsecureRequests).
+    rogue.rogue.metadata.end_session_endpoint = 'not a URL';
+  });
+  afterAll(async () => rogue.close());
+
+  test('local logout only, as for a server without one: the session ends, no error page', async () => {
+    const browser = new Browser();
+    await browser.login(`${rogue.appUrl}/login?returnTo=/me`);
+    const cookie = sessionCookie(browser, rogue.appUrl)!;
+    expect((await me(browser, rogue.appUrl)).status).toBe(200);
+
+    const response = await postLogout(browser, rogue.appUrl);
+
+    expect(response.status).toBe(303);
+    expect(response.headers.get('location')).toBe('/bye');
+    expect(await storedSession(rogue.redis, rogue.sessionPrefix, cookie)).toBeNull();
+    expect(sessionCookie(browser, rogue.appUrl)).toBeUndefined();
+    expect((await me(new Browser(), rogue.appUrl, `connect.sid=${cookie}`)).status).toBe(401);
   });
 });
