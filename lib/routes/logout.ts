@@ -84,14 +84,26 @@ function endSessionRequest(runtime: Runtime, configuration: client.Configuration
 }
 
 /**
- * Replaces the logged-in session by a fresh one (new id) that holds only the one-time `state` of this logout, and
- * returns the end-session URL to send the browser to.
+ * Replaces the logged-in session by a fresh one (new id) that holds only the one-time `state` of this logout. A failure
+ * to replace it leaves the logged-in session as it was (and throws). A failure to save the fresh one comes after the
+ * logged-in session is gone: it is returned, not thrown, so that the caller still finishes the local logout.
  */
-async function startIdpLogout(req: Request, request: EndSessionRequest): Promise<string> {
+async function replaceSession(req: Request, res: Response, config: ResolvedConfig, state: string): Promise<AuthError | undefined> {
   const session = await regenerateSession(req);
-  writableState(session).logout = { state: request.state, createdAt: Date.now() };
-  await saveSession(session);
-  return request.url;
+  writableState(session).logout = { state, createdAt: Date.now() };
+  try {
+    await saveSession(session);
+    return undefined;
+  } catch (err) {
+    // Nothing to come back to: drop the fresh session too, and the browser's cookie (best effort; the store is failing).
+    await endSession(res, config, session).catch(() => undefined);
+    return new AuthError(
+      AuthErrorCode.SESSION_UNAVAILABLE,
+      503,
+      'The session store failed: you are logged out of this app, but the logout at the authorization server could not be started.',
+      { cause: err instanceof AuthError ? err.cause : err },
+    );
+  }
 }
 
 /**
@@ -130,8 +142,10 @@ export function logoutRoute(runtime: Runtime) {
     const configuration = login === undefined ? undefined : await serverOrNothing(runtime);
     const endSessionAt = config.idpLogout && login !== undefined && configuration !== undefined ? endSessionRequest(runtime, configuration, tokens) : undefined;
     let target = config.postLogoutRedirect;
+    let failure: AuthError | undefined;
     if (endSessionAt !== undefined) {
-      target = await startIdpLogout(req, endSessionAt);
+      failure = await replaceSession(req, res, config, endSessionAt.state);
+      if (failure === undefined) target = endSessionAt.url;
     } else {
       await endSession(res, config, session);
     }
@@ -145,6 +159,8 @@ export function logoutRoute(runtime: Runtime) {
       // After the local logout on purpose: a slow or failing revocation cannot leave the session alive.
       await revokeTokens(configuration, tokens).catch(() => 0);
     }
+    // Reported only now: the logged-in session is gone, so the rest of the local logout had to happen first.
+    if (failure !== undefined) throw failure;
     res.redirect(303, target);
   };
 }

@@ -5,7 +5,7 @@ import { buildApp, CLIENT_ID, CLIENT_SECRET, connectRedis, listen, sessionCookie
 import { Browser } from '../helpers/browser.js';
 import { startProvider, type TestProvider } from '../helpers/provider.js';
 import { startRogueStack, type RogueStack } from '../helpers/rogue-provider.js';
-import { endSessionAtProvider, logoutProviderConfiguration, me, postLogout, storedSession, userinfoStatus } from './support.js';
+import { endSessionAtProvider, logoutProviderConfiguration, me, postLogout, sessionIdOf, storedSession, tryRefresh, userinfoStatus } from './support.js';
 
 let provider: TestProvider;
 let app: Listener;
@@ -68,6 +68,12 @@ async function startLogout() {
   const response = await postLogout(browser, app.url);
   expect(response.status).toBe(303);
   return { browser, loginCookie, tokens, endSession: new URL(response.headers.get('location')!) };
+}
+
+/** Every session id in the back-channel logout index. */
+async function indexedSessionIds(): Promise<string[]> {
+  const keys = await redis.keys(`${keyPrefix}logout:*`);
+  return (await Promise.all(keys.map((key) => redis.smembers(key)))).flat();
 }
 
 /** Confirms the logout on the provider's page; returns the URL it sends the browser back to. */
@@ -145,6 +151,47 @@ describe('RP-initiated logout (idpLogout: true)', () => {
 
     expect(response.status).toBe(400);
     expect(JSON.parse(response.body)).toMatchObject({ error: 'invalid_state' });
+  });
+
+  test('the session store failing to save the logout state after the login session is gone: the login still ends in full', async () => {
+    const browser = new Browser();
+    await browser.login(`${app.url}/login?returnTo=/me`);
+    const loginCookie = sessionCookie(browser, app.url)!;
+    const loginSessionId = sessionIdOf(loginCookie);
+    const login = ((await storedSession(redis, sessionPrefix, loginCookie))?.oauth as { login: { id: string } }).login;
+    const { tokens } = JSON.parse((await redis.get(`${keyPrefix}tokens:${login.id}`))!) as { tokens: { accessToken: string; refreshToken: string } };
+    expect(await indexedSessionIds()).toContain(loginSessionId);
+
+    // regenerate() destroys the logged-in session (DEL); the save of the fresh one that holds the state (SET) fails.
+    const client = redis as unknown as { set: (...args: unknown[]) => Promise<unknown> };
+    const set = client.set.bind(client);
+    let failures = 0;
+    client.set = async (...args: unknown[]) => {
+      if (String(args[0]).startsWith(sessionPrefix) && failures++ === 0) throw new Error('Connection is closed.');
+      return set(...args);
+    };
+    let response;
+    try {
+      response = await postLogout(browser, app.url, { accept: 'application/json' });
+    } finally {
+      client.set = set;
+    }
+    expect(failures).toBeGreaterThanOrEqual(1);
+
+    // The logout at the provider could not start, and the answer says so; it never sends the browser there.
+    expect(response.status).toBe(503);
+    expect(JSON.parse(response.body)).toMatchObject({ error: 'session_unavailable' });
+    expect(response.headers.get('location')).toBeNull();
+    expect(JSON.parse(response.body).error_description).toMatch(/logged out of this app/);
+    // But nothing is left half-ended: the login's session is gone, its token-store entry a tombstone, its tokens
+    // revoked at the provider, and it is out of the back-channel index.
+    expect(await storedSession(redis, sessionPrefix, loginCookie)).toBeNull();
+    expect(sessionCookie(browser, app.url)).toBeUndefined();
+    expect((await me(new Browser(), app.url, `connect.sid=${loginCookie}`)).status).toBe(401);
+    expect(JSON.parse((await redis.get(`${keyPrefix}tokens:${login.id}`))!)).toMatchObject({ ended: true });
+    expect(await tryRefresh(provider.issuer, tokens.refreshToken)).toEqual({ status: 400, error: 'invalid_grant' });
+    expect(await userinfoStatus(provider.issuer, tokens.accessToken)).toBe(401);
+    expect(await indexedSessionIds()).not.toContain(loginSessionId);
   });
 
   test('without a login there is nothing to end at the provider: local logout only', async () => {
