@@ -85,11 +85,20 @@ function endSessionRequest(runtime: Runtime, configuration: client.Configuration
 
 /**
  * Replaces the logged-in session by a fresh one (new id) that holds only the one-time `state` of this logout. A failure
- * to replace it leaves the logged-in session as it was (and throws). A failure to save the fresh one comes after the
+ * to destroy the logged-in one leaves it as it was, the browser's session still (and throws). A failure to save the fresh one comes after the
  * logged-in session is gone: it is returned, not thrown, so that the caller still finishes the local logout.
  */
 async function replaceSession(req: Request, res: Response, config: ResolvedConfig, state: string): Promise<AuthError | undefined> {
-  const session = await regenerateSession(req);
+  let session: SessionWithState;
+  try {
+    session = await regenerateSession(req);
+  } catch (err) {
+    // express-session generates the fresh session even when the logged-in one could not be destroyed, and would give
+    // the browser its cookie: drop it, so that the browser keeps its session, alive (and findable by back-channel
+    // logout) as after any failed POST /logout, and the user can try again.
+    delete (req as { session?: unknown }).session;
+    throw err;
+  }
   writableState(session).logout = { state, createdAt: Date.now() };
   try {
     await saveSession(session);

@@ -194,6 +194,43 @@ describe('RP-initiated logout (idpLogout: true)', () => {
     expect(await indexedSessionIds()).not.toContain(loginSessionId);
   });
 
+  test('the session store failing to destroy the login session: the login is kept in this browser, and a retry logs out', async () => {
+    const browser = new Browser();
+    await browser.login(`${app.url}/login?returnTo=/me`);
+    const loginCookie = sessionCookie(browser, app.url)!;
+    const loginSessionId = sessionIdOf(loginCookie);
+
+    // regenerate() destroys the logged-in session with DEL: that one command fails, once.
+    const client = redis as unknown as { del: (...args: unknown[]) => Promise<unknown> };
+    const del = client.del.bind(client);
+    let failures = 0;
+    client.del = async (...args: unknown[]) => {
+      if (String(args[0]).startsWith(sessionPrefix) && failures++ === 0) throw new Error('Connection is closed.');
+      return del(...args);
+    };
+    let failed;
+    try {
+      failed = await postLogout(browser, app.url, { accept: 'application/json' });
+    } finally {
+      client.del = del;
+    }
+    expect(failures).toBe(1);
+    expect(failed.status).toBe(503);
+    expect(JSON.parse(failed.body)).toMatchObject({ error: 'session_unavailable' });
+
+    // As after a failed POST /logout without idpLogout: the session is alive, still the browser's, still findable by
+    // back-channel logout; not swapped for an empty one that would leave it alive out of the user's reach.
+    expect(failed.headers.get('set-cookie')).toBeNull();
+    expect(sessionCookie(browser, app.url)).toBe(loginCookie);
+    expect((await me(browser, app.url)).status).toBe(200);
+    expect(await indexedSessionIds()).toContain(loginSessionId);
+
+    const retried = await postLogout(browser, app.url);
+    expect(retried.status).toBe(303);
+    expect(new URL(retried.headers.get('location')!).pathname).toBe('/session/end');
+    expect(await storedSession(redis, sessionPrefix, loginCookie)).toBeNull();
+  });
+
   test('without a login there is nothing to end at the provider: local logout only', async () => {
     const browser = new Browser();
     const response = await postLogout(browser, app.url);
