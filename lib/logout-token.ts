@@ -39,7 +39,8 @@ function optionalString(payload: JWTPayload, claim: 'sub' | 'sid'): string | und
 /**
  * Builds the validator of back-channel `logout_token`s (Back-Channel Logout 1.0 §2.6): signature with the issuer's
  * keys (`jwks_uri` from its metadata, re-fetched for an unknown `kid` after a cooldown), an asymmetric algorithm the server
- * advertises, `iss`, `aud`, `iat`, `exp`, `jti`, the back-channel `events` member, no `nonce`, and `sub` and/or `sid`.
+ * advertises, `iss`, `aud` (the client id alone, or with an `azp` naming it), `iat`, `exp`, `jti`, the back-channel
+ * `events` member, no `nonce`, and `sub` and/or `sid`.
  * Replay of `jti` is checked by the caller, which owns the shared store.
  */
 export function createLogoutTokenVerifier(config: ResolvedConfig, server: ServerResolver, keys: IssuerKeys): LogoutTokenVerifier {
@@ -69,6 +70,15 @@ export function createLogoutTokenVerifier(config: ResolvedConfig, server: Server
       throw invalid(err instanceof errors.JOSEError ? err.message.replace(/\.$/, '') : 'it is not a valid signed JWT', err);
     }
 
+    // §2.6 validates `aud` as for ID tokens (OIDC Core §3.1.3.7 (3)-(5)): jwtVerify only checked that it contains the
+    // client id. Other audiences are untrusted unless the token was issued to this client (`azp`), as openid-client
+    // requires of ID tokens.
+    if (Array.isArray(payload.aud) && payload.aud.length !== 1) {
+      if (payload.azp === undefined) {
+        throw invalid('the "aud" claim includes additional untrusted audiences and there is no "azp" claim naming this client');
+      }
+      if (payload.azp !== config.clientId) throw invalid('unexpected "azp" (authorized party) claim value');
+    }
     // Explicit typing (§2.4) is optional; when present it must not say this is some other kind of JWT.
     if (typ !== undefined && !['logout+jwt', 'jwt'].includes(typ.toLowerCase().replace(/^application\//, ''))) {
       throw invalid(`unexpected "typ" header "${typ.slice(0, 40)}"`);

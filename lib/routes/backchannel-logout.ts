@@ -10,6 +10,7 @@ import { storeUnavailable } from '../store-errors.js';
 import type { SessionIndex } from '../session-index.js';
 import { DEFAULT_SESSION_TTL_SECONDS } from '../token-store.js';
 import { nowSeconds } from '../tokens.js';
+import { sanitisedCause } from '../upstream.js';
 
 /** How long a delivery may be at work before a retry of the same token may start over (its process may have died). */
 const IN_PROGRESS_LEASE_MS = 30_000;
@@ -17,8 +18,8 @@ const IN_PROGRESS_LEASE_MS = 30_000;
 /** Logout tokens are a few hundred bytes; anything much larger is not one. */
 const MAX_BODY_BYTES = 16 * 1024;
 
-function badRequest(message: string): AuthError {
-  return new AuthError(AuthErrorCode.INVALID_REQUEST, 400, message);
+function badRequest(message: string, cause?: unknown): AuthError {
+  return new AuthError(AuthErrorCode.INVALID_REQUEST, 400, message, cause === undefined ? {} : { cause });
 }
 
 /**
@@ -39,10 +40,16 @@ async function readLogoutToken(req: Request): Promise<string> {
   if (declared > MAX_BODY_BYTES) throw badRequest('The request body is too large for a logout token.');
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > MAX_BODY_BYTES) throw badRequest('The request body is too large for a logout token.');
-    chunks.push(chunk);
+  try {
+    for await (const chunk of req as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > MAX_BODY_BYTES) throw badRequest('The request body is too large for a logout token.');
+      chunks.push(chunk);
+    }
+  } catch (err) {
+    if (err instanceof AuthError) throw err;
+    // The sender went away mid-body (ECONNRESET "aborted") or the stream failed: a bad request, not the app's error.
+    throw badRequest('The request body could not be read completely.', sanitisedCause(err));
   }
   const params = new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
   const values = params.getAll('logout_token');

@@ -57,26 +57,62 @@ async function serverOrNothing(runtime: Runtime): Promise<client.Configuration |
   }
 }
 
+/** Where an RP-initiated logout sends the browser, and the one-time `state` its return must bring back. */
+interface EndSessionRequest {
+  url: string;
+  state: string;
+}
+
 /**
- * Replaces the logged-in session by a fresh one (new id) that holds only the one-time `state` of this logout, and
- * returns the end-session URL to send the browser to (RP-Initiated Logout 1.0 §2).
+ * The end-session URL for this logout with a fresh one-time `state` (RP-Initiated Logout 1.0 §2), built before anything
+ * of the session changes. Undefined when the server has no end-session endpoint the library can use: none, or one
+ * openid-client refuses (not a URL, or `http:` without `allowInsecureRequests`); the logout is then local only.
  */
-async function startIdpLogout(
-  runtime: Runtime,
-  req: Request,
-  configuration: client.Configuration,
-  tokens: StoredTokens | undefined,
-): Promise<string> {
-  const session = await regenerateSession(req);
+function endSessionRequest(runtime: Runtime, configuration: client.Configuration, tokens: StoredTokens | undefined): EndSessionRequest | undefined {
+  if (typeof configuration.serverMetadata().end_session_endpoint !== 'string') return undefined;
   const state = client.randomState();
-  writableState(session).logout = { state, createdAt: Date.now() };
-  await saveSession(session);
   const parameters: Record<string, string> = {
     post_logout_redirect_uri: `${runtime.config.redirectUri.origin}${runtime.config.postLogoutPath ?? '/'}`,
     state,
   };
   if (tokens?.idToken !== undefined) parameters.id_token_hint = tokens.idToken;
-  return client.buildEndSessionUrl(configuration, parameters).href;
+  try {
+    return { url: client.buildEndSessionUrl(configuration, parameters).href, state };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Replaces the logged-in session by a fresh one (new id) that holds only the one-time `state` of this logout. A failure
+ * to destroy the logged-in one leaves it as it was, the browser's session still (and throws). A failure to save the fresh one comes after the
+ * logged-in session is gone: it is returned, not thrown, so that the caller still finishes the local logout.
+ */
+async function replaceSession(req: Request, res: Response, config: ResolvedConfig, state: string): Promise<AuthError | undefined> {
+  let session: SessionWithState;
+  try {
+    session = await regenerateSession(req);
+  } catch (err) {
+    // express-session generates the fresh session even when the logged-in one could not be destroyed, and would give
+    // the browser its cookie: drop it, so that the browser keeps its session, alive (and findable by back-channel
+    // logout) as after any failed POST /logout, and the user can try again.
+    delete (req as { session?: unknown }).session;
+    throw err;
+  }
+  writableState(session).logout = { state, createdAt: Date.now() };
+  try {
+    await saveSession(session);
+    return undefined;
+  } catch (err) {
+    // Nothing to come back to: drop the fresh session too, and the browser's cookie (best effort; the store is failing).
+    await endSession(res, config, session).catch(() => undefined);
+    return new AuthError(
+      AuthErrorCode.SESSION_UNAVAILABLE,
+      503,
+      'The session store failed: you are logged out of this app, but the logout at the authorization server could not be started.',
+      { cause: err instanceof AuthError ? err.cause : err },
+    );
+  }
 }
 
 /**
@@ -113,9 +149,12 @@ export function logoutRoute(runtime: Runtime) {
     const tokens = login === undefined ? undefined : await currentTokens(runtime, req, login);
 
     const configuration = login === undefined ? undefined : await serverOrNothing(runtime);
+    const endSessionAt = config.idpLogout && login !== undefined && configuration !== undefined ? endSessionRequest(runtime, configuration, tokens) : undefined;
     let target = config.postLogoutRedirect;
-    if (config.idpLogout && login !== undefined && typeof configuration?.serverMetadata().end_session_endpoint === 'string') {
-      target = await startIdpLogout(runtime, req, configuration, tokens);
+    let failure: AuthError | undefined;
+    if (endSessionAt !== undefined) {
+      failure = await replaceSession(req, res, config, endSessionAt.state);
+      if (failure === undefined) target = endSessionAt.url;
     } else {
       await endSession(res, config, session);
     }
@@ -129,6 +168,8 @@ export function logoutRoute(runtime: Runtime) {
       // After the local logout on purpose: a slow or failing revocation cannot leave the session alive.
       await revokeTokens(configuration, tokens).catch(() => 0);
     }
+    // Reported only now: the logged-in session is gone, so the rest of the local logout had to happen first.
+    if (failure !== undefined) throw failure;
     res.redirect(303, target);
   };
 }

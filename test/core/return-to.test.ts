@@ -2,9 +2,12 @@ import { describe, expect, test } from '@jest/globals';
 import { sanitizeReturnTo } from '../../lib/return-to.js';
 
 describe('sanitizeReturnTo', () => {
-  test.each(['/', '/me', '/a/b?c=d&e=f#g', '/%E2%9C%93', '/path;x=1', '/a//b'])('keeps the same-origin path %s', (value) => {
-    expect(sanitizeReturnTo(value)).toBe(new URL(value, 'http://x.invalid').href.slice('http://x.invalid'.length));
-  });
+  test.each(['/', '/me', '/a/b?c=d&e=f#g', '/%E2%9C%93', '/path;x=1', '/a//b', '/search?q=a%2Fb', '/files/a%20b', '/a%2Fb', '/files/a%5Cb', '/%2e/x'])(
+    'keeps the same-origin path %s',
+    (value) => {
+      expect(sanitizeReturnTo(value)).toBe(new URL(value, 'http://x.invalid').href.slice('http://x.invalid'.length));
+    },
+  );
 
   test.each([
     '//evil.example',
@@ -24,6 +27,16 @@ describe('sanitizeReturnTo', () => {
     '/\r\n/evil.example',
     '/ /evil.example',
     '/%09/evil.example',
+    // One decoding away from a path that normalises to `//evil.example` (a dot segment before an encoded slash).
+    '/.%2F/evil.example',
+    '/.%2F%2Fevil.example',
+    '/%2e%2F/evil.example',
+    '/x/..%2F%2Fevil.example',
+    '/.%5C/evil.example',
+    '/.%09%2F/evil.example',
+    // The same, two decodings away.
+    '/.%252F/evil.example',
+    '/x/..%252F%252Fevil.example',
     '/\u0000',
     'evil.example',
     '',

@@ -1,3 +1,5 @@
+import { createServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { RedisStore } from 'connect-redis';
 import express from 'express';
@@ -5,7 +7,7 @@ import session from 'express-session';
 import { exportJWK, generateKeyPair, type JWTPayload } from 'jose';
 import supertest from 'supertest';
 import { auth } from '../../lib/index.js';
-import { buildApp, CLIENT_SECRET, SESSION_SECRET, startStack, type Stack } from '../helpers/app.js';
+import { buildApp, CLIENT_ID, CLIENT_SECRET, SESSION_SECRET, startStack, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import {
   BCL_EVENT,
@@ -45,6 +47,18 @@ type Case = [string, (sub: string) => Promise<string>, RegExp];
 
 const refusals: Case[] = [
   ['a wrong aud', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), aud: 'another-client' }), /"aud"/],
+  // OIDC Core §3.1.3.7 (3)-(5), which §2.6 applies to logout tokens: an audience the client does not trust is refused
+  // unless the token was issued to this client (azp).
+  [
+    'an extra, untrusted aud and no azp',
+    (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), aud: [CLIENT_ID, 'another-client'] }),
+    /"aud".*untrusted audiences.*"azp"/,
+  ],
+  [
+    'an extra aud and an azp naming another client',
+    (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), aud: [CLIENT_ID, 'another-client'], azp: 'another-client' }),
+    /"azp"/,
+  ],
   ['a wrong iss', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), iss: 'http://localhost:1' }), /"iss"/],
   ['no events claim', (sub) => signLogoutToken(stack.provider, without(logoutClaims(stack.provider.issuer, { sub }), 'events')), /"events"/],
   [
@@ -100,6 +114,18 @@ describe('logout-token refusals (Back-Channel Logout 1.0 §2.6)', () => {
     expect(replayed.status).toBe(400);
     expect(await replayed.json()).toMatchObject({ error: 'invalid_logout_token', error_description: expect.stringContaining('jti') });
     expect((await me(again, stack.appUrl)).status).toBe(200);
+  });
+
+  test.each([
+    ['aud: [client id] (an array of one)', [CLIENT_ID], undefined],
+    ['an extra aud and azp: client id (issued to this client)', [CLIENT_ID, 'another-client'], CLIENT_ID],
+  ])('a token with %s is accepted', async (_name, aud, azp) => {
+    const target = await loggedInUser();
+    const bystander = await loggedInUser();
+    const claims = { ...logoutClaims(stack.provider.issuer, { sub: target.sub }), aud, ...(azp === undefined ? {} : { azp }) };
+    expect((await sendLogoutToken(stack.appUrl, await signLogoutToken(stack.provider, claims))).status).toBe(200);
+    expect((await me(target.browser, stack.appUrl)).status).toBe(401);
+    expect((await me(bystander.browser, stack.appUrl)).status).toBe(200);
   });
 
   test.each([
@@ -163,6 +189,54 @@ describe('back-channel request shape', () => {
 
     expect(response.status).toBe(200);
     expect((await me(browser, stack.appUrl)).status).toBe(401);
+  });
+
+  test('a body the sender abandons mid-way is a 400 invalid_request of the route, not an error for the app', async () => {
+    // The app's error handler sees any error the route passes on; the response the route made is read at close.
+    const passedOn: unknown[] = [];
+    let answered: { status: number; cacheControl: unknown; type: unknown } | undefined;
+    let markEnded!: () => void;
+    const ended = new Promise<void>((resolve) => (markEnded = resolve));
+    const app = express();
+    app.use((_req, res, next) => {
+      // The client is gone, so nothing reaches it: what the app answered is read when the answer ends.
+      const end = res.end.bind(res) as (...args: unknown[]) => express.Response;
+      res.end = ((...args: unknown[]) => {
+        answered = { status: res.statusCode, cacheControl: res.getHeader('cache-control'), type: res.getHeader('content-type') };
+        markEnded();
+        return end(...args);
+      }) as typeof res.end;
+      next();
+    });
+    app.use(session({ store: new RedisStore({ client: stack.redis, prefix: stack.sessionPrefix }), secret: SESSION_SECRET, resave: false, saveUninitialized: false }));
+    app.use(auth(stack.authOptions));
+    app.use((err: unknown, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
+      passedOn.push(err);
+      res.status(500).end();
+    });
+    const server = createServer(app);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const request = httpRequest({
+        host: '127.0.0.1',
+        port,
+        method: 'POST',
+        path: '/backchannel-logout',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': '1000' },
+      });
+      request.on('error', () => undefined);
+      request.write('logout_token=eyJhbGciOiJSUzI1NiJ9.');
+      // Let the route start reading, then drop the connection before the declared length arrived.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      request.destroy();
+      await ended;
+
+      expect(passedOn).toEqual([]);
+      expect(answered).toEqual({ status: 400, cacheControl: 'no-store', type: expect.stringMatching(/^application\/json/) });
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 
   test.each([

@@ -4,7 +4,8 @@ import type { Redis } from 'ioredis';
 import { buildApp, CLIENT_ID, CLIENT_SECRET, connectRedis, listen, sessionCookie, type Listener } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import { startProvider, type TestProvider } from '../helpers/provider.js';
-import { endSessionAtProvider, logoutProviderConfiguration, me, postLogout, storedSession, userinfoStatus } from './support.js';
+import { startRogueStack, type RogueStack } from '../helpers/rogue-provider.js';
+import { endSessionAtProvider, logoutProviderConfiguration, me, postLogout, sessionIdOf, storedSession, tryRefresh, userinfoStatus } from './support.js';
 
 let provider: TestProvider;
 let app: Listener;
@@ -67,6 +68,12 @@ async function startLogout() {
   const response = await postLogout(browser, app.url);
   expect(response.status).toBe(303);
   return { browser, loginCookie, tokens, endSession: new URL(response.headers.get('location')!) };
+}
+
+/** Every session id in the back-channel logout index. */
+async function indexedSessionIds(): Promise<string[]> {
+  const keys = await redis.keys(`${keyPrefix}logout:*`);
+  return (await Promise.all(keys.map((key) => redis.smembers(key)))).flat();
 }
 
 /** Confirms the logout on the provider's page; returns the URL it sends the browser back to. */
@@ -146,10 +153,113 @@ describe('RP-initiated logout (idpLogout: true)', () => {
     expect(JSON.parse(response.body)).toMatchObject({ error: 'invalid_state' });
   });
 
+  test('the session store failing to save the logout state after the login session is gone: the login still ends in full', async () => {
+    const browser = new Browser();
+    await browser.login(`${app.url}/login?returnTo=/me`);
+    const loginCookie = sessionCookie(browser, app.url)!;
+    const loginSessionId = sessionIdOf(loginCookie);
+    const login = ((await storedSession(redis, sessionPrefix, loginCookie))?.oauth as { login: { id: string } }).login;
+    const { tokens } = JSON.parse((await redis.get(`${keyPrefix}tokens:${login.id}`))!) as { tokens: { accessToken: string; refreshToken: string } };
+    expect(await indexedSessionIds()).toContain(loginSessionId);
+
+    // regenerate() destroys the logged-in session (DEL); the save of the fresh one that holds the state (SET) fails.
+    const client = redis as unknown as { set: (...args: unknown[]) => Promise<unknown> };
+    const set = client.set.bind(client);
+    let failures = 0;
+    client.set = async (...args: unknown[]) => {
+      if (String(args[0]).startsWith(sessionPrefix) && failures++ === 0) throw new Error('Connection is closed.');
+      return set(...args);
+    };
+    let response;
+    try {
+      response = await postLogout(browser, app.url, { accept: 'application/json' });
+    } finally {
+      client.set = set;
+    }
+    expect(failures).toBeGreaterThanOrEqual(1);
+
+    // The logout at the provider could not start, and the answer says so; it never sends the browser there.
+    expect(response.status).toBe(503);
+    expect(JSON.parse(response.body)).toMatchObject({ error: 'session_unavailable' });
+    expect(response.headers.get('location')).toBeNull();
+    expect(JSON.parse(response.body).error_description).toMatch(/logged out of this app/);
+    // But nothing is left half-ended: the login's session is gone, its token-store entry a tombstone, its tokens
+    // revoked at the provider, and it is out of the back-channel index.
+    expect(await storedSession(redis, sessionPrefix, loginCookie)).toBeNull();
+    expect(sessionCookie(browser, app.url)).toBeUndefined();
+    expect((await me(new Browser(), app.url, `connect.sid=${loginCookie}`)).status).toBe(401);
+    expect(JSON.parse((await redis.get(`${keyPrefix}tokens:${login.id}`))!)).toMatchObject({ ended: true });
+    expect(await tryRefresh(provider.issuer, tokens.refreshToken)).toEqual({ status: 400, error: 'invalid_grant' });
+    expect(await userinfoStatus(provider.issuer, tokens.accessToken)).toBe(401);
+    expect(await indexedSessionIds()).not.toContain(loginSessionId);
+  });
+
+  test('the session store failing to destroy the login session: the login is kept in this browser, and a retry logs out', async () => {
+    const browser = new Browser();
+    await browser.login(`${app.url}/login?returnTo=/me`);
+    const loginCookie = sessionCookie(browser, app.url)!;
+    const loginSessionId = sessionIdOf(loginCookie);
+
+    // regenerate() destroys the logged-in session with DEL: that one command fails, once.
+    const client = redis as unknown as { del: (...args: unknown[]) => Promise<unknown> };
+    const del = client.del.bind(client);
+    let failures = 0;
+    client.del = async (...args: unknown[]) => {
+      if (String(args[0]).startsWith(sessionPrefix) && failures++ === 0) throw new Error('Connection is closed.');
+      return del(...args);
+    };
+    let failed;
+    try {
+      failed = await postLogout(browser, app.url, { accept: 'application/json' });
+    } finally {
+      client.del = del;
+    }
+    expect(failures).toBe(1);
+    expect(failed.status).toBe(503);
+    expect(JSON.parse(failed.body)).toMatchObject({ error: 'session_unavailable' });
+
+    // As after a failed POST /logout without idpLogout: the session is alive, still the browser's, still findable by
+    // back-channel logout; not swapped for an empty one that would leave it alive out of the user's reach.
+    expect(failed.headers.get('set-cookie')).toBeNull();
+    expect(sessionCookie(browser, app.url)).toBe(loginCookie);
+    expect((await me(browser, app.url)).status).toBe(200);
+    expect(await indexedSessionIds()).toContain(loginSessionId);
+
+    const retried = await postLogout(browser, app.url);
+    expect(retried.status).toBe(303);
+    expect(new URL(retried.headers.get('location')!).pathname).toBe('/session/end');
+    expect(await storedSession(redis, sessionPrefix, loginCookie)).toBeNull();
+  });
+
   test('without a login there is nothing to end at the provider: local logout only', async () => {
     const browser = new Browser();
     const response = await postLogout(browser, app.url);
     expect(response.status).toBe(303);
     expect(response.headers.get('location')).toBe('/bye');
+  });
+});
+
+describe('RP-initiated logout with an end_session_endpoint the library cannot use', () => {
+  let rogue: RogueStack;
+  beforeAll(async () => {
+    rogue = await startRogueStack({ auth: { idpLogout: true, postLogoutRedirect: '/bye' } });
+    // openid-client refuses to build a URL from it (as it refuses an http: one without allowInsecureRequests).
+    rogue.rogue.metadata.end_session_endpoint = 'not a URL';
+  });
+  afterAll(async () => rogue.close());
+
+  test('local logout only, as for a server without one: the session ends, no error page', async () => {
+    const browser = new Browser();
+    await browser.login(`${rogue.appUrl}/login?returnTo=/me`);
+    const cookie = sessionCookie(browser, rogue.appUrl)!;
+    expect((await me(browser, rogue.appUrl)).status).toBe(200);
+
+    const response = await postLogout(browser, rogue.appUrl);
+
+    expect(response.status).toBe(303);
+    expect(response.headers.get('location')).toBe('/bye');
+    expect(await storedSession(rogue.redis, rogue.sessionPrefix, cookie)).toBeNull();
+    expect(sessionCookie(browser, rogue.appUrl)).toBeUndefined();
+    expect((await me(new Browser(), rogue.appUrl, `connect.sid=${cookie}`)).status).toBe(401);
   });
 });

@@ -37,11 +37,14 @@ function expectSameOriginPath(location: string): void {
   // Raw header: a path, not protocol-relative (`//`), not `/\` (browsers read `\` as `/`), no controls or spaces.
   expect(location).toMatch(/^\/(?![/\\])[^\s\\\u0000-\u001F\u007F]*$/);
   expect(new URL(location, stack.appUrl).origin).toBe(stack.appUrl);
-  // Still a plain path after any number of percent-decodings (an app or proxy that decodes it must not be fooled).
+  // Still a same-origin path after any number of percent-decodings (an app or proxy that decodes it must not be
+  // fooled), also once dot segments are resolved (`/.//host` is `//host`).
   let decoded = location;
   for (let round = 0; round < 3; round++) {
     decoded = decodeURIComponent(decoded);
     expect(decoded).toMatch(/^\/(?![\s]*[/\\])/);
+    expect(new URL(decoded, stack.appUrl).origin).toBe(stack.appUrl);
+    expect(new URL(decoded, stack.appUrl).pathname).toMatch(/^\/(?![/\\])/);
   }
 }
 
@@ -71,6 +74,12 @@ test.each([
   ['slash then percent-encoded backslash', `/%5C${EVIL}`],
   ['slash then percent-encoded tab and slash', `/%09/${EVIL}`],
   ['slash then double-encoded slash', `/%252F${EVIL}`],
+  ['dot segment then percent-encoded slash', `/.%2F/${EVIL}`],
+  ['dot segment then two percent-encoded slashes', `/.%2F%2F${EVIL}`],
+  ['encoded dot segment then percent-encoded slash', `/%2e%2F/${EVIL}`],
+  ['dot-dot segment then two percent-encoded slashes', `/x/..%2F%2F${EVIL}`],
+  ['dot segment then percent-encoded backslash', `/.%5C/${EVIL}`],
+  ['dot segment then double-encoded slash', `/.%252F/${EVIL}`],
   ['tab inside the slashes', `/\t/${EVIL}`],
   ['newline inside the slashes', `/\n/${EVIL}`],
   ['CRLF (header injection)', `/\r\nSet-Cookie: a=b`],
@@ -90,6 +99,10 @@ test.each([
 test('a same-origin returnTo keeps its path, query and fragment (control)', async () => {
   expect(await landing('/me?tab=orders&x=%2F%2Fy#section')).toBe('/me?tab=orders&x=%2F%2Fy#section');
   expect(await landing('/a/b/../c')).toBe('/a/c');
+  // Encoded characters that decode to nothing off-origin are kept as they are.
+  expect(await landing('/search?q=a%2Fb')).toBe('/search?q=a%2Fb');
+  expect(await landing('/files/a%20b')).toBe('/files/a%20b');
+  expect(await landing('/a%2Fb')).toBe('/a%2Fb');
 });
 
 test('a returnTo added to the authorization response is ignored: only the transaction decides', async () => {
