@@ -27,15 +27,29 @@ function messages(err: unknown): string {
     .join(' | ');
 }
 
-/** True for failures to reach the server at all: DNS, refused connection, reset, TLS. */
+/** Codes of a connection that dropped once the response had started (undici's socket error, a TCP reset). */
+const DROPPED_CODES = new Set(['UND_ERR_SOCKET', 'ECONNRESET']);
+
+/**
+ * True for failures to reach the server at all (DNS, refused connection, reset, TLS), or to read its answer to the end:
+ * a connection dropped while the body was coming is undici's `TypeError: terminated`, wrapped by oauth4webapi in a
+ * parse error.
+ */
 export function isNetworkError(err: unknown): boolean {
   // openid-client wraps a foreign-realm TypeError in a ClientError, so look along the whole chain.
-  return chain(err).some((e) => e.name === 'TypeError' && /fetch failed|network/i.test(String(e.message)));
+  return chain(err).some(
+    (e) =>
+      (e.name === 'TypeError' && /fetch failed|network|^terminated$/i.test(String(e.message))) ||
+      (typeof e.code === 'string' && DROPPED_CODES.has(e.code)),
+  );
 }
 
-/** True when openid-client gave up waiting (the configured `httpTimeout`). */
+/**
+ * True when the configured `httpTimeout` ran out: before the headers (openid-client's `OAUTH_TIMEOUT`) or while the body
+ * was being read (the timeout signal's `TimeoutError`, which oauth4webapi wraps in a parse error).
+ */
 export function isTimeout(err: unknown): boolean {
-  return (err as { code?: unknown } | null)?.code === 'OAUTH_TIMEOUT';
+  return chain(err).some((e) => e.code === 'OAUTH_TIMEOUT' || e.name === 'TimeoutError');
 }
 
 /** Replaces every occurrence of the `secrets` (codes, verifiers, tokens, the client secret) in `text`. */

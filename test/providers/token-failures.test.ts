@@ -1,0 +1,167 @@
+/**
+ * Token-endpoint failures that a correct server (oidc-provider) never produces, at the code exchange and at refresh.
+ * A bare stub server answers whatever each test sets.
+ */
+import { randomUUID } from 'node:crypto';
+import type { ServerResponse } from 'node:http';
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from '@jest/globals';
+import type { Request, Response } from 'express';
+import type { Redis } from 'ioredis';
+import { AuthError } from '../../lib/index.js';
+import { connectRedis, listen, type Listener } from '../helpers/app.js';
+import { inspectDeep } from '../helpers/security.js';
+import { appSlot, clearSessions, type AppSlot } from './support.js';
+
+/** A token-endpoint answer; `stall` sends the headers and half a body, then nothing; `reset` drops the connection after them. */
+type Answer = { status: number; type: string; body: string } | 'stall' | 'reset';
+
+let stub: Listener;
+let app: AppSlot;
+let redis: Redis;
+/** What the token endpoint answers to the refresh-token grant; the code exchange answers `exchangeAnswer`. */
+let refreshAnswer: Answer;
+let exchangeAnswer: Answer | undefined;
+const grants: string[] = [];
+/** Every token the stub handed out, to look for where it must not be. */
+const issued: string[] = [];
+
+const HTTP_TIMEOUT = 1000;
+const PARTIAL_BODY = '{"access_token":';
+
+function send(res: ServerResponse, answer: Answer): void {
+  if (answer === 'stall' || answer === 'reset') {
+    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+    res.write(PARTIAL_BODY);
+    // A stalled body stays open until the client gives up; a reset one is cut off once the client is reading it.
+    if (answer === 'reset') setTimeout(() => res.socket?.destroy(), 50);
+    return;
+  }
+  res.writeHead(answer.status, { 'content-type': answer.type, 'cache-control': 'no-store' }).end(answer.body);
+}
+
+function tokens(): Answer {
+  const access = `stub-at-${randomUUID()}`;
+  const refresh = `stub-rt-${randomUUID()}`;
+  issued.push(access, refresh);
+  return json(200, { access_token: access, token_type: 'bearer', expires_in: 3600, refresh_token: refresh });
+}
+
+const json = (status: number, value: unknown): Answer => ({ status, type: 'application/json', body: JSON.stringify(value) });
+
+beforeAll(async () => {
+  [stub, app] = await Promise.all([listen(), appSlot()]);
+  stub.handle((req, res) => {
+    const url = new URL(req.url ?? '/', stub.url);
+    if (req.method === 'GET' && url.pathname === '/authorize') {
+      const back = new URL(url.searchParams.get('redirect_uri') ?? '');
+      back.searchParams.set('code', `stub-code-${randomUUID()}`);
+      back.searchParams.set('state', url.searchParams.get('state') ?? '');
+      res.writeHead(302, { location: back.href }).end();
+      return;
+    }
+    if (req.method === 'POST' && url.pathname === '/token') {
+      let body = '';
+      req.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      req.on('end', () => {
+        const grant = new URLSearchParams(body).get('grant_type') ?? '';
+        grants.push(grant);
+        send(res, grant === 'refresh_token' ? refreshAnswer : (exchangeAnswer ?? tokens()));
+      });
+      return;
+    }
+    res.writeHead(404).end();
+  });
+  redis = connectRedis();
+  app.mount(
+    redis,
+    {
+      server: { authorizationEndpoint: `${stub.url}/authorize`, tokenEndpoint: `${stub.url}/token` },
+      clientId: 'stub-client',
+      clientSecret: 'stub-secret-not-for-production',
+      clientAuthMethod: 'client_secret_post',
+      redirectUri: app.redirectUri,
+      scope: 'repo read:user',
+      allowInsecureRequests: true,
+      httpTimeout: HTTP_TIMEOUT,
+      redis,
+      keyPrefix: `test:${randomUUID()}:`,
+    },
+    (express) => {
+      express.get('/whoami', (req, res) => res.json({ isAuthenticated: req.auth.isAuthenticated }));
+      // A forced refresh that answers with the AuthError's JSON, plus everything a careless app could print of it.
+      express.get('/api/refresh', async (req: Request, res: Response) => {
+        try {
+          res.json({ accessToken: (await req.auth.refresh()).accessToken });
+        } catch (err) {
+          if (!(err instanceof AuthError)) throw err;
+          res.status(err.status).json({ ...err.toJSON(), printed: [err.message, String(err), err.stack, inspectDeep(err)].join('\n') });
+        }
+      });
+    },
+  );
+});
+
+afterAll(async () => {
+  await Promise.all([stub.close(), app.listener.close()]);
+  redis.disconnect();
+});
+
+beforeEach(async () => {
+  app.browser.jar.clear();
+  await clearSessions(redis, app.sessionPrefix);
+  grants.length = 0;
+  exchangeAnswer = undefined;
+});
+
+async function whoami(): Promise<{ isAuthenticated: boolean }> {
+  return JSON.parse((await app.browser.request(`${app.url}/whoami`)).body) as { isAuthenticated: boolean };
+}
+
+describe('refresh', () => {
+  beforeEach(async () => {
+    const login = await app.browser.follow(`${app.url}/login?returnTo=/whoami`);
+    expect(JSON.parse(login.body)).toEqual({ isAuthenticated: true });
+  });
+
+  async function refresh(answer: Answer): Promise<{ status: number; body: Record<string, unknown> }> {
+    refreshAnswer = answer;
+    const response = await app.browser.request(`${app.url}/api/refresh`, { headers: { accept: 'application/json' } });
+    expect(grants).toEqual(['authorization_code', 'refresh_token']);
+    return { status: response.status, body: JSON.parse(response.body) as Record<string, unknown> };
+  }
+
+  test.each([
+    ['stalls past httpTimeout', 'stall' as const, 'The token endpoint did not answer the refresh in time; try again.'],
+    ['is cut off (connection reset)', 'reset' as const, 'The token endpoint could not be reached to refresh the tokens; try again.'],
+  ])('a response body that %s after the headers is transient: 503 refresh_failed, the login is kept', async (_case, answer, message) => {
+    const started = Date.now();
+    const result = await refresh(answer);
+
+    expect(result.status).toBe(503);
+    expect(result.body).toMatchObject({ error: 'refresh_failed', error_description: message });
+    if (answer === 'stall') expect(Date.now() - started).toBeGreaterThanOrEqual(HTTP_TIMEOUT - 50);
+    expect(await whoami()).toEqual({ isAuthenticated: true });
+  });
+});
+
+describe('code exchange', () => {
+  async function exchange(answer: Answer): Promise<{ status: number; body: string }> {
+    exchangeAnswer = answer;
+    const result = await app.browser.follow(`${app.url}/login?returnTo=/whoami`);
+    expect(grants).toEqual(['authorization_code']);
+    expect(await whoami()).toEqual({ isAuthenticated: false });
+    return result;
+  }
+
+  test.each([
+    ['stalls past httpTimeout', 'stall' as const, 504, 'The token endpoint did not answer in time.'],
+    ['is cut off (connection reset)', 'reset' as const, 502, 'The token endpoint could not be reached.'],
+  ])('a response body that %s after the headers is idp_unreachable, not a refusal', async (_case, answer, status, message) => {
+    const result = await exchange(answer);
+
+    expect(result.status).toBe(status);
+    expect(result.body).toContain('<code>idp_unreachable</code>');
+    expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toBe(message);
+  });
+
+});
