@@ -21,8 +21,18 @@ function chain(err: unknown): ErrorLike[] {
   return links;
 }
 
+/**
+ * A `JSON.parse` failure: V8's message quotes the input around the offending character, i.e. part of a response body
+ * (a new token, an ID-token payload). That message must never reach an `AuthError`'s message or cause as it is.
+ */
+function isSyntaxError(e: ErrorLike): boolean {
+  return e.name === 'SyntaxError';
+}
+
+/** The chain's messages and codes, to classify by; a parse error's quoted input must not steer the classification. */
 function messages(err: unknown): string {
   return chain(err)
+    .filter((e) => !isSyntaxError(e))
     .map((e) => `${String(e.message ?? '')} ${typeof e.code === 'string' ? e.code : ''}`)
     .join(' | ');
 }
@@ -64,7 +74,8 @@ const SAFE_FIELDS = ['name', 'code', 'status', 'error', 'error_description'] as 
 /**
  * A copy of an error chain that keeps what helps a log reader (name, message, stack, code, status, upstream error)
  * and drops what oauth4webapi attaches as `cause` or `response`: token-response bodies (access and refresh tokens),
- * raw JWTs, ID-token claims, keys. `AuthError.cause` is what an app logs with `console.error(err)`. The copies are
+ * raw JWTs, ID-token claims, keys. A `SyntaxError`'s message (and the stack's copy of it) is replaced: `JSON.parse`
+ * quotes the body it failed on. `AuthError.cause` is what an app logs with `console.error(err)`. The copies are
  * plain `Error`s: the original classes (DOMException…) cannot be faithfully copied without their internals.
  */
 function safeCause(err: unknown, redact: (text: string) => string, depth = 0): Error | undefined {
@@ -72,14 +83,26 @@ function safeCause(err: unknown, redact: (text: string) => string, depth = 0): E
   const source = err as { message?: unknown; stack?: unknown; cause?: unknown; name?: unknown };
   if (typeof source.message !== 'string') return undefined;
   const cause = safeCause(source.cause, redact, depth + 1);
-  const copy = new Error(redact(source.message), cause === undefined ? undefined : { cause });
-  if (typeof source.stack === 'string') copy.stack = redact(source.stack);
+  const syntax = isSyntaxError(source);
+  const message = syntax ? withheldParseMessage(source.message) : redact(source.message);
+  const copy = new Error(message, cause === undefined ? undefined : { cause });
+  if (typeof source.stack === 'string') {
+    // A stack starts with the message: a parse error's is replaced, its frames kept.
+    const frames = source.stack.indexOf('\n    at ');
+    copy.stack = syntax ? `SyntaxError: ${message}${frames === -1 ? '' : source.stack.slice(frames)}` : redact(source.stack);
+  }
   for (const name of SAFE_FIELDS) {
     const value = name === 'name' ? source.name : Object.hasOwn(err, name) ? (err as Record<string, unknown>)[name] : undefined;
     if (typeof value === 'string') Object.assign(copy, { [name]: redact(value) });
     else if (typeof value === 'number') Object.assign(copy, { [name]: value });
   }
   return copy;
+}
+
+/** A `JSON.parse` message without the input it quotes; the position, when it gives one, is kept. */
+function withheldParseMessage(message: string): string {
+  const where = /Unexpected end of JSON input/.test(message) ? ', unexpected end of input' : (/ at position \d+/.exec(message)?.[0] ?? '');
+  return `invalid JSON${where} (the parser's message is withheld: it quotes the input)`;
 }
 
 /**
@@ -198,16 +221,21 @@ export function exchangeError(err: unknown, secrets: ReadonlyArray<string | unde
   }
 }
 
+/** The token response body is not JSON (or not labelled as JSON); an ID token that is not is classified before. */
+function isNotJson(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === 'OAUTH_RESPONSE_IS_NOT_JSON' || code === 'OAUTH_PARSE_ERROR';
+}
+
 /**
  * A 2xx token response that is not what RFC 6749 §5.1 describes: not a JSON object, no `access_token`, no
  * `token_type`, or a `token_type` other than Bearer (RFC 6750) or DPoP (RFC 9449). openid-client refuses all of these;
  * this names the problem. Some servers (GitHub) answer errors with HTTP 200: their `error` is kept.
  */
 function tokenResponseShapeError(err: unknown, cause: Error | undefined, redact: (text: string) => string): AuthError | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
   const refused = (why: string, extra: { error?: string; errorDescription?: string } = {}) =>
     new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${why}.`, { cause, ...extra });
-  if (code === 'OAUTH_RESPONSE_IS_NOT_JSON' || code === 'OAUTH_PARSE_ERROR') return refused('it is not JSON');
+  if (isNotJson(err)) return refused('it is not JSON');
   // openid-client wraps oauth4webapi's error, whose message names the member and whose cause holds the parsed body.
   const detail = chain(err)
     .filter((e) => typeof e.message === 'string' && (e.message.startsWith('"response" body') || e.message.includes('`token_type`')))
@@ -231,9 +259,13 @@ function tokenResponseShapeError(err: unknown, cause: Error | undefined, redact:
   return undefined;
 }
 
-/** The most specific message in the chain; oauth4webapi's messages name claims and parameters, never their values. */
+/**
+ * The most specific message in the chain; oauth4webapi's messages name claims and parameters, never their values. A
+ * `JSON.parse` message, which quotes its input, is never used: the message wrapping it says what failed to parse.
+ */
 export function describe(err: unknown): string {
   const last = chain(err)
+    .filter((e) => !isSyntaxError(e))
     .map((e) => e.message)
     .filter((m): m is string => typeof m === 'string' && m !== '')
     .at(-1);
@@ -275,6 +307,8 @@ export function refreshError(err: unknown, secrets: ReadonlyArray<string | undef
     case 'server':
       return retry(`The token endpoint failed to refresh the tokens (HTTP ${failure.status})`);
     case 'other':
-      return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The refresh response was refused: ${failure.detail}.`, { cause });
+      return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The refresh response was refused: ${isNotJson(err) ? 'it is not JSON' : failure.detail}.`, {
+        cause,
+      });
   }
 }

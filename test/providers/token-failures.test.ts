@@ -7,7 +7,9 @@ import type { ServerResponse } from 'node:http';
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from '@jest/globals';
 import type { Request, Response } from 'express';
 import type { Redis } from 'ioredis';
+import * as client from 'openid-client';
 import { AuthError } from '../../lib/index.js';
+import { exchangeError, refreshError } from '../../lib/upstream.js';
 import { connectRedis, listen, type Listener } from '../helpers/app.js';
 import { inspectDeep } from '../helpers/security.js';
 import { appSlot, clearSessions, type AppSlot } from './support.js';
@@ -47,6 +49,20 @@ function tokens(): Answer {
 }
 
 const json = (status: number, value: unknown): Answer => ({ status, type: 'application/json', body: JSON.stringify(value) });
+
+/**
+ * Bodies `JSON.parse` fails on, around a value that must never be shown: V8's message quotes about ten characters on
+ * either side of the offending one ("Unexpected token 'L', ...\"sh_token\":LEAKYnewRe\"... is not valid JSON").
+ */
+const LEAK = 'LEAKY';
+const b64u = (text: string) => Buffer.from(text).toString('base64url');
+const unquotedToken = (): Answer => ({
+  status: 200,
+  type: 'application/json',
+  body: `{"access_token":"stub-at","token_type":"bearer","refresh_token":${LEAK}newRefreshToken-${randomUUID()}}`,
+});
+const idTokenPayloadNotJson = (): Answer =>
+  json(200, { access_token: 'stub-at', token_type: 'bearer', id_token: `${b64u('{"alg":"RS256"}')}.${b64u(`{"sub":${LEAK}subject-${randomUUID()}}`)}.c2ln` });
 
 beforeAll(async () => {
   [stub, app] = await Promise.all([listen(), appSlot()]);
@@ -130,6 +146,29 @@ describe('refresh', () => {
     return { status: response.status, body: JSON.parse(response.body) as Record<string, unknown> };
   }
 
+  test('a body that is not JSON is refused with a fixed message: no part of it (a new token) is quoted, in the message or the cause', async () => {
+    const result = await refresh(unquotedToken());
+
+    expect(result.status).toBe(502);
+    expect(result.body).toMatchObject({ error: 'refresh_failed', error_description: 'The refresh response was refused: it is not JSON.' });
+    // The cause still says what failed, without the body.
+    expect(String(result.body.printed)).toContain('SyntaxError: invalid JSON');
+    expect(String(result.body.printed)).not.toContain(LEAK);
+    expect(await whoami()).toEqual({ isAuthenticated: true });
+  });
+
+  test('a refreshed ID token whose payload is not JSON ends the login without quoting the payload', async () => {
+    const result = await refresh(idTokenPayloadNotJson());
+
+    expect(result.status).toBe(401);
+    expect(result.body).toMatchObject({
+      error: 'login_required',
+      error_description: 'The refreshed ID token is invalid (failed to parse JWT Payload body as base64url encoded JSON); log in again.',
+    });
+    expect(String(result.body.printed)).not.toContain(LEAK);
+    expect(await whoami()).toEqual({ isAuthenticated: false });
+  });
+
   test.each([
     ['stalls past httpTimeout', 'stall' as const, 'The token endpoint did not answer the refresh in time; try again.'],
     ['is cut off (connection reset)', 'reset' as const, 'The token endpoint could not be reached to refresh the tokens; try again.'],
@@ -164,4 +203,34 @@ describe('code exchange', () => {
     expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toBe(message);
   });
 
+  test('an ID token whose payload is not JSON is invalid_id_token, without quoting the payload', async () => {
+    const result = await exchange(idTokenPayloadNotJson());
+
+    expect(result.status).toBe(400);
+    expect(result.body).toContain('<code>invalid_id_token</code>');
+    expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toBe('The ID token is invalid: failed to parse JWT Payload body as base64url encoded JSON.');
+    expect(result.body).not.toContain(LEAK);
+  });
+
+});
+
+test.each([
+  ['a token response that is not JSON', unquotedToken],
+  ['an ID token whose payload is not JSON', idTokenPayloadNotJson],
+])('the raw openid-client error for %s quotes the body; no AuthError made of it does, cause included', async (_case, answer) => {
+  // openid-client's own error, from a real request to the stub: what the library receives.
+  refreshAnswer = answer();
+  const configuration = new client.Configuration({ issuer: stub.url, token_endpoint: `${stub.url}/token` }, 'stub-client', undefined, client.ClientSecretPost('stub-secret'));
+  client.allowInsecureRequests(configuration);
+  const raw = await client.refreshTokenGrant(configuration, 'stub-rt').then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  expect(inspectDeep(raw)).toContain(LEAK);
+
+  for (const err of [exchangeError(raw), refreshError(raw)]) {
+    const printed = [err.message, JSON.stringify(err), String(err), err.stack, inspectDeep(err), inspectDeep(err.cause)].join('\n');
+    expect(printed).not.toContain(LEAK);
+    expect(printed).toContain('SyntaxError: invalid JSON');
+  }
 });
