@@ -119,6 +119,8 @@ type TokenFailure =
   | { kind: 'network' }
   /** An OAuth error response (RFC 6749 §5.2), redacted. */
   | { kind: 'refused'; status: number; error: string; errorDescription?: string }
+  /** An OAuth error sent with HTTP 200 instead (GitHub), redacted and truncated. */
+  | { kind: 'refused_with_200'; error: string; errorDescription?: string }
   /** A 401 challenge without an error code: the token endpoint did not accept the client's authentication. */
   | { kind: 'client_authentication'; status: number }
   /** The ID token in the response failed validation. */
@@ -165,11 +167,17 @@ function classifyTokenFailure(err: unknown, secrets: ReadonlyArray<string | unde
     if ((typeof code === 'string' && ID_TOKEN_CODES.has(code)) || /ID Token|"id_token"|JWT|JWS|signature/i.test(messages(err))) {
       return { kind: 'id_token', detail: redact(describe(err)) };
     }
+    const upstream = errorInBody(err);
+    if (upstream !== undefined) {
+      const error = redact(upstream.error).slice(0, 100);
+      const errorDescription = upstream.errorDescription === undefined ? undefined : redact(upstream.errorDescription).slice(0, 500);
+      return { kind: 'refused_with_200', error, ...(errorDescription === undefined ? {} : { errorDescription }) };
+    }
     const status = (err as { cause?: { status?: unknown } }).cause?.status;
     if (code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' && typeof status === 'number' && status >= 500) return { kind: 'server', status };
     return { kind: 'other', detail: redact(describe(err)) };
   })();
-  return { failure, cause, redact };
+  return { failure, cause };
 }
 
 function upstreamOf(failure: { error: string; errorDescription?: string }, cause: Error | undefined) {
@@ -192,7 +200,7 @@ function clientRefused(reason: string): string {
  */
 export function exchangeError(err: unknown, secrets: ReadonlyArray<string | undefined> = []): AuthError {
   if (err instanceof AuthError) return err;
-  const { failure, cause, redact } = classifyTokenFailure(err, secrets);
+  const { failure, cause } = classifyTokenFailure(err, secrets);
   switch (failure.kind) {
     case 'timeout':
       return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The token endpoint did not answer in time.', { cause });
@@ -207,6 +215,13 @@ export function exchangeError(err: unknown, secrets: ReadonlyArray<string | unde
         return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 502, clientRefused(failure.error), upstreamOf(failure, cause));
       }
       return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token endpoint refused the authorization code: ${failure.error}.`, upstreamOf(failure, cause));
+    case 'refused_with_200':
+      return new AuthError(
+        AuthErrorCode.TOKEN_EXCHANGE_FAILED,
+        400,
+        `The token response was refused: the token endpoint answered with error ${failure.error}.`,
+        upstreamOf(failure, cause),
+      );
     case 'client_authentication':
       return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 502, clientRefused(`HTTP ${failure.status}`), { cause });
     case 'id_token':
@@ -215,7 +230,7 @@ export function exchangeError(err: unknown, secrets: ReadonlyArray<string | unde
       return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${failure.status}).`, { cause });
     case 'other':
       return (
-        tokenResponseShapeError(err, cause, redact) ??
+        tokenResponseShapeError(err, cause) ??
         new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${failure.detail}.`, { cause })
       );
   }
@@ -227,31 +242,37 @@ function isNotJson(err: unknown): boolean {
   return code === 'OAUTH_RESPONSE_IS_NOT_JSON' || code === 'OAUTH_PARSE_ERROR';
 }
 
+/** oauth4webapi's refusal of a 2xx token response: its message names the member, its cause holds the parsed body. */
+function shapeRefusal(err: unknown): ErrorLike | undefined {
+  return chain(err)
+    .filter((e) => typeof e.message === 'string' && (e.message.startsWith('"response" body') || e.message.includes('`token_type`')))
+    .at(-1);
+}
+
+/**
+ * The OAuth error (RFC 6749 §5.2) of a 2xx token response that has one: some servers (GitHub) answer errors with
+ * HTTP 200, which oauth4webapi refuses only for the missing `access_token`. Not redacted yet.
+ */
+function errorInBody(err: unknown): { error: string; errorDescription?: string } | undefined {
+  const body = (shapeRefusal(err)?.cause as { body?: unknown } | undefined)?.body;
+  if (typeof body !== 'object' || body === null) return undefined;
+  const { error, error_description: description } = body as { error?: unknown; error_description?: unknown };
+  if (typeof error !== 'string') return undefined;
+  return { error, ...(typeof description === 'string' ? { errorDescription: description } : {}) };
+}
+
 /**
  * A 2xx token response that is not what RFC 6749 §5.1 describes: not a JSON object, no `access_token`, no
  * `token_type`, or a `token_type` other than Bearer (RFC 6750) or DPoP (RFC 9449). openid-client refuses all of these;
- * this names the problem. Some servers (GitHub) answer errors with HTTP 200: their `error` is kept.
+ * this names the problem. (An OAuth error sent with HTTP 200 is classified before, as `refused_with_200`.)
  */
-function tokenResponseShapeError(err: unknown, cause: Error | undefined, redact: (text: string) => string): AuthError | undefined {
-  const refused = (why: string, extra: { error?: string; errorDescription?: string } = {}) =>
-    new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${why}.`, { cause, ...extra });
+function tokenResponseShapeError(err: unknown, cause: Error | undefined): AuthError | undefined {
+  const refused = (why: string) => new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${why}.`, { cause });
   if (isNotJson(err)) return refused('it is not JSON');
-  // openid-client wraps oauth4webapi's error, whose message names the member and whose cause holds the parsed body.
-  const detail = chain(err)
-    .filter((e) => typeof e.message === 'string' && (e.message.startsWith('"response" body') || e.message.includes('`token_type`')))
-    .at(-1);
+  const detail = shapeRefusal(err);
   if (detail === undefined) return undefined;
   const message = String(detail.message);
   if (message.includes('`token_type`')) return refused('its token_type is neither Bearer nor DPoP');
-  const body = (detail.cause as { body?: unknown } | undefined)?.body;
-  const upstream = typeof body === 'object' && body !== null ? (body as { error?: unknown; error_description?: unknown }) : {};
-  if (typeof upstream.error === 'string') {
-    const error = redact(upstream.error).slice(0, 100);
-    return refused(`the token endpoint answered with error ${error}`, {
-      error,
-      ...(typeof upstream.error_description === 'string' ? { errorDescription: redact(upstream.error_description).slice(0, 500) } : {}),
-    });
-  }
   if (message.includes('top level object')) return refused('it is not a JSON object');
   for (const member of ['access_token', 'token_type', 'expires_in', 'refresh_token', 'scope', 'id_token']) {
     if (message.includes(`"${member}"`)) return refused(`its ${member} is missing or malformed`);
@@ -273,10 +294,33 @@ export function describe(err: unknown): string {
 }
 
 /**
+ * Refresh errors that mean the refresh token is dead, so the login is over: `invalid_grant` (RFC 6749 §5.2: revoked,
+ * expired or reused), and GitHub's `bad_refresh_token` (its answer, with HTTP 200, to an expired, revoked or already
+ * used refresh token).
+ */
+const LOGIN_ENDING = new Set(['invalid_grant', 'bad_refresh_token']);
+
+/** A refresh the token endpoint answered with an OAuth error, with HTTP `status` (200 for servers that answer so). */
+function refreshRefused(status: number, failure: { error: string; errorDescription?: string }, cause: Error | undefined): AuthError {
+  const upstream = upstreamOf(failure, cause);
+  if (status >= 500) {
+    return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, `The token endpoint failed to refresh the tokens (HTTP ${status}); try again.`, upstream);
+  }
+  if (LOGIN_ENDING.has(failure.error)) {
+    return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, `The authorization server ended this login (${failure.error}); log in again.`, upstream);
+  }
+  if (CLIENT_REFUSED.has(failure.error) || status === 401) {
+    return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, clientRefused(failure.error), upstream);
+  }
+  return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The token endpoint refused the refresh: ${failure.error}.`, upstream);
+}
+
+/**
  * Classifies a failure of the refresh-token grant (RFC 6749 §6). `login_required` (401) means the login is over:
- * `invalid_grant` (revoked, expired or reused refresh token; the caller re-reads the token store once before believing
- * it), or a refreshed ID token that fails validation. Anything else keeps the login: `refresh_failed`, 503 when a
- * retry may work (network, timeout, 5xx), 502 when the server refused for another reason.
+ * `invalid_grant` or `bad_refresh_token` (revoked, expired or reused refresh token; also when sent with HTTP 200; the
+ * caller re-reads the token store once before believing `invalid_grant`), or a refreshed ID token that fails
+ * validation. Anything else keeps the login: `refresh_failed`, 503 when a retry may work (network, timeout, 5xx), 502
+ * when the server refused for another reason (its `error` is kept) or answered nonsense.
  */
 export function refreshError(err: unknown, secrets: ReadonlyArray<string | undefined> = []): AuthError {
   if (err instanceof AuthError) return err;
@@ -287,19 +331,10 @@ export function refreshError(err: unknown, secrets: ReadonlyArray<string | undef
       return retry('The token endpoint did not answer the refresh in time');
     case 'network':
       return retry('The token endpoint could not be reached to refresh the tokens');
-    case 'refused': {
-      const upstream = upstreamOf(failure, cause);
-      if (failure.status >= 500) {
-        return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, `The token endpoint failed to refresh the tokens (HTTP ${failure.status}); try again.`, upstream);
-      }
-      if (failure.error === 'invalid_grant') {
-        return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The authorization server ended this login (invalid_grant); log in again.', upstream);
-      }
-      if (CLIENT_REFUSED.has(failure.error) || failure.status === 401) {
-        return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, clientRefused(failure.error), upstream);
-      }
-      return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The token endpoint refused the refresh: ${failure.error}.`, upstream);
-    }
+    case 'refused':
+      return refreshRefused(failure.status, failure, cause);
+    case 'refused_with_200':
+      return refreshRefused(200, failure, cause);
     case 'client_authentication':
       return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, clientRefused(`HTTP ${failure.status}`), { cause });
     case 'id_token':

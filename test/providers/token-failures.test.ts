@@ -20,8 +20,8 @@ type Answer = { status: number; type: string; body: string } | 'stall' | 'reset'
 let stub: Listener;
 let app: AppSlot;
 let redis: Redis;
-/** What the token endpoint answers to the refresh-token grant; the code exchange answers `exchangeAnswer`. */
-let refreshAnswer: Answer;
+/** What the token endpoint answers to the refresh-token grant (given its form); the code exchange answers `exchangeAnswer`. */
+let refreshAnswer: Answer | ((form: URLSearchParams) => Answer);
 let exchangeAnswer: Answer | undefined;
 const grants: string[] = [];
 /** Every token the stub handed out, to look for where it must not be. */
@@ -79,9 +79,11 @@ beforeAll(async () => {
       let body = '';
       req.on('data', (chunk: Buffer) => (body += chunk.toString()));
       req.on('end', () => {
-        const grant = new URLSearchParams(body).get('grant_type') ?? '';
+        const form = new URLSearchParams(body);
+        const grant = form.get('grant_type') ?? '';
         grants.push(grant);
-        send(res, grant === 'refresh_token' ? refreshAnswer : (exchangeAnswer ?? tokens()));
+        if (grant !== 'refresh_token') send(res, exchangeAnswer ?? tokens());
+        else send(res, typeof refreshAnswer === 'function' ? refreshAnswer(form) : refreshAnswer);
       });
       return;
     }
@@ -139,12 +141,54 @@ describe('refresh', () => {
     expect(JSON.parse(login.body)).toEqual({ isAuthenticated: true });
   });
 
-  async function refresh(answer: Answer): Promise<{ status: number; body: Record<string, unknown> }> {
+  async function refresh(answer: typeof refreshAnswer): Promise<{ status: number; body: Record<string, unknown> }> {
     refreshAnswer = answer;
     const response = await app.browser.request(`${app.url}/api/refresh`, { headers: { accept: 'application/json' } });
     expect(grants).toEqual(['authorization_code', 'refresh_token']);
     return { status: response.status, body: JSON.parse(response.body) as Record<string, unknown> };
   }
+
+  test.each([
+    ['bad_refresh_token', 'The refresh token passed is incorrect or expired.'],
+    ['invalid_grant', undefined],
+  ])('a 200 answer with error %s (as GitHub answers a dead refresh token) ends the login: 401 login_required', async (error, description) => {
+    const answer = await refresh(json(200, { error, ...(description === undefined ? {} : { error_description: description }) }));
+
+    expect(answer.status).toBe(401);
+    expect(answer.body).toMatchObject({
+      error: 'login_required',
+      error_description: `The authorization server ended this login (${error}); log in again.`,
+      upstream_error: error,
+      ...(description === undefined ? {} : { upstream_error_description: description }),
+    });
+    expect(await whoami()).toEqual({ isAuthenticated: false });
+  });
+
+  test('a 200 answer whose error_description echoes the refresh token keeps it redacted', async () => {
+    let refreshToken = '';
+    const answer = await refresh((form) => {
+      refreshToken = form.get('refresh_token') ?? '';
+      return json(200, { error: 'bad_refresh_token', error_description: `refresh token ${refreshToken} is expired` });
+    });
+
+    expect(refreshToken).toMatch(/^stub-rt-/);
+    expect(answer.status).toBe(401);
+    expect(answer.body).toMatchObject({ upstream_error: 'bad_refresh_token', upstream_error_description: 'refresh token [redacted] is expired' });
+    expect(JSON.stringify(answer.body)).not.toContain(refreshToken);
+  });
+
+  test('a 200 answer with another error is a refusal that keeps the login: 502 refresh_failed naming the upstream error', async () => {
+    const answer = await refresh(json(200, { error: 'incorrect_client_credentials', error_description: 'The client_id and/or client_secret passed are incorrect.' }));
+
+    expect(answer.status).toBe(502);
+    expect(answer.body).toMatchObject({
+      error: 'refresh_failed',
+      error_description: 'The token endpoint refused the refresh: incorrect_client_credentials.',
+      upstream_error: 'incorrect_client_credentials',
+      upstream_error_description: 'The client_id and/or client_secret passed are incorrect.',
+    });
+    expect(await whoami()).toEqual({ isAuthenticated: true });
+  });
 
   test('a body that is not JSON is refused with a fixed message: no part of it (a new token) is quoted, in the message or the cause', async () => {
     const result = await refresh(unquotedToken());
