@@ -125,7 +125,7 @@ type TokenFailure =
   | { kind: 'client_authentication'; status: number }
   /** The ID token in the response failed validation. */
   | { kind: 'id_token'; detail: string }
-  /** A non-OAuth 5xx answer. */
+  /** A non-OAuth 5xx or 429 answer. */
   | { kind: 'server'; status: number }
   | { kind: 'other'; detail: string };
 
@@ -173,11 +173,22 @@ function classifyTokenFailure(err: unknown, secrets: ReadonlyArray<string | unde
       const errorDescription = upstream.errorDescription === undefined ? undefined : redact(upstream.errorDescription).slice(0, 500);
       return { kind: 'refused_with_200', error, ...(errorDescription === undefined ? {} : { errorDescription }) };
     }
+    // A non-OAuth error answer: oauth4webapi calls a 5xx not conform, a 4xx (429) without a JSON body not JSON.
     const status = (err as { cause?: { status?: unknown } }).cause?.status;
-    if (code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' && typeof status === 'number' && status >= 500) return { kind: 'server', status };
+    if ((code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' || code === 'OAUTH_RESPONSE_IS_NOT_JSON') && typeof status === 'number' && isTransient(status)) {
+      return { kind: 'server', status };
+    }
     return { kind: 'other', detail: redact(describe(err)) };
   })();
   return { failure, cause };
+}
+
+/**
+ * HTTP statuses of a token endpoint that may answer otherwise later, whatever its body says: a server failure (5xx), or
+ * too many requests (429, RFC 6585 §4), which is about the rate, not the code or the refresh token.
+ */
+function isTransient(status: number): boolean {
+  return status >= 500 || status === 429;
 }
 
 function upstreamOf(failure: { error: string; errorDescription?: string }, cause: Error | undefined) {
@@ -207,7 +218,7 @@ export function exchangeError(err: unknown, secrets: ReadonlyArray<string | unde
     case 'network':
       return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The token endpoint could not be reached.', { cause });
     case 'refused':
-      if (failure.status >= 500) {
+      if (isTransient(failure.status)) {
         return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${failure.status}).`, upstreamOf(failure, cause));
       }
       // 401 at the token endpoint is always about the client's authentication (RFC 6749 §5.2), whatever the code says.
@@ -303,7 +314,7 @@ const LOGIN_ENDING = new Set(['invalid_grant', 'bad_refresh_token']);
 /** A refresh the token endpoint answered with an OAuth error, with HTTP `status` (200 for servers that answer so). */
 function refreshRefused(status: number, failure: { error: string; errorDescription?: string }, cause: Error | undefined): AuthError {
   const upstream = upstreamOf(failure, cause);
-  if (status >= 500) {
+  if (isTransient(status)) {
     return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, `The token endpoint failed to refresh the tokens (HTTP ${status}); try again.`, upstream);
   }
   if (LOGIN_ENDING.has(failure.error)) {
@@ -319,8 +330,8 @@ function refreshRefused(status: number, failure: { error: string; errorDescripti
  * Classifies a failure of the refresh-token grant (RFC 6749 §6). `login_required` (401) means the login is over:
  * `invalid_grant` or `bad_refresh_token` (revoked, expired or reused refresh token; also when sent with HTTP 200; the
  * caller re-reads the token store once before believing `invalid_grant`), or a refreshed ID token that fails
- * validation. Anything else keeps the login: `refresh_failed`, 503 when a retry may work (network, timeout, 5xx), 502
- * when the server refused for another reason (its `error` is kept) or answered nonsense.
+ * validation. Anything else keeps the login: `refresh_failed`, 503 when a retry may work (network, timeout, 5xx,
+ * 429), 502 when the server refused for another reason (its `error` is kept) or answered nonsense.
  */
 export function refreshError(err: unknown, secrets: ReadonlyArray<string | undefined> = []): AuthError {
   if (err instanceof AuthError) return err;

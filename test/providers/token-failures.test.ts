@@ -190,6 +190,19 @@ describe('refresh', () => {
     expect(await whoami()).toEqual({ isAuthenticated: true });
   });
 
+  test.each([
+    ['429 with an OAuth error', json(429, { error: 'slow_down' })],
+    ['429 without a body', { status: 429, type: 'text/plain', body: 'Too Many Requests' }],
+    ['503 with an OAuth error', json(503, { error: 'temporarily_unavailable' })],
+  ])('a %s is transient: 503 refresh_failed, the login is kept', async (_case, answer) => {
+    const result = await refresh(answer);
+
+    expect(result.status).toBe(503);
+    expect(result.body).toMatchObject({ error: 'refresh_failed' });
+    expect(String(result.body.error_description)).toMatch(/^The token endpoint failed to refresh the tokens \(HTTP (429|503)\); try again\.$/);
+    expect(await whoami()).toEqual({ isAuthenticated: true });
+  });
+
   test('a body that is not JSON is refused with a fixed message: no part of it (a new token) is quoted, in the message or the cause', async () => {
     const result = await refresh(unquotedToken());
 
@@ -245,6 +258,17 @@ describe('code exchange', () => {
     expect(result.status).toBe(status);
     expect(result.body).toContain('<code>idp_unreachable</code>');
     expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toBe(message);
+  });
+
+  test.each([
+    ['with an OAuth error', json(429, { error: 'slow_down' })],
+    ['without a body', { status: 429, type: 'text/plain', body: 'Too Many Requests' }],
+  ])('a 429 %s is idp_unreachable (502), not a refused code', async (_case, answer) => {
+    const result = await exchange(answer);
+
+    expect(result.status).toBe(502);
+    expect(result.body).toContain('<code>idp_unreachable</code>');
+    expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toBe('The token endpoint failed (HTTP 429).');
   });
 
   test('an ID token whose payload is not JSON is invalid_id_token, without quoting the payload', async () => {
