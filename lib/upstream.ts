@@ -23,10 +23,11 @@ function chain(err: unknown): ErrorLike[] {
 
 /**
  * A `JSON.parse` failure: V8's message quotes the input around the offending character, i.e. part of a response body
- * (a new token, an ID-token payload). That message must never reach an `AuthError`'s message or cause as it is.
+ * (a new token, an ID-token payload). That message must never reach an `AuthError`'s message or cause as it is. Every
+ * V8 `JSON.parse` message names JSON; other `SyntaxError`s (WebCrypto's DOMException for bad key usages…) keep theirs.
  */
 function isSyntaxError(e: ErrorLike): boolean {
-  return e.name === 'SyntaxError';
+  return e.name === 'SyntaxError' && /JSON/.test(String(e.message));
 }
 
 /** The chain's messages and codes, to classify by; a parse error's quoted input must not steer the classification. */

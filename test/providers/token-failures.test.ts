@@ -9,7 +9,7 @@ import type { Request, Response } from 'express';
 import type { Redis } from 'ioredis';
 import * as client from 'openid-client';
 import { AuthError } from '../../lib/index.js';
-import { exchangeError, refreshError } from '../../lib/upstream.js';
+import { exchangeError, refreshError, sanitisedCause } from '../../lib/upstream.js';
 import { connectRedis, listen, type Listener } from '../helpers/app.js';
 import { inspectDeep } from '../helpers/security.js';
 import { appSlot, clearSessions, type AppSlot } from './support.js';
@@ -301,4 +301,16 @@ test.each([
     expect(printed).not.toContain(LEAK);
     expect(printed).toContain('SyntaxError: invalid JSON');
   }
+});
+
+test('a SyntaxError that is not a JSON.parse failure (WebCrypto refusing a key) keeps its message in the sanitised cause', async () => {
+  const { privateKey } = await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify']);
+  const jwk = await crypto.subtle.exportKey('jwk', privateKey);
+  const raw = await crypto.subtle.importKey('jwk', jwk, { name: 'ECDSA', namedCurve: 'P-256' }, false, []).then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  expect(raw).toMatchObject({ name: 'SyntaxError' });
+
+  expect(sanitisedCause(raw)?.message).toBe((raw as Error).message);
 });
