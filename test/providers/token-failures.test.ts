@@ -145,6 +145,8 @@ describe('refresh', () => {
     refreshAnswer = answer;
     const response = await app.browser.request(`${app.url}/api/refresh`, { headers: { accept: 'application/json' } });
     expect(grants).toEqual(['authorization_code', 'refresh_token']);
+    // Whatever failed, the login's tokens are in neither the answer nor anything the app could print of the error.
+    for (const token of issued) expect(response.body.includes(token) ? `leaks ${token}` : 'clean').toBe('clean');
     return { status: response.status, body: JSON.parse(response.body) as Record<string, unknown> };
   }
 
