@@ -18,7 +18,7 @@
  * | `session_unavailable` | 503 | the session store (Redis) failed; nobody is let in |
  * | `session_missing` | 500 | express-session is not mounted before `auth()` |
  * | `login_required` | 401 | no usable login: not logged in, or the login has ended |
- * | `refresh_failed` | 503 / 502 | a refresh failed; the login is kept. 503: transient (network, timeout, 5xx), retry later; 502: the server refused it for a reason other than `invalid_grant` (e.g. `invalid_client`) |
+ * | `refresh_failed` | 503 / 502 | a refresh failed; the login is kept. 503: transient (network, timeout, 5xx, 429), retry later; 502: the server refused it for a reason other than `invalid_grant` (e.g. `invalid_client`) |
  * | `unauthorized` | 401 | `requireAuth()` refused an anonymous API request |
  * | `forbidden` | 403 | `requireAuth(check)` refused a logged-in user, or a cross-site request |
  * | `method_not_allowed` | 405 | e.g. `GET` on the logout route |

@@ -21,21 +21,46 @@ function chain(err: unknown): ErrorLike[] {
   return links;
 }
 
+/**
+ * A `JSON.parse` failure: V8's message quotes the input around the offending character, i.e. part of a response body
+ * (a new token, an ID-token payload). That message must never reach an `AuthError`'s message or cause as it is. Every
+ * V8 `JSON.parse` message names JSON; other `SyntaxError`s (WebCrypto's DOMException for bad key usages…) keep theirs.
+ */
+function isSyntaxError(e: ErrorLike): boolean {
+  return e.name === 'SyntaxError' && /JSON/.test(String(e.message));
+}
+
+/** The chain's messages and codes, to classify by; a parse error's quoted input must not steer the classification. */
 function messages(err: unknown): string {
   return chain(err)
+    .filter((e) => !isSyntaxError(e))
     .map((e) => `${String(e.message ?? '')} ${typeof e.code === 'string' ? e.code : ''}`)
     .join(' | ');
 }
 
-/** True for failures to reach the server at all: DNS, refused connection, reset, TLS. */
+/** Codes of a connection that dropped once the response had started (undici's socket error, a TCP reset). */
+const DROPPED_CODES = new Set(['UND_ERR_SOCKET', 'ECONNRESET']);
+
+/**
+ * True for failures to reach the server at all (DNS, refused connection, reset, TLS), or to read its answer to the end:
+ * a connection dropped while the body was coming is undici's `TypeError: terminated`, wrapped by oauth4webapi in a
+ * parse error.
+ */
 export function isNetworkError(err: unknown): boolean {
   // openid-client wraps a foreign-realm TypeError in a ClientError, so look along the whole chain.
-  return chain(err).some((e) => e.name === 'TypeError' && /fetch failed|network/i.test(String(e.message)));
+  return chain(err).some(
+    (e) =>
+      (e.name === 'TypeError' && /fetch failed|network|^terminated$/i.test(String(e.message))) ||
+      (typeof e.code === 'string' && DROPPED_CODES.has(e.code)),
+  );
 }
 
-/** True when openid-client gave up waiting (the configured `httpTimeout`). */
+/**
+ * True when the configured `httpTimeout` ran out: before the headers (openid-client's `OAUTH_TIMEOUT`) or while the body
+ * was being read (the timeout signal's `TimeoutError`, which oauth4webapi wraps in a parse error).
+ */
 export function isTimeout(err: unknown): boolean {
-  return (err as { code?: unknown } | null)?.code === 'OAUTH_TIMEOUT';
+  return chain(err).some((e) => e.code === 'OAUTH_TIMEOUT' || e.name === 'TimeoutError');
 }
 
 /** Replaces every occurrence of the `secrets` (codes, verifiers, tokens, the client secret) in `text`. */
@@ -50,7 +75,8 @@ const SAFE_FIELDS = ['name', 'code', 'status', 'error', 'error_description'] as 
 /**
  * A copy of an error chain that keeps what helps a log reader (name, message, stack, code, status, upstream error)
  * and drops what oauth4webapi attaches as `cause` or `response`: token-response bodies (access and refresh tokens),
- * raw JWTs, ID-token claims, keys. `AuthError.cause` is what an app logs with `console.error(err)`. The copies are
+ * raw JWTs, ID-token claims, keys. A `SyntaxError`'s message (and the stack's copy of it) is replaced: `JSON.parse`
+ * quotes the body it failed on. `AuthError.cause` is what an app logs with `console.error(err)`. The copies are
  * plain `Error`s: the original classes (DOMException…) cannot be faithfully copied without their internals.
  */
 function safeCause(err: unknown, redact: (text: string) => string, depth = 0): Error | undefined {
@@ -58,14 +84,26 @@ function safeCause(err: unknown, redact: (text: string) => string, depth = 0): E
   const source = err as { message?: unknown; stack?: unknown; cause?: unknown; name?: unknown };
   if (typeof source.message !== 'string') return undefined;
   const cause = safeCause(source.cause, redact, depth + 1);
-  const copy = new Error(redact(source.message), cause === undefined ? undefined : { cause });
-  if (typeof source.stack === 'string') copy.stack = redact(source.stack);
+  const syntax = isSyntaxError(source);
+  const message = syntax ? withheldParseMessage(source.message) : redact(source.message);
+  const copy = new Error(message, cause === undefined ? undefined : { cause });
+  if (typeof source.stack === 'string') {
+    // A stack starts with the message: a parse error's is replaced, its frames kept.
+    const frames = source.stack.indexOf('\n    at ');
+    copy.stack = syntax ? `SyntaxError: ${message}${frames === -1 ? '' : source.stack.slice(frames)}` : redact(source.stack);
+  }
   for (const name of SAFE_FIELDS) {
     const value = name === 'name' ? source.name : Object.hasOwn(err, name) ? (err as Record<string, unknown>)[name] : undefined;
     if (typeof value === 'string') Object.assign(copy, { [name]: redact(value) });
     else if (typeof value === 'number') Object.assign(copy, { [name]: value });
   }
   return copy;
+}
+
+/** A `JSON.parse` message without the input it quotes; the position, when it gives one, is kept. */
+function withheldParseMessage(message: string): string {
+  const where = /Unexpected end of JSON input/.test(message) ? ', unexpected end of input' : (/ at position \d+/.exec(message)?.[0] ?? '');
+  return `invalid JSON${where} (the parser's message is withheld: it quotes the input)`;
 }
 
 /**
@@ -82,11 +120,13 @@ type TokenFailure =
   | { kind: 'network' }
   /** An OAuth error response (RFC 6749 §5.2), redacted. */
   | { kind: 'refused'; status: number; error: string; errorDescription?: string }
+  /** An OAuth error sent with HTTP 200 instead (GitHub), redacted and truncated. */
+  | { kind: 'refused_with_200'; error: string; errorDescription?: string }
   /** A 401 challenge without an error code: the token endpoint did not accept the client's authentication. */
   | { kind: 'client_authentication'; status: number }
   /** The ID token in the response failed validation. */
   | { kind: 'id_token'; detail: string }
-  /** A non-OAuth 5xx answer. */
+  /** A non-OAuth 5xx or 429 answer. */
   | { kind: 'server'; status: number }
   | { kind: 'other'; detail: string };
 
@@ -128,11 +168,28 @@ function classifyTokenFailure(err: unknown, secrets: ReadonlyArray<string | unde
     if ((typeof code === 'string' && ID_TOKEN_CODES.has(code)) || /ID Token|"id_token"|JWT|JWS|signature/i.test(messages(err))) {
       return { kind: 'id_token', detail: redact(describe(err)) };
     }
+    const upstream = errorInBody(err);
+    if (upstream !== undefined) {
+      const error = redact(upstream.error).slice(0, 100);
+      const errorDescription = upstream.errorDescription === undefined ? undefined : redact(upstream.errorDescription).slice(0, 500);
+      return { kind: 'refused_with_200', error, ...(errorDescription === undefined ? {} : { errorDescription }) };
+    }
+    // A non-OAuth error answer: oauth4webapi calls a 5xx not conform, a 4xx (429) without a JSON body not JSON.
     const status = (err as { cause?: { status?: unknown } }).cause?.status;
-    if (code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' && typeof status === 'number' && status >= 500) return { kind: 'server', status };
+    if ((code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' || code === 'OAUTH_RESPONSE_IS_NOT_JSON') && typeof status === 'number' && isTransient(status)) {
+      return { kind: 'server', status };
+    }
     return { kind: 'other', detail: redact(describe(err)) };
   })();
-  return { failure, cause, redact };
+  return { failure, cause };
+}
+
+/**
+ * HTTP statuses of a token endpoint that may answer otherwise later, whatever its body says: a server failure (5xx), or
+ * too many requests (429, RFC 6585 §4), which is about the rate, not the code or the refresh token.
+ */
+function isTransient(status: number): boolean {
+  return status >= 500 || status === 429;
 }
 
 function upstreamOf(failure: { error: string; errorDescription?: string }, cause: Error | undefined) {
@@ -155,14 +212,14 @@ function clientRefused(reason: string): string {
  */
 export function exchangeError(err: unknown, secrets: ReadonlyArray<string | undefined> = []): AuthError {
   if (err instanceof AuthError) return err;
-  const { failure, cause, redact } = classifyTokenFailure(err, secrets);
+  const { failure, cause } = classifyTokenFailure(err, secrets);
   switch (failure.kind) {
     case 'timeout':
       return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The token endpoint did not answer in time.', { cause });
     case 'network':
       return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The token endpoint could not be reached.', { cause });
     case 'refused':
-      if (failure.status >= 500) {
+      if (isTransient(failure.status)) {
         return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${failure.status}).`, upstreamOf(failure, cause));
       }
       // 401 at the token endpoint is always about the client's authentication (RFC 6749 §5.2), whatever the code says.
@@ -170,6 +227,13 @@ export function exchangeError(err: unknown, secrets: ReadonlyArray<string | unde
         return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 502, clientRefused(failure.error), upstreamOf(failure, cause));
       }
       return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token endpoint refused the authorization code: ${failure.error}.`, upstreamOf(failure, cause));
+    case 'refused_with_200':
+      return new AuthError(
+        AuthErrorCode.TOKEN_EXCHANGE_FAILED,
+        400,
+        `The token response was refused: the token endpoint answered with error ${failure.error}.`,
+        upstreamOf(failure, cause),
+      );
     case 'client_authentication':
       return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 502, clientRefused(`HTTP ${failure.status}`), { cause });
     case 'id_token':
@@ -178,38 +242,49 @@ export function exchangeError(err: unknown, secrets: ReadonlyArray<string | unde
       return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${failure.status}).`, { cause });
     case 'other':
       return (
-        tokenResponseShapeError(err, cause, redact) ??
+        tokenResponseShapeError(err, cause) ??
         new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${failure.detail}.`, { cause })
       );
   }
 }
 
+/** The token response body is not JSON (or not labelled as JSON); an ID token that is not is classified before. */
+function isNotJson(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === 'OAUTH_RESPONSE_IS_NOT_JSON' || code === 'OAUTH_PARSE_ERROR';
+}
+
+/** oauth4webapi's refusal of a 2xx token response: its message names the member, its cause holds the parsed body. */
+function shapeRefusal(err: unknown): ErrorLike | undefined {
+  return chain(err)
+    .filter((e) => typeof e.message === 'string' && (e.message.startsWith('"response" body') || e.message.includes('`token_type`')))
+    .at(-1);
+}
+
+/**
+ * The OAuth error (RFC 6749 §5.2) of a 2xx token response that has one: some servers (GitHub) answer errors with
+ * HTTP 200, which oauth4webapi refuses only for the missing `access_token`. Not redacted yet.
+ */
+function errorInBody(err: unknown): { error: string; errorDescription?: string } | undefined {
+  const body = (shapeRefusal(err)?.cause as { body?: unknown } | undefined)?.body;
+  if (typeof body !== 'object' || body === null) return undefined;
+  const { error, error_description: description } = body as { error?: unknown; error_description?: unknown };
+  if (typeof error !== 'string') return undefined;
+  return { error, ...(typeof description === 'string' ? { errorDescription: description } : {}) };
+}
+
 /**
  * A 2xx token response that is not what RFC 6749 §5.1 describes: not a JSON object, no `access_token`, no
  * `token_type`, or a `token_type` other than Bearer (RFC 6750) or DPoP (RFC 9449). openid-client refuses all of these;
- * this names the problem. Some servers (GitHub) answer errors with HTTP 200: their `error` is kept.
+ * this names the problem. (An OAuth error sent with HTTP 200 is classified before, as `refused_with_200`.)
  */
-function tokenResponseShapeError(err: unknown, cause: Error | undefined, redact: (text: string) => string): AuthError | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
-  const refused = (why: string, extra: { error?: string; errorDescription?: string } = {}) =>
-    new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${why}.`, { cause, ...extra });
-  if (code === 'OAUTH_RESPONSE_IS_NOT_JSON' || code === 'OAUTH_PARSE_ERROR') return refused('it is not JSON');
-  // openid-client wraps oauth4webapi's error, whose message names the member and whose cause holds the parsed body.
-  const detail = chain(err)
-    .filter((e) => typeof e.message === 'string' && (e.message.startsWith('"response" body') || e.message.includes('`token_type`')))
-    .at(-1);
+function tokenResponseShapeError(err: unknown, cause: Error | undefined): AuthError | undefined {
+  const refused = (why: string) => new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${why}.`, { cause });
+  if (isNotJson(err)) return refused('it is not JSON');
+  const detail = shapeRefusal(err);
   if (detail === undefined) return undefined;
   const message = String(detail.message);
   if (message.includes('`token_type`')) return refused('its token_type is neither Bearer nor DPoP');
-  const body = (detail.cause as { body?: unknown } | undefined)?.body;
-  const upstream = typeof body === 'object' && body !== null ? (body as { error?: unknown; error_description?: unknown }) : {};
-  if (typeof upstream.error === 'string') {
-    const error = redact(upstream.error).slice(0, 100);
-    return refused(`the token endpoint answered with error ${error}`, {
-      error,
-      ...(typeof upstream.error_description === 'string' ? { errorDescription: redact(upstream.error_description).slice(0, 500) } : {}),
-    });
-  }
   if (message.includes('top level object')) return refused('it is not a JSON object');
   for (const member of ['access_token', 'token_type', 'expires_in', 'refresh_token', 'scope', 'id_token']) {
     if (message.includes(`"${member}"`)) return refused(`its ${member} is missing or malformed`);
@@ -217,9 +292,13 @@ function tokenResponseShapeError(err: unknown, cause: Error | undefined, redact:
   return undefined;
 }
 
-/** The most specific message in the chain; oauth4webapi's messages name claims and parameters, never their values. */
+/**
+ * The most specific message in the chain; oauth4webapi's messages name claims and parameters, never their values. A
+ * `JSON.parse` message, which quotes its input, is never used: the message wrapping it says what failed to parse.
+ */
 export function describe(err: unknown): string {
   const last = chain(err)
+    .filter((e) => !isSyntaxError(e))
     .map((e) => e.message)
     .filter((m): m is string => typeof m === 'string' && m !== '')
     .at(-1);
@@ -227,10 +306,33 @@ export function describe(err: unknown): string {
 }
 
 /**
+ * Refresh errors that mean the refresh token is dead, so the login is over: `invalid_grant` (RFC 6749 §5.2: revoked,
+ * expired or reused), and GitHub's `bad_refresh_token` (its answer, with HTTP 200, to an expired, revoked or already
+ * used refresh token).
+ */
+const LOGIN_ENDING = new Set(['invalid_grant', 'bad_refresh_token']);
+
+/** A refresh the token endpoint answered with an OAuth error, with HTTP `status` (200 for servers that answer so). */
+function refreshRefused(status: number, failure: { error: string; errorDescription?: string }, cause: Error | undefined): AuthError {
+  const upstream = upstreamOf(failure, cause);
+  if (isTransient(status)) {
+    return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, `The token endpoint failed to refresh the tokens (HTTP ${status}); try again.`, upstream);
+  }
+  if (LOGIN_ENDING.has(failure.error)) {
+    return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, `The authorization server ended this login (${failure.error}); log in again.`, upstream);
+  }
+  if (CLIENT_REFUSED.has(failure.error) || status === 401) {
+    return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, clientRefused(failure.error), upstream);
+  }
+  return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The token endpoint refused the refresh: ${failure.error}.`, upstream);
+}
+
+/**
  * Classifies a failure of the refresh-token grant (RFC 6749 §6). `login_required` (401) means the login is over:
- * `invalid_grant` (revoked, expired or reused refresh token; the caller re-reads the token store once before believing
- * it), or a refreshed ID token that fails validation. Anything else keeps the login: `refresh_failed`, 503 when a
- * retry may work (network, timeout, 5xx), 502 when the server refused for another reason.
+ * `invalid_grant` or `bad_refresh_token` (revoked, expired or reused refresh token; also when sent with HTTP 200; the
+ * caller re-reads the token store once before believing `invalid_grant`), or a refreshed ID token that fails
+ * validation. Anything else keeps the login: `refresh_failed`, 503 when a retry may work (network, timeout, 5xx,
+ * 429), 502 when the server refused for another reason (its `error` is kept) or answered nonsense.
  */
 export function refreshError(err: unknown, secrets: ReadonlyArray<string | undefined> = []): AuthError {
   if (err instanceof AuthError) return err;
@@ -241,19 +343,10 @@ export function refreshError(err: unknown, secrets: ReadonlyArray<string | undef
       return retry('The token endpoint did not answer the refresh in time');
     case 'network':
       return retry('The token endpoint could not be reached to refresh the tokens');
-    case 'refused': {
-      const upstream = upstreamOf(failure, cause);
-      if (failure.status >= 500) {
-        return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, `The token endpoint failed to refresh the tokens (HTTP ${failure.status}); try again.`, upstream);
-      }
-      if (failure.error === 'invalid_grant') {
-        return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The authorization server ended this login (invalid_grant); log in again.', upstream);
-      }
-      if (CLIENT_REFUSED.has(failure.error) || failure.status === 401) {
-        return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, clientRefused(failure.error), upstream);
-      }
-      return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The token endpoint refused the refresh: ${failure.error}.`, upstream);
-    }
+    case 'refused':
+      return refreshRefused(failure.status, failure, cause);
+    case 'refused_with_200':
+      return refreshRefused(200, failure, cause);
     case 'client_authentication':
       return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, clientRefused(`HTTP ${failure.status}`), { cause });
     case 'id_token':
@@ -261,6 +354,8 @@ export function refreshError(err: unknown, secrets: ReadonlyArray<string | undef
     case 'server':
       return retry(`The token endpoint failed to refresh the tokens (HTTP ${failure.status})`);
     case 'other':
-      return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The refresh response was refused: ${failure.detail}.`, { cause });
+      return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The refresh response was refused: ${isNotJson(err) ? 'it is not JSON' : failure.detail}.`, {
+        cause,
+      });
   }
 }

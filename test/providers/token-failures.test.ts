@@ -1,0 +1,318 @@
+/**
+ * Token-endpoint failures that a correct server (oidc-provider) never produces, at the code exchange and at refresh.
+ * A bare stub server answers whatever each test sets.
+ */
+import { randomUUID } from 'node:crypto';
+import type { ServerResponse } from 'node:http';
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from '@jest/globals';
+import type { Request, Response } from 'express';
+import type { Redis } from 'ioredis';
+import * as client from 'openid-client';
+import { AuthError } from '../../lib/index.js';
+import { exchangeError, refreshError, sanitisedCause } from '../../lib/upstream.js';
+import { connectRedis, listen, type Listener } from '../helpers/app.js';
+import { inspectDeep } from '../helpers/security.js';
+import { appSlot, clearSessions, type AppSlot } from './support.js';
+
+/** A token-endpoint answer; `stall` sends the headers and half a body, then nothing; `reset` drops the connection after them. */
+type Answer = { status: number; type: string; body: string } | 'stall' | 'reset';
+
+let stub: Listener;
+let app: AppSlot;
+let redis: Redis;
+/** What the token endpoint answers to the refresh-token grant (given its form); the code exchange answers `exchangeAnswer`. */
+let refreshAnswer: Answer | ((form: URLSearchParams) => Answer);
+let exchangeAnswer: Answer | undefined;
+const grants: string[] = [];
+/** Every token the stub handed out, to look for where it must not be. */
+const issued: string[] = [];
+
+const HTTP_TIMEOUT = 1000;
+const PARTIAL_BODY = '{"access_token":';
+
+function send(res: ServerResponse, answer: Answer): void {
+  if (answer === 'stall' || answer === 'reset') {
+    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+    res.write(PARTIAL_BODY);
+    // A stalled body stays open until the client gives up; a reset one is cut off once the client is reading it.
+    if (answer === 'reset') setTimeout(() => res.socket?.destroy(), 50);
+    return;
+  }
+  res.writeHead(answer.status, { 'content-type': answer.type, 'cache-control': 'no-store' }).end(answer.body);
+}
+
+function tokens(): Answer {
+  const access = `stub-at-${randomUUID()}`;
+  const refresh = `stub-rt-${randomUUID()}`;
+  issued.push(access, refresh);
+  return json(200, { access_token: access, token_type: 'bearer', expires_in: 3600, refresh_token: refresh });
+}
+
+const json = (status: number, value: unknown): Answer => ({ status, type: 'application/json', body: JSON.stringify(value) });
+
+/**
+ * Bodies `JSON.parse` fails on, around a value that must never be shown: V8's message quotes about ten characters on
+ * either side of the offending one ("Unexpected token 'L', ...\"sh_token\":LEAKYnewRe\"... is not valid JSON").
+ */
+const LEAK = 'LEAKY';
+const b64u = (text: string) => Buffer.from(text).toString('base64url');
+const unquotedToken = (): Answer => ({
+  status: 200,
+  type: 'application/json',
+  body: `{"access_token":"stub-at","token_type":"bearer","refresh_token":${LEAK}newRefreshToken-${randomUUID()}}`,
+});
+const idTokenPayloadNotJson = (): Answer =>
+  json(200, { access_token: 'stub-at', token_type: 'bearer', id_token: `${b64u('{"alg":"RS256"}')}.${b64u(`{"sub":${LEAK}subject-${randomUUID()}}`)}.c2ln` });
+
+beforeAll(async () => {
+  [stub, app] = await Promise.all([listen(), appSlot()]);
+  stub.handle((req, res) => {
+    const url = new URL(req.url ?? '/', stub.url);
+    if (req.method === 'GET' && url.pathname === '/authorize') {
+      const back = new URL(url.searchParams.get('redirect_uri') ?? '');
+      back.searchParams.set('code', `stub-code-${randomUUID()}`);
+      back.searchParams.set('state', url.searchParams.get('state') ?? '');
+      res.writeHead(302, { location: back.href }).end();
+      return;
+    }
+    if (req.method === 'POST' && url.pathname === '/token') {
+      let body = '';
+      req.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      req.on('end', () => {
+        const form = new URLSearchParams(body);
+        const grant = form.get('grant_type') ?? '';
+        grants.push(grant);
+        if (grant !== 'refresh_token') send(res, exchangeAnswer ?? tokens());
+        else send(res, typeof refreshAnswer === 'function' ? refreshAnswer(form) : refreshAnswer);
+      });
+      return;
+    }
+    res.writeHead(404).end();
+  });
+  redis = connectRedis();
+  app.mount(
+    redis,
+    {
+      server: { authorizationEndpoint: `${stub.url}/authorize`, tokenEndpoint: `${stub.url}/token` },
+      clientId: 'stub-client',
+      clientSecret: 'stub-secret-not-for-production',
+      clientAuthMethod: 'client_secret_post',
+      redirectUri: app.redirectUri,
+      scope: 'repo read:user',
+      allowInsecureRequests: true,
+      httpTimeout: HTTP_TIMEOUT,
+      redis,
+      keyPrefix: `test:${randomUUID()}:`,
+    },
+    (express) => {
+      express.get('/whoami', (req, res) => res.json({ isAuthenticated: req.auth.isAuthenticated }));
+      // A forced refresh that answers with the AuthError's JSON, plus everything a careless app could print of it.
+      express.get('/api/refresh', async (req: Request, res: Response) => {
+        try {
+          res.json({ accessToken: (await req.auth.refresh()).accessToken });
+        } catch (err) {
+          if (!(err instanceof AuthError)) throw err;
+          res.status(err.status).json({ ...err.toJSON(), printed: [err.message, String(err), err.stack, inspectDeep(err)].join('\n') });
+        }
+      });
+    },
+  );
+});
+
+afterAll(async () => {
+  await Promise.all([stub.close(), app.listener.close()]);
+  redis.disconnect();
+});
+
+beforeEach(async () => {
+  app.browser.jar.clear();
+  await clearSessions(redis, app.sessionPrefix);
+  grants.length = 0;
+  exchangeAnswer = undefined;
+});
+
+async function whoami(): Promise<{ isAuthenticated: boolean }> {
+  return JSON.parse((await app.browser.request(`${app.url}/whoami`)).body) as { isAuthenticated: boolean };
+}
+
+describe('refresh', () => {
+  beforeEach(async () => {
+    const login = await app.browser.follow(`${app.url}/login?returnTo=/whoami`);
+    expect(JSON.parse(login.body)).toEqual({ isAuthenticated: true });
+  });
+
+  async function refresh(answer: typeof refreshAnswer): Promise<{ status: number; body: Record<string, unknown> }> {
+    refreshAnswer = answer;
+    const response = await app.browser.request(`${app.url}/api/refresh`, { headers: { accept: 'application/json' } });
+    expect(grants).toEqual(['authorization_code', 'refresh_token']);
+    // Whatever failed, the login's tokens are in neither the answer nor anything the app could print of the error.
+    for (const token of issued) expect(response.body.includes(token) ? `leaks ${token}` : 'clean').toBe('clean');
+    return { status: response.status, body: JSON.parse(response.body) as Record<string, unknown> };
+  }
+
+  test.each([
+    ['bad_refresh_token', 'The refresh token passed is incorrect or expired.'],
+    ['invalid_grant', undefined],
+  ])('a 200 answer with error %s (as GitHub answers a dead refresh token) ends the login: 401 login_required', async (error, description) => {
+    const answer = await refresh(json(200, { error, ...(description === undefined ? {} : { error_description: description }) }));
+
+    expect(answer.status).toBe(401);
+    expect(answer.body).toMatchObject({
+      error: 'login_required',
+      error_description: `The authorization server ended this login (${error}); log in again.`,
+      upstream_error: error,
+      ...(description === undefined ? {} : { upstream_error_description: description }),
+    });
+    expect(await whoami()).toEqual({ isAuthenticated: false });
+  });
+
+  test('a 200 answer whose error_description echoes the refresh token keeps it redacted', async () => {
+    let refreshToken = '';
+    const answer = await refresh((form) => {
+      refreshToken = form.get('refresh_token') ?? '';
+      return json(200, { error: 'bad_refresh_token', error_description: `refresh token ${refreshToken} is expired` });
+    });
+
+    expect(refreshToken).toMatch(/^stub-rt-/);
+    expect(answer.status).toBe(401);
+    expect(answer.body).toMatchObject({ upstream_error: 'bad_refresh_token', upstream_error_description: 'refresh token [redacted] is expired' });
+    expect(JSON.stringify(answer.body)).not.toContain(refreshToken);
+  });
+
+  test('a 200 answer with another error is a refusal that keeps the login: 502 refresh_failed naming the upstream error', async () => {
+    const answer = await refresh(json(200, { error: 'incorrect_client_credentials', error_description: 'The client_id and/or client_secret passed are incorrect.' }));
+
+    expect(answer.status).toBe(502);
+    expect(answer.body).toMatchObject({
+      error: 'refresh_failed',
+      error_description: 'The token endpoint refused the refresh: incorrect_client_credentials.',
+      upstream_error: 'incorrect_client_credentials',
+      upstream_error_description: 'The client_id and/or client_secret passed are incorrect.',
+    });
+    expect(await whoami()).toEqual({ isAuthenticated: true });
+  });
+
+  test.each([
+    ['429 with an OAuth error', json(429, { error: 'slow_down' })],
+    ['429 without a body', { status: 429, type: 'text/plain', body: 'Too Many Requests' }],
+    ['503 with an OAuth error', json(503, { error: 'temporarily_unavailable' })],
+  ])('a %s is transient: 503 refresh_failed, the login is kept', async (_case, answer) => {
+    const result = await refresh(answer);
+
+    expect(result.status).toBe(503);
+    expect(result.body).toMatchObject({ error: 'refresh_failed' });
+    expect(String(result.body.error_description)).toMatch(/^The token endpoint failed to refresh the tokens \(HTTP (429|503)\); try again\.$/);
+    expect(await whoami()).toEqual({ isAuthenticated: true });
+  });
+
+  test('a body that is not JSON is refused with a fixed message: no part of it (a new token) is quoted, in the message or the cause', async () => {
+    const result = await refresh(unquotedToken());
+
+    expect(result.status).toBe(502);
+    expect(result.body).toMatchObject({ error: 'refresh_failed', error_description: 'The refresh response was refused: it is not JSON.' });
+    // The cause still says what failed, without the body.
+    expect(String(result.body.printed)).toContain('SyntaxError: invalid JSON');
+    expect(String(result.body.printed)).not.toContain(LEAK);
+    expect(await whoami()).toEqual({ isAuthenticated: true });
+  });
+
+  test('a refreshed ID token whose payload is not JSON ends the login without quoting the payload', async () => {
+    const result = await refresh(idTokenPayloadNotJson());
+
+    expect(result.status).toBe(401);
+    expect(result.body).toMatchObject({
+      error: 'login_required',
+      error_description: 'The refreshed ID token is invalid (failed to parse JWT Payload body as base64url encoded JSON); log in again.',
+    });
+    expect(String(result.body.printed)).not.toContain(LEAK);
+    expect(await whoami()).toEqual({ isAuthenticated: false });
+  });
+
+  test.each([
+    ['stalls past httpTimeout', 'stall' as const, 'The token endpoint did not answer the refresh in time; try again.'],
+    ['is cut off (connection reset)', 'reset' as const, 'The token endpoint could not be reached to refresh the tokens; try again.'],
+  ])('a response body that %s after the headers is transient: 503 refresh_failed, the login is kept', async (_case, answer, message) => {
+    const started = Date.now();
+    const result = await refresh(answer);
+
+    expect(result.status).toBe(503);
+    expect(result.body).toMatchObject({ error: 'refresh_failed', error_description: message });
+    if (answer === 'stall') expect(Date.now() - started).toBeGreaterThanOrEqual(HTTP_TIMEOUT - 50);
+    expect(await whoami()).toEqual({ isAuthenticated: true });
+  });
+});
+
+describe('code exchange', () => {
+  async function exchange(answer: Answer): Promise<{ status: number; body: string }> {
+    exchangeAnswer = answer;
+    const result = await app.browser.follow(`${app.url}/login?returnTo=/whoami`);
+    expect(grants).toEqual(['authorization_code']);
+    expect(await whoami()).toEqual({ isAuthenticated: false });
+    return result;
+  }
+
+  test.each([
+    ['stalls past httpTimeout', 'stall' as const, 504, 'The token endpoint did not answer in time.'],
+    ['is cut off (connection reset)', 'reset' as const, 502, 'The token endpoint could not be reached.'],
+  ])('a response body that %s after the headers is idp_unreachable, not a refusal', async (_case, answer, status, message) => {
+    const result = await exchange(answer);
+
+    expect(result.status).toBe(status);
+    expect(result.body).toContain('<code>idp_unreachable</code>');
+    expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toBe(message);
+  });
+
+  test.each([
+    ['with an OAuth error', json(429, { error: 'slow_down' })],
+    ['without a body', { status: 429, type: 'text/plain', body: 'Too Many Requests' }],
+  ])('a 429 %s is idp_unreachable (502), not a refused code', async (_case, answer) => {
+    const result = await exchange(answer);
+
+    expect(result.status).toBe(502);
+    expect(result.body).toContain('<code>idp_unreachable</code>');
+    expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toBe('The token endpoint failed (HTTP 429).');
+  });
+
+  test('an ID token whose payload is not JSON is invalid_id_token, without quoting the payload', async () => {
+    const result = await exchange(idTokenPayloadNotJson());
+
+    expect(result.status).toBe(400);
+    expect(result.body).toContain('<code>invalid_id_token</code>');
+    expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toBe('The ID token is invalid: failed to parse JWT Payload body as base64url encoded JSON.');
+    expect(result.body).not.toContain(LEAK);
+  });
+
+});
+
+test.each([
+  ['a token response that is not JSON', unquotedToken],
+  ['an ID token whose payload is not JSON', idTokenPayloadNotJson],
+])('the raw openid-client error for %s quotes the body; no AuthError made of it does, cause included', async (_case, answer) => {
+  // openid-client's own error, from a real request to the stub: what the library receives.
+  refreshAnswer = answer();
+  const configuration = new client.Configuration({ issuer: stub.url, token_endpoint: `${stub.url}/token` }, 'stub-client', undefined, client.ClientSecretPost('stub-secret'));
+  client.allowInsecureRequests(configuration);
+  const raw = await client.refreshTokenGrant(configuration, 'stub-rt').then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  expect(inspectDeep(raw)).toContain(LEAK);
+
+  for (const err of [exchangeError(raw), refreshError(raw)]) {
+    const printed = [err.message, JSON.stringify(err), String(err), err.stack, inspectDeep(err), inspectDeep(err.cause)].join('\n');
+    expect(printed).not.toContain(LEAK);
+    expect(printed).toContain('SyntaxError: invalid JSON');
+  }
+});
+
+test('a SyntaxError that is not a JSON.parse failure (WebCrypto refusing a key) keeps its message in the sanitised cause', async () => {
+  const { privateKey } = await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify']);
+  const jwk = await crypto.subtle.exportKey('jwk', privateKey);
+  const raw = await crypto.subtle.importKey('jwk', jwk, { name: 'ECDSA', namedCurve: 'P-256' }, false, []).then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  expect(raw).toMatchObject({ name: 'SyntaxError' });
+
+  expect(sanitisedCause(raw)?.message).toBe((raw as Error).message);
+});
