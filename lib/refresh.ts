@@ -10,7 +10,7 @@ import type { LoginState } from './session.js';
 import type { StoreEntry, TokenRecord } from './token-store.js';
 import { isExpired, toStoredTokens, unpackTokens, type StoredTokens } from './tokens.js';
 import { revokeTokens } from './revocation.js';
-import { refreshError } from './upstream.js';
+import { isDeadRefreshToken, refreshError } from './upstream.js';
 import { storeUnavailable } from './store-errors.js';
 
 /** What the refresher needs from the runtime (everything but itself). */
@@ -203,7 +203,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
       const err = refreshError(caught, [refreshToken, record.tokens.accessToken, config.clientSecret]);
       if (err.code !== AuthErrorCode.LOGIN_REQUIRED) throw err;
       const ended = endsLoginError(err);
-      if (err.error === 'invalid_grant' && rereadAllowed) {
+      if (isDeadRefreshToken(err.error) && rereadAllowed) {
         // A sibling may have rotated the refresh token under us (its lease and ours overlapped): believe the server only
         // once the store has nothing newer.
         const again = await latest(login);

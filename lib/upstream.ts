@@ -312,6 +312,11 @@ export function describe(err: unknown): string {
  */
 const LOGIN_ENDING = new Set(['invalid_grant', 'bad_refresh_token']);
 
+/** True for a token endpoint's `error` saying the refresh token is dead (see {@link LOGIN_ENDING}). */
+export function isDeadRefreshToken(error: string | undefined): boolean {
+  return error !== undefined && LOGIN_ENDING.has(error);
+}
+
 /** A refresh the token endpoint answered with an OAuth error, with HTTP `status` (200 for servers that answer so). */
 function refreshRefused(status: number, failure: { error: string; errorDescription?: string }, cause: Error | undefined): AuthError {
   const upstream = upstreamOf(failure, cause);

@@ -105,3 +105,30 @@ test('a refresh answered after the login ended (logout) revokes the tokens it go
   expect(revoked[0]).toMatch(/^rt-/);
   expect(server.live.has(revoked[0]!)).toBe(false);
 });
+
+test.each([
+  ['400 invalid_grant', { status: 400, body: { error: 'invalid_grant' } }],
+  ["GitHub's 200 bad_refresh_token", { status: 200, body: { error: 'bad_refresh_token', error_description: 'The refresh token passed is incorrect or expired.' } }],
+])('a dead refresh token (%s) is believed only once the store has nothing newer: a sibling may have rotated it', async (_case, answer) => {
+  const runtime = server.runtime(redis, `test:${randomUUID()}:`);
+  const { login, refreshToken } = await expiredLogin(runtime);
+  // A sibling rotated the token (its lease overlapped this refresher's): the store holds version 2, rt-1 is spent.
+  server.live.delete(refreshToken);
+  const sibling: StoredTokens = { accessToken: `at-${randomUUID()}`, tokenType: 'Bearer', refreshToken: server.issue(), expiresAt: Math.floor(Date.now() / 1000) + 300, lifetime: 300 };
+  // This refresher read version 1 before the sibling's write landed, and reads the store again only after the refusal.
+  const read = runtime.tokenStore.read.bind(runtime.tokenStore);
+  let reads = 0;
+  runtime.tokenStore.read = async (id) => {
+    const entry = await read(id);
+    if (++reads === 2) expect(await runtime.tokenStore.write(login.id, { v: 2, tokens: sibling }, 600)).toBe(true);
+    return entry;
+  };
+  server.spentAnswer = answer;
+  try {
+    const record = await runtime.refresher.current(login, { force: false, ttlSeconds: 600 });
+    expect(record).toMatchObject({ v: 2, tokens: { accessToken: sibling.accessToken } });
+  } finally {
+    server.spentAnswer = { status: 400, body: { error: 'invalid_grant' } };
+  }
+  expect(await runtime.tokenStore.read(login.id)).toMatchObject({ v: 2 });
+});
