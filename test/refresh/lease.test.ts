@@ -114,7 +114,8 @@ test.each([
   const { login, refreshToken } = await expiredLogin(runtime);
   // A sibling rotated the token (its lease overlapped this refresher's): the store holds version 2, rt-1 is spent.
   server.live.delete(refreshToken);
-  const sibling: StoredTokens = { accessToken: `at-${randomUUID()}`, tokenType: 'Bearer', refreshToken: server.issue(), expiresAt: Math.floor(Date.now() / 1000) + 300, lifetime: 300 };
+  // Its access token is already due again, so the refresher must go on with the sibling's refresh token.
+  const sibling: StoredTokens = { accessToken: `at-${randomUUID()}`, tokenType: 'Bearer', refreshToken: server.issue(), expiresAt: 1, lifetime: 300 };
   // This refresher read version 1 before the sibling's write landed, and reads the store again only after the refusal.
   const read = runtime.tokenStore.read.bind(runtime.tokenStore);
   let reads = 0;
@@ -124,11 +125,17 @@ test.each([
     return entry;
   };
   server.spentAnswer = answer;
+  // Without reuse detection (as at GitHub): the sibling's token still works after the spent one came back.
+  server.reuseDetection = false;
   try {
+    const presentedBefore = server.presented.length;
     const record = await runtime.refresher.current(login, { force: false, ttlSeconds: 600 });
-    expect(record).toMatchObject({ v: 2, tokens: { accessToken: sibling.accessToken } });
+    expect(server.presented.slice(presentedBefore)).toEqual([refreshToken, sibling.refreshToken]);
+    expect(record.v).toBe(3);
+    expect(server.live.has(String(record.tokens.refreshToken))).toBe(true);
   } finally {
     server.spentAnswer = { status: 400, body: { error: 'invalid_grant' } };
+    server.reuseDetection = true;
   }
-  expect(await runtime.tokenStore.read(login.id)).toMatchObject({ v: 2 });
+  expect(await runtime.tokenStore.read(login.id)).toMatchObject({ v: 3 });
 });
