@@ -338,7 +338,27 @@ function httpsUnlessAllowed(url: URL, name: string, allowInsecureRequests: boole
 function parseIssuer(value: unknown, name: string, allowInsecureRequests: boolean): URL {
   const issuer = httpsUnlessAllowed(parseUrl(value, name, 'https://idp.example.com'), name, allowInsecureRequests);
   if (issuer.search !== '' || issuer.hash !== '') fail(`\`${name}\` must not have a query or fragment (RFC 8414 §2).`);
+  // openid-client takes a URL with '/.well-known/' in it for the metadata document itself, fetches it as is, and then
+  // skips the comparison of the metadata's `issuer` with the configured one (RFC 8414 §3.3): metadata naming any
+  // issuer would be accepted. An issuer identifier never contains it, so this is the document URL given by mistake.
+  if (issuer.href.includes('/.well-known/')) fail(wellKnownMessage(issuer, String(value), name));
   return issuer;
+}
+
+/** What to write instead of a metadata document URL given as the issuer. */
+function wellKnownMessage(url: URL, given: string, name: string): string {
+  const oidc = /^(.*?)\/\.well-known\/openid-configuration\/?$/.exec(url.pathname);
+  const oauth2 = /^\/\.well-known\/oauth-authorization-server(\/.*)?$/.exec(url.pathname);
+  const identifier = oidc ? `${url.origin}${oidc[1]}` : oauth2 ? `${url.origin}${oauth2[1] ?? ''}` : undefined;
+  const why =
+    name === 'issuer'
+      ? ' (the library derives the document URL from it; given the document URL, openid-client would not check that the metadata names this issuer, and would accept metadata naming any issuer)'
+      : ' (ID tokens carry the issuer identifier in `iss`, never a document URL)';
+  const instead =
+    identifier === undefined
+      ? "the URL without its '/.well-known/…' part"
+      : `'${identifier}'${oauth2 && name === 'issuer' ? ", with `discovery: 'oauth2'`" : ''}, exactly as the metadata's \`issuer\` writes it`;
+  return `\`${name}\` '${given}' is a '/.well-known/' document URL, not an issuer identifier: give the issuer identifier, not the discovery document URL${why}. Here that would be ${instead}.`;
 }
 
 const SERVER_ENDPOINTS = [

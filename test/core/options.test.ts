@@ -102,6 +102,24 @@ describe('auth() options', () => {
     expect(resolveOptions({ ...base, server: { ...server, issuer: withPath } }).server?.issuerIdentifier).toBe('https://idp.example.com/realms/app');
   });
 
+  // openid-client fetches a '/.well-known/' URL as the metadata document itself and then skips comparing the metadata's
+  // `issuer` with the configured one (RFC 8414 §3.3): any issuer would be accepted. Refused, naming the identifier.
+  test.each<[string | URL, RegExp]>([
+    ['https://idp.example.com/.well-known/openid-configuration', /give the issuer identifier, not the discovery document URL.*would accept metadata naming any issuer.*Here that would be 'https:\/\/idp\.example\.com',/],
+    ['https://idp.example.com/realms/app/.well-known/openid-configuration', /Here that would be 'https:\/\/idp\.example\.com\/realms\/app',/],
+    ['https://idp.example.com/.well-known/oauth-authorization-server/tenant', /Here that would be 'https:\/\/idp\.example\.com\/tenant', with `discovery: 'oauth2'`/],
+    ['https://idp.example.com/.well-known/jwks.json', /not an issuer identifier.*without its '\/\.well-known\/…' part/],
+    [new URL('https://idp.example.com/.well-known/openid-configuration'), /`issuer` 'https:\/\/idp\.example\.com\/\.well-known\/openid-configuration' is a '\/\.well-known\/' document URL/],
+  ])('an issuer that is a /.well-known/ document URL is refused: %s', (issuer, message) => {
+    expect(attempt({ issuer })).toThrow(TypeError);
+    expect(attempt({ issuer })).toThrow(message);
+  });
+
+  test('server.issuer that is a /.well-known/ document URL is refused too (ID tokens never carry one in iss)', () => {
+    const server = { issuer: 'https://idp.example.com/.well-known/openid-configuration', authorizationEndpoint: 'https://idp.example.com/auth', tokenEndpoint: 'https://idp.example.com/token', jwksUri: 'https://idp.example.com/jwks' };
+    expect(attempt({ server }, ['issuer'])).toThrow(/`server.issuer` .* not an issuer identifier.*Here that would be 'https:\/\/idp\.example\.com'/);
+  });
+
   test('a non-object is refused', () => {
     expect(() => auth(undefined as unknown as AuthOptions)).toThrow(/takes an options object/);
   });
