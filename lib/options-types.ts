@@ -110,9 +110,11 @@ export type FetchUser = (tokens: TokenSet, helpers: { fetch: ResourceFetch }) =>
  */
 export interface AuthOptions {
   /**
-   * The issuer identifier. Its metadata is discovered on first use (see `discovery`). Give either `issuer` or `server`.
-   * A trailing '/' (which a `URL` object always adds to a bare origin) does not matter: discovery compares the two
-   * forms as URLs, and ID tokens are then checked against the `issuer` the metadata names, exactly.
+   * The issuer identifier, not the URL of its metadata document (a path with '/.well-known/' is refused). Its metadata
+   * is discovered on first use (see `discovery`) and must name this issuer. Give either `issuer` or `server`.
+   * Discovery compares the two as URL hrefs: for a bare origin a trailing '/' (which a `URL` object always adds) does not
+   * matter, but with a path it does (`'https://idp.example.com/realms/app/'` is not `'https://idp.example.com/realms/app'`):
+   * write it as the metadata's `issuer` does. ID tokens are then checked against the `issuer` the metadata names, exactly.
    */
   issuer?: string | URL;
   /** The server's endpoints, for a server without discovery. Give either `issuer` or `server`. */
