@@ -127,14 +127,18 @@ export interface AuthOptions {
   discovery?: 'oidc' | 'oauth2';
   /** The client identifier registered at the authorization server. */
   clientId: string;
-  /** The client secret. Omit it for a public client (PKCE only, `clientAuthMethod: 'none'`). */
+  /**
+   * The client secret. Omit it for a public client (PKCE only, `clientAuthMethod: 'none'`). Present but `undefined`
+   * (`clientSecret: process.env.CLIENT_SECRET` with the variable unset) is refused at startup rather than taken for a
+   * public client: leave the option out instead.
+   */
   clientSecret?: string | undefined;
   /**
    * Token-endpoint client authentication. It must be one the server advertises, when it publishes metadata.
    * @default `'private_key_jwt'` when `privateKey` is set, `'client_secret_basic'` when `clientSecret` is set, otherwise `'none'`
    */
   clientAuthMethod?: ClientAuthMethod;
-  /** The client's private key for `private_key_jwt` (RFC 7523). Read once, at startup. */
+  /** The client's private key for `private_key_jwt` (RFC 7523). Read once, at startup. Present but `undefined` is refused. */
   privateKey?: ClientPrivateKey;
   /** Loads `req.auth.user` after each login (see {@link FetchUser}). */
   fetchUser?: FetchUser;

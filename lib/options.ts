@@ -141,6 +141,14 @@ export function resolveOptions(input: unknown): ResolvedConfig {
     fail('`clientId` is required: the client identifier registered at the authorization server.');
   }
 
+  // Present but undefined is almost always `clientSecret: process.env.CLIENT_SECRET` with the variable unset. Taken as
+  // a public client, the mistake would show only after the user logged in, as invalid_client at the token endpoint.
+  if ('clientSecret' in options && options.clientSecret === undefined) {
+    fail('`clientSecret` is undefined (an unset environment variable?): pass the secret, or leave the option out for a public client.');
+  }
+  if ('privateKey' in options && options.privateKey === undefined) {
+    fail('`privateKey` is undefined (an unset environment variable, or a file not read?): pass the key, or leave the option out.');
+  }
   const clientSecret = options.clientSecret;
   if (clientSecret !== undefined && (typeof clientSecret !== 'string' || clientSecret === '')) {
     fail('`clientSecret` must be a non-empty string; omit it for a public client.');

@@ -18,7 +18,19 @@ function attempt(overrides: Record<string, unknown>, remove: string[] = []): () 
 describe('auth() options', () => {
   test('valid options give a router', () => {
     expect(typeof auth(valid)).toBe('function');
-    expect(typeof auth({ ...valid, clientSecret: undefined, issuer: new URL('https://idp.example.com') })).toBe('function');
+    const { clientSecret: _secret, ...publicClient } = valid;
+    expect(typeof auth({ ...publicClient, issuer: new URL('https://idp.example.com') })).toBe('function');
+    expect(resolveOptions(publicClient).clientAuthMethod).toBe('none');
+  });
+
+  // `clientSecret: process.env.CLIENT_SECRET` with the variable unset: not a public client by accident, found only
+  // after a user logged in (invalid_client), but a startup error.
+  test('a clientSecret or privateKey present but undefined is refused (an unset environment variable?)', () => {
+    expect(attempt({ clientSecret: undefined })).toThrow(TypeError);
+    expect(attempt({ clientSecret: undefined })).toThrow(
+      'express-oauth-pkce: `clientSecret` is undefined (an unset environment variable?): pass the secret, or leave the option out for a public client.',
+    );
+    expect(attempt({ privateKey: undefined }, ['clientSecret'])).toThrow(/`privateKey` is undefined \(an unset environment variable.*\): pass the key, or leave the option out/);
   });
 
   test.each<[string, Record<string, unknown>, string[], RegExp]>([
