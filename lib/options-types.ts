@@ -183,7 +183,8 @@ export interface AuthOptions {
    */
   keyPrefix?: string;
   /**
-   * Allow `http:` URLs for the issuer and its endpoints. Only for development and tests.
+   * Allow `http:` URLs for the issuer and its endpoints. Only for development and tests: when `auth()` is called with
+   * `NODE_ENV=production`, it emits the process warning `EXPRESS_OAUTH_PKCE_INSECURE_REQUESTS` (once per process).
    * @default false
    */
   allowInsecureRequests?: boolean;

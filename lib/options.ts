@@ -1,6 +1,7 @@
 import { createPrivateKey, type KeyObject } from 'node:crypto';
 import type { JWK } from 'jose';
 import { sanitizeReturnTo } from './return-to.js';
+import { warn, WarningCode } from './warnings.js';
 import type { AuthOptions, ClientAuthMethod, ResolvedConfig, ResolvedPrivateKey, ResolvedServer, ServerEndpoints } from './options-types.js';
 
 // The option types live in options-types.ts; this file turns options into a ResolvedConfig, once, with the checks.
@@ -259,6 +260,8 @@ export function resolveOptions(input: unknown): ResolvedConfig {
     }
   }
 
+  if (allowInsecureRequests && process.env.NODE_ENV === 'production') warnInsecureRequests(issuer, server, redirectUri);
+
   const httpTimeout = positiveNumber(options.httpTimeout, 'httpTimeout', 5000, 'milliseconds');
   if (httpTimeout < 1) fail('`httpTimeout` must be at least 1 millisecond.');
   const clockTolerance = positiveNumber(options.clockTolerance, 'clockTolerance', 30, 'seconds');
@@ -330,6 +333,20 @@ function resolveLogoutOptions(
   if (!Number.isInteger(sessionIndexTtl) || sessionIndexTtl < 60) fail('`sessionIndexTtl` must be a whole number of seconds, at least 60.');
 
   return { postLogoutPath, backchannelLogoutPath, postLogoutRedirect, idpLogout, sessionCookieName, sessionIndexTtl };
+}
+
+/**
+ * `allowInsecureRequests` is for development and tests; in production it lets codes, tokens and the client secret
+ * travel over plain http. Not refused (a staging setup may run with NODE_ENV=production on purpose), but said once per
+ * process, at startup, with the http: URLs it lets through.
+ */
+function warnInsecureRequests(issuer: URL | undefined, server: ResolvedServer | undefined, redirectUri: URL): void {
+  const urls = [issuer, ...(server === undefined ? [] : Object.values(server)), redirectUri].filter((u): u is URL => u instanceof URL);
+  const http = [...new Set(urls.filter((u) => u.protocol === 'http:').map((u) => u.href))];
+  warn(
+    WarningCode.INSECURE_REQUESTS,
+    `\`allowInsecureRequests: true\` with NODE_ENV=production: codes, tokens and the client secret may travel over plain http (to the authorization server, and back to \`redirectUri\`), where they can be read and changed on the way${http.length > 0 ? ` (http: here: ${http.join(', ')})` : ' (every configured URL is https: now, but endpoints the metadata names may not be)'}. Use https: URLs and remove \`allowInsecureRequests\`: it is meant for development and tests.`,
+  );
 }
 
 function isLoopback(hostname: string): boolean {
