@@ -155,7 +155,9 @@ export interface AuthOptions {
    */
   dpop?: boolean;
   /**
-   * Absolute callback URL, exactly as registered. Its path is where the `GET` callback route is mounted, matched
+   * Absolute callback URL, exactly as registered. It is sent as `new URL(redirectUri).href`, so a string that URL parsing
+   * changes (`'https://App.Example.com:443/cb'` becomes `'https://app.example.com/cb'`) is refused, naming the form to
+   * register and configure: servers compare redirect URIs exactly (RFC 9700 §4.1.3). Its path is where the `GET` callback route is mounted, matched
    * exactly, so it must be a path of its own: not '/', and none of the other routes. No query string (the token request
    * repeats the redirect URI without it; per-login data travels in the login transaction) and no fragment.
    */

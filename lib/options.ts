@@ -202,6 +202,14 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   if (redirectUri.protocol === 'http:' && !allowInsecureRequests && !isLoopback(redirectUri.hostname)) {
     fail(`\`redirectUri\` '${redirectUri.href}' uses http:. Use https:, or set \`allowInsecureRequests: true\` in development.`);
   }
+  // redirect_uri goes out as `href`, which URL parsing normalises (host case, default port, percent-encoding, dot
+  // segments, spaces). Servers compare it with the registered string exactly (RFC 9700 §4.1.3), so a string that
+  // parsing changes would be refused there: ask for the form that is sent. A URL object is sent as its own `href`.
+  if (typeof options.redirectUri === 'string' && options.redirectUri !== redirectUri.href) {
+    fail(
+      `\`redirectUri\` '${options.redirectUri}' would be sent as '${redirectUri.href}' (URL parsing normalises it), and servers compare the redirect URI with the registered one exactly (RFC 9700 §4.1.3): register and configure '${redirectUri.href}'.`,
+    );
+  }
 
   const scope = options.scope ?? 'openid';
   if (typeof scope !== 'string' || scope.trim() === '' || !/^[\x21\x23-\x5B\x5D-\x7E]+( [\x21\x23-\x5B\x5D-\x7E]+)*$/.test(scope)) {

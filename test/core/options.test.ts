@@ -132,6 +132,24 @@ describe('auth() options', () => {
     expect(attempt({ server }, ['issuer'])).toThrow(/`server.issuer` .* not an issuer identifier.*Here that would be 'https:\/\/idp\.example\.com'/);
   });
 
+  // redirect_uri is sent as the parsed URL's href; a string that parsing changes would not match its registration at a
+  // server that compares exactly (RFC 9700 §4.1.3). The message gives the form to register and configure.
+  test.each<[string, string]>([
+    ['https://App.Example.com:443/cb', 'https://app.example.com/cb'],
+    ['https://app.example.com/call back', 'https://app.example.com/call%20back'],
+    ['https://app.example.com/auth/../callback', 'https://app.example.com/callback'],
+    [' https://app.example.com/callback', 'https://app.example.com/callback'],
+    ['http://localhost:80/callback', 'http://localhost/callback'],
+  ])('redirectUri %j, which URL parsing changes, is refused naming %j', (given, sent) => {
+    expect(attempt({ redirectUri: given })).toThrow(TypeError);
+    expect(attempt({ redirectUri: given })).toThrow(
+      `express-oauth-pkce: \`redirectUri\` '${given}' would be sent as '${sent}' (URL parsing normalises it), and servers compare the redirect URI with the registered one exactly (RFC 9700 §4.1.3): register and configure '${sent}'.`,
+    );
+    // The normalised form is accepted, as a string or as a URL object (sent as its href).
+    expect(resolveOptions({ ...valid, redirectUri: sent }).redirectUri.href).toBe(sent);
+    expect(resolveOptions({ ...valid, redirectUri: new URL(given) }).redirectUri.href).toBe(sent);
+  });
+
   test('a non-object is refused', () => {
     expect(() => auth(undefined as unknown as AuthOptions)).toThrow(/takes an options object/);
   });
