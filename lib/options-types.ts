@@ -40,6 +40,7 @@ export interface ServerEndpoints {
   userinfoEndpoint?: string | URL;
   /** The server's key set. Required when `scope` has `openid`: ID-token signatures are verified with it. */
   jwksUri?: string | URL;
+  /** Needed for `idpLogout: true` (RP-initiated logout). */
   endSessionEndpoint?: string | URL;
   /** Needed for `pushedAuthorizationRequests: true`. */
   pushedAuthorizationRequestEndpoint?: string | URL;
@@ -218,6 +219,7 @@ export interface AuthOptions {
   /**
    * RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0): after the local logout, send the browser to the
    * server's `end_session_endpoint` to end the login there too. Needs `routes.postLogout` registered at the server.
+   * Discovered metadata without the endpoint means local logout only; with `server`, set `server.endSessionEndpoint`.
    * @default false
    */
   idpLogout?: boolean;

@@ -252,6 +252,12 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   const logoutPath = routePath(routes.logout, 'logout', '/logout');
   const callbackPath = redirectUri.pathname;
   const logout = resolveLogoutOptions(options, routes, redis !== undefined, scope.split(' ').includes('openid'));
+  // As with PAR: by hand, a missing endpoint is known now, and idpLogout would only ever log out locally.
+  if (logout.idpLogout && server !== undefined && server.endSessionEndpoint === undefined) {
+    fail(
+      "`idpLogout: true` sends the browser to the server's end_session_endpoint, and `server` names none: set `server.endSessionEndpoint`, or remove `idpLogout` for a server without one (local logout only).",
+    );
+  }
   const paths = [loginPath, logoutPath, callbackPath, logout.postLogoutPath, logout.backchannelLogoutPath].filter((p) => p !== undefined);
   if (new Set(paths).size !== paths.length) {
     fail(`the route paths must differ: ${paths.join(', ')} (login, logout, callback${paths.length > 3 ? ' and the logout return routes' : ''}).`);

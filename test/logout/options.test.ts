@@ -40,6 +40,20 @@ describe('logout options', () => {
     });
   });
 
+  test('idpLogout with a server configured by hand needs its end_session_endpoint, as PAR needs its endpoint', () => {
+    const server = { authorizationEndpoint: 'https://idp.example.com/auth', tokenEndpoint: 'https://idp.example.com/token' };
+    const byHand = { clientId: 'app', redirectUri: 'https://app.example.com/callback', scope: 'read', server };
+    expect(() => resolveOptions({ ...byHand, idpLogout: true })).toThrow(TypeError);
+    expect(() => resolveOptions({ ...byHand, idpLogout: true })).toThrow(
+      /`idpLogout: true` sends the browser to the server's end_session_endpoint, and `server` names none: set `server.endSessionEndpoint`, or remove `idpLogout`/,
+    );
+    const withEndpoint = resolveOptions({ ...byHand, idpLogout: true, server: { ...server, endSessionEndpoint: 'https://idp.example.com/logout' } });
+    expect(withEndpoint.server?.endSessionEndpoint?.href).toBe('https://idp.example.com/logout');
+    expect(withEndpoint.postLogoutPath).toBe('/logout/callback');
+    // Discovered metadata is only known at runtime: a server without the endpoint then gets local logout only.
+    expect(resolveOptions({ ...base, idpLogout: true }).idpLogout).toBe(true);
+  });
+
   test.each([
     ['postLogoutRedirect to another origin', { postLogoutRedirect: 'https://evil.example/' }, /postLogoutRedirect.*same-origin path/],
     ['a protocol-relative postLogoutRedirect', { postLogoutRedirect: '//evil.example' }, /postLogoutRedirect/],
