@@ -178,7 +178,11 @@ export interface AuthOptions {
    * @default `{}`
    */
   authorizationParams?: Record<string, string>;
-  /** An ioredis client (or Cluster). Makes single-use checks and refresh single-flight hold across processes. */
+  /**
+   * An ioredis client (or Cluster). Makes single-use checks and refresh single-flight hold across processes. Other
+   * clients (node-redis) are refused at startup: the library calls ioredis signatures such as
+   * `set(key, value, 'PX', ms, 'NX')`, which node-redis reads differently.
+   */
   redis?: Redis | Cluster;
   /**
    * Prefix of every Redis key the library writes.

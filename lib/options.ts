@@ -234,9 +234,7 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   }
 
   const redis = options.redis;
-  if (redis !== undefined && (typeof redis !== 'object' || redis === null || typeof (redis as { set?: unknown }).set !== 'function')) {
-    fail("`redis` must be an ioredis client (or Cluster): import { Redis } from 'ioredis'; new Redis('redis://127.0.0.1:6379').");
-  }
+  if (redis !== undefined) checkRedis(redis);
 
   const keyPrefix = options.keyPrefix ?? 'oauth-pkce:';
   if (typeof keyPrefix !== 'string') fail('`keyPrefix` must be a string.');
@@ -310,6 +308,29 @@ export function resolveOptions(input: unknown): ResolvedConfig {
 }
 
 const ROUTE_NAMES = ['login', 'logout', 'postLogout', 'backchannelLogout'] as const;
+
+/** `defineCommand` is ioredis's own (node-redis has none); the rest are what the library calls (once, refresh, token store, logout index). */
+const IOREDIS_METHODS = ['defineCommand', 'set', 'get', 'del', 'eval', 'multi', 'sadd', 'srem', 'smembers'] as const;
+
+/**
+ * The library calls Redis the ioredis way: `set(key, value, 'PX', ms, 'NX')` claims a `state` once, `eval(script,
+ * numKeys, ...)` runs its scripts. node-redis has a `set` too but reads those arguments differently, so anything else
+ * would pass a `set` check and then silently break single use.
+ */
+function checkRedis(redis: unknown): void {
+  const ioredis =
+    "`redis` must be an ioredis client, a `Redis` or `Cluster` from 'ioredis' (the one connect-redis 8 takes too): import { Redis } from 'ioredis'; new Redis('redis://127.0.0.1:6379')";
+  if (typeof redis !== 'object' || redis === null) fail(`${ioredis}. Got ${typeof redis === 'string' ? 'a string' : JSON.stringify(redis) ?? typeof redis}.`);
+  const client = redis as Record<string, unknown>;
+  const missing = IOREDIS_METHODS.filter((name) => typeof client[name] !== 'function');
+  if (missing.length === 0) return;
+  const nodeRedis = ['sAdd', 'SADD', 'sendCommand'].some((name) => typeof client[name] === 'function');
+  fail(
+    nodeRedis
+      ? `${ioredis}. This looks like a node-redis client: it has no ${missing.join(', ')}, and its set() and eval() read the arguments the library passes (set(key, value, 'PX', ms, 'NX')) differently, which would silently break single use of \`state\`.`
+      : `${ioredis}. This object has no ${missing.join(', ')}.`,
+  );
+}
 
 /** The logout options (`idpLogout`, `postLogoutRedirect`, the return routes, the cookie name, the index TTL). */
 function resolveLogoutOptions(

@@ -1,4 +1,5 @@
 import { describe, expect, test } from '@jest/globals';
+import { Cluster, Redis } from 'ioredis';
 import { auth, type AuthOptions } from '../../lib/index.js';
 import { resolveOptions } from '../../lib/options.js';
 
@@ -148,6 +149,28 @@ describe('auth() options', () => {
     // The normalised form is accepted, as a string or as a URL object (sent as its href).
     expect(resolveOptions({ ...valid, redirectUri: sent }).redirectUri.href).toBe(sent);
     expect(resolveOptions({ ...valid, redirectUri: new URL(given) }).redirectUri.href).toBe(sent);
+  });
+
+  // The library calls Redis the ioredis way (set(k, v, 'PX', ms, 'NX'), eval(script, numKeys, ...)); node-redis has a
+  // `set` too, with another signature, so a `set` check alone let it through and silently broke single use of state.
+  test('redis: an ioredis Redis or Cluster is accepted; node-redis and other objects are refused, naming ioredis', () => {
+    const client = new Redis({ lazyConnect: true });
+    const cluster = new Cluster([{ host: '127.0.0.1', port: 1 }], { lazyConnect: true });
+    try {
+      expect(resolveOptions({ ...valid, redis: client }).redis).toBe(client);
+      expect(resolveOptions({ ...valid, redis: cluster }).redis).toBe(cluster);
+    } finally {
+      client.disconnect();
+      cluster.disconnect();
+    }
+    const fn = () => undefined;
+    // The shape of a node-redis v4/v5 client (not installed here): camel-case and upper-case commands, no defineCommand.
+    const nodeRedis = { set: fn, get: fn, del: fn, eval: fn, multi: fn, sAdd: fn, SADD: fn, sRem: fn, sMembers: fn, sendCommand: fn, connect: fn };
+    expect(attempt({ redis: nodeRedis })).toThrow(TypeError);
+    expect(attempt({ redis: nodeRedis })).toThrow(
+      /`redis` must be an ioredis client, a `Redis` or `Cluster` from 'ioredis' \(the one connect-redis 8 takes too\).*This looks like a node-redis client: it has no defineCommand, sadd, srem, smembers, and its set\(\) and eval\(\) read the arguments .* differently, which would silently break single use of `state`/,
+    );
+    expect(attempt({ redis: { set: fn } })).toThrow(/must be an ioredis client.*This object has no defineCommand, get, del, eval, multi, sadd, srem, smembers\./);
   });
 
   test('a non-object is refused', () => {

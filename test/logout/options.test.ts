@@ -1,9 +1,11 @@
-import { describe, expect, test } from '@jest/globals';
+import { afterAll, describe, expect, test } from '@jest/globals';
+import { Redis } from 'ioredis';
 import { resolveOptions } from '../../lib/options.js';
 
 const base = { issuer: 'https://idp.example.com', clientId: 'app', redirectUri: 'https://app.example.com/callback' };
-// resolveOptions only checks that `redis` looks like an ioredis client; nothing is sent to it here.
-const redis = { set: () => undefined } as unknown as NonNullable<Parameters<typeof resolveOptions>[0]>;
+// resolveOptions only checks that `redis` is an ioredis client; it never connects (nothing is sent to it here).
+const redis = new Redis({ lazyConnect: true });
+afterAll(() => redis.disconnect());
 
 describe('logout options', () => {
   test('defaults: local logout to /, no RP-initiated logout, connect.sid, back-channel only with redis', () => {
