@@ -60,9 +60,72 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-function closest(name: string, candidates: readonly string[]): string | undefined {
-  const lower = name.toLowerCase();
-  return candidates.find((c) => c.toLowerCase() === lower || c.toLowerCase().includes(lower) || lower.includes(c.toLowerCase()));
+/**
+ * Names other libraries and the protocol use for an option (compared without case, '_' or '-'): Passport's
+ * `callbackURL`, `authorizationURL`, `tokenURL`; express-openid-connect's `issuerBaseURL`; OAuth metadata names.
+ */
+const OPTION_ALIASES: Readonly<Record<string, string>> = {
+  callbackurl: 'redirectUri',
+  callbackuri: 'redirectUri',
+  callback: 'redirectUri',
+  redirecturls: 'redirectUri',
+  redirecturis: 'redirectUri',
+  issuerbaseurl: 'issuer',
+  issuerurl: 'issuer',
+  authority: 'issuer',
+  authorizationurl: 'server',
+  tokenurl: 'server',
+  tokenendpointauthmethod: 'clientAuthMethod',
+  postlogoutredirecturi: 'postLogoutRedirect',
+  postlogoutredirecturl: 'postLogoutRedirect',
+};
+
+const SERVER_ALIASES: Readonly<Record<string, string>> = {
+  authorizationurl: 'authorizationEndpoint',
+  authorizeurl: 'authorizationEndpoint',
+  tokenurl: 'tokenEndpoint',
+  userinfourl: 'userinfoEndpoint',
+  profileurl: 'userinfoEndpoint',
+  jwks: 'jwksUri',
+  jwksurl: 'jwksUri',
+  logouturl: 'endSessionEndpoint',
+  endsessionurl: 'endSessionEndpoint',
+  revocationurl: 'revocationEndpoint',
+  parendpoint: 'pushedAuthorizationRequestEndpoint',
+};
+
+const normalized = (name: string) => name.toLowerCase().replace(/[-_]/g, '');
+
+/** Edits (insert, delete, substitute, swap two neighbours) that turn `a` into `b`. */
+function editDistance(a: string, b: string): number {
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const row = d[i]!;
+      row[j] = Math.min(d[i - 1]![j]! + 1, row[j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) row[j] = Math.min(row[j]!, d[i - 2]![j - 2]! + 1);
+    }
+  }
+  return d[a.length]![b.length]!;
+}
+
+/**
+ * The option `name` was probably meant to be: a known alias, the same name in another case or with '_' (`client_id`),
+ * a typo (at most 2 edits: `redirectUrl`), or a name containing or contained in it (`secret`).
+ */
+function closest(name: string, candidates: readonly string[], aliases: Readonly<Record<string, string>> = {}): string | undefined {
+  const key = normalized(name);
+  const alias = aliases[key];
+  if (alias !== undefined && candidates.includes(alias)) return alias;
+  const exact = candidates.find((c) => normalized(c) === key);
+  if (exact !== undefined) return exact;
+  const limit = key.length <= 4 ? 1 : 2;
+  const scored = candidates.map((c) => ({ c, distance: editDistance(key, normalized(c)) })).filter(({ distance }) => distance <= limit);
+  scored.sort((x, y) => x.distance - y.distance);
+  if (scored[0] !== undefined) return scored[0].c;
+  // The closest in length: `post_logout_redirect_uri` is `postLogoutRedirect` and `redirect` is `redirectUri`.
+  const related = candidates.filter((c) => normalized(c).includes(key) || key.includes(normalized(c)));
+  return related.sort((x, y) => Math.abs(x.length - key.length) - Math.abs(y.length - key.length))[0];
 }
 
 function parseUrl(value: unknown, name: string, example: string): URL {
@@ -128,7 +191,7 @@ export function resolveOptions(input: unknown): ResolvedConfig {
 
   for (const key of Object.keys(options)) {
     if (!(KNOWN_OPTIONS as readonly string[]).includes(key)) {
-      const hint = closest(key, KNOWN_OPTIONS);
+      const hint = closest(key, KNOWN_OPTIONS, OPTION_ALIASES);
       fail(`unknown option \`${key}\`${hint ? ` (did you mean \`${hint}\`?)` : ''}. Known options: ${KNOWN_OPTIONS.join(', ')}.`);
     }
   }
@@ -457,7 +520,7 @@ function resolveServerOptions(
   const known = ['issuer', ...SERVER_ENDPOINTS.map(([name]) => name)];
   for (const key of Object.keys(input)) {
     if (!known.includes(key)) {
-      const hint = closest(key, known);
+      const hint = closest(key, known, SERVER_ALIASES);
       fail(`unknown option \`server.${key}\`${hint ? ` (did you mean \`server.${hint}\`?)` : ''}. Known: ${known.join(', ')}.`);
     }
   }

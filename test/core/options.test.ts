@@ -173,6 +173,37 @@ describe('auth() options', () => {
     expect(attempt({ redis: { set: fn } })).toThrow(/must be an ioredis client.*This object has no defineCommand, get, del, eval, multi, sadd, srem, smembers\./);
   });
 
+  // The likeliest wrong names: typos, snake_case from the protocol, other libraries' names (Passport, express-openid-connect).
+  test.each<[string, string]>([
+    ['redirectUrl', 'redirectUri'],
+    ['redirect_uri', 'redirectUri'],
+    ['callbackURL', 'redirectUri'],
+    ['client_id', 'clientId'],
+    ['clientID', 'clientId'],
+    ['client_secret', 'clientSecret'],
+    ['issuerBaseURL', 'issuer'],
+    ['token_endpoint_auth_method', 'clientAuthMethod'],
+    ['post_logout_redirect_uri', 'postLogoutRedirect'],
+    ['redirect', 'redirectUri'],
+  ])('unknown option `%s`: did you mean `%s`?', (name, meant) => {
+    expect(attempt({ [name]: 'x' })).toThrow(`unknown option \`${name}\` (did you mean \`${meant}\`?)`);
+  });
+
+  test.each<[string, string]>([
+    ['authorization_endpoint', 'authorizationEndpoint'],
+    ['authorizationURL', 'authorizationEndpoint'],
+    ['tokenURL', 'tokenEndpoint'],
+    ['jwks_uri', 'jwksUri'],
+    ['end_session_endpoint', 'endSessionEndpoint'],
+  ])('unknown option `server.%s`: did you mean `server.%s`?', (name, meant) => {
+    const server = { authorizationEndpoint: 'https://idp.example.com/auth', tokenEndpoint: 'https://idp.example.com/token', [name]: 'https://idp.example.com/x' };
+    expect(attempt({ server, scope: 'read' }, ['issuer'])).toThrow(`unknown option \`server.${name}\` (did you mean \`server.${meant}\`?)`);
+  });
+
+  test('a name like no option gets no guess', () => {
+    expect(attempt({ colour: 'blue' })).toThrow(/unknown option `colour`\. Known options:/);
+  });
+
   test('a non-object is refused', () => {
     expect(() => auth(undefined as unknown as AuthOptions)).toThrow(/takes an options object/);
   });
