@@ -254,16 +254,16 @@ export function resolveOptions(input: unknown): ResolvedConfig {
     // The token request repeats redirect_uri as origin + path (the callback's own query is the response), so a query
     // here would make every code exchange fail with invalid_grant.
     fail(
-      `\`redirectUri\` must not have a query string, got '${redirectUri.href}': the callback is matched by its exact path and the token request sends the redirect URI without it. Register a plain path such as '${redirectUri.origin}${redirectUri.pathname === '/' ? '/callback' : redirectUri.pathname}'; per-login data travels in the login transaction (\`returnTo\`), keyed by \`state\`.`,
+      `\`redirectUri\` must not have a query string, got '${asWritten(options.redirectUri)}': the callback is matched by its exact path and the token request sends the redirect URI without it. Register a plain path such as '${redirectUri.origin}${redirectUri.pathname === '/' ? '/callback' : redirectUri.pathname}'; per-login data travels in the login transaction (\`returnTo\`), keyed by \`state\`.`,
     );
   }
   if (redirectUri.pathname === '/') {
     fail(
-      `\`redirectUri\` '${redirectUri.href}' has the path '/', which would make every visit to the home page a callback (and fail with invalid_state): give the callback a path of its own, such as '${redirectUri.origin}/callback'.`,
+      `\`redirectUri\` '${asWritten(options.redirectUri)}' has the path '/', which would make every visit to the home page a callback (and fail with invalid_state): give the callback a path of its own, such as '${redirectUri.origin}/callback'.`,
     );
   }
   if (redirectUri.protocol === 'http:' && !allowInsecureRequests && !isLoopback(redirectUri.hostname)) {
-    fail(`\`redirectUri\` '${redirectUri.href}' uses http:. Use https:, or set \`allowInsecureRequests: true\` in development.`);
+    fail(`\`redirectUri\` '${asWritten(options.redirectUri)}' uses http:. Use https:, or set \`allowInsecureRequests: true\` in development.`);
   }
   // redirect_uri goes out as `href`, which URL parsing normalises (host case, default port, percent-encoding, dot
   // segments, spaces). Servers compare it with the registered string exactly (RFC 9700 §4.1.3), so a string that
@@ -319,10 +319,13 @@ export function resolveOptions(input: unknown): ResolvedConfig {
       "`idpLogout: true` sends the browser to the server's end_session_endpoint, and `server` names none: set `server.endSessionEndpoint`, or remove `idpLogout` for a server without one (local logout only).",
     );
   }
-  const paths = [loginPath, logoutPath, callbackPath, logout.postLogoutPath, logout.backchannelLogoutPath].filter((p) => p !== undefined);
-  if (new Set(paths).size !== paths.length) {
-    fail(`the route paths must differ: ${paths.join(', ')} (login, logout, callback${paths.length > 3 ? ' and the logout return routes' : ''}).`);
-  }
+  checkRoutesDiffer(routes, [
+    ['login', loginPath],
+    ['logout', logoutPath],
+    ['callback', callbackPath],
+    ['postLogout', logout.postLogoutPath],
+    ['backchannelLogout', logout.backchannelLogoutPath],
+  ]);
   // These routes answer a plain visit with an error page (invalid_state, or 405 for the POST-only ones), so landing
   // there after logout would greet every user with one.
   const landing = new URL(logout.postLogoutRedirect, 'http://landing.invalid').pathname;
@@ -371,6 +374,25 @@ export function resolveOptions(input: unknown): ResolvedConfig {
 }
 
 const ROUTE_NAMES = ['login', 'logout', 'postLogout', 'backchannelLogout'] as const;
+
+/** Each mounted route needs a path of its own; the message names the options that collide, defaults included. */
+function checkRoutesDiffer(routes: NonNullable<AuthOptions['routes']>, mounted: ReadonlyArray<readonly [string, string | undefined]>): void {
+  const seen = new Map<string, string[]>();
+  for (const [name, path] of mounted) {
+    if (path === undefined) continue;
+    const label =
+      name === 'callback'
+        ? 'the callback path of `redirectUri`'
+        : `\`routes.${name}\`${routes[name as (typeof ROUTE_NAMES)[number]] === undefined ? ' (by default)' : ''}`;
+    seen.set(path, [...(seen.get(path) ?? []), label]);
+  }
+  for (const [path, labels] of seen) {
+    if (labels.length > 1) {
+      const names = `${labels.slice(0, -1).join(', ')} and ${labels.at(-1)!}`;
+      fail(`${names} are ${labels.length === 2 ? 'both' : 'all'} '${path}': the route paths must differ, so give one of them another path.`);
+    }
+  }
+}
 
 /** `defineCommand` is ioredis's own (node-redis has none); the rest are what the library calls (once, refresh, token store, logout index). */
 const IOREDIS_METHODS = ['defineCommand', 'set', 'get', 'del', 'eval', 'multi', 'sadd', 'srem', 'smembers'] as const;
@@ -451,15 +473,20 @@ function isLoopback(hostname: string): boolean {
   return hostname === 'localhost' || hostname === '[::1]' || /^127(\.\d{1,3}){3}$/.test(hostname);
 }
 
-function httpsUnlessAllowed(url: URL, name: string, allowInsecureRequests: boolean): URL {
+/** Messages quote a URL option as it was written (a string), not as parsed: parsing adds a '/' to a bare origin. */
+function asWritten(value: unknown): string {
+  return String(value);
+}
+
+function httpsUnlessAllowed(url: URL, given: unknown, name: string, allowInsecureRequests: boolean): URL {
   if (url.protocol === 'http:' && !allowInsecureRequests) {
-    fail(`\`${name}\` '${url.href}' uses http:. Use https:, or set \`allowInsecureRequests: true\` in development and tests only.`);
+    fail(`\`${name}\` '${asWritten(given)}' uses http:. Use https:, or set \`allowInsecureRequests: true\` in development and tests only.`);
   }
   return url;
 }
 
 function parseIssuer(value: unknown, name: string, allowInsecureRequests: boolean): URL {
-  const issuer = httpsUnlessAllowed(parseUrl(value, name, 'https://idp.example.com'), name, allowInsecureRequests);
+  const issuer = httpsUnlessAllowed(parseUrl(value, name, 'https://idp.example.com'), value, name, allowInsecureRequests);
   if (issuer.search !== '' || issuer.hash !== '') fail(`\`${name}\` must not have a query or fragment (RFC 8414 §2).`);
   // openid-client takes a URL with '/.well-known/' in it for the metadata document itself, fetches it as is, and then
   // skips the comparison of the metadata's `issuer` with the configured one (RFC 8414 §3.3): metadata naming any
@@ -528,7 +555,7 @@ function resolveServerOptions(
   for (const [name, required] of SERVER_ENDPOINTS) {
     const value = input[name];
     if (value === undefined && !required) continue;
-    const url = httpsUnlessAllowed(parseUrl(value, `server.${name}`, `https://idp.example.com/${name}`), `server.${name}`, allowInsecureRequests);
+    const url = httpsUnlessAllowed(parseUrl(value, `server.${name}`, `https://idp.example.com/${name}`), value, `server.${name}`, allowInsecureRequests);
     if (url.hash !== '') fail(`\`server.${name}\` must not have a fragment.`);
     endpoints[name] = url;
   }

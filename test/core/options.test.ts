@@ -59,7 +59,10 @@ describe('auth() options', () => {
     ['unknown route', { routes: { callback: '/cb' } }, [], /unknown route `routes.callback`/],
     ['route that is not a path', { routes: { login: 'login' } }, [], /routes.login` must be a plain path/],
     ['route with a pattern', { routes: { login: '/login/:id' } }, [], /routes.login` must be a plain path/],
-    ['colliding routes', { routes: { login: '/callback' } }, [], /must differ/],
+    ['colliding routes', { routes: { login: '/callback' } }, [], /^express-oauth-pkce: `routes.login` and the callback path of `redirectUri` are both '\/callback': the route paths must differ/],
+    ['three colliding routes', { routes: { login: '/auth', logout: '/auth' }, redirectUri: 'https://app.example.com/auth' }, [], /`routes.login`, `routes.logout` and the callback path of `redirectUri` are all '\/auth'/],
+    // As written: parsing would add a '/' to the bare origin.
+    ['http issuer without allowInsecureRequests, quoted as written', { issuer: 'http://idp.example.com' }, [], /`issuer` 'http:\/\/idp\.example\.com' uses http:/],
     ['negative httpTimeout', { httpTimeout: -1 }, [], /httpTimeout` must be a non-negative number/],
     ['string clockTolerance', { clockTolerance: '5' }, [], /clockTolerance` must be a non-negative number/],
     // The token request repeats redirect_uri without the query: every login would end in invalid_grant.

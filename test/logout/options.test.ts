@@ -65,7 +65,7 @@ describe('logout options', () => {
     ['routes.backchannelLogout without redis', { routes: { backchannelLogout: '/bcl' } }, /routes\.backchannelLogout.*needs `redis`/],
     ['a sessionCookieName with a space', { sessionCookieName: 'my sid' }, /sessionCookieName/],
     ['a tiny sessionIndexTtl', { sessionIndexTtl: 5 }, /sessionIndexTtl/],
-    ['a postLogout path equal to the logout path', { idpLogout: true, routes: { postLogout: '/logout' } }, /route paths must differ/],
+    ['a postLogout path equal to the logout path', { idpLogout: true, routes: { postLogout: '/logout' } }, /`routes.logout` \(by default\) and `routes.postLogout` are both '\/logout': the route paths must differ/],
     ['an unknown route', { routes: { logoutCallback: '/x' } }, /unknown route `routes.logoutCallback`/],
   ])('%s is refused at startup', (_name, extra, message) => {
     expect(() => resolveOptions({ ...base, ...extra })).toThrow(message);
