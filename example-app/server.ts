@@ -103,7 +103,8 @@ async function main(config: ExampleConfig): Promise<() => Promise<void>> {
       authOptions = {
         issuer: config.issuer,
         clientId: config.clientId,
-        clientSecret: config.clientSecret,
+        // Without CLIENT_SECRET the client is public: leave the option out (auth() refuses an undefined secret).
+        ...(config.clientSecret === undefined ? {} : { clientSecret: config.clientSecret }),
         redirectUri: config.redirectUri,
         scope: config.scope,
         ...(config.apiAudience ? { authorizationParams: { resource: config.apiAudience } } : {}),

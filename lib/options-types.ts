@@ -40,6 +40,7 @@ export interface ServerEndpoints {
   userinfoEndpoint?: string | URL;
   /** The server's key set. Required when `scope` has `openid`: ID-token signatures are verified with it. */
   jwksUri?: string | URL;
+  /** Needed for `idpLogout: true` (RP-initiated logout). */
   endSessionEndpoint?: string | URL;
   /** Needed for `pushedAuthorizationRequests: true`. */
   pushedAuthorizationRequestEndpoint?: string | URL;
@@ -110,9 +111,11 @@ export type FetchUser = (tokens: TokenSet, helpers: { fetch: ResourceFetch }) =>
  */
 export interface AuthOptions {
   /**
-   * The issuer identifier. Its metadata is discovered on first use (see `discovery`). Give either `issuer` or `server`.
-   * A trailing '/' (which a `URL` object always adds to a bare origin) does not matter: discovery compares the two
-   * forms as URLs, and ID tokens are then checked against the `issuer` the metadata names, exactly.
+   * The issuer identifier, not the URL of its metadata document (a path with '/.well-known/' is refused). Its metadata
+   * is discovered on first use (see `discovery`) and must name this issuer. Give either `issuer` or `server`.
+   * Discovery compares the two as URL hrefs: for a bare origin a trailing '/' (which a `URL` object always adds) does not
+   * matter, but with a path it does (`'https://idp.example.com/realms/app/'` is not `'https://idp.example.com/realms/app'`):
+   * write it as the metadata's `issuer` does. ID tokens are then checked against the `issuer` the metadata names, exactly.
    */
   issuer?: string | URL;
   /** The server's endpoints, for a server without discovery. Give either `issuer` or `server`. */
@@ -125,14 +128,18 @@ export interface AuthOptions {
   discovery?: 'oidc' | 'oauth2';
   /** The client identifier registered at the authorization server. */
   clientId: string;
-  /** The client secret. Omit it for a public client (PKCE only, `clientAuthMethod: 'none'`). */
+  /**
+   * The client secret. Omit it for a public client (PKCE only, `clientAuthMethod: 'none'`). Present but `undefined`
+   * (`clientSecret: process.env.CLIENT_SECRET` with the variable unset) is refused at startup rather than taken for a
+   * public client: leave the option out instead.
+   */
   clientSecret?: string | undefined;
   /**
    * Token-endpoint client authentication. It must be one the server advertises, when it publishes metadata.
    * @default `'private_key_jwt'` when `privateKey` is set, `'client_secret_basic'` when `clientSecret` is set, otherwise `'none'`
    */
   clientAuthMethod?: ClientAuthMethod;
-  /** The client's private key for `private_key_jwt` (RFC 7523). Read once, at startup. */
+  /** The client's private key for `private_key_jwt` (RFC 7523). Read once, at startup. Present but `undefined` is refused. */
   privateKey?: ClientPrivateKey;
   /** Loads `req.auth.user` after each login (see {@link FetchUser}). */
   fetchUser?: FetchUser;
@@ -149,7 +156,9 @@ export interface AuthOptions {
    */
   dpop?: boolean;
   /**
-   * Absolute callback URL, exactly as registered. Its path is where the `GET` callback route is mounted, matched
+   * Absolute callback URL, exactly as registered. It is sent as `new URL(redirectUri).href`, so a string that URL parsing
+   * changes (`'https://App.Example.com:443/cb'` becomes `'https://app.example.com/cb'`) is refused, naming the form to
+   * register and configure: servers compare redirect URIs exactly (RFC 9700 §4.1.3). Its path is where the `GET` callback route is mounted, matched
    * exactly, so it must be a path of its own: not '/', and none of the other routes. No query string (the token request
    * repeats the redirect URI without it; per-login data travels in the login transaction) and no fragment.
    */
@@ -169,7 +178,11 @@ export interface AuthOptions {
    * @default `{}`
    */
   authorizationParams?: Record<string, string>;
-  /** An ioredis client (or Cluster). Makes single-use checks and refresh single-flight hold across processes. */
+  /**
+   * An ioredis client (or Cluster). Makes single-use checks and refresh single-flight hold across processes. Other
+   * clients (node-redis) are refused at startup: the library calls ioredis signatures such as
+   * `set(key, value, 'PX', ms, 'NX')`, which node-redis reads differently.
+   */
   redis?: Redis | Cluster;
   /**
    * Prefix of every Redis key the library writes.
@@ -177,7 +190,8 @@ export interface AuthOptions {
    */
   keyPrefix?: string;
   /**
-   * Allow `http:` URLs for the issuer and its endpoints. Only for development and tests.
+   * Allow `http:` URLs for the issuer and its endpoints. Only for development and tests: when `auth()` is called with
+   * `NODE_ENV=production`, it emits the process warning `EXPRESS_OAUTH_PKCE_INSECURE_REQUESTS` (once per process).
    * @default false
    */
   allowInsecureRequests?: boolean;
@@ -209,6 +223,7 @@ export interface AuthOptions {
   /**
    * RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0): after the local logout, send the browser to the
    * server's `end_session_endpoint` to end the login there too. Needs `routes.postLogout` registered at the server.
+   * Discovered metadata without the endpoint means local logout only; with `server`, set `server.endSessionEndpoint`.
    * @default false
    */
   idpLogout?: boolean;

@@ -1,6 +1,7 @@
 import { createPrivateKey, type KeyObject } from 'node:crypto';
 import type { JWK } from 'jose';
 import { sanitizeReturnTo } from './return-to.js';
+import { warn, WarningCode } from './warnings.js';
 import type { AuthOptions, ClientAuthMethod, ResolvedConfig, ResolvedPrivateKey, ResolvedServer, ServerEndpoints } from './options-types.js';
 
 // The option types live in options-types.ts; this file turns options into a ResolvedConfig, once, with the checks.
@@ -59,9 +60,72 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-function closest(name: string, candidates: readonly string[]): string | undefined {
-  const lower = name.toLowerCase();
-  return candidates.find((c) => c.toLowerCase() === lower || c.toLowerCase().includes(lower) || lower.includes(c.toLowerCase()));
+/**
+ * Names other libraries and the protocol use for an option (compared without case, '_' or '-'): Passport's
+ * `callbackURL`, `authorizationURL`, `tokenURL`; express-openid-connect's `issuerBaseURL`; OAuth metadata names.
+ */
+const OPTION_ALIASES: Readonly<Record<string, string>> = {
+  callbackurl: 'redirectUri',
+  callbackuri: 'redirectUri',
+  callback: 'redirectUri',
+  redirecturls: 'redirectUri',
+  redirecturis: 'redirectUri',
+  issuerbaseurl: 'issuer',
+  issuerurl: 'issuer',
+  authority: 'issuer',
+  authorizationurl: 'server',
+  tokenurl: 'server',
+  tokenendpointauthmethod: 'clientAuthMethod',
+  postlogoutredirecturi: 'postLogoutRedirect',
+  postlogoutredirecturl: 'postLogoutRedirect',
+};
+
+const SERVER_ALIASES: Readonly<Record<string, string>> = {
+  authorizationurl: 'authorizationEndpoint',
+  authorizeurl: 'authorizationEndpoint',
+  tokenurl: 'tokenEndpoint',
+  userinfourl: 'userinfoEndpoint',
+  profileurl: 'userinfoEndpoint',
+  jwks: 'jwksUri',
+  jwksurl: 'jwksUri',
+  logouturl: 'endSessionEndpoint',
+  endsessionurl: 'endSessionEndpoint',
+  revocationurl: 'revocationEndpoint',
+  parendpoint: 'pushedAuthorizationRequestEndpoint',
+};
+
+const normalized = (name: string) => name.toLowerCase().replace(/[-_]/g, '');
+
+/** Edits (insert, delete, substitute, swap two neighbours) that turn `a` into `b`. */
+function editDistance(a: string, b: string): number {
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const row = d[i]!;
+      row[j] = Math.min(d[i - 1]![j]! + 1, row[j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) row[j] = Math.min(row[j]!, d[i - 2]![j - 2]! + 1);
+    }
+  }
+  return d[a.length]![b.length]!;
+}
+
+/**
+ * The option `name` was probably meant to be: a known alias, the same name in another case or with '_' (`client_id`),
+ * a typo (at most 2 edits: `redirectUrl`), or a name containing or contained in it (`secret`).
+ */
+function closest(name: string, candidates: readonly string[], aliases: Readonly<Record<string, string>> = {}): string | undefined {
+  const key = normalized(name);
+  const alias = aliases[key];
+  if (alias !== undefined && candidates.includes(alias)) return alias;
+  const exact = candidates.find((c) => normalized(c) === key);
+  if (exact !== undefined) return exact;
+  const limit = key.length <= 4 ? 1 : 2;
+  const scored = candidates.map((c) => ({ c, distance: editDistance(key, normalized(c)) })).filter(({ distance }) => distance <= limit);
+  scored.sort((x, y) => x.distance - y.distance);
+  if (scored[0] !== undefined) return scored[0].c;
+  // The closest in length: `post_logout_redirect_uri` is `postLogoutRedirect` and `redirect` is `redirectUri`.
+  const related = candidates.filter((c) => normalized(c).includes(key) || key.includes(normalized(c)));
+  return related.sort((x, y) => Math.abs(x.length - key.length) - Math.abs(y.length - key.length))[0];
 }
 
 function parseUrl(value: unknown, name: string, example: string): URL {
@@ -127,7 +191,7 @@ export function resolveOptions(input: unknown): ResolvedConfig {
 
   for (const key of Object.keys(options)) {
     if (!(KNOWN_OPTIONS as readonly string[]).includes(key)) {
-      const hint = closest(key, KNOWN_OPTIONS);
+      const hint = closest(key, KNOWN_OPTIONS, OPTION_ALIASES);
       fail(`unknown option \`${key}\`${hint ? ` (did you mean \`${hint}\`?)` : ''}. Known options: ${KNOWN_OPTIONS.join(', ')}.`);
     }
   }
@@ -141,6 +205,14 @@ export function resolveOptions(input: unknown): ResolvedConfig {
     fail('`clientId` is required: the client identifier registered at the authorization server.');
   }
 
+  // Present but undefined is almost always `clientSecret: process.env.CLIENT_SECRET` with the variable unset. Taken as
+  // a public client, the mistake would show only after the user logged in, as invalid_client at the token endpoint.
+  if ('clientSecret' in options && options.clientSecret === undefined) {
+    fail('`clientSecret` is undefined (an unset environment variable?): pass the secret, or leave the option out for a public client.');
+  }
+  if ('privateKey' in options && options.privateKey === undefined) {
+    fail('`privateKey` is undefined (an unset environment variable, or a file not read?): pass the key, or leave the option out.');
+  }
   const clientSecret = options.clientSecret;
   if (clientSecret !== undefined && (typeof clientSecret !== 'string' || clientSecret === '')) {
     fail('`clientSecret` must be a non-empty string; omit it for a public client.');
@@ -182,16 +254,24 @@ export function resolveOptions(input: unknown): ResolvedConfig {
     // The token request repeats redirect_uri as origin + path (the callback's own query is the response), so a query
     // here would make every code exchange fail with invalid_grant.
     fail(
-      `\`redirectUri\` must not have a query string, got '${redirectUri.href}': the callback is matched by its exact path and the token request sends the redirect URI without it. Register a plain path such as '${redirectUri.origin}${redirectUri.pathname === '/' ? '/callback' : redirectUri.pathname}'; per-login data travels in the login transaction (\`returnTo\`), keyed by \`state\`.`,
+      `\`redirectUri\` must not have a query string, got '${asWritten(options.redirectUri)}': the callback is matched by its exact path and the token request sends the redirect URI without it. Register a plain path such as '${redirectUri.origin}${redirectUri.pathname === '/' ? '/callback' : redirectUri.pathname}'; per-login data travels in the login transaction (\`returnTo\`), keyed by \`state\`.`,
     );
   }
   if (redirectUri.pathname === '/') {
     fail(
-      `\`redirectUri\` '${redirectUri.href}' has the path '/', which would make every visit to the home page a callback (and fail with invalid_state): give the callback a path of its own, such as '${redirectUri.origin}/callback'.`,
+      `\`redirectUri\` '${asWritten(options.redirectUri)}' has the path '/', which would make every visit to the home page a callback (and fail with invalid_state): give the callback a path of its own, such as '${redirectUri.origin}/callback'.`,
     );
   }
   if (redirectUri.protocol === 'http:' && !allowInsecureRequests && !isLoopback(redirectUri.hostname)) {
-    fail(`\`redirectUri\` '${redirectUri.href}' uses http:. Use https:, or set \`allowInsecureRequests: true\` in development.`);
+    fail(`\`redirectUri\` '${asWritten(options.redirectUri)}' uses http:. Use https:, or set \`allowInsecureRequests: true\` in development.`);
+  }
+  // redirect_uri goes out as `href`, which URL parsing normalises (host case, default port, percent-encoding, dot
+  // segments, spaces). Servers compare it with the registered string exactly (RFC 9700 §4.1.3), so a string that
+  // parsing changes would be refused there: ask for the form that is sent. A URL object is sent as its own `href`.
+  if (typeof options.redirectUri === 'string' && options.redirectUri !== redirectUri.href) {
+    fail(
+      `\`redirectUri\` '${options.redirectUri}' would be sent as '${redirectUri.href}' (URL parsing normalises it), and servers compare the redirect URI with the registered one exactly (RFC 9700 §4.1.3): register and configure '${redirectUri.href}'.`,
+    );
   }
 
   const scope = options.scope ?? 'openid';
@@ -217,9 +297,7 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   }
 
   const redis = options.redis;
-  if (redis !== undefined && (typeof redis !== 'object' || redis === null || typeof (redis as { set?: unknown }).set !== 'function')) {
-    fail("`redis` must be an ioredis client (or Cluster): import { Redis } from 'ioredis'; new Redis('redis://127.0.0.1:6379').");
-  }
+  if (redis !== undefined) checkRedis(redis);
 
   const keyPrefix = options.keyPrefix ?? 'oauth-pkce:';
   if (typeof keyPrefix !== 'string') fail('`keyPrefix` must be a string.');
@@ -235,10 +313,19 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   const logoutPath = routePath(routes.logout, 'logout', '/logout');
   const callbackPath = redirectUri.pathname;
   const logout = resolveLogoutOptions(options, routes, redis !== undefined, scope.split(' ').includes('openid'));
-  const paths = [loginPath, logoutPath, callbackPath, logout.postLogoutPath, logout.backchannelLogoutPath].filter((p) => p !== undefined);
-  if (new Set(paths).size !== paths.length) {
-    fail(`the route paths must differ: ${paths.join(', ')} (login, logout, callback${paths.length > 3 ? ' and the logout return routes' : ''}).`);
+  // As with PAR: by hand, a missing endpoint is known now, and idpLogout would only ever log out locally.
+  if (logout.idpLogout && server !== undefined && server.endSessionEndpoint === undefined) {
+    fail(
+      "`idpLogout: true` sends the browser to the server's end_session_endpoint, and `server` names none: set `server.endSessionEndpoint`, or remove `idpLogout` for a server without one (local logout only).",
+    );
   }
+  checkRoutesDiffer(routes, [
+    ['login', loginPath],
+    ['logout', logoutPath],
+    ['callback', callbackPath],
+    ['postLogout', logout.postLogoutPath],
+    ['backchannelLogout', logout.backchannelLogoutPath],
+  ]);
   // These routes answer a plain visit with an error page (invalid_state, or 405 for the POST-only ones), so landing
   // there after logout would greet every user with one.
   const landing = new URL(logout.postLogoutRedirect, 'http://landing.invalid').pathname;
@@ -250,6 +337,8 @@ export function resolveOptions(input: unknown): ResolvedConfig {
       );
     }
   }
+
+  if (allowInsecureRequests && process.env.NODE_ENV === 'production') warnInsecureRequests(issuer, server, redirectUri);
 
   const httpTimeout = positiveNumber(options.httpTimeout, 'httpTimeout', 5000, 'milliseconds');
   if (httpTimeout < 1) fail('`httpTimeout` must be at least 1 millisecond.');
@@ -285,6 +374,48 @@ export function resolveOptions(input: unknown): ResolvedConfig {
 }
 
 const ROUTE_NAMES = ['login', 'logout', 'postLogout', 'backchannelLogout'] as const;
+
+/** Each mounted route needs a path of its own; the message names the options that collide, defaults included. */
+function checkRoutesDiffer(routes: NonNullable<AuthOptions['routes']>, mounted: ReadonlyArray<readonly [string, string | undefined]>): void {
+  const seen = new Map<string, string[]>();
+  for (const [name, path] of mounted) {
+    if (path === undefined) continue;
+    const label =
+      name === 'callback'
+        ? 'the callback path of `redirectUri`'
+        : `\`routes.${name}\`${routes[name as (typeof ROUTE_NAMES)[number]] === undefined ? ' (by default)' : ''}`;
+    seen.set(path, [...(seen.get(path) ?? []), label]);
+  }
+  for (const [path, labels] of seen) {
+    if (labels.length > 1) {
+      const names = `${labels.slice(0, -1).join(', ')} and ${labels.at(-1)!}`;
+      fail(`${names} are ${labels.length === 2 ? 'both' : 'all'} '${path}': the route paths must differ, so give one of them another path.`);
+    }
+  }
+}
+
+/** `defineCommand` is ioredis's own (node-redis has none); the rest are what the library calls (once, refresh, token store, logout index). */
+const IOREDIS_METHODS = ['defineCommand', 'set', 'get', 'del', 'eval', 'multi', 'sadd', 'srem', 'smembers'] as const;
+
+/**
+ * The library calls Redis the ioredis way: `set(key, value, 'PX', ms, 'NX')` claims a `state` once, `eval(script,
+ * numKeys, ...)` runs its scripts. node-redis has a `set` too but reads those arguments differently, so anything else
+ * would pass a `set` check and then silently break single use.
+ */
+function checkRedis(redis: unknown): void {
+  const ioredis =
+    "`redis` must be an ioredis client, a `Redis` or `Cluster` from 'ioredis' (the one connect-redis 8 takes too): import { Redis } from 'ioredis'; new Redis('redis://127.0.0.1:6379')";
+  if (typeof redis !== 'object' || redis === null) fail(`${ioredis}. Got ${typeof redis === 'string' ? 'a string' : JSON.stringify(redis) ?? typeof redis}.`);
+  const client = redis as Record<string, unknown>;
+  const missing = IOREDIS_METHODS.filter((name) => typeof client[name] !== 'function');
+  if (missing.length === 0) return;
+  const nodeRedis = ['sAdd', 'SADD', 'sendCommand'].some((name) => typeof client[name] === 'function');
+  fail(
+    nodeRedis
+      ? `${ioredis}. This looks like a node-redis client: it has no ${missing.join(', ')}, and its set() and eval() read the arguments the library passes (set(key, value, 'PX', ms, 'NX')) differently, which would silently break single use of \`state\`.`
+      : `${ioredis}. This object has no ${missing.join(', ')}.`,
+  );
+}
 
 /** The logout options (`idpLogout`, `postLogoutRedirect`, the return routes, the cookie name, the index TTL). */
 function resolveLogoutOptions(
@@ -324,21 +455,60 @@ function resolveLogoutOptions(
   return { postLogoutPath, backchannelLogoutPath, postLogoutRedirect, idpLogout, sessionCookieName, sessionIndexTtl };
 }
 
+/**
+ * `allowInsecureRequests` is for development and tests; in production it lets codes, tokens and the client secret
+ * travel over plain http. Not refused (a staging setup may run with NODE_ENV=production on purpose), but said once per
+ * process, at startup, with the http: URLs it lets through.
+ */
+function warnInsecureRequests(issuer: URL | undefined, server: ResolvedServer | undefined, redirectUri: URL): void {
+  const urls = [issuer, ...(server === undefined ? [] : Object.values(server)), redirectUri].filter((u): u is URL => u instanceof URL);
+  const http = [...new Set(urls.filter((u) => u.protocol === 'http:').map((u) => u.href))];
+  warn(
+    WarningCode.INSECURE_REQUESTS,
+    `\`allowInsecureRequests: true\` with NODE_ENV=production: codes, tokens and the client secret may travel over plain http (to the authorization server, and back to \`redirectUri\`), where they can be read and changed on the way${http.length > 0 ? ` (http: here: ${http.join(', ')})` : ' (every configured URL is https: now, but endpoints the metadata names may not be)'}. Use https: URLs and remove \`allowInsecureRequests\`: it is meant for development and tests.`,
+  );
+}
+
 function isLoopback(hostname: string): boolean {
   return hostname === 'localhost' || hostname === '[::1]' || /^127(\.\d{1,3}){3}$/.test(hostname);
 }
 
-function httpsUnlessAllowed(url: URL, name: string, allowInsecureRequests: boolean): URL {
+/** Messages quote a URL option as it was written (a string), not as parsed: parsing adds a '/' to a bare origin. */
+function asWritten(value: unknown): string {
+  return String(value);
+}
+
+function httpsUnlessAllowed(url: URL, given: unknown, name: string, allowInsecureRequests: boolean): URL {
   if (url.protocol === 'http:' && !allowInsecureRequests) {
-    fail(`\`${name}\` '${url.href}' uses http:. Use https:, or set \`allowInsecureRequests: true\` in development and tests only.`);
+    fail(`\`${name}\` '${asWritten(given)}' uses http:. Use https:, or set \`allowInsecureRequests: true\` in development and tests only.`);
   }
   return url;
 }
 
 function parseIssuer(value: unknown, name: string, allowInsecureRequests: boolean): URL {
-  const issuer = httpsUnlessAllowed(parseUrl(value, name, 'https://idp.example.com'), name, allowInsecureRequests);
+  const issuer = httpsUnlessAllowed(parseUrl(value, name, 'https://idp.example.com'), value, name, allowInsecureRequests);
   if (issuer.search !== '' || issuer.hash !== '') fail(`\`${name}\` must not have a query or fragment (RFC 8414 §2).`);
+  // openid-client takes a URL with '/.well-known/' in it for the metadata document itself, fetches it as is, and then
+  // skips the comparison of the metadata's `issuer` with the configured one (RFC 8414 §3.3): metadata naming any
+  // issuer would be accepted. An issuer identifier never contains it, so this is the document URL given by mistake.
+  if (issuer.href.includes('/.well-known/')) fail(wellKnownMessage(issuer, String(value), name));
   return issuer;
+}
+
+/** What to write instead of a metadata document URL given as the issuer. */
+function wellKnownMessage(url: URL, given: string, name: string): string {
+  const oidc = /^(.*?)\/\.well-known\/openid-configuration\/?$/.exec(url.pathname);
+  const oauth2 = /^\/\.well-known\/oauth-authorization-server(\/.*)?$/.exec(url.pathname);
+  const identifier = oidc ? `${url.origin}${oidc[1]}` : oauth2 ? `${url.origin}${oauth2[1] ?? ''}` : undefined;
+  const why =
+    name === 'issuer'
+      ? ' (the library derives the document URL from it; given the document URL, openid-client would not check that the metadata names this issuer, and would accept metadata naming any issuer)'
+      : ' (ID tokens carry the issuer identifier in `iss`, never a document URL)';
+  const instead =
+    identifier === undefined
+      ? "the URL without its '/.well-known/…' part"
+      : `'${identifier}'${oauth2 && name === 'issuer' ? ", with `discovery: 'oauth2'`" : ''}, exactly as the metadata's \`issuer\` writes it`;
+  return `\`${name}\` '${given}' is a '/.well-known/' document URL, not an issuer identifier: give the issuer identifier, not the discovery document URL${why}. Here that would be ${instead}.`;
 }
 
 const SERVER_ENDPOINTS = [
@@ -377,7 +547,7 @@ function resolveServerOptions(
   const known = ['issuer', ...SERVER_ENDPOINTS.map(([name]) => name)];
   for (const key of Object.keys(input)) {
     if (!known.includes(key)) {
-      const hint = closest(key, known);
+      const hint = closest(key, known, SERVER_ALIASES);
       fail(`unknown option \`server.${key}\`${hint ? ` (did you mean \`server.${hint}\`?)` : ''}. Known: ${known.join(', ')}.`);
     }
   }
@@ -385,7 +555,7 @@ function resolveServerOptions(
   for (const [name, required] of SERVER_ENDPOINTS) {
     const value = input[name];
     if (value === undefined && !required) continue;
-    const url = httpsUnlessAllowed(parseUrl(value, `server.${name}`, `https://idp.example.com/${name}`), `server.${name}`, allowInsecureRequests);
+    const url = httpsUnlessAllowed(parseUrl(value, `server.${name}`, `https://idp.example.com/${name}`), value, `server.${name}`, allowInsecureRequests);
     if (url.hash !== '') fail(`\`server.${name}\` must not have a fragment.`);
     endpoints[name] = url;
   }

@@ -50,17 +50,51 @@ function handGivenMetadata(server: ResolvedServer): client.ServerMetadata {
   };
 }
 
-function discoveryError(err: unknown): AuthError {
+/**
+ * The metadata document URL openid-client fetches for `issuer` (oauth4webapi's `appendWellKnown`/`prependWellKnown`),
+ * named in discovery errors. Public: the issuer is, and it never carries credentials (refused at startup).
+ */
+function discoveryUrl(issuer: URL, algorithm: 'oidc' | 'oauth2'): string {
+  const url = new URL(issuer.href);
+  const once = (path: string) => path.replace('//', '/');
+  if (algorithm === 'oidc') url.pathname = once(`${url.pathname}/.well-known/openid-configuration`);
+  else url.pathname = url.pathname === '/' ? '/.well-known/oauth-authorization-server' : once(`/.well-known/oauth-authorization-server/${url.pathname.replace(/\/$/, '')}`);
+  return url.href;
+}
+
+/** A value from the server's metadata, quoted for a message: a string, cut short. */
+function quoted(value: unknown): string {
+  const text = typeof value === 'string' ? value : JSON.stringify(value) ?? String(value);
+  return `'${text.length > 200 ? `${text.slice(0, 200)}…` : text}'`;
+}
+
+/**
+ * The issuer mismatch, with both values. openid-client compares them as URL hrefs: a bare origin's trailing '/' does
+ * not count (`new URL` adds it to both), but with a path it does, so 'https://idp/realms/app/' is not
+ * 'https://idp/realms/app'. That case gets said outright, since the two look alike.
+ */
+function issuerMismatch(config: ResolvedConfig, err: unknown): string {
+  const configured = config.issuer?.href ?? '';
+  const named = ((err as { cause?: { body?: { issuer?: unknown } } }).cause?.body ?? {}).issuer;
+  const slash =
+    typeof named === 'string' && named !== configured && named.replace(/\/$/, '') === configured.replace(/\/$/, '')
+      ? ` They differ only by a trailing '/', which counts for an issuer with a path: set \`issuer\` to ${quoted(named)}, exactly as the metadata writes it.`
+      : '';
+  return `: the metadata names another issuer (${quoted(named)}) than the configured one (${quoted(configured)}).${slash}`;
+}
+
+function discoveryError(config: ResolvedConfig, err: unknown): AuthError {
   if (err instanceof AuthError) return err;
+  const at = config.server === undefined && config.issuer !== undefined ? ` (${discoveryUrl(config.issuer, config.discovery)})` : '';
   if (isTimeout(err)) {
-    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The authorization server did not answer discovery in time.', { cause: err });
+    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, `The authorization server did not answer discovery${at} in time.`, { cause: err });
   }
   if (isNetworkError(err)) {
-    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The authorization server could not be reached for discovery.', { cause: err });
+    return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The authorization server could not be reached for discovery${at}.`, { cause: err });
   }
   const code = (err as { code?: unknown } | null)?.code;
-  const detail = code === 'OAUTH_JSON_ATTRIBUTE_COMPARISON_FAILED' ? ': the metadata names another issuer than the configured one' : '';
-  return new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, `The authorization server metadata could not be used${detail}.`, { cause: err });
+  const detail = code === 'OAUTH_JSON_ATTRIBUTE_COMPARISON_FAILED' ? issuerMismatch(config, err) : '.';
+  return new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, `The authorization server metadata${at} could not be used${detail}`, { cause: err });
 }
 
 /**
@@ -101,7 +135,7 @@ export function createServerResolver(config: ResolvedConfig): ServerResolver {
       configuration.timeout = timeoutSeconds;
       return configuration;
     } catch (err) {
-      throw discoveryError(err);
+      throw discoveryError(config, err);
     }
   }
 

@@ -16,6 +16,7 @@ export const WarningCode = {
   MEMORY_STORE: 'EXPRESS_OAUTH_PKCE_MEMORY_STORE',
   COOKIE_NOT_HTTPONLY: 'EXPRESS_OAUTH_PKCE_COOKIE_NOT_HTTPONLY',
   COOKIE_SAMESITE: 'EXPRESS_OAUTH_PKCE_COOKIE_SAMESITE',
+  INSECURE_REQUESTS: 'EXPRESS_OAUTH_PKCE_INSECURE_REQUESTS',
 } as const;
 
 const RECOMMENDED = "cookie: { secure: 'auto', sameSite: 'lax', httpOnly: true }";
@@ -23,7 +24,8 @@ const RECOMMENDED = "cookie: { secure: 'auto', sameSite: 'lax', httpOnly: true }
 // Once per process, whatever the number of auth() instances: the point is to be seen, not to flood logs.
 const emitted = new Set<string>();
 
-function warn(code: string, message: string, variant = ''): void {
+/** Emits one warning, at most once per process for each `code` and `variant`. @internal */
+export function warn(code: string, message: string, variant = ''): void {
   const key = `${code}:${variant}`;
   if (emitted.has(key)) return;
   emitted.add(key);

@@ -1,4 +1,5 @@
 import { describe, expect, test } from '@jest/globals';
+import { Cluster, Redis } from 'ioredis';
 import { auth, type AuthOptions } from '../../lib/index.js';
 import { resolveOptions } from '../../lib/options.js';
 
@@ -18,7 +19,19 @@ function attempt(overrides: Record<string, unknown>, remove: string[] = []): () 
 describe('auth() options', () => {
   test('valid options give a router', () => {
     expect(typeof auth(valid)).toBe('function');
-    expect(typeof auth({ ...valid, clientSecret: undefined, issuer: new URL('https://idp.example.com') })).toBe('function');
+    const { clientSecret: _secret, ...publicClient } = valid;
+    expect(typeof auth({ ...publicClient, issuer: new URL('https://idp.example.com') })).toBe('function');
+    expect(resolveOptions(publicClient).clientAuthMethod).toBe('none');
+  });
+
+  // `clientSecret: process.env.CLIENT_SECRET` with the variable unset: not a public client by accident, found only
+  // after a user logged in (invalid_client), but a startup error.
+  test('a clientSecret or privateKey present but undefined is refused (an unset environment variable?)', () => {
+    expect(attempt({ clientSecret: undefined })).toThrow(TypeError);
+    expect(attempt({ clientSecret: undefined })).toThrow(
+      'express-oauth-pkce: `clientSecret` is undefined (an unset environment variable?): pass the secret, or leave the option out for a public client.',
+    );
+    expect(attempt({ privateKey: undefined }, ['clientSecret'])).toThrow(/`privateKey` is undefined \(an unset environment variable.*\): pass the key, or leave the option out/);
   });
 
   test.each<[string, Record<string, unknown>, string[], RegExp]>([
@@ -46,7 +59,10 @@ describe('auth() options', () => {
     ['unknown route', { routes: { callback: '/cb' } }, [], /unknown route `routes.callback`/],
     ['route that is not a path', { routes: { login: 'login' } }, [], /routes.login` must be a plain path/],
     ['route with a pattern', { routes: { login: '/login/:id' } }, [], /routes.login` must be a plain path/],
-    ['colliding routes', { routes: { login: '/callback' } }, [], /must differ/],
+    ['colliding routes', { routes: { login: '/callback' } }, [], /^express-oauth-pkce: `routes.login` and the callback path of `redirectUri` are both '\/callback': the route paths must differ/],
+    ['three colliding routes', { routes: { login: '/auth', logout: '/auth' }, redirectUri: 'https://app.example.com/auth' }, [], /`routes.login`, `routes.logout` and the callback path of `redirectUri` are all '\/auth'/],
+    // As written: parsing would add a '/' to the bare origin.
+    ['http issuer without allowInsecureRequests, quoted as written', { issuer: 'http://idp.example.com' }, [], /`issuer` 'http:\/\/idp\.example\.com' uses http:/],
     ['negative httpTimeout', { httpTimeout: -1 }, [], /httpTimeout` must be a non-negative number/],
     ['string clockTolerance', { clockTolerance: '5' }, [], /clockTolerance` must be a non-negative number/],
     // The token request repeats redirect_uri without the query: every login would end in invalid_grant.
@@ -100,6 +116,95 @@ describe('auth() options', () => {
     }
     const withPath = new URL('https://idp.example.com/realms/app');
     expect(resolveOptions({ ...base, server: { ...server, issuer: withPath } }).server?.issuerIdentifier).toBe('https://idp.example.com/realms/app');
+  });
+
+  // openid-client fetches a '/.well-known/' URL as the metadata document itself and then skips comparing the metadata's
+  // `issuer` with the configured one (RFC 8414 §3.3): any issuer would be accepted. Refused, naming the identifier.
+  test.each<[string | URL, RegExp]>([
+    ['https://idp.example.com/.well-known/openid-configuration', /give the issuer identifier, not the discovery document URL.*would accept metadata naming any issuer.*Here that would be 'https:\/\/idp\.example\.com',/],
+    ['https://idp.example.com/realms/app/.well-known/openid-configuration', /Here that would be 'https:\/\/idp\.example\.com\/realms\/app',/],
+    ['https://idp.example.com/.well-known/oauth-authorization-server/tenant', /Here that would be 'https:\/\/idp\.example\.com\/tenant', with `discovery: 'oauth2'`/],
+    ['https://idp.example.com/.well-known/jwks.json', /not an issuer identifier.*without its '\/\.well-known\/…' part/],
+    [new URL('https://idp.example.com/.well-known/openid-configuration'), /`issuer` 'https:\/\/idp\.example\.com\/\.well-known\/openid-configuration' is a '\/\.well-known\/' document URL/],
+  ])('an issuer that is a /.well-known/ document URL is refused: %s', (issuer, message) => {
+    expect(attempt({ issuer })).toThrow(TypeError);
+    expect(attempt({ issuer })).toThrow(message);
+  });
+
+  test('server.issuer that is a /.well-known/ document URL is refused too (ID tokens never carry one in iss)', () => {
+    const server = { issuer: 'https://idp.example.com/.well-known/openid-configuration', authorizationEndpoint: 'https://idp.example.com/auth', tokenEndpoint: 'https://idp.example.com/token', jwksUri: 'https://idp.example.com/jwks' };
+    expect(attempt({ server }, ['issuer'])).toThrow(/`server.issuer` .* not an issuer identifier.*Here that would be 'https:\/\/idp\.example\.com'/);
+  });
+
+  // redirect_uri is sent as the parsed URL's href; a string that parsing changes would not match its registration at a
+  // server that compares exactly (RFC 9700 §4.1.3). The message gives the form to register and configure.
+  test.each<[string, string]>([
+    ['https://App.Example.com:443/cb', 'https://app.example.com/cb'],
+    ['https://app.example.com/call back', 'https://app.example.com/call%20back'],
+    ['https://app.example.com/auth/../callback', 'https://app.example.com/callback'],
+    [' https://app.example.com/callback', 'https://app.example.com/callback'],
+    ['http://localhost:80/callback', 'http://localhost/callback'],
+  ])('redirectUri %j, which URL parsing changes, is refused naming %j', (given, sent) => {
+    expect(attempt({ redirectUri: given })).toThrow(TypeError);
+    expect(attempt({ redirectUri: given })).toThrow(
+      `express-oauth-pkce: \`redirectUri\` '${given}' would be sent as '${sent}' (URL parsing normalises it), and servers compare the redirect URI with the registered one exactly (RFC 9700 §4.1.3): register and configure '${sent}'.`,
+    );
+    // The normalised form is accepted, as a string or as a URL object (sent as its href).
+    expect(resolveOptions({ ...valid, redirectUri: sent }).redirectUri.href).toBe(sent);
+    expect(resolveOptions({ ...valid, redirectUri: new URL(given) }).redirectUri.href).toBe(sent);
+  });
+
+  // The library calls Redis the ioredis way (set(k, v, 'PX', ms, 'NX'), eval(script, numKeys, ...)); node-redis has a
+  // `set` too, with another signature, so a `set` check alone let it through and silently broke single use of state.
+  test('redis: an ioredis Redis or Cluster is accepted; node-redis and other objects are refused, naming ioredis', () => {
+    const client = new Redis({ lazyConnect: true });
+    const cluster = new Cluster([{ host: '127.0.0.1', port: 1 }], { lazyConnect: true });
+    try {
+      expect(resolveOptions({ ...valid, redis: client }).redis).toBe(client);
+      expect(resolveOptions({ ...valid, redis: cluster }).redis).toBe(cluster);
+    } finally {
+      client.disconnect();
+      cluster.disconnect();
+    }
+    const fn = () => undefined;
+    // The shape of a node-redis v4/v5 client (not installed here): camel-case and upper-case commands, no defineCommand.
+    const nodeRedis = { set: fn, get: fn, del: fn, eval: fn, multi: fn, sAdd: fn, SADD: fn, sRem: fn, sMembers: fn, sendCommand: fn, connect: fn };
+    expect(attempt({ redis: nodeRedis })).toThrow(TypeError);
+    expect(attempt({ redis: nodeRedis })).toThrow(
+      /`redis` must be an ioredis client, a `Redis` or `Cluster` from 'ioredis' \(the one connect-redis 8 takes too\).*This looks like a node-redis client: it has no defineCommand, sadd, srem, smembers, and its set\(\) and eval\(\) read the arguments .* differently, which would silently break single use of `state`/,
+    );
+    expect(attempt({ redis: { set: fn } })).toThrow(/must be an ioredis client.*This object has no defineCommand, get, del, eval, multi, sadd, srem, smembers\./);
+  });
+
+  // The likeliest wrong names: typos, snake_case from the protocol, other libraries' names (Passport, express-openid-connect).
+  test.each<[string, string]>([
+    ['redirectUrl', 'redirectUri'],
+    ['redirect_uri', 'redirectUri'],
+    ['callbackURL', 'redirectUri'],
+    ['client_id', 'clientId'],
+    ['clientID', 'clientId'],
+    ['client_secret', 'clientSecret'],
+    ['issuerBaseURL', 'issuer'],
+    ['token_endpoint_auth_method', 'clientAuthMethod'],
+    ['post_logout_redirect_uri', 'postLogoutRedirect'],
+    ['redirect', 'redirectUri'],
+  ])('unknown option `%s`: did you mean `%s`?', (name, meant) => {
+    expect(attempt({ [name]: 'x' })).toThrow(`unknown option \`${name}\` (did you mean \`${meant}\`?)`);
+  });
+
+  test.each<[string, string]>([
+    ['authorization_endpoint', 'authorizationEndpoint'],
+    ['authorizationURL', 'authorizationEndpoint'],
+    ['tokenURL', 'tokenEndpoint'],
+    ['jwks_uri', 'jwksUri'],
+    ['end_session_endpoint', 'endSessionEndpoint'],
+  ])('unknown option `server.%s`: did you mean `server.%s`?', (name, meant) => {
+    const server = { authorizationEndpoint: 'https://idp.example.com/auth', tokenEndpoint: 'https://idp.example.com/token', [name]: 'https://idp.example.com/x' };
+    expect(attempt({ server, scope: 'read' }, ['issuer'])).toThrow(`unknown option \`server.${name}\` (did you mean \`server.${meant}\`?)`);
+  });
+
+  test('a name like no option gets no guess', () => {
+    expect(attempt({ colour: 'blue' })).toThrow(/unknown option `colour`\. Known options:/);
   });
 
   test('a non-object is refused', () => {

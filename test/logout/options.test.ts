@@ -1,9 +1,11 @@
-import { describe, expect, test } from '@jest/globals';
+import { afterAll, describe, expect, test } from '@jest/globals';
+import { Redis } from 'ioredis';
 import { resolveOptions } from '../../lib/options.js';
 
 const base = { issuer: 'https://idp.example.com', clientId: 'app', redirectUri: 'https://app.example.com/callback' };
-// resolveOptions only checks that `redis` looks like an ioredis client; nothing is sent to it here.
-const redis = { set: () => undefined } as unknown as NonNullable<Parameters<typeof resolveOptions>[0]>;
+// resolveOptions only checks that `redis` is an ioredis client; it never connects (nothing is sent to it here).
+const redis = new Redis({ lazyConnect: true });
+afterAll(() => redis.disconnect());
 
 describe('logout options', () => {
   test('defaults: local logout to /, no RP-initiated logout, connect.sid, back-channel only with redis', () => {
@@ -40,6 +42,20 @@ describe('logout options', () => {
     });
   });
 
+  test('idpLogout with a server configured by hand needs its end_session_endpoint, as PAR needs its endpoint', () => {
+    const server = { authorizationEndpoint: 'https://idp.example.com/auth', tokenEndpoint: 'https://idp.example.com/token' };
+    const byHand = { clientId: 'app', redirectUri: 'https://app.example.com/callback', scope: 'read', server };
+    expect(() => resolveOptions({ ...byHand, idpLogout: true })).toThrow(TypeError);
+    expect(() => resolveOptions({ ...byHand, idpLogout: true })).toThrow(
+      /`idpLogout: true` sends the browser to the server's end_session_endpoint, and `server` names none: set `server.endSessionEndpoint`, or remove `idpLogout`/,
+    );
+    const withEndpoint = resolveOptions({ ...byHand, idpLogout: true, server: { ...server, endSessionEndpoint: 'https://idp.example.com/logout' } });
+    expect(withEndpoint.server?.endSessionEndpoint?.href).toBe('https://idp.example.com/logout');
+    expect(withEndpoint.postLogoutPath).toBe('/logout/callback');
+    // Discovered metadata is only known at runtime: a server without the endpoint then gets local logout only.
+    expect(resolveOptions({ ...base, idpLogout: true }).idpLogout).toBe(true);
+  });
+
   test.each([
     ['postLogoutRedirect to another origin', { postLogoutRedirect: 'https://evil.example/' }, /postLogoutRedirect.*same-origin path/],
     ['a protocol-relative postLogoutRedirect', { postLogoutRedirect: '//evil.example' }, /postLogoutRedirect/],
@@ -49,7 +65,7 @@ describe('logout options', () => {
     ['routes.backchannelLogout without redis', { routes: { backchannelLogout: '/bcl' } }, /routes\.backchannelLogout.*needs `redis`/],
     ['a sessionCookieName with a space', { sessionCookieName: 'my sid' }, /sessionCookieName/],
     ['a tiny sessionIndexTtl', { sessionIndexTtl: 5 }, /sessionIndexTtl/],
-    ['a postLogout path equal to the logout path', { idpLogout: true, routes: { postLogout: '/logout' } }, /route paths must differ/],
+    ['a postLogout path equal to the logout path', { idpLogout: true, routes: { postLogout: '/logout' } }, /`routes.logout` \(by default\) and `routes.postLogout` are both '\/logout': the route paths must differ/],
     ['an unknown route', { routes: { logoutCallback: '/x' } }, /unknown route `routes.logoutCallback`/],
   ])('%s is refused at startup', (_name, extra, message) => {
     expect(() => resolveOptions({ ...base, ...extra })).toThrow(message);

@@ -145,7 +145,14 @@ function runScenario(scenario: string, nodeEnv: string): Promise<ChildReport> {
 const children: ChildProcess[] = [];
 const reports = new Map<string, Promise<ChildReport>>();
 const report = (scenario: string) => reports.get(scenario)!;
-const codes = async (scenario: string) => (await report(scenario)).warnings.map((w) => w.code).sort();
+const INSECURE_REQUESTS = 'EXPRESS_OAUTH_PKCE_INSECURE_REQUESTS';
+// The session warnings only: the test's authorization server is plain http, so every child sets allowInsecureRequests,
+// which production warns about (see its own test below).
+const codes = async (scenario: string) =>
+  (await report(scenario)).warnings
+    .map((w) => w.code)
+    .filter((code) => code !== INSECURE_REQUESTS)
+    .sort();
 
 beforeAll(() => {
   // Started together (they only wait on their own requests); each test awaits its own.
@@ -184,6 +191,16 @@ test('production with saveUninitialized: true, no Secure, the MemoryStore and no
   expect(messages).toContain('saveUninitialized: false');
   expect(messages).toContain('connect-redis');
   expect(messages).not.toMatch(/s%3A|s:[\w-]{20,}|child-session-secret/);
+});
+
+test('allowInsecureRequests: true in production warns at startup, once per process, naming the http: URLs; not in development', async () => {
+  const insecure = (await report('insecure')).warnings.filter((w) => w.code === INSECURE_REQUESTS);
+  // Two auth() instances in that child: still one warning.
+  expect(insecure).toHaveLength(1);
+  expect(insecure[0]!.message).toMatch(/`allowInsecureRequests: true` with NODE_ENV=production.*plain http.*\(http: here: http:\/\/localhost:\d+\/, http:\/\/127\.0\.0\.1:\d+\/callback\).*remove `allowInsecureRequests`/);
+  expect((await report('recommended')).warnings.map((w) => w.code)).toContain(INSECURE_REQUESTS);
+  expect((await report('strict')).warnings.map((w) => w.code)).not.toContain(INSECURE_REQUESTS);
+  expect((await report('script-readable-cross-site')).warnings.map((w) => w.code)).not.toContain(INSECURE_REQUESTS);
 });
 
 test('behind a proxy without trust proxy in production, the cookie is not Secure: warned', async () => {
