@@ -2,7 +2,7 @@ import express, { type NextFunction, type Request, type Response, type Router } 
 import { RequestAuth } from './context.js';
 import { AuthError, AuthErrorCode } from './errors.js';
 import { resolveOptions, type AuthOptions } from './options.js';
-import { sendError } from './respond.js';
+import { reportError, sendError } from './respond.js';
 import { callbackRoute } from './routes/callback.js';
 import { loginRoute } from './routes/login.js';
 import { createLogoutTokenVerifier } from './logout-token.js';
@@ -63,6 +63,7 @@ export function auth(options: AuthOptions): Router {
       next(err);
       return;
     }
+    reportError(config.onError, err, req);
     sendError(req, res, err);
   }
 

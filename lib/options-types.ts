@@ -1,5 +1,7 @@
+import type { Request } from 'express';
 import type { Redis, Cluster } from 'ioredis';
 import type { JWK } from 'jose';
+import type { AuthError } from './errors.js';
 import type { ResourceFetch } from './resource.js';
 import type { TokenSet } from './tokens.js';
 
@@ -262,6 +264,21 @@ export interface AuthOptions {
    * ```
    */
   refreshSkew?: number;
+  /**
+   * Called with every error the library answers for itself on its own routes (login, callback, logout, back-channel
+   * logout, or any request when `auth()` is misplaced), just before the answer goes out: the place to log or count
+   * them. Messages and `toJSON()` never carry a token, and `err.cause` is a sanitised copy. Not called for
+   * `requireAuth()`'s 401/403 (the normal way to meet an anonymous user) nor for errors of the app's own routes, which
+   * reach the app's error handling. An exception it throws is ignored.
+   * @default logs the errors with a 5xx status (failures on the app's side: discovery, a token endpoint refusing the
+   * client, Redis down) with `console.error`, one line each without the query string; 4xx (a user's bad or stale
+   * request) are not logged.
+   * @example
+   * ```ts
+   * auth({ ...options, onError: (err, req) => logger.warn({ code: err.code, status: err.status, path: req.path, cause: err.cause }, err.message) });
+   * ```
+   */
+  onError?: (err: AuthError, req: Request) => void;
 }
 
 /** The validated, normalised form of {@link AuthOptions} that the rest of the library reads. */
@@ -299,6 +316,7 @@ export interface ResolvedConfig {
   readonly httpTimeout: number;
   readonly clockTolerance: number;
   readonly refreshSkew: number;
+  readonly onError: (err: AuthError, req: Request) => void;
 }
 
 /** {@link ServerEndpoints} as URLs. */

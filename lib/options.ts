@@ -1,5 +1,7 @@
 import { createPrivateKey, type KeyObject } from 'node:crypto';
+import type { Request } from 'express';
 import type { JWK } from 'jose';
+import type { AuthError } from './errors.js';
 import { sanitizeReturnTo } from './return-to.js';
 import { warn, WarningCode } from './warnings.js';
 import type { AuthOptions, ClientAuthMethod, ResolvedConfig, ResolvedPrivateKey, ResolvedServer, ServerEndpoints } from './options-types.js';
@@ -32,6 +34,7 @@ const KNOWN_OPTIONS = [
   'sessionCookieName',
   'sessionIndexTtl',
   'refreshSkew',
+  'onError',
 ] as const satisfies ReadonlyArray<keyof AuthOptions>;
 
 /** Parameters the library owns; letting `authorizationParams` set them would undo PKCE, state or nonce. */
@@ -344,6 +347,8 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   if (httpTimeout < 1) fail('`httpTimeout` must be at least 1 millisecond.');
   const clockTolerance = positiveNumber(options.clockTolerance, 'clockTolerance', 30, 'seconds');
   const refreshSkew = positiveNumber(options.refreshSkew, 'refreshSkew', 60, 'seconds');
+  const onError = options.onError ?? logServerErrors;
+  if (typeof onError !== 'function') fail('`onError` must be a function: (err, req) => void, called with each error the library answers.');
 
   return Object.freeze({
     issuer,
@@ -370,7 +375,14 @@ export function resolveOptions(input: unknown): ResolvedConfig {
     httpTimeout,
     clockTolerance,
     refreshSkew,
+    onError,
   });
+}
+
+/** The default `onError`: failures on the app's side (5xx) are logged, a user's bad or stale request (4xx) is not. */
+function logServerErrors(err: AuthError, req: Request): void {
+  if (err.status < 500) return;
+  console.error(`express-oauth-pkce: ${req.method} ${req.path}: ${err.code} (${err.status}): ${err.message}`);
 }
 
 const ROUTE_NAMES = ['login', 'logout', 'postLogout', 'backchannelLogout'] as const;

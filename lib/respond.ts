@@ -35,3 +35,12 @@ export function sendError(req: Request, res: Response, err: AuthError): void {
   }
   res.json(err.toJSON());
 }
+
+/** Hands an error the library is about to answer to the app's `onError`; whatever the hook does, the answer goes out. */
+export function reportError(onError: (err: AuthError, req: Request) => void, err: AuthError, req: Request): void {
+  try {
+    onError(err, req);
+  } catch {
+    // A logging hook must not turn a clean error answer into a crash.
+  }
+}

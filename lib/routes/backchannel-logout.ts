@@ -3,7 +3,7 @@ import type { NextFunction, Request, Response } from 'express';
 import type { Store } from 'express-session';
 import { AuthError, AuthErrorCode } from '../errors.js';
 import type { LogoutTokenVerifier } from '../logout-token.js';
-import { setNoStore } from '../respond.js';
+import { reportError, setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
 import { SESSION_KEY, type OAuthSessionState } from '../session.js';
 import { storeUnavailable } from '../store-errors.js';
@@ -129,6 +129,7 @@ export function backchannelLogoutRoute(runtime: Runtime, index: SessionIndex, ve
         next(err);
         return;
       }
+      reportError(config.onError, err, req);
       // The caller is the authorization server, not a browser: always JSON (§2.8), whatever it says it accepts.
       res.status(err.status).json(err.toJSON());
     }

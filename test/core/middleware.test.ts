@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import express, { type ErrorRequestHandler, type Express } from 'express';
 import { auth, requireAuth, type AuthCheck } from '../../lib/index.js';
 import { listen, startStack, type Listener, type Stack } from '../helpers/app.js';
+import { captureOutput } from '../helpers/security.js';
 
 /** The app's own last-resort error handler: anything reaching it was not rendered by the library. */
 const appErrorHandler: ErrorRequestHandler = (_err, _req, res, _next) => {
@@ -146,6 +147,71 @@ describe('auth() without a reachable authorization server or session', () => {
 
     expect(response.status).toBe(500);
     expect(await response.json()).toMatchObject({ error: 'session_missing' });
+  });
+});
+
+describe('onError: the errors the library answers for itself', () => {
+  let listener: Listener;
+  const reported: Array<{ code: string; status: number; path: string }> = [];
+  beforeAll(async () => {
+    listener = await listen();
+    const app = express();
+    app.use((req, _res, next) => {
+      (req as unknown as { session: object }).session = { save: (cb: () => void) => cb() };
+      next();
+    });
+    const options = { issuer: 'http://127.0.0.1:9', clientId: 'c', clientSecret: 's', allowInsecureRequests: true, httpTimeout: 1000 } as const;
+    // Two instances: one with the default (logging), one with a hook, on routes of their own.
+    app.use(auth({ ...options, redirectUri: `${listener.url}/callback`, routes: { login: '/login-default' } }));
+    app.use(
+      auth({
+        ...options,
+        redirectUri: `${listener.url}/callback-hooked`,
+        routes: { login: '/login-hooked', logout: '/logout-hooked' },
+        onError: (err, req) => {
+          reported.push({ code: err.code, status: err.status, path: req.path });
+          throw new Error('a broken logger');
+        },
+      }),
+    );
+    app.use(appErrorHandler);
+    listener.handle(app);
+  });
+  afterAll(async () => listener.close());
+
+  const get = async (path: string) => {
+    const response = await fetch(`${listener.url}${path}`, { redirect: 'manual', headers: { accept: 'application/json' } });
+    return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+  };
+
+  test('by default a 5xx is logged in one line (method, path without the query, code, status, message); a 4xx is not', async () => {
+    const output = captureOutput();
+    let failed, refused;
+    try {
+      failed = await get('/login-default?returnTo=/secret-page');
+      refused = await get('/callback?code=not-logged&state=');
+    } finally {
+      output.restore();
+    }
+    expect(failed.status).toBeGreaterThanOrEqual(500);
+    expect(refused.status).toBe(400);
+    const lines = output.text().split('\n').filter((line) => line.includes('express-oauth-pkce:'));
+    expect(lines).toEqual([`express-oauth-pkce: GET /login-default: ${String(failed.body.error)} (${failed.status}): ${String(failed.body.error_description)}`]);
+    expect(output.text()).not.toContain('secret-page');
+    expect(output.text()).not.toContain('not-logged');
+  });
+
+  test('a hook gets every error the library answers, 4xx included; one that throws does not change the answer', async () => {
+    const failed = await get('/login-hooked');
+    const refused = await get('/callback-hooked?code=x');
+    const wrongMethod = await get('/logout-hooked');
+
+    expect([failed.status >= 500, refused.status, wrongMethod.status]).toEqual([true, 400, 405]);
+    expect(reported).toEqual([
+      { code: failed.body.error, status: failed.status, path: '/login-hooked' },
+      { code: 'invalid_state', status: 400, path: '/callback-hooked' },
+      { code: 'method_not_allowed', status: 405, path: '/logout-hooked' },
+    ]);
   });
 });
 

@@ -37,6 +37,7 @@ describe('auth() options', () => {
   test.each<[string, Record<string, unknown>, string[], RegExp]>([
     ['no options at all', {}, ['issuer', 'clientId', 'clientSecret', 'redirectUri'], /issuer` is required/],
     ['missing clientId', {}, ['clientId'], /clientId` is required/],
+    ['onError not a function', { onError: 'console' }, [], /`onError` must be a function: \(err, req\) => void/],
     ['empty clientId', { clientId: '' }, [], /clientId` is required/],
     ['missing issuer', {}, ['issuer'], /issuer` is required/],
     ['relative issuer', { issuer: 'idp.example.com' }, [], /absolute URL/],
