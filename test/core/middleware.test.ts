@@ -5,10 +5,16 @@
  * says so, synchronously or not.
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import express, { type ErrorRequestHandler, type Express } from 'express';
+import express, { type ErrorRequestHandler, type Express, type RequestHandler } from 'express';
 import { auth, requireAuth, type AuthCheck } from '../../lib/index.js';
 import { listen, startStack, type Listener, type Stack } from '../helpers/app.js';
 import { captureOutput } from '../helpers/security.js';
+
+/** A stand-in for express-session, enough where the route fails before the session is touched. */
+const standInSession: RequestHandler = (req, _res, next) => {
+  (req as unknown as { session: object }).session = { save: (cb: () => void) => cb() };
+  next();
+};
 
 /** The app's own last-resort error handler: anything reaching it was not rendered by the library. */
 const appErrorHandler: ErrorRequestHandler = (_err, _req, res, _next) => {
@@ -121,11 +127,7 @@ describe('auth() without a reachable authorization server or session', () => {
 
   function stackLikeApp(url: string): Express {
     const app = express();
-    // A stand-in session is enough here: the login route fails at discovery, before the session is touched.
-    app.use((req, _res, next) => {
-      (req as unknown as { session: object }).session = { save: (cb: () => void) => cb() };
-      next();
-    });
+    app.use(standInSession);
     app.use(auth({ issuer: 'http://127.0.0.1:9', clientId: 'c', clientSecret: 's', redirectUri: `${url}/callback`, allowInsecureRequests: true, httpTimeout: 1000 }));
     app.use(appErrorHandler);
     return app;
@@ -156,10 +158,7 @@ describe('onError: the errors the library answers for itself', () => {
   beforeAll(async () => {
     listener = await listen();
     const app = express();
-    app.use((req, _res, next) => {
-      (req as unknown as { session: object }).session = { save: (cb: () => void) => cb() };
-      next();
-    });
+    app.use(standInSession);
     const options = { issuer: 'http://127.0.0.1:9', clientId: 'c', clientSecret: 's', allowInsecureRequests: true, httpTimeout: 1000 } as const;
     // Two instances: one with the default (logging), one with a hook, on routes of their own.
     app.use(auth({ ...options, redirectUri: `${listener.url}/callback`, routes: { login: '/login-default' } }));
@@ -220,10 +219,7 @@ describe('auth() mounted under a path', () => {
   beforeAll(async () => {
     listener = await listen();
     const app = express();
-    app.use((req, _res, next) => {
-      (req as unknown as { session: object }).session = { save: (cb: () => void) => cb() };
-      next();
-    });
+    app.use(standInSession);
     // A common first attempt: the routes would then be /auth/login and /auth/callback.
     app.use('/auth', auth({ issuer: 'http://127.0.0.1:9', clientId: 'c', clientSecret: 's', redirectUri: `${listener.url}/auth/callback`, allowInsecureRequests: true }));
     app.use(appErrorHandler);

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Server } from 'node:http';
+import type { Server, ServerResponse } from 'node:http';
 import type { Express } from 'express';
 import type { Redis } from 'ioredis';
 import { exportJWK, generateKeyPair, type JWK } from 'jose';
@@ -95,4 +95,30 @@ export async function startProviderWithClientKeys(options: TestProviderOptions):
 /** A route that says who is logged in: `{ isAuthenticated, sub }`. */
 export function whoami(app: Express): void {
   app.get('/whoami', (req, res) => res.json({ isAuthenticated: req.auth.isAuthenticated, sub: req.auth.claims?.sub ?? null }));
+}
+
+/**
+ * A plain-OAuth server that misbehaves on purpose: its authorization endpoint answers at once with a fresh code (no
+ * `iss`, no metadata), and every POST to its token endpoint goes to `onToken` with the parsed form.
+ */
+export async function startStubServer(onToken: (form: URLSearchParams, res: ServerResponse) => void): Promise<Listener> {
+  const stub = await listen();
+  stub.handle((req, res) => {
+    const url = new URL(req.url ?? '/', stub.url);
+    if (req.method === 'GET' && url.pathname === '/authorize') {
+      const back = new URL(url.searchParams.get('redirect_uri') ?? '');
+      back.searchParams.set('code', `stub-code-${randomUUID()}`);
+      back.searchParams.set('state', url.searchParams.get('state') ?? '');
+      res.writeHead(302, { location: back.href }).end();
+      return;
+    }
+    if (req.method === 'POST' && url.pathname === '/token') {
+      let body = '';
+      req.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      req.on('end', () => onToken(new URLSearchParams(body), res));
+      return;
+    }
+    res.writeHead(404).end();
+  });
+  return stub;
 }

@@ -10,9 +10,9 @@ import type { Redis } from 'ioredis';
 import * as client from 'openid-client';
 import { AuthError } from '../../lib/index.js';
 import { exchangeError, refreshError, sanitisedCause } from '../../lib/upstream.js';
-import { connectRedis, listen, type Listener } from '../helpers/app.js';
+import { connectRedis, type Listener } from '../helpers/app.js';
 import { inspectDeep } from '../helpers/security.js';
-import { appSlot, clearSessions, type AppSlot } from './support.js';
+import { appSlot, clearSessions, startStubServer, type AppSlot } from './support.js';
 
 /** A token-endpoint answer; `stall` sends the headers and half a body, then nothing; `reset` drops the connection after them. */
 type Answer = { status: number; type: string; body: string } | 'stall' | 'reset';
@@ -65,30 +65,15 @@ const idTokenPayloadNotJson = (): Answer =>
   json(200, { access_token: 'stub-at', token_type: 'bearer', id_token: `${b64u('{"alg":"RS256"}')}.${b64u(`{"sub":${LEAK}subject-${randomUUID()}}`)}.c2ln` });
 
 beforeAll(async () => {
-  [stub, app] = await Promise.all([listen(), appSlot()]);
-  stub.handle((req, res) => {
-    const url = new URL(req.url ?? '/', stub.url);
-    if (req.method === 'GET' && url.pathname === '/authorize') {
-      const back = new URL(url.searchParams.get('redirect_uri') ?? '');
-      back.searchParams.set('code', `stub-code-${randomUUID()}`);
-      back.searchParams.set('state', url.searchParams.get('state') ?? '');
-      res.writeHead(302, { location: back.href }).end();
-      return;
-    }
-    if (req.method === 'POST' && url.pathname === '/token') {
-      let body = '';
-      req.on('data', (chunk: Buffer) => (body += chunk.toString()));
-      req.on('end', () => {
-        const form = new URLSearchParams(body);
-        const grant = form.get('grant_type') ?? '';
-        grants.push(grant);
-        if (grant !== 'refresh_token') send(res, exchangeAnswer ?? tokens());
-        else send(res, typeof refreshAnswer === 'function' ? refreshAnswer(form) : refreshAnswer);
-      });
-      return;
-    }
-    res.writeHead(404).end();
-  });
+  [stub, app] = await Promise.all([
+    startStubServer((form, res) => {
+      const grant = form.get('grant_type') ?? '';
+      grants.push(grant);
+      if (grant !== 'refresh_token') send(res, exchangeAnswer ?? tokens());
+      else send(res, typeof refreshAnswer === 'function' ? refreshAnswer(form) : refreshAnswer);
+    }),
+    appSlot(),
+  ]);
   redis = connectRedis();
   app.mount(
     redis,

@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, expect, test } from '@jest/globals';
 import type { Redis } from 'ioredis';
-import { connectRedis, listen, type Listener } from '../helpers/app.js';
-import { appSlot, clearSessions, storedSessions, type AppSlot } from './support.js';
+import { connectRedis, type Listener } from '../helpers/app.js';
+import { appSlot, clearSessions, startStubServer, storedSessions, type AppSlot } from './support.js';
 
 /**
  * A server that misbehaves on purpose, the way real plain-OAuth servers do: its authorization endpoint answers at once
@@ -17,27 +17,13 @@ const tokenRequests: URLSearchParams[] = [];
 const SECRET_TOKEN = 'stub-access-token-never-shown';
 
 beforeAll(async () => {
-  [stub, app] = await Promise.all([listen(), appSlot()]);
-  stub.handle((req, res) => {
-    const url = new URL(req.url ?? '/', stub.url);
-    if (req.method === 'GET' && url.pathname === '/authorize') {
-      const back = new URL(url.searchParams.get('redirect_uri') ?? '');
-      back.searchParams.set('code', `stub-code-${randomUUID()}`);
-      back.searchParams.set('state', url.searchParams.get('state') ?? '');
-      res.writeHead(302, { location: back.href }).end();
-      return;
-    }
-    if (req.method === 'POST' && url.pathname === '/token') {
-      let body = '';
-      req.on('data', (chunk: Buffer) => (body += chunk.toString()));
-      req.on('end', () => {
-        tokenRequests.push(new URLSearchParams(body));
-        res.writeHead(answer.status, { 'content-type': answer.type, 'cache-control': 'no-store', ...answer.headers }).end(answer.body);
-      });
-      return;
-    }
-    res.writeHead(404).end();
-  });
+  [stub, app] = await Promise.all([
+    startStubServer((form, res) => {
+      tokenRequests.push(form);
+      res.writeHead(answer.status, { 'content-type': answer.type, 'cache-control': 'no-store', ...answer.headers }).end(answer.body);
+    }),
+    appSlot(),
+  ]);
   redis = connectRedis();
   app.mount(
     redis,
