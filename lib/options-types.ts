@@ -267,9 +267,10 @@ export interface AuthOptions {
   /**
    * Called with every error the library answers for itself on its own routes (login, callback, logout, back-channel
    * logout, or any request when `auth()` is misplaced), just before the answer goes out: the place to log or count
-   * them. Messages and `toJSON()` never carry a token, and `err.cause` is a sanitised copy. Not called for
+   * them. Messages and `toJSON()` never carry a token; `err.cause` is the underlying error (of token requests, a copy
+   * with the token responses taken out). Not called for
    * `requireAuth()`'s 401/403 (the normal way to meet an anonymous user) nor for errors of the app's own routes, which
-   * reach the app's error handling. An exception it throws is ignored.
+   * reach the app's error handling. An exception it throws, or a promise it returns that rejects, is ignored.
    * @default logs the errors with a 5xx status (failures on the app's side: discovery, a token endpoint refusing the
    * client, Redis down) with `console.error`, one line each without the query string; 4xx (a user's bad or stale
    * request) are not logged.

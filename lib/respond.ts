@@ -39,7 +39,9 @@ export function sendError(req: Request, res: Response, err: AuthError): void {
 /** Hands an error the library is about to answer to the app's `onError`; whatever the hook does, the answer goes out. */
 export function reportError(onError: (err: AuthError, req: Request) => void, err: AuthError, req: Request): void {
   try {
-    onError(err, req);
+    const result: unknown = onError(err, req);
+    // An async hook (a remote logger that is down) must not become an unhandled rejection, which ends the process.
+    if (typeof (result as { then?: unknown } | null)?.then === 'function') (result as PromiseLike<unknown>).then(undefined, () => undefined);
   } catch {
     // A logging hook must not turn a clean error answer into a crash.
   }

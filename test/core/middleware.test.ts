@@ -169,7 +169,9 @@ describe('onError: the errors the library answers for itself', () => {
         routes: { login: '/login-hooked', logout: '/logout-hooked' },
         onError: (err, req) => {
           reported.push({ code: err.code, status: err.status, path: req.path });
-          throw new Error('a broken logger');
+          // A broken logger: throws for some errors, returns a rejected promise for others (an async hook).
+          if (err.status >= 500) throw new Error('a broken logger');
+          return Promise.reject(new Error('a logger that is down')) as unknown as void;
         },
       }),
     );
@@ -200,7 +202,10 @@ describe('onError: the errors the library answers for itself', () => {
     expect(output.text()).not.toContain('not-logged');
   });
 
-  test('a hook gets every error the library answers, 4xx included; one that throws does not change the answer', async () => {
+  test('a hook gets every error the library answers, 4xx included; one that throws or rejects does not change the answer', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => void unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
     const failed = await get('/login-hooked');
     const refused = await get('/callback-hooked?code=x');
     const wrongMethod = await get('/logout-hooked');
@@ -211,6 +216,9 @@ describe('onError: the errors the library answers for itself', () => {
       { code: 'invalid_state', status: 400, path: '/callback-hooked' },
       { code: 'method_not_allowed', status: 405, path: '/logout-hooked' },
     ]);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    process.off('unhandledRejection', onUnhandled);
+    expect(unhandled).toEqual([]);
   });
 });
 
