@@ -9,16 +9,16 @@
  * | `authorization_error` | 400 | any other error response from the authorization endpoint |
  * | `invalid_response` | 400 | the authorization response failed a check (`iss` per RFC 9207, …) |
  * | `invalid_id_token` | 400 | the ID token failed validation (signature, `iss`, `aud`, `nonce`, `exp`, …) |
- * | `token_exchange_failed` | 400 / 502 | the token endpoint refused the code (`invalid_grant`, …) or answered nonsense; 502 when it refused the client itself (`invalid_client`, …) |
+ * | `token_exchange_failed` | 400 / 502 | the token endpoint refused the code (`invalid_grant`, …) or answered nonsense; 502 when it refused the client itself (`invalid_client`, …, or any 401) |
  * | `par_failed` | 502 | the pushed authorization request (RFC 9126) was refused; nothing was stored |
  * | `user_fetch_failed` | 502 | the `fetchUser` hook failed or returned no object; no login was stored |
  * | `resource_request_failed` | 502 / 504 | `req.auth.fetch()` could not reach the resource server, or timed out (504) |
- * | `idp_unreachable` | 502 / 504 | the authorization server could not be reached, or timed out (504) |
+ * | `idp_unreachable` | 502 / 504 | the authorization server could not be reached, failed (5xx), turned the request away (429), or timed out (504) |
  * | `discovery_failed` | 502 | the issuer's metadata could not be fetched or is unacceptable |
- * | `session_unavailable` | 503 | the session store (Redis) failed; nobody is let in |
+ * | `session_unavailable` | 503 | the session store (Redis) failed, nobody is let in; or a back-channel logout with the same token is still at work (retry) |
  * | `session_missing` | 500 | express-session is not mounted before `auth()` |
  * | `login_required` | 401 | no usable login: not logged in, or the login has ended |
- * | `refresh_failed` | 503 / 502 | a refresh failed; the login is kept. 503: transient (network, timeout, 5xx, 429), retry later; 502: the server refused it for a reason other than `invalid_grant` (e.g. `invalid_client`) |
+ * | `refresh_failed` | 503 / 502 | a refresh failed; the login is kept. 503: transient (network, timeout, 5xx, 429), retry later; 502: the server refused it for a reason other than a dead refresh token (`invalid_grant`, GitHub's `bad_refresh_token`), e.g. `invalid_client` or any 401 |
  * | `unauthorized` | 401 | `requireAuth()` refused an anonymous API request |
  * | `forbidden` | 403 | `requireAuth(check)` refused a logged-in user, or a cross-site request |
  * | `method_not_allowed` | 405 | e.g. `GET` on the logout route |

@@ -207,6 +207,15 @@ function clientRefused(reason: string): string {
 }
 
 /**
+ * Whether an OAuth error from the token endpoint is about the client itself: one of {@link CLIENT_REFUSED}, or any 401,
+ * which at the token endpoint is always about the client's authentication (RFC 6749 §5.2), whatever the code says.
+ * The same rule for the code exchange and the refresh, whether the error came with its status or with HTTP 200.
+ */
+function refusesClient(status: number, error: string): boolean {
+  return CLIENT_REFUSED.has(error) || status === 401;
+}
+
+/**
  * Classifies a failure of the code exchange (token request plus ID-token validation). Upstream `error` and
  * `error_description` are kept; tokens and codes never reach the message.
  */
@@ -222,12 +231,14 @@ export function exchangeError(err: unknown, secrets: ReadonlyArray<string | unde
       if (isTransient(failure.status)) {
         return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The token endpoint failed (HTTP ${failure.status}).`, upstreamOf(failure, cause));
       }
-      // 401 at the token endpoint is always about the client's authentication (RFC 6749 §5.2), whatever the code says.
-      if (CLIENT_REFUSED.has(failure.error) || failure.status === 401) {
+      if (refusesClient(failure.status, failure.error)) {
         return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 502, clientRefused(failure.error), upstreamOf(failure, cause));
       }
       return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token endpoint refused the authorization code: ${failure.error}.`, upstreamOf(failure, cause));
     case 'refused_with_200':
+      if (refusesClient(200, failure.error)) {
+        return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 502, clientRefused(failure.error), upstreamOf(failure, cause));
+      }
       return new AuthError(
         AuthErrorCode.TOKEN_EXCHANGE_FAILED,
         400,
@@ -323,11 +334,12 @@ function refreshRefused(status: number, failure: { error: string; errorDescripti
   if (isTransient(status)) {
     return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, `The token endpoint failed to refresh the tokens (HTTP ${status}); try again.`, upstream);
   }
+  // Before the login-ending codes: a 401 says the client's credentials are wrong, which would end every user's login.
+  if (refusesClient(status, failure.error)) {
+    return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, clientRefused(failure.error), upstream);
+  }
   if (LOGIN_ENDING.has(failure.error)) {
     return new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, `The authorization server ended this login (${failure.error}); log in again.`, upstream);
-  }
-  if (CLIENT_REFUSED.has(failure.error) || status === 401) {
-    return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, clientRefused(failure.error), upstream);
   }
   return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, `The token endpoint refused the refresh: ${failure.error}.`, upstream);
 }

@@ -178,6 +178,18 @@ describe('refresh', () => {
   });
 
   test.each([
+    ['401 invalid_grant', json(401, { error: 'invalid_grant' })],
+    ['200 invalid_client', json(200, { error: 'invalid_client' })],
+  ])('a %s is the client refused (its credentials), not the end of this login: 502 refresh_failed, the login is kept', async (_case, answer) => {
+    const result = await refresh(answer);
+
+    expect(result.status).toBe(502);
+    expect(result.body).toMatchObject({ error: 'refresh_failed' });
+    expect(String(result.body.error_description)).toMatch(/^The token endpoint refused this client/);
+    expect(await whoami()).toEqual({ isAuthenticated: true });
+  });
+
+  test.each([
     ['429 with an OAuth error', json(429, { error: 'slow_down' })],
     ['429 without a body', { status: 429, type: 'text/plain', body: 'Too Many Requests' }],
     ['503 with an OAuth error', json(503, { error: 'temporarily_unavailable' })],
@@ -256,6 +268,14 @@ describe('code exchange', () => {
     expect(result.status).toBe(502);
     expect(result.body).toContain('<code>idp_unreachable</code>');
     expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toBe('The token endpoint failed (HTTP 429).');
+  });
+
+  test('invalid_client sent with HTTP 200 is the client refused (502), as with its own status', async () => {
+    const result = await exchange(json(200, { error: 'invalid_client' }));
+
+    expect(result.status).toBe(502);
+    expect(result.body).toContain('<code>token_exchange_failed</code>');
+    expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toMatch(/^The token endpoint refused this client \(invalid_client\)/);
   });
 
   test('an ID token whose payload is not JSON is invalid_id_token, without quoting the payload', async () => {
