@@ -185,12 +185,22 @@ export function createRefresher(runtime: RefreshServices): Refresher {
     throw err;
   }
 
+  /** Revokes tokens of a login that has ended (best effort): nobody will use them, and they must not stay valid. */
+  async function revokeUnused(tokens: StoredTokens): Promise<void> {
+    try {
+      await revokeTokens(await runtime.server(), tokens);
+    } catch {
+      // Best effort: the login has ended locally whatever the server says.
+    }
+  }
+
   async function refreshUnderLock(
     login: LoginState,
     record: TokenRecord,
     ttlSeconds: number,
     rereadAllowed: boolean,
     lockedUntil: number,
+    renew: () => Promise<boolean>,
   ): Promise<TokenRecord> {
     const refreshToken = record.tokens.refreshToken;
     if (refreshToken === undefined) {
@@ -208,7 +218,11 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         // once the store has nothing newer.
         const again = await latest(login);
         if (again.v > record.v) {
-          return needsRefresh(again.tokens, config.refreshSkew) ? refreshUnderLock(login, again, ttlSeconds, false, lockedUntil) : again;
+          if (!needsRefresh(again.tokens, config.refreshSkew)) return again;
+          // Another refresh token is about to go out: the lock must still be ours, for a whole lease, as for the first.
+          const renewedUntil = Date.now() + lease;
+          if (!(await renew())) throw new LockLost();
+          return refreshUnderLock(login, again, ttlSeconds, false, renewedUntil, renew);
         }
       }
       return end(login, record, ttlSeconds, ended);
@@ -217,9 +231,15 @@ export function createRefresher(runtime: RefreshServices): Refresher {
     const downgrade = dpopDowngrade(config, response);
     if (downgrade !== undefined) {
       // The server has rotated the refresh token already, so the login cannot be kept as it was (the old one is spent),
-      // and the new tokens are not what the app asked for: the login ends, and they are revoked (best effort).
-      await revokeTokens(await runtime.server(), toStoredTokens(response)).catch(() => 0);
-      return end(login, record, ttlSeconds, loginEnded(`${downgrade} Log in again.`));
+      // and the new tokens are not what the app asked for: the login ends (its tombstone first, so that no other process
+      // presents the spent token meanwhile), then they are revoked. Not when a sibling's newer version won instead:
+      // revoking a refresh token ends the whole grant at many servers, the sibling's tokens with it.
+      try {
+        return await end(login, record, ttlSeconds, loginEnded(`${downgrade} Log in again.`));
+      } catch (err) {
+        if (endsLogin(err)) await revokeUnused(toStoredTokens(response));
+        throw err;
+      }
     }
     let claims = record.claims;
     let tokens = toStoredTokens(response, record.tokens);
@@ -239,7 +259,9 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         }
       }
       if (signature === 'valid' && idClaims !== undefined) {
-        claims = { ...idClaims };
+        // A refreshed ID token may leave auth_time out; the original's stays, to check the next one against (§12.2).
+        const authTime = idClaims.auth_time === undefined ? record.claims?.auth_time : undefined;
+        claims = authTime === undefined ? { ...idClaims } : { ...idClaims, auth_time: authTime };
       } else if (signature === 'unknown') {
         // The keys could not be fetched. The tokens came from the token endpoint over TLS and are kept; an ID token
         // nothing vouches for, and its claims, are not.
@@ -262,8 +284,8 @@ export function createRefresher(runtime: RefreshServices): Refresher {
       } catch (err) {
         if (endsLogin(err)) {
           // The login ended while the server was answering (a logout's tombstone): nobody will ever use these tokens,
-          // and the logout could only revoke the ones it knew. Revoke them too (best effort).
-          await revokeTokens(await runtime.server(), next.tokens).catch(() => 0);
+          // and the logout could only revoke the ones it knew.
+          await revokeUnused(next.tokens);
           throw err;
         }
         if (!(err instanceof AuthError && err.code === AuthErrorCode.SESSION_UNAVAILABLE)) throw err;
@@ -302,7 +324,10 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         // is still ours, for a whole lease, before its refresh token goes out. Lost: another holder may be refreshing.
         const lockedUntil = Date.now() + lease;
         if (!(await locks.renew(lock))) continue;
-        return await refreshUnderLock(login, current, ttlSeconds, true, lockedUntil);
+        return await refreshUnderLock(login, current, ttlSeconds, true, lockedUntil, () => locks.renew(lock));
+      } catch (err) {
+        if (err instanceof LockLost) continue;
+        throw err;
       } finally {
         await locks.release(lock);
       }
@@ -326,6 +351,9 @@ export function createRefresher(runtime: RefreshServices): Refresher {
 
   return { current };
 }
+
+/** The lock ran out before a second refresh token could go out: back to waiting, as for a lock never taken. */
+class LockLost extends Error {}
 
 function omitIdToken(tokens: StoredTokens): StoredTokens {
   const { idToken: _unverified, ...rest } = tokens;

@@ -66,11 +66,17 @@ test('with dpop on, a Bearer token at refresh ends the login (its refresh token 
   const { login, refreshToken } = await expiredLogin(runtime, { dpopKey: (await createDPoPKey(runtime)).jwk });
   server.tokenType = 'Bearer';
   const presentedBefore = server.presented.length;
+  // What the store held when the revocations arrived: the tombstone must come first, so that no other process can
+  // present the spent refresh token while they run.
+  const seenAtRevocation: unknown[] = [];
+  server.onRevoke = async () => void seenAtRevocation.push(await runtime.tokenStore.read(login.id));
 
   const failure = await runtime.refresher.current(login, { force: false, ttlSeconds: 600 }).then(
     () => undefined,
     (err: unknown) => err,
   );
+  server.onRevoke = undefined;
+  expect(seenAtRevocation).toEqual([expect.objectContaining({ ended: true }), expect.objectContaining({ ended: true })]);
 
   expect(server.presented.slice(presentedBefore)).toEqual([refreshToken]);
   expect(failure).toBeInstanceOf(AuthError);
@@ -138,4 +144,36 @@ test.each([
     server.reuseDetection = true;
   }
   expect(await runtime.tokenStore.read(login.id)).toMatchObject({ v: 3 });
+});
+
+test('before a second refresh token goes out (after a re-read), the lock is renewed; lost, the refresher waits its turn', async () => {
+  const keyPrefix = `test:${randomUUID()}:`;
+  const runtime = server.runtime(redis, keyPrefix);
+  const { login, refreshToken } = await expiredLogin(runtime);
+  const lockKey = `${keyPrefix}lock:${login.id}`;
+  server.live.delete(refreshToken);
+  const sibling: StoredTokens = { accessToken: `at-${randomUUID()}`, tokenType: 'Bearer', refreshToken: server.issue(), expiresAt: 1, lifetime: 300 };
+  const read = runtime.tokenStore.read.bind(runtime.tokenStore);
+  let reads = 0;
+  runtime.tokenStore.read = async (id) => {
+    const entry = await read(id);
+    reads++;
+    // A sibling's version lands after the read under the lock…
+    if (reads === 2) await runtime.tokenStore.write(login.id, { v: 2, tokens: sibling }, 600);
+    // …and by the re-read that follows the refusal, this refresher's lease has run out and another holder has the lock.
+    if (reads === 3) await redis.set(lockKey, 'another-holder', 'PX', 300);
+    return entry;
+  };
+  let ownerWhenSent: string | null | undefined;
+  server.reuseDetection = false;
+  server.beforeAnswer = async () => void (ownerWhenSent = await redis.get(lockKey));
+  try {
+    const record = await runtime.refresher.current(login, { force: false, ttlSeconds: 600 });
+    expect(record.v).toBe(3);
+  } finally {
+    server.reuseDetection = true;
+    server.beforeAnswer = undefined;
+  }
+  expect(ownerWhenSent).toEqual(expect.any(String));
+  expect(ownerWhenSent).not.toBe('another-holder');
 });

@@ -234,6 +234,19 @@ describe('refresh on expiry (one process, Redis)', () => {
     await expectLoginEnded(stack, browser, before.id, result, reason);
   });
 
+  test('a refreshed ID token without auth_time keeps the original one, so the next refresh is still checked against it', async () => {
+    const browser = await login();
+    const before = await readLogin(stack, browser);
+
+    stub.reclaim = ({ auth_time: _left, ...claims }) => claims;
+    expect((await inMode(stub, 'reclaim', () => getJson(browser, `${stack.appUrl}/api/refresh`))).status).toBe(200);
+    expect((await readLogin(stack, browser)).claims?.auth_time).toBe(before.claims?.auth_time);
+
+    stub.reclaim = (claims) => ({ ...claims, auth_time: Number(claims.auth_time) - 3600 });
+    const result = await inMode(stub, 'reclaim', () => getJson(browser, `${stack.appUrl}/api/refresh`));
+    await expectLoginEnded(stack, browser, before.id, result, /auth_time/);
+  });
+
   test('a refreshed ID token re-signed with the same claims is accepted (control for the §12.2 cases)', async () => {
     const browser = await login();
     const before = await readLogin(stack, browser);
