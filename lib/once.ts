@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import type { ResolvedConfig } from './options.js';
 import { storeUnavailable } from './store-errors.js';
 
@@ -28,35 +29,43 @@ export interface OnceRegistry {
 }
 
 const MAX_LOCAL_ENTRIES = 100_000;
-const CLAIMED = '1';
 const USED = 'used';
 
+// Deletes a claim only while it is still this caller's: after its TTL ran out, another claimer's must survive.
+const RELEASE_IF_OWNER = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0`;
+
 export function createOnceRegistry(config: ResolvedConfig): OnceRegistry {
-  const local = new Map<string, { until: number; used: boolean }>();
+  /** `value`: what this process wrote into Redis for its claim (random), so that it gives back only its own. */
+  const local = new Map<string, { until: number; used: boolean; value: string }>();
   const redisKey = (key: string): string => `${config.keyPrefix}once:${key}`;
 
-  function remember(key: string, ttlMs: number, used: boolean, now: number): void {
+  function remember(key: string, ttlMs: number, used: boolean, now: number, value: string): void {
     if (local.size >= MAX_LOCAL_ENTRIES && !local.has(key)) {
       for (const [k, entry] of local) if (entry.until <= now) local.delete(k);
       // Still full of live entries: forget the oldest; Redis (when configured) still guards across processes.
       if (local.size >= MAX_LOCAL_ENTRIES) local.delete(local.keys().next().value as string);
     }
-    local.set(key, { until: now + ttlMs, used });
+    local.set(key, { until: now + ttlMs, used, value });
   }
 
-  function claimLocally(key: string, ttlMs: number, now: number): boolean {
+  function claimLocally(key: string, ttlMs: number, now: number, value: string): boolean {
     const entry = local.get(key);
     if (entry !== undefined && entry.until > now) return false;
-    remember(key, ttlMs, false, now);
+    remember(key, ttlMs, false, now, value);
     return true;
   }
 
   return {
     async claim(key, ttlMs) {
-      if (!claimLocally(key, ttlMs, Date.now())) return false;
+      const value = randomBytes(12).toString('base64url');
+      if (!claimLocally(key, ttlMs, Date.now(), value)) return false;
       if (config.redis === undefined) return true;
       try {
-        if ((await config.redis.set(redisKey(key), CLAIMED, 'PX', ttlMs, 'NX')) === 'OK') return true;
+        if ((await config.redis.set(redisKey(key), value, 'PX', ttlMs, 'NX')) === 'OK') return true;
         // Another process holds it. No local mark: if that process gives it back, a retry here must be let through.
         local.delete(key);
         return false;
@@ -67,7 +76,7 @@ export function createOnceRegistry(config: ResolvedConfig): OnceRegistry {
       }
     },
     async finish(key, ttlMs) {
-      remember(key, ttlMs, true, Date.now());
+      remember(key, ttlMs, true, Date.now(), USED);
       await config.redis?.set(redisKey(key), USED, 'PX', ttlMs).catch(() => undefined);
     },
     async holder(key) {
@@ -79,9 +88,11 @@ export function createOnceRegistry(config: ResolvedConfig): OnceRegistry {
       return value === USED ? 'used' : 'in_progress';
     },
     async release(key) {
+      const entry = local.get(key);
       local.delete(key);
+      if (entry === undefined || entry.used) return;
       // If this fails too, the claim runs out with its TTL.
-      await config.redis?.del(redisKey(key)).catch(() => undefined);
+      await config.redis?.eval(RELEASE_IF_OWNER, 1, redisKey(key), entry.value).catch(() => undefined);
     },
   };
 }
