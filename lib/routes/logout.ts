@@ -38,6 +38,11 @@ function cookieAttributes(session: SessionWithState): CookieAttributes {
 export async function endSession(res: Response, config: ResolvedConfig, session: SessionWithState): Promise<void> {
   const attributes = cookieAttributes(session);
   await destroySession(session);
+  clearSessionCookie(res, config, attributes);
+}
+
+/** Tells the browser to drop the session cookie, with the attributes it was set with. */
+function clearSessionCookie(res: Response, config: ResolvedConfig, attributes: ReturnType<typeof cookieAttributes>): void {
   res.clearCookie(config.sessionCookieName, {
     ...(attributes.path === undefined ? {} : { path: attributes.path }),
     ...(attributes.domain === undefined ? {} : { domain: attributes.domain }),
@@ -104,8 +109,11 @@ async function replaceSession(req: Request, res: Response, config: ResolvedConfi
     await saveSession(session);
     return undefined;
   } catch (err) {
-    // Nothing to come back to: drop the fresh session too, and the browser's cookie (best effort; the store is failing).
-    await endSession(res, config, session).catch(() => undefined);
+    // Nothing to come back to: drop the fresh session too (best effort; the store is failing), and the browser's cookie
+    // whatever the store says: the logged-in session it named is gone.
+    const attributes = cookieAttributes(session);
+    await destroySession(session).catch(() => undefined);
+    clearSessionCookie(res, config, attributes);
     return new AuthError(
       AuthErrorCode.SESSION_UNAVAILABLE,
       503,

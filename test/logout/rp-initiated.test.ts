@@ -194,6 +194,37 @@ describe('RP-initiated logout (idpLogout: true)', () => {
     expect(await indexedSessionIds()).not.toContain(loginSessionId);
   });
 
+  test('when the store also fails to drop the fresh session, the browser is still told to drop its cookie', async () => {
+    const browser = new Browser();
+    await browser.login(`${app.url}/login?returnTo=/me`);
+    const loginCookie = sessionCookie(browser, app.url)!;
+
+    // The logged-in session is destroyed (the first DEL); then the store fails: the save (SET) and the next DEL.
+    const client = redis as unknown as Record<'set' | 'del', (...args: unknown[]) => Promise<unknown>>;
+    const [set, del] = [client.set.bind(client), client.del.bind(client)];
+    let dels = 0;
+    client.set = async (...args: unknown[]) => {
+      if (String(args[0]).startsWith(sessionPrefix)) throw new Error('Connection is closed.');
+      return set(...args);
+    };
+    client.del = async (...args: unknown[]) => {
+      if (String(args[0]).startsWith(sessionPrefix) && dels++ > 0) throw new Error('Connection is closed.');
+      return del(...args);
+    };
+    let response;
+    try {
+      response = await postLogout(browser, app.url, { accept: 'application/json' });
+    } finally {
+      client.set = set;
+      client.del = del;
+    }
+
+    expect(dels).toBe(2);
+    expect(response.status).toBe(503);
+    expect(await storedSession(redis, sessionPrefix, loginCookie)).toBeNull();
+    expect(sessionCookie(browser, app.url)).toBeUndefined();
+  });
+
   test('the session store failing to destroy the login session: the login is kept in this browser, and a retry logs out', async () => {
     const browser = new Browser();
     await browser.login(`${app.url}/login?returnTo=/me`);
