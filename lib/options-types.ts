@@ -135,7 +135,7 @@ export interface AuthOptions {
    * (`clientSecret: process.env.CLIENT_SECRET` with the variable unset) is refused at startup rather than taken for a
    * public client: leave the option out instead.
    */
-  clientSecret?: string | undefined;
+  clientSecret?: string;
   /**
    * Token-endpoint client authentication. It must be one the server advertises, when it publishes metadata.
    * @default `'private_key_jwt'` when `privateKey` is set, `'client_secret_basic'` when `clientSecret` is set, otherwise `'none'`

@@ -341,14 +341,15 @@ export function resolveOptions(input: unknown): ResolvedConfig {
     }
   }
 
-  if (allowInsecureRequests && process.env.NODE_ENV === 'production') warnInsecureRequests(issuer, server, redirectUri);
-
   const httpTimeout = positiveNumber(options.httpTimeout, 'httpTimeout', 5000, 'milliseconds');
   if (httpTimeout < 1) fail('`httpTimeout` must be at least 1 millisecond.');
   const clockTolerance = positiveNumber(options.clockTolerance, 'clockTolerance', 30, 'seconds');
   const refreshSkew = positiveNumber(options.refreshSkew, 'refreshSkew', 60, 'seconds');
   const onError = options.onError ?? logServerErrors;
   if (typeof onError !== 'function') fail('`onError` must be a function: (err, req) => void, called with each error the library answers.');
+
+  // Last, once nothing can fail any more: the warning goes out once per process, not for a configuration that never ran.
+  if (allowInsecureRequests && process.env.NODE_ENV === 'production') warnInsecureRequests(issuer, server, redirectUri);
 
   return Object.freeze({
     issuer,
