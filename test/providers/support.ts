@@ -122,3 +122,18 @@ export async function startStubServer(onToken: (form: URLSearchParams, res: Serv
   });
   return stub;
 }
+
+/** The auth options of an app using {@link startStubServer}'s server, as a plain-OAuth (GitHub-like) client. */
+export function stubClientOptions(stub: Listener, app: AppSlot, redis: Redis): AuthOptions {
+  return {
+    server: { authorizationEndpoint: `${stub.url}/authorize`, tokenEndpoint: `${stub.url}/token` },
+    clientId: 'stub-client',
+    clientSecret: 'stub-secret-not-for-production',
+    clientAuthMethod: 'client_secret_post',
+    redirectUri: app.redirectUri,
+    scope: 'repo read:user',
+    allowInsecureRequests: true,
+    redis,
+    keyPrefix: `test:${randomUUID()}:`,
+  };
+}

@@ -12,7 +12,7 @@ import { AuthError } from '../../lib/index.js';
 import { exchangeError, refreshError, sanitisedCause } from '../../lib/upstream.js';
 import { connectRedis, type Listener } from '../helpers/app.js';
 import { inspectDeep } from '../helpers/security.js';
-import { appSlot, clearSessions, startStubServer, type AppSlot } from './support.js';
+import { appSlot, clearSessions, startStubServer, stubClientOptions, type AppSlot } from './support.js';
 
 /** A token-endpoint answer; `stall` sends the headers and half a body, then nothing; `reset` drops the connection after them. */
 type Answer = { status: number; type: string; body: string } | 'stall' | 'reset';
@@ -77,18 +77,7 @@ beforeAll(async () => {
   redis = connectRedis();
   app.mount(
     redis,
-    {
-      server: { authorizationEndpoint: `${stub.url}/authorize`, tokenEndpoint: `${stub.url}/token` },
-      clientId: 'stub-client',
-      clientSecret: 'stub-secret-not-for-production',
-      clientAuthMethod: 'client_secret_post',
-      redirectUri: app.redirectUri,
-      scope: 'repo read:user',
-      allowInsecureRequests: true,
-      httpTimeout: HTTP_TIMEOUT,
-      redis,
-      keyPrefix: `test:${randomUUID()}:`,
-    },
+    { ...stubClientOptions(stub, app, redis), httpTimeout: HTTP_TIMEOUT },
     (express) => {
       express.get('/whoami', (req, res) => res.json({ isAuthenticated: req.auth.isAuthenticated }));
       // A forced refresh that answers with the AuthError's JSON, plus everything a careless app could print of it.

@@ -1,8 +1,7 @@
-import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, expect, test } from '@jest/globals';
 import type { Redis } from 'ioredis';
 import { connectRedis, type Listener } from '../helpers/app.js';
-import { appSlot, clearSessions, startStubServer, storedSessions, type AppSlot } from './support.js';
+import { appSlot, clearSessions, startStubServer, stubClientOptions, storedSessions, type AppSlot } from './support.js';
 
 /**
  * A server that misbehaves on purpose, the way real plain-OAuth servers do: its authorization endpoint answers at once
@@ -27,17 +26,7 @@ beforeAll(async () => {
   redis = connectRedis();
   app.mount(
     redis,
-    {
-      server: { authorizationEndpoint: `${stub.url}/authorize`, tokenEndpoint: `${stub.url}/token` },
-      clientId: 'stub-client',
-      clientSecret: 'stub-secret-not-for-production',
-      clientAuthMethod: 'client_secret_post',
-      redirectUri: app.redirectUri,
-      scope: 'repo read:user',
-      allowInsecureRequests: true,
-      redis,
-      keyPrefix: `test:${randomUUID()}:`,
-    },
+    { ...stubClientOptions(stub, app, redis) },
     (express) => {
       express.get('/whoami', (req, res) => {
         res.json({ isAuthenticated: req.auth.isAuthenticated, claims: req.auth.claims ?? null, expiresAt: req.auth.tokens?.expiresAt ?? null });

@@ -112,24 +112,34 @@ test('a refresh answered after the login ended (logout) revokes the tokens it go
   expect(server.live.has(revoked[0]!)).toBe(false);
 });
 
+/**
+ * A sibling rotates the login's token while this refresher holds a stale read (their leases overlapped): `refreshToken`
+ * is spent, and the store gets version 2 right after the refresher's read under the lock (its second read), with an
+ * access token already due again, so that the refresher must go on with the sibling's refresh token. `onRead` sees the
+ * number of each read. Returns the sibling's tokens.
+ */
+function siblingRotates(runtime: Runtime, login: LoginState, refreshToken: string, onRead?: (reads: number) => Promise<void>): StoredTokens {
+  server.live.delete(refreshToken);
+  const sibling: StoredTokens = { accessToken: `at-${randomUUID()}`, tokenType: 'Bearer', refreshToken: server.issue(), expiresAt: 1, lifetime: 300 };
+  const read = runtime.tokenStore.read.bind(runtime.tokenStore);
+  let reads = 0;
+  runtime.tokenStore.read = async (id) => {
+    const entry = await read(id);
+    reads++;
+    if (reads === 2) expect(await runtime.tokenStore.write(login.id, { v: 2, tokens: sibling }, 600)).toBe(true);
+    await onRead?.(reads);
+    return entry;
+  };
+  return sibling;
+}
+
 test.each([
   ['400 invalid_grant', { status: 400, body: { error: 'invalid_grant' } }],
   ["GitHub's 200 bad_refresh_token", { status: 200, body: { error: 'bad_refresh_token', error_description: 'The refresh token passed is incorrect or expired.' } }],
 ])('a dead refresh token (%s) is believed only once the store has nothing newer: a sibling may have rotated it', async (_case, answer) => {
   const runtime = server.runtime(redis, `test:${randomUUID()}:`);
   const { login, refreshToken } = await expiredLogin(runtime);
-  // A sibling rotated the token (its lease overlapped this refresher's): the store holds version 2, rt-1 is spent.
-  server.live.delete(refreshToken);
-  // Its access token is already due again, so the refresher must go on with the sibling's refresh token.
-  const sibling: StoredTokens = { accessToken: `at-${randomUUID()}`, tokenType: 'Bearer', refreshToken: server.issue(), expiresAt: 1, lifetime: 300 };
-  // This refresher read version 1 before the sibling's write landed, and reads the store again only after the refusal.
-  const read = runtime.tokenStore.read.bind(runtime.tokenStore);
-  let reads = 0;
-  runtime.tokenStore.read = async (id) => {
-    const entry = await read(id);
-    if (++reads === 2) expect(await runtime.tokenStore.write(login.id, { v: 2, tokens: sibling }, 600)).toBe(true);
-    return entry;
-  };
+  const sibling = siblingRotates(runtime, login, refreshToken);
   server.spentAnswer = answer;
   // Without reuse detection (as at GitHub): the sibling's token still works after the spent one came back.
   server.reuseDetection = false;
@@ -151,19 +161,8 @@ test('before a second refresh token goes out (after a re-read), the lock is rene
   const runtime = server.runtime(redis, keyPrefix);
   const { login, refreshToken } = await expiredLogin(runtime);
   const lockKey = `${keyPrefix}lock:${login.id}`;
-  server.live.delete(refreshToken);
-  const sibling: StoredTokens = { accessToken: `at-${randomUUID()}`, tokenType: 'Bearer', refreshToken: server.issue(), expiresAt: 1, lifetime: 300 };
-  const read = runtime.tokenStore.read.bind(runtime.tokenStore);
-  let reads = 0;
-  runtime.tokenStore.read = async (id) => {
-    const entry = await read(id);
-    reads++;
-    // A sibling's version lands after the read under the lock…
-    if (reads === 2) await runtime.tokenStore.write(login.id, { v: 2, tokens: sibling }, 600);
-    // …and by the re-read that follows the refusal, this refresher's lease has run out and another holder has the lock.
-    if (reads === 3) await redis.set(lockKey, 'another-holder', 'PX', 300);
-    return entry;
-  };
+  // By the re-read that follows the refusal, this refresher's lease has run out and another holder has the lock.
+  siblingRotates(runtime, login, refreshToken, async (reads) => void (reads === 3 && (await redis.set(lockKey, 'another-holder', 'PX', 300))));
   let ownerWhenSent: string | null | undefined;
   server.reuseDetection = false;
   server.beforeAnswer = async () => void (ownerWhenSent = await redis.get(lockKey));
