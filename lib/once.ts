@@ -11,8 +11,11 @@ export type ClaimHolder = 'used' | 'in_progress';
  * two concurrent callbacks can never redeem one code twice.
  */
 export interface OnceRegistry {
-  /** True for the first caller only. A store failure rejects, and leaves the value unclaimed everywhere. */
-  claim(key: string, ttlMs: number): Promise<boolean>;
+  /**
+   * The claim's id (a random string, truthy) for the first caller only, undefined for every other. A store failure
+   * rejects, and leaves the value unclaimed everywhere.
+   */
+  claim(key: string, ttlMs: number): Promise<string | undefined>;
   /**
    * For a claim whose work may fail and be retried by its sender (back-channel logout): marks the work done, so that
    * the value stays used for `ttlMs` more. Until then a claim is only in progress, and lapses with its own TTL (a
@@ -22,10 +25,11 @@ export interface OnceRegistry {
   /** Why a claim was refused: finished work, or work still in progress (or one whose claim could not be read). */
   holder(key: string): Promise<ClaimHolder>;
   /**
-   * Gives a claimed value back (best effort), for a claim whose work failed and that its sender may retry. Never for a
-   * callback `state`: a code is redeemed at most once, whatever happens after.
+   * Gives a claimed value back (best effort), for a claim whose work failed and that its sender may retry: only while
+   * it is still the claim `claimId` names (another claim taken since its TTL ran out, in this process or another,
+   * stays). Never for a callback `state`: a code is redeemed at most once, whatever happens after.
    */
-  release(key: string): Promise<void>;
+  release(key: string, claimId: string): Promise<void>;
 }
 
 const MAX_LOCAL_ENTRIES = 100_000;
@@ -39,7 +43,7 @@ end
 return 0`;
 
 export function createOnceRegistry(config: ResolvedConfig): OnceRegistry {
-  /** `value`: what this process wrote into Redis for its claim (random), so that it gives back only its own. */
+  /** `value`: the claim's id, also what this process wrote into Redis for it, so that a release gives back only it. */
   const local = new Map<string, { until: number; used: boolean; value: string }>();
   const redisKey = (key: string): string => `${config.keyPrefix}once:${key}`;
 
@@ -62,13 +66,13 @@ export function createOnceRegistry(config: ResolvedConfig): OnceRegistry {
   return {
     async claim(key, ttlMs) {
       const value = randomBytes(12).toString('base64url');
-      if (!claimLocally(key, ttlMs, Date.now(), value)) return false;
-      if (config.redis === undefined) return true;
+      if (!claimLocally(key, ttlMs, Date.now(), value)) return undefined;
+      if (config.redis === undefined) return value;
       try {
-        if ((await config.redis.set(redisKey(key), value, 'PX', ttlMs, 'NX')) === 'OK') return true;
+        if ((await config.redis.set(redisKey(key), value, 'PX', ttlMs, 'NX')) === 'OK') return value;
         // Another process holds it. No local mark: if that process gives it back, a retry here must be let through.
         local.delete(key);
-        return false;
+        return undefined;
       } catch (err) {
         // Nobody holds it: the process must not refuse a retry that Redis, once back, would accept.
         local.delete(key);
@@ -87,12 +91,10 @@ export function createOnceRegistry(config: ResolvedConfig): OnceRegistry {
       const value = await config.redis.get(redisKey(key)).catch(() => null);
       return value === USED ? 'used' : 'in_progress';
     },
-    async release(key) {
-      const entry = local.get(key);
-      local.delete(key);
-      if (entry === undefined || entry.used) return;
+    async release(key, claimId) {
+      if (local.get(key)?.value === claimId) local.delete(key);
       // If this fails too, the claim runs out with its TTL.
-      await config.redis?.eval(RELEASE_IF_OWNER, 1, redisKey(key), entry.value).catch(() => undefined);
+      await config.redis?.eval(RELEASE_IF_OWNER, 1, redisKey(key), claimId).catch(() => undefined);
     },
   };
 }

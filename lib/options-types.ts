@@ -266,7 +266,7 @@ export interface AuthOptions {
   refreshSkew?: number;
   /**
    * Called with every error the library answers for itself on its own routes (login, callback, logout, back-channel
-   * logout, or any request when `auth()` is misplaced), just before the answer goes out: the place to log or count
+   * logout, or any request when `auth()` is mounted under a path), just before the answer goes out: the place to log or count
    * them. Messages and `toJSON()` never carry a token; `err.cause` is the underlying error (of token requests, a copy
    * with the token responses taken out). Not called for
    * `requireAuth()`'s 401/403 (the normal way to meet an anonymous user) nor for errors of the app's own routes, which

@@ -200,7 +200,8 @@ function upstreamOf(failure: { error: string; errorDescription?: string }, cause
  * Token-endpoint errors about the client itself (RFC 6749 §5.2), not the code: the app's configuration is wrong, and
  * nothing the user does will help, so they are the server side's failure (502), not a bad request.
  */
-const CLIENT_REFUSED = new Set(['invalid_client', 'unauthorized_client', 'unsupported_grant_type']);
+// GitHub's `incorrect_client_credentials` (sent with HTTP 200) is its invalid_client.
+const CLIENT_REFUSED = new Set(['invalid_client', 'unauthorized_client', 'unsupported_grant_type', 'incorrect_client_credentials']);
 
 function clientRefused(reason: string): string {
   return `The token endpoint refused this client (${reason}): check its credentials, authentication method and registration at the authorization server.`;

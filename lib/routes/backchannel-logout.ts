@@ -100,7 +100,8 @@ export function backchannelLogoutRoute(runtime: Runtime, index: SessionIndex, ve
       const ttlMs = Math.max(1, claims.acceptableUntil - nowSeconds() + 1) * 1000;
       // Held as "in progress" for a lease only, so that a process that dies mid-way does not turn every retry into a
       // replay; finished work keeps the jti for as long as the token could be accepted.
-      if (!(await runtime.once.claim(jtiKey, Math.min(ttlMs, IN_PROGRESS_LEASE_MS)))) {
+      const claimId = await runtime.once.claim(jtiKey, Math.min(ttlMs, IN_PROGRESS_LEASE_MS));
+      if (claimId === undefined) {
         if ((await runtime.once.holder(jtiKey)) === 'used') {
           throw new AuthError(AuthErrorCode.INVALID_LOGOUT_TOKEN, 400, 'The logout token is invalid: its "jti" was already used.');
         }
@@ -116,7 +117,7 @@ export function backchannelLogoutRoute(runtime: Runtime, index: SessionIndex, ve
       } catch (err) {
         // The server retries a logout that failed (§2.8): the retry carries the same token, and must not be taken
         // for a replay while the sessions are still alive.
-        await runtime.once.release(jtiKey);
+        await runtime.once.release(jtiKey, claimId);
         throw storeUnavailable(err, 'The session store failed; the sessions were not all ended.');
       }
       // The sessions are gone, so the logout succeeded and its jti stays used: an index entry left behind by a failure

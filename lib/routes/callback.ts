@@ -45,7 +45,8 @@ function checkIssuer(params: URLSearchParams, metadata: client.ServerMetadata, i
 }
 
 function authorizationResponseError(params: URLSearchParams): AuthError {
-  const error = params.get('error') ?? 'unknown_error';
+  // From the query string: kept short and printable, since the message reaches pages and onError's log lines.
+  const error = (params.get('error') ?? 'unknown_error').replace(/[^\x20-\x7e]/g, '?').slice(0, 100);
   const description = params.get('error_description') ?? undefined;
   const upstream = { error, ...(description === undefined ? {} : { errorDescription: description.slice(0, 500) }) };
   if (error === 'access_denied') {

@@ -163,6 +163,18 @@ describe('GET /callback', () => {
     expect(res.body).not.toMatch(/at .*\.(ts|js):\d+/);
   });
 
+  test('an error code with line breaks or of any length is shown short and printable (it reaches pages and log lines)', async () => {
+    const browser = json(new Browser());
+    const callback = await authorize(browser);
+    callback.searchParams.delete('code');
+    callback.searchParams.set('error', `server_error\r\nforged log line ${'x'.repeat(1_000)}`);
+    const res = await browser.request(callback);
+    expect(res.status).toBe(400);
+    const message = String((JSON.parse(res.body) as { error_description: unknown }).error_description);
+    expect(message).toMatch(/^The authorization server refused the sign-in: server_error\?\?forged log line x+\.$/);
+    expect(message.length).toBeLessThan(200);
+  });
+
   test('a wrong or missing iss is refused before the token endpoint (RFC 9207)', async () => {
     await expectRefusedCallback((u) => u.searchParams.set('iss', 'http://evil.example'), 400, 'invalid_response');
     await expectRefusedCallback((u) => u.searchParams.delete('iss'), 400, 'invalid_response');

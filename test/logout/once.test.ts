@@ -23,31 +23,48 @@ test('giving back a claim that ran out leaves the claim another process took sin
   const keyPrefix = `test:${randomUUID()}:`;
   const [first, second] = [registry(keyPrefix), registry(keyPrefix)];
 
-  expect(await first.claim('logout-jti:a', 150)).toBe(true);
-  expect(await second.claim('logout-jti:a', 60_000)).toBe(false);
+  const mine = await first.claim('logout-jti:a', 150);
+  expect(mine).toEqual(expect.any(String));
+  expect(await second.claim('logout-jti:a', 60_000)).toBeUndefined();
   await sleep(250);
   // The first claim's lease ran out (its process stalled); a retry took the value on the second process.
-  expect(await second.claim('logout-jti:a', 60_000)).toBe(true);
+  const theirs = await second.claim('logout-jti:a', 60_000);
+  expect(theirs).toEqual(expect.any(String));
 
   // The first process's work fails after all, and it gives its claim back: not the second's.
-  await first.release('logout-jti:a');
+  await first.release('logout-jti:a', mine!);
   expect(await redis.exists(`${keyPrefix}once:logout-jti:a`)).toBe(1);
-  expect(await registry(keyPrefix).claim('logout-jti:a', 60_000)).toBe(false);
+  expect(await registry(keyPrefix).claim('logout-jti:a', 60_000)).toBeUndefined();
 
   // The second gives back its own.
-  await second.release('logout-jti:a');
+  await second.release('logout-jti:a', theirs!);
   expect(await redis.exists(`${keyPrefix}once:logout-jti:a`)).toBe(0);
+});
+
+test('in one process too: giving back a claim that ran out leaves the claim of the retry, here and in Redis', async () => {
+  const keyPrefix = `test:${randomUUID()}:`;
+  const process1 = registry(keyPrefix);
+
+  const first = await process1.claim('logout-jti:c', 150);
+  await sleep(250);
+  const retry = await process1.claim('logout-jti:c', 60_000);
+  expect(retry).toEqual(expect.any(String));
+
+  await process1.release('logout-jti:c', first!);
+  expect(await process1.claim('logout-jti:c', 60_000)).toBeUndefined();
+  expect(await registry(keyPrefix).claim('logout-jti:c', 60_000)).toBeUndefined();
 });
 
 test('a finished claim is used, on every process, and is not given back', async () => {
   const keyPrefix = `test:${randomUUID()}:`;
   const [first, second] = [registry(keyPrefix), registry(keyPrefix)];
 
-  expect(await first.claim('logout-jti:b', 60_000)).toBe(true);
+  const claimId = await first.claim('logout-jti:b', 60_000);
+  expect(claimId).toEqual(expect.any(String));
   expect(await second.holder('logout-jti:b')).toBe('in_progress');
   await first.finish('logout-jti:b', 60_000);
-  expect(await second.claim('logout-jti:b', 60_000)).toBe(false);
+  expect(await second.claim('logout-jti:b', 60_000)).toBeUndefined();
   expect(await second.holder('logout-jti:b')).toBe('used');
-  await first.release('logout-jti:b');
+  await first.release('logout-jti:b', claimId!);
   expect(await second.holder('logout-jti:b')).toBe('used');
 });

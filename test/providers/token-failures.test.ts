@@ -154,15 +154,24 @@ describe('refresh', () => {
   });
 
   test('a 200 answer with another error is a refusal that keeps the login: 502 refresh_failed naming the upstream error', async () => {
-    const answer = await refresh(json(200, { error: 'incorrect_client_credentials', error_description: 'The client_id and/or client_secret passed are incorrect.' }));
+    const answer = await refresh(json(200, { error: 'unsupported_token_type', error_description: 'Not this one.' }));
 
     expect(answer.status).toBe(502);
     expect(answer.body).toMatchObject({
       error: 'refresh_failed',
-      error_description: 'The token endpoint refused the refresh: incorrect_client_credentials.',
-      upstream_error: 'incorrect_client_credentials',
-      upstream_error_description: 'The client_id and/or client_secret passed are incorrect.',
+      error_description: 'The token endpoint refused the refresh: unsupported_token_type.',
+      upstream_error: 'unsupported_token_type',
+      upstream_error_description: 'Not this one.',
     });
+    expect(await whoami()).toEqual({ isAuthenticated: true });
+  });
+
+  test("GitHub's wrong-credentials answer (200 incorrect_client_credentials) is the client refused, the login kept", async () => {
+    const answer = await refresh(json(200, { error: 'incorrect_client_credentials', error_description: 'The client_id and/or client_secret passed are incorrect.' }));
+
+    expect(answer.status).toBe(502);
+    expect(answer.body).toMatchObject({ error: 'refresh_failed', upstream_error: 'incorrect_client_credentials' });
+    expect(String(answer.body.error_description)).toMatch(/^The token endpoint refused this client \(incorrect_client_credentials\)/);
     expect(await whoami()).toEqual({ isAuthenticated: true });
   });
 
@@ -259,12 +268,12 @@ describe('code exchange', () => {
     expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toBe('The token endpoint failed (HTTP 429).');
   });
 
-  test('invalid_client sent with HTTP 200 is the client refused (502), as with its own status', async () => {
-    const result = await exchange(json(200, { error: 'invalid_client' }));
+  test.each(['invalid_client', 'incorrect_client_credentials'])('%s sent with HTTP 200 is the client refused (502), as with its own status', async (error) => {
+    const result = await exchange(json(200, { error }));
 
     expect(result.status).toBe(502);
     expect(result.body).toContain('<code>token_exchange_failed</code>');
-    expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toMatch(/^The token endpoint refused this client \(invalid_client\)/);
+    expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toMatch(new RegExp(`^The token endpoint refused this client \\(${error}\\)`));
   });
 
   test('an ID token whose payload is not JSON is invalid_id_token, without quoting the payload', async () => {
