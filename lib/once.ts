@@ -6,7 +6,7 @@ import { storeUnavailable } from './store-errors.js';
 export type ClaimHolder = 'used' | 'in_progress';
 
 /**
- * Marks a value as used, exactly once: `claim(key)` is true for the first caller only. Inside a process a map
+ * Marks a value as used, exactly once: `claim(key)` gives an id to the first caller only. Inside a process a map
  * answers; with `redis` a `SET NX PX` makes it hold across processes. Used for callback `state` values so that
  * two concurrent callbacks can never redeem one code twice.
  */
@@ -35,8 +35,11 @@ export interface OnceRegistry {
 const MAX_LOCAL_ENTRIES = 100_000;
 const USED = 'used';
 
-// Deletes a claim only while it is still this caller's: after its TTL ran out, another claimer's must survive.
-const RELEASE_IF_OWNER = `
+/**
+ * Deletes KEYS[1] only while it holds ARGV[1] (a claim's id, a lock's owner): after its TTL ran out, what another caller
+ * wrote there since must survive.
+ */
+export const DELETE_IF_VALUE = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -44,22 +47,22 @@ return 0`;
 
 export function createOnceRegistry(config: ResolvedConfig): OnceRegistry {
   /** `value`: the claim's id, also what this process wrote into Redis for it, so that a release gives back only it. */
-  const local = new Map<string, { until: number; used: boolean; value: string }>();
+  const local = new Map<string, { until: number; value: string }>();
   const redisKey = (key: string): string => `${config.keyPrefix}once:${key}`;
 
-  function remember(key: string, ttlMs: number, used: boolean, now: number, value: string): void {
+  function remember(key: string, ttlMs: number, now: number, value: string): void {
     if (local.size >= MAX_LOCAL_ENTRIES && !local.has(key)) {
       for (const [k, entry] of local) if (entry.until <= now) local.delete(k);
       // Still full of live entries: forget the oldest; Redis (when configured) still guards across processes.
       if (local.size >= MAX_LOCAL_ENTRIES) local.delete(local.keys().next().value as string);
     }
-    local.set(key, { until: now + ttlMs, used, value });
+    local.set(key, { until: now + ttlMs, value });
   }
 
   function claimLocally(key: string, ttlMs: number, now: number, value: string): boolean {
     const entry = local.get(key);
     if (entry !== undefined && entry.until > now) return false;
-    remember(key, ttlMs, false, now, value);
+    remember(key, ttlMs, now, value);
     return true;
   }
 
@@ -80,12 +83,12 @@ export function createOnceRegistry(config: ResolvedConfig): OnceRegistry {
       }
     },
     async finish(key, ttlMs) {
-      remember(key, ttlMs, true, Date.now(), USED);
+      remember(key, ttlMs, Date.now(), USED);
       await config.redis?.set(redisKey(key), USED, 'PX', ttlMs).catch(() => undefined);
     },
     async holder(key) {
       const entry = local.get(key);
-      if (entry?.used === true && entry.until > Date.now()) return 'used';
+      if (entry?.value === USED && entry.until > Date.now()) return 'used';
       if (config.redis === undefined) return 'in_progress';
       // Unreadable, or gone since the claim was refused: the sender's next retry finds out.
       const value = await config.redis.get(redisKey(key)).catch(() => null);
@@ -94,7 +97,7 @@ export function createOnceRegistry(config: ResolvedConfig): OnceRegistry {
     async release(key, claimId) {
       if (local.get(key)?.value === claimId) local.delete(key);
       // If this fails too, the claim runs out with its TTL.
-      await config.redis?.eval(RELEASE_IF_OWNER, 1, redisKey(key), claimId).catch(() => undefined);
+      await config.redis?.eval(DELETE_IF_VALUE, 1, redisKey(key), claimId).catch(() => undefined);
     },
   };
 }

@@ -11,6 +11,7 @@ import type { StoreEntry, TokenRecord } from './token-store.js';
 import { isExpired, toStoredTokens, unpackTokens, type StoredTokens } from './tokens.js';
 import { revokeTokens } from './revocation.js';
 import { isDeadRefreshToken, refreshError } from './upstream.js';
+import { DELETE_IF_VALUE } from './once.js';
 import { storeUnavailable } from './store-errors.js';
 
 /** What the refresher needs from the runtime (everything but itself). */
@@ -103,13 +104,6 @@ interface Lock {
   readonly owner: string;
 }
 
-// Deletes the lock only while it is still ours: after a lease ran out, another holder's lock must survive.
-const RELEASE_IF_OWNER = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0`;
-
 // Extends the lease only while the lock is still ours.
 const RENEW_IF_OWNER = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -145,7 +139,7 @@ function createLocks(config: ResolvedConfig, lease: number) {
     async release(lock: Lock): Promise<void> {
       if (redis === undefined) return;
       // A failed release is harmless: the lease ends the lock anyway.
-      await redis.eval(RELEASE_IF_OWNER, 1, lock.key, lock.owner).catch(() => undefined);
+      await redis.eval(DELETE_IF_VALUE, 1, lock.key, lock.owner).catch(() => undefined);
     },
   };
 }
