@@ -118,10 +118,8 @@ export function sanitisedCause(err: unknown, secrets: ReadonlyArray<string | und
 type TokenFailure =
   | { kind: 'timeout' }
   | { kind: 'network' }
-  /** An OAuth error response (RFC 6749 §5.2), redacted. */
+  /** An OAuth error response (RFC 6749 §5.2), redacted; `status` 200 for one sent with HTTP 200 instead (GitHub). */
   | { kind: 'refused'; status: number; error: string; errorDescription?: string }
-  /** An OAuth error sent with HTTP 200 instead (GitHub), redacted and truncated. */
-  | { kind: 'refused_with_200'; error: string; errorDescription?: string }
   /** A 401 challenge without an error code: the token endpoint did not accept the client's authentication. */
   | { kind: 'client_authentication'; status: number }
   /** The ID token in the response failed validation. */
@@ -172,7 +170,7 @@ function classifyTokenFailure(err: unknown, secrets: ReadonlyArray<string | unde
     if (upstream !== undefined) {
       const error = redact(upstream.error).slice(0, 100);
       const errorDescription = upstream.errorDescription === undefined ? undefined : redact(upstream.errorDescription).slice(0, 500);
-      return { kind: 'refused_with_200', error, ...(errorDescription === undefined ? {} : { errorDescription }) };
+      return { kind: 'refused', status: 200, error, ...(errorDescription === undefined ? {} : { errorDescription }) };
     }
     // A non-OAuth error answer: oauth4webapi calls a 5xx not conform, a 4xx (429) without a JSON body not JSON.
     const status = (err as { cause?: { status?: unknown } }).cause?.status;
@@ -235,15 +233,12 @@ export function exchangeError(err: unknown, secrets: ReadonlyArray<string | unde
       if (refusesClient(failure.status, failure.error)) {
         return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 502, clientRefused(failure.error), upstreamOf(failure, cause));
       }
-      return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token endpoint refused the authorization code: ${failure.error}.`, upstreamOf(failure, cause));
-    case 'refused_with_200':
-      if (refusesClient(200, failure.error)) {
-        return new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 502, clientRefused(failure.error), upstreamOf(failure, cause));
-      }
       return new AuthError(
         AuthErrorCode.TOKEN_EXCHANGE_FAILED,
         400,
-        `The token response was refused: the token endpoint answered with error ${failure.error}.`,
+        failure.status === 200
+          ? `The token response was refused: the token endpoint answered with error ${failure.error}.`
+          : `The token endpoint refused the authorization code: ${failure.error}.`,
         upstreamOf(failure, cause),
       );
     case 'client_authentication':
@@ -288,7 +283,7 @@ function errorInBody(err: unknown): { error: string; errorDescription?: string }
 /**
  * A 2xx token response that is not what RFC 6749 §5.1 describes: not a JSON object, no `access_token`, no
  * `token_type`, or a `token_type` other than Bearer (RFC 6750) or DPoP (RFC 9449). openid-client refuses all of these;
- * this names the problem. (An OAuth error sent with HTTP 200 is classified before, as `refused_with_200`.)
+ * this names the problem. (An OAuth error sent with HTTP 200 is classified before, as refused with status 200.)
  */
 function tokenResponseShapeError(err: unknown, cause: Error | undefined): AuthError | undefined {
   const refused = (why: string) => new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, `The token response was refused: ${why}.`, { cause });
@@ -330,7 +325,8 @@ export function isDeadRefreshToken(error: string | undefined): boolean {
 }
 
 /** A refresh the token endpoint answered with an OAuth error, with HTTP `status` (200 for servers that answer so). */
-function refreshRefused(status: number, failure: { error: string; errorDescription?: string }, cause: Error | undefined): AuthError {
+function refreshRefused(failure: { status: number; error: string; errorDescription?: string }, cause: Error | undefined): AuthError {
+  const { status } = failure;
   const upstream = upstreamOf(failure, cause);
   if (isTransient(status)) {
     return new AuthError(AuthErrorCode.REFRESH_FAILED, 503, `The token endpoint failed to refresh the tokens (HTTP ${status}); try again.`, upstream);
@@ -362,9 +358,7 @@ export function refreshError(err: unknown, secrets: ReadonlyArray<string | undef
     case 'network':
       return retry('The token endpoint could not be reached to refresh the tokens');
     case 'refused':
-      return refreshRefused(failure.status, failure, cause);
-    case 'refused_with_200':
-      return refreshRefused(200, failure, cause);
+      return refreshRefused(failure, cause);
     case 'client_authentication':
       return new AuthError(AuthErrorCode.REFRESH_FAILED, 502, clientRefused(`HTTP ${failure.status}`), { cause });
     case 'id_token':
