@@ -125,13 +125,15 @@ function createLocks(config: ResolvedConfig, lease: number) {
       }
     },
     /**
-     * A full lease from now, if the lock is still ours: false when it ran out (a stalled process, a slow Redis) and
-     * another holder may already have rotated the refresh token this one was about to send.
+     * A full lease from now, if the lock is still ours: when it now ends (ms since the epoch), or undefined when it ran
+     * out (a stalled process, a slow Redis) and another holder may already have rotated the refresh token this one was
+     * about to send.
      */
-    async renew(lock: Lock): Promise<boolean> {
-      if (redis === undefined) return true;
+    async renew(lock: Lock): Promise<number | undefined> {
+      const until = Date.now() + lease;
+      if (redis === undefined) return until;
       try {
-        return Number(await redis.eval(RENEW_IF_OWNER, 1, lock.key, lock.owner, String(lease))) === 1;
+        return Number(await redis.eval(RENEW_IF_OWNER, 1, lock.key, lock.owner, String(lease))) === 1 ? until : undefined;
       } catch (err) {
         throw storeUnavailable(err);
       }
@@ -194,7 +196,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
     ttlSeconds: number,
     rereadAllowed: boolean,
     lockedUntil: number,
-    renew: () => Promise<boolean>,
+    renew: () => Promise<number | undefined>,
   ): Promise<TokenRecord> {
     const refreshToken = record.tokens.refreshToken;
     if (refreshToken === undefined) {
@@ -214,8 +216,8 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         if (again.v > record.v) {
           if (!needsRefresh(again.tokens, config.refreshSkew)) return again;
           // Another refresh token is about to go out: the lock must still be ours, for a whole lease, as for the first.
-          const renewedUntil = Date.now() + lease;
-          if (!(await renew())) throw new LockLost();
+          const renewedUntil = await renew();
+          if (renewedUntil === undefined) throw new LockLost();
           return refreshUnderLock(login, again, ttlSeconds, false, renewedUntil, renew);
         }
       }
@@ -316,9 +318,10 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         if (settled(current, force, seen)) return current;
         // Nothing bounds the time spent since the lock was taken (Redis round trips, a stalled event loop): make sure it
         // is still ours, for a whole lease, before its refresh token goes out. Lost: another holder may be refreshing.
-        const lockedUntil = Date.now() + lease;
-        if (!(await locks.renew(lock))) continue;
-        return await refreshUnderLock(login, current, ttlSeconds, true, lockedUntil, () => locks.renew(lock));
+        const renew = () => locks.renew(lock);
+        const lockedUntil = await renew();
+        if (lockedUntil === undefined) continue;
+        return await refreshUnderLock(login, current, ttlSeconds, true, lockedUntil, renew);
       } catch (err) {
         if (err instanceof LockLost) continue;
         throw err;
