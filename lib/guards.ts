@@ -2,7 +2,7 @@ import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { RequestAuth, type IdTokenClaims } from './context.js';
 import { AuthError, AuthErrorCode } from './errors.js';
 import { MAX_QUERY_LENGTH } from './query.js';
-import { prefersHtml, sendError } from './respond.js';
+import { isThenable, prefersHtml, sendError } from './respond.js';
 import { MAX_RETURN_TO_LENGTH } from './return-to.js';
 
 /**
@@ -67,7 +67,7 @@ export function requireAuth(check?: AuthCheck): RequestHandler {
     };
     const verdict: unknown = check(context.claims, req);
     // Any thenable is awaited, never taken as a truthy "allowed".
-    if (typeof (verdict as { then?: unknown } | null)?.then === 'function') Promise.resolve(verdict).then(decide, next);
+    if (isThenable(verdict)) Promise.resolve(verdict).then(decide, next);
     else decide(verdict);
   };
 }

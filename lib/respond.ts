@@ -41,8 +41,13 @@ export function reportError(onError: (err: AuthError, req: Request) => void, err
   try {
     const result: unknown = onError(err, req);
     // An async hook (a remote logger that is down) must not become an unhandled rejection, which ends the process.
-    if (typeof (result as { then?: unknown } | null)?.then === 'function') (result as PromiseLike<unknown>).then(undefined, () => undefined);
+    if (isThenable(result)) result.then(undefined, () => undefined);
   } catch {
     // A logging hook must not turn a clean error answer into a crash.
   }
+}
+
+/** Any promise-like value (a native promise, or another library's thenable), as a hook or a check may return. */
+export function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return typeof (value as { then?: unknown } | null)?.then === 'function';
 }
