@@ -268,8 +268,10 @@ export interface AppProcess {
 
 const APP_PROCESS = fileURLToPath(new URL('./fixtures/app-process.ts', import.meta.url));
 
-export async function spawnAppProcess(stack: Stack): Promise<AppProcess> {
-  const { redis: _redis, ...auth } = stack.authOptions;
+/** An app process on the stack's Redis and provider; `overrides` change its auth() options (e.g. `httpTimeout`). */
+export async function spawnAppProcess(stack: Stack, overrides: Omit<Partial<AuthOptions>, 'redis'> = {}): Promise<AppProcess> {
+  const { redis: _redis, ...stackAuth } = stack.authOptions;
+  const auth = { ...stackAuth, ...overrides };
   const config: { redisUrl: string; sessionPrefix: string; auth: Omit<AuthOptions, 'redis'> } = {
     redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
     sessionPrefix: stack.sessionPrefix,
