@@ -25,7 +25,20 @@ export interface SessionIndex {
    * whether they belong to it: ended rather than left alive).
    */
   find(subject: LogoutSubject): Promise<string[]>;
+  /**
+   * Marks session ids that a back-channel logout found in the index but not (yet) in the session store: a login whose
+   * callback indexed it and had not saved it yet. The callback checks the mark once its save is done.
+   */
+  markEnded(sessionIds: readonly string[]): Promise<void>;
+  /** Whether a back-channel logout marked this session id (see {@link SessionIndex.markEnded}). */
+  wasEnded(sessionId: string): Promise<boolean>;
 }
+
+/**
+ * How long a mark lives. It only has to outlast one callback's session save (between its index write and its check);
+ * session ids are never reused, so a mark that outlives that harms nothing.
+ */
+const ENDED_MARK_TTL_SECONDS = 600;
 
 /** The `sid`/`sub` of validated ID-token claims; non-strings are ignored (they cannot come from a valid ID token). */
 export function subjectOf(claims: Record<string, unknown> | undefined): LogoutSubject {
@@ -72,6 +85,12 @@ export function createSessionIndex(redis: Redis | Cluster, keyPrefix: string): S
       const ofUser = new Set(bySub);
       return [...new Set([...bySid.filter((id) => ofUser.has(id)), ...withoutSid])];
     },
+    async markEnded(sessionIds) {
+      await Promise.all(sessionIds.map((id) => redis.set(`${keyPrefix}logout:ended:${hashed(id)}`, '1', 'EX', ENDED_MARK_TTL_SECONDS)));
+    },
+    async wasEnded(sessionId) {
+      return (await redis.exists(`${keyPrefix}logout:ended:${hashed(sessionId)}`)) === 1;
+    },
   };
 }
 
@@ -81,15 +100,15 @@ function failedReply(replies: Array<[Error | null, unknown]> | null): void {
 }
 
 /**
- * Indexes the login just written to `session` (at the callback, after the session id was rotated). When Redis
- * fails, the login is removed again before the error leaves: a login that back-channel logout could not find must
- * not exist.
+ * Indexes the login just written to `session` (at the callback, after the session id was rotated), and says whether it
+ * did. When Redis fails, the login is removed again before the error leaves: a login that back-channel logout could
+ * not find must not exist.
  */
-export async function indexLogin(index: SessionIndex | undefined, config: ResolvedConfig, session: SessionWithState): Promise<void> {
+export async function indexLogin(index: SessionIndex | undefined, config: ResolvedConfig, session: SessionWithState): Promise<boolean> {
   const state = writableState(session);
-  if (index === undefined || state.login === undefined) return;
+  if (index === undefined || state.login === undefined) return false;
   const subject = subjectOf(state.login.claims);
-  if (subject.sid === undefined && subject.sub === undefined) return;
+  if (subject.sid === undefined && subject.sub === undefined) return false;
   const cookieTtl = typeof session.cookie.originalMaxAge === 'number' ? Math.ceil(session.cookie.originalMaxAge / 1000) : 0;
   try {
     await index.add(session.id, subject, Math.max(config.sessionIndexTtl, cookieTtl));
@@ -97,4 +116,5 @@ export async function indexLogin(index: SessionIndex | undefined, config: Resolv
     delete state.login;
     throw storeUnavailable(err, 'Redis is unavailable; the sign-in was not completed. Try again.');
   }
+  return true;
 }

@@ -50,6 +50,14 @@ export const FINAL_VERSION = Number.MAX_SAFE_INTEGER;
 export const DEFAULT_SESSION_TTL_SECONDS = 86_400;
 
 /**
+ * How long a back-channel logout's tombstone lasts: as long as the index that let it find the login (a session of
+ * that login could live that long), and at least connect-redis's default session TTL.
+ */
+export function backchannelEndTtl(config: ResolvedConfig): number {
+  return Math.max(config.sessionIndexTtl, DEFAULT_SESSION_TTL_SECONDS);
+}
+
+/**
  * How long the request's session will live in its store once this request saves or touches it, in seconds: what
  * connect-redis computes then (its `ttl` option when it is a function, else the cookie's expiry, else its `ttl` number,
  * else one day). Token-store keys get this TTL, so they never outlive the session they belong to, nor die long before.

@@ -8,7 +8,7 @@ import type { Runtime } from '../runtime.js';
 import { SESSION_KEY, type OAuthSessionState } from '../session.js';
 import { storeUnavailable } from '../store-errors.js';
 import type { SessionIndex } from '../session-index.js';
-import { DEFAULT_SESSION_TTL_SECONDS } from '../token-store.js';
+import { backchannelEndTtl } from '../token-store.js';
 import { nowSeconds } from '../tokens.js';
 import { sanitisedCause } from '../upstream.js';
 
@@ -72,12 +72,14 @@ function loginIdInStore(store: Store, id: string): Promise<string | undefined> {
 /**
  * Ends the logins of these sessions in the token store too (a tombstone, not a deletion): their refresh tokens are
  * gone, and a copy of a session that a request in flight saves back after the logout can never be refreshed.
+ * A session the index names but the store does not hold may be a login whose callback has not saved it yet: it is
+ * marked, and that callback ends it once its save is done (the destroy below may come before the save).
  */
-async function endLogins(runtime: Runtime, store: Store, ids: readonly string[]): Promise<void> {
+async function endLogins(runtime: Runtime, index: SessionIndex, store: Store, ids: readonly string[]): Promise<void> {
   const loginIds = await Promise.all(ids.map((id) => loginIdInStore(store, id)));
-  const ttl = Math.max(runtime.config.sessionIndexTtl, DEFAULT_SESSION_TTL_SECONDS);
+  await index.markEnded(ids.filter((_id, i) => loginIds[i] === undefined));
   await Promise.all(
-    loginIds.filter((id): id is string => id !== undefined).map((id) => runtime.tokenStore.end(id, ttl)),
+    loginIds.filter((id): id is string => id !== undefined).map((id) => runtime.tokenStore.end(id, backchannelEndTtl(runtime.config))),
   );
 }
 
@@ -112,7 +114,7 @@ export function backchannelLogoutRoute(runtime: Runtime, index: SessionIndex, ve
       let ids: string[];
       try {
         ids = await index.find(claims);
-        await endLogins(runtime, req.sessionStore, ids);
+        await endLogins(runtime, index, req.sessionStore, ids);
         await Promise.all(ids.map((id) => destroyInStore(req.sessionStore, id)));
       } catch (err) {
         // The server retries a logout that failed (§2.8): the retry carries the same token, and must not be taken

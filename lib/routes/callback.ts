@@ -7,9 +7,10 @@ import { checkSignature } from '../keys.js';
 import { rawQuery, strictQuery } from '../query.js';
 import { setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
-import { readState, regenerateSession, requireSession, saveSession, writableState, type LoginState } from '../session.js';
-import { indexLogin } from '../session-index.js';
-import { sessionTtlSeconds } from '../token-store.js';
+import { destroySession, readState, regenerateSession, requireSession, saveSession, writableState, type LoginState, type SessionWithState } from '../session.js';
+import { indexLogin, type SessionIndex } from '../session-index.js';
+import { storeUnavailable } from '../store-errors.js';
+import { backchannelEndTtl, sessionTtlSeconds } from '../token-store.js';
 import { sessionCopy, toStoredTokens } from '../tokens.js';
 import { TRANSACTION_TTL_MS, takeTransaction } from '../transaction.js';
 import { exchangeError } from '../upstream.js';
@@ -142,8 +143,28 @@ export function callbackRoute(runtime: Runtime) {
     // Version 1 in the token store before the session can name it; a Redis failure leaves no login behind.
     await runtime.tokenStore.create(login, tokens, sessionTtlSeconds(req));
     state.login = login;
-    await indexLogin(runtime.sessionIndex, config, session);
+    const indexed = await indexLogin(runtime.sessionIndex, config, session);
     await saveSession(session);
+    if (indexed && runtime.sessionIndex !== undefined) await refuseIfLoggedOutMeanwhile(runtime, runtime.sessionIndex, session, login);
     res.redirect(302, transaction.returnTo);
   };
+}
+
+/**
+ * A back-channel logout that found this login in the index before its session was saved could not end it (there was
+ * nothing in the store to destroy yet) and marked the session id instead: the login ends here, after the save, so that
+ * whichever of the two came first, the login does not outlive the logout. Fails closed when Redis cannot say.
+ */
+async function refuseIfLoggedOutMeanwhile(runtime: Runtime, index: SessionIndex, session: SessionWithState, login: LoginState): Promise<void> {
+  let ended: boolean;
+  try {
+    ended = await index.wasEnded(session.id);
+  } catch (err) {
+    await destroySession(session).catch(() => undefined);
+    throw storeUnavailable(err, 'Redis is unavailable; the sign-in was not completed. Try again.');
+  }
+  if (!ended) return;
+  await runtime.tokenStore.end(login.id, backchannelEndTtl(runtime.config)).catch(() => undefined);
+  await destroySession(session);
+  throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The authorization server ended this sign-in (logout) while it was completing; sign in again.');
 }

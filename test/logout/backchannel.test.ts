@@ -1,5 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { RedisStore } from 'connect-redis';
+import type { SessionData } from 'express-session';
 import type { Redis } from 'ioredis';
 import type { AuthOptions } from '../../lib/index.js';
 import { buildApp, CLIENT_ID, CLIENT_SECRET, connectRedis, listen, sessionCookie, type Listener } from '../helpers/app.js';
@@ -23,8 +25,23 @@ let provider: TestProvider;
 let appA: Listener;
 let appB: AppProcess;
 let redis: Redis;
+let storeA: PausingStore;
 const sessionPrefix = `test:${randomUUID()}:sess:`;
 const keyPrefix = `test:${randomUUID()}:`;
+
+/** A's session store, which can run a hook just before a login's session is first written (between index and save). */
+class PausingStore extends RedisStore {
+  beforeLoginSave: ((sessionId: string, session: SessionData) => Promise<void>) | undefined;
+
+  override async set(sid: string, sess: SessionData, cb?: (err?: unknown) => void): Promise<unknown> {
+    const hook = this.beforeLoginSave;
+    if (hook !== undefined && (sess as { oauth?: { login?: unknown } }).oauth?.login !== undefined) {
+      this.beforeLoginSave = undefined;
+      await hook(sid, sess);
+    }
+    return super.set(sid, sess, cb);
+  }
+}
 
 beforeAll(async () => {
   appA = await listen();
@@ -53,7 +70,8 @@ beforeAll(async () => {
     scope: 'openid email',
     keyPrefix,
   };
-  appA.handle(buildApp({ redis, sessionPrefix, auth: { ...shared, redirectUri: `${appA.url}/callback`, redis } }));
+  storeA = new PausingStore({ client: redis, prefix: sessionPrefix });
+  appA.handle(buildApp({ redis, sessionPrefix, session: { store: storeA }, auth: { ...shared, redirectUri: `${appA.url}/callback`, redis } }));
   await appB.start({ sessionPrefix, auth: { ...shared, redirectUri: `${appB.url}/callback` } });
 }, 30_000);
 
@@ -137,6 +155,57 @@ describe('back-channel logout across two app processes', () => {
     const carolIds = [first, second].map((b) => sessionIdOf(cookieOf(b)));
     expect(members.flat()).not.toEqual(expect.arrayContaining([carolIds[0]]));
     expect(members.flat()).not.toEqual(expect.arrayContaining([carolIds[1]]));
+  });
+
+  test('a logout arriving after the callback indexed a login but before it saved the session ends that login', async () => {
+    let loginId: string | undefined;
+    let logoutStatus: number | undefined;
+    // The provider's logout reaches the other process while this one's callback has indexed the login and not yet
+    // written its session: there is nothing in the store to destroy yet.
+    storeA.beforeLoginSave = async (_sessionId, saved) => {
+      const login = (saved as unknown as { oauth: { login: { id: string; claims: { sid: string; sub: string } } } }).oauth.login;
+      loginId = login.id;
+      const token = await signLogoutToken(provider, logoutClaims(provider.issuer, { sid: login.claims.sid, sub: login.claims.sub }));
+      logoutStatus = (await sendLogoutToken(appB.url, token)).status;
+    };
+    const browser = new Browser();
+
+    const result = await browser.login(`${appA.url}/login?returnTo=/me`, { login: 'frank' });
+
+    expect(storeA.beforeLoginSave).toBeUndefined();
+    expect(logoutStatus).toBe(200);
+    expect(result.status).toBe(401);
+    expect(result.body).toContain('login_required');
+    expect((await me(browser, appA.url)).status).toBe(401);
+    expect((await me(browser, appB.url)).status).toBe(401);
+    // Ended in the token store as well: a copy of that session could never be refreshed.
+    expect(JSON.parse((await redis.get(`${keyPrefix}tokens:${String(loginId)}`)) ?? 'null')).toEqual({ v: Number.MAX_SAFE_INTEGER, ended: true });
+    // A login that no logout overtakes is unaffected.
+    const later = await loginVia(appA.url, 'frank');
+    expect((await me(later, appB.url)).status).toBe(200);
+  });
+
+  test('when Redis cannot say whether a logout overtook the login, the login is not completed and its session is gone', async () => {
+    let sessionId: string | undefined;
+    storeA.beforeLoginSave = async (id) => {
+      sessionId = id;
+      // Redis fails for the callback's check only (after its save): the one failure that this check adds.
+      redis.exists = (async () => {
+        throw new Error('Connection is closed.');
+      }) as unknown as Redis['exists'];
+    };
+    const browser = new Browser();
+    let result: Awaited<ReturnType<Browser['login']>>;
+    try {
+      result = await browser.login(`${appA.url}/login?returnTo=/me`, { login: 'grace' });
+    } finally {
+      delete (redis as { exists?: unknown }).exists;
+    }
+
+    expect(result.status).toBe(503);
+    expect(result.body).toContain('session_unavailable');
+    expect(await redis.exists(`${sessionPrefix}${String(sessionId)}`)).toBe(0);
+    expect((await me(browser, appA.url)).status).toBe(401);
   });
 
   test('a logout token with sid and sub ends only the sessions indexed under both', async () => {
