@@ -26,7 +26,7 @@ function mountedUnderPath(baseUrl: string): AuthError {
  * sub-app mounted under a path: every request under such a mount gets 500 `misconfigured`), after express-session.
  *
  * Routes: `GET /login`, `GET <path of redirectUri>`, `POST /logout`; with `idpLogout`, `GET /logout/callback`; with
- * `redis`, `POST /backchannel-logout`. Every request gets `req.auth`.
+ * `redis` and an `openid` scope, `POST /backchannel-logout`. Every request gets `req.auth`.
  * Options are validated here, once: a mistake throws a `TypeError` at startup. An insecure express-session setup
  * (`saveUninitialized: true`; in production a cookie without `Secure`, or the MemoryStore; …) is reported once per
  * process through `process.emitWarning` (type `ExpressOAuthPkceWarning`) as soon as requests show it.
@@ -39,7 +39,10 @@ function mountedUnderPath(baseUrl: string): AuthError {
  * import { auth, requireAuth } from 'express-oauth-pkce';
  *
  * const redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
- * app.use(session({ store: new RedisStore({ client: redis }), secret, resave: false, saveUninitialized: false }));
+ * app.use(session({
+ *   store: new RedisStore({ client: redis }), secret, resave: false, saveUninitialized: false,
+ *   cookie: { secure: 'auto', sameSite: 'lax', httpOnly: true },
+ * }));
  * app.use(auth({ issuer: 'https://idp.example.com', clientId: 'app', clientSecret, redirectUri: 'https://app.example.com/callback', redis }));
  * app.get('/me', requireAuth(), (req, res) => res.json(req.auth.claims));
  * ```

@@ -86,7 +86,10 @@ export interface AuthErrorOptions {
 }
 
 /**
- * The only error type this library throws or passes to `next()`.
+ * The error type of everything that goes wrong at run time: what the library's routes answer with, what `req.auth`'s
+ * methods reject with, what `requireAuth()` passes to `next()`. (Startup mistakes in `auth()`/`requireAuth()` options
+ * are `TypeError`s; errors that are not the library's, such as those of the app's body parser or of a `requireAuth()`
+ * check, pass through unchanged.)
  *
  * `code` is stable and `status` is the HTTP status to answer with. Messages never contain tokens,
  * codes, verifiers or secrets, and `JSON.stringify(err)` gives only `code`, `status`, `message` and the

@@ -26,9 +26,10 @@ function loginUrl(loginPath: string, originalUrl: string): string {
 export type AuthCheck = (claims: IdTokenClaims | undefined, req: Request) => boolean | Promise<boolean>;
 
 /**
- * Guards a route. A logged-in request passes. Otherwise a browser `GET` is redirected (302) to the login route with
- * `returnTo` set to the original URL, and any other request gets 401 `{ "error": "unauthorized" }`. With `check`, a
- * logged-in user who fails it gets 403 `forbidden`, never a login loop.
+ * Guards a route. A logged-in request passes. Otherwise a browser `GET` or `HEAD` (one that prefers `text/html`) is
+ * redirected (302) to the login route with `returnTo` set to the original URL, and any other request gets 401
+ * `unauthorized` (JSON `{ error, error_description, status }`, or the HTML error page when it prefers `text/html`).
+ * With `check`, a logged-in user who fails it gets 403 `forbidden`, never a login loop.
  *
  * @example
  * ```ts

@@ -137,7 +137,8 @@ export interface AuthOptions {
    */
   clientSecret?: string;
   /**
-   * Token-endpoint client authentication. It must be one the server advertises, when it publishes metadata.
+   * Token-endpoint client authentication. It must be one the server advertises, when it publishes metadata (`'none'`
+   * is not checked: servers that accept public clients often leave it out).
    * @default `'private_key_jwt'` when `privateKey` is set, `'client_secret_basic'` when `clientSecret` is set, otherwise `'none'`
    */
   clientAuthMethod?: ClientAuthMethod;
@@ -265,8 +266,9 @@ export interface AuthOptions {
    */
   refreshSkew?: number;
   /**
-   * Called with every error the library answers for itself on its own routes (login, callback, logout, back-channel
-   * logout, or any request when `auth()` is mounted under a path), just before the answer goes out: the place to log or count
+   * Called with every error the library answers for itself on its own routes (login, callback, logout, the
+   * post-logout return, back-channel logout; on any request when `auth()` is mounted under a path or express-session is
+   * missing), just before the answer goes out: the place to log or count
    * them. Messages and `toJSON()` never carry a token; `err.cause` is the underlying error (of token requests, a copy
    * with the token responses taken out). Not called for
    * `requireAuth()`'s 401/403 (the normal way to meet an anonymous user) nor for errors of the app's own routes, which
