@@ -99,11 +99,17 @@ test('a lock holder killed mid-refresh is taken over after the lease, with one r
   await doomed;
   stub.mode = 'pass';
   // The dead holder's lock is still there: the survivor can only get it once the lease runs out.
-  expect(await stack.redis.pttl(lock)).toBeGreaterThan(500);
+  const asked = Date.now();
+  const remaining = await stack.redis.pttl(lock);
+  expect(remaining).toBeGreaterThan(500);
+  // Redis computed `remaining` after `asked`: the lease ends at `asked + remaining` or later (same machine, same clock).
+  const leaseEnd = asked + remaining;
 
   const survivor = await getJson(browser, `${second.url}/api/token`);
 
   expect(survivor.status).toBe(200);
+  // It waited the lease out: its refresh reached the server only after the dead holder's lease ended.
+  expect(stub.lastPostAt).toBeGreaterThanOrEqual(leaseEnd - 2);
   expect(survivor.body.accessToken).not.toBe(before.tokens.accessToken);
   expect(refreshGrants(stack.provider) - grants).toBe(1);
   expect(stack.provider.count('grant.revoked')).toBe(revoked);

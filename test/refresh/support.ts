@@ -62,6 +62,8 @@ export interface TokenStub {
   mode: StubMode;
   /** POSTs to /token seen so far, whatever the mode. */
   posts: number;
+  /** `Date.now()` when the last POST to /token arrived (0 before any). */
+  lastPostAt: number;
   /** Resolves when the next request is held in `hang` mode, or granted and held in `hold` mode. */
   nextHang(): Promise<void>;
   /** Sends the answers held in `hold` mode. */
@@ -83,6 +85,7 @@ export function installTokenStub(tp: TestProvider): TokenStub {
   const stub: TokenStub = {
     mode: 'pass',
     posts: 0,
+    lastPostAt: 0,
     nextHang: () => new Promise<void>((resolve) => hangWaiters.push(resolve)),
     release: () => {
       const answers = held;
@@ -101,6 +104,7 @@ export function installTokenStub(tp: TestProvider): TokenStub {
     }
     if (ctx.method !== 'POST' || ctx.path !== '/token') return next();
     stub.posts++;
+    stub.lastPostAt = Date.now();
     switch (stub.mode) {
       case 'fail500':
         ctx.status = 500;
