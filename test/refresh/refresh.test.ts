@@ -234,6 +234,20 @@ describe('refresh on expiry (one process, Redis)', () => {
     await expectLoginEnded(stack, browser, before.id, result, reason);
   });
 
+  test('a refreshed ID token with fewer audiences than the first one ends the login (OpenID Connect Core §12.2)', async () => {
+    // The login's own ID token names a second audience (with azp = this client, so openid-client accepts it).
+    stub.reclaim = (claims) => ({ ...claims, aud: [CLIENT_ID, 'https://api.example.com'], azp: CLIENT_ID });
+    const browser = await inMode(stub, 'reclaim', () => login());
+    const before = await readLogin(stack, browser);
+    expect(before.claims).toMatchObject({ aud: [CLIENT_ID, 'https://api.example.com'], azp: CLIENT_ID });
+
+    // The refreshed one keeps iss, sub, azp and auth_time, and drops that audience: valid on its own, but another login's.
+    stub.reclaim = (claims) => ({ ...claims, aud: CLIENT_ID, azp: CLIENT_ID });
+    const result = await inMode(stub, 'reclaim', () => getJson(browser, `${stack.appUrl}/api/refresh`));
+
+    await expectLoginEnded(stack, browser, before.id, result, /\(aud changed/);
+  });
+
   test('a refreshed ID token without auth_time keeps the original one, so the next refresh is still checked against it', async () => {
     const browser = await login();
     const before = await readLogin(stack, browser);
