@@ -71,7 +71,8 @@ export async function openSessionBackend(options: SessionBackendOptions): Promis
     };
   }
   // The long-lived client reconnects on its own; a request during an outage fails (503) instead of waiting forever.
-  const redis = new Redis(url, { maxRetriesPerRequest: 2 });
+  // commandTimeout: a Redis that hangs (rather than refusing connections) fails requests instead of holding them.
+  const redis = new Redis(url, { maxRetriesPerRequest: 2, commandTimeout: 2000 });
   redis.on('error', (err: Error) => console.error(`redis (${redactUrl(url)}): ${err.message}`));
   return {
     kind: 'redis',

@@ -38,7 +38,7 @@ function mountedUnderPath(baseUrl: string): AuthError {
  * import { Redis } from 'ioredis';
  * import { auth, requireAuth } from 'express-oauth-pkce';
  *
- * const redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
+ * const redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', { commandTimeout: 2000 });
  * app.use(session({
  *   store: new RedisStore({ client: redis }), secret, resave: false, saveUninitialized: false,
  *   cookie: { secure: 'auto', sameSite: 'lax', httpOnly: true },

@@ -4,15 +4,21 @@ import type { AddressInfo } from 'node:net';
 import { RedisStore } from 'connect-redis';
 import express, { type Express } from 'express';
 import session, { type SessionOptions } from 'express-session';
-import { Redis } from 'ioredis';
+import { Redis, type RedisOptions } from 'ioredis';
 import type { ClientMetadata } from 'oidc-provider';
 import { auth, requireAuth, type AuthOptions } from '../../lib/index.js';
 import { Browser } from './browser.js';
 import { startProvider, type TestProvider, type TestProviderOptions } from './provider.js';
 
 /** A connection to the tests' Redis (the private one from global setup, or REDIS_URL). */
-export function connectRedis(): Redis {
-  return new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', { maxRetriesPerRequest: 1 });
+export function connectRedis(redis: StackRedis = {}): Redis {
+  return new Redis(redis.url ?? process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', { maxRetriesPerRequest: 1, ...redis.options });
+}
+
+/** Another Redis than the tests' shared one (a private server a test stops), or other ioredis options. */
+export interface StackRedis {
+  url?: string;
+  options?: RedisOptions;
 }
 
 /** An HTTP server listening on an ephemeral port before its handler exists (the provider needs its URL first). */
@@ -101,6 +107,7 @@ export interface StackOptions {
   routes?: (app: Express) => void;
   /** Extra listeners whose callback URLs must be registered too (for multi-app tests). */
   extraRedirectUris?: string[];
+  redis?: StackRedis;
 }
 
 export const CLIENT_ID = 'test-app';
@@ -151,9 +158,9 @@ export interface MountedApp {
 export function mountApp(
   listener: Listener,
   issuer: string,
-  options: { auth?: Partial<AuthOptions>; session?: Partial<SessionOptions>; routes?: (app: Express) => void },
+  options: { auth?: Partial<AuthOptions>; session?: Partial<SessionOptions>; routes?: (app: Express) => void; redis?: StackRedis },
 ): MountedApp {
-  const redis = connectRedis();
+  const redis = connectRedis(options.redis);
   const sessionPrefix = `test:${randomUUID()}:sess:`;
   const authOptions: AuthOptions = {
     issuer,

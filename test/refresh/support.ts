@@ -7,7 +7,7 @@ import type { Redis } from 'ioredis';
 import type { AuthOptions } from '../../lib/index.js';
 import { unpackTokens, type StoredTokens } from '../../lib/tokens.js';
 import type { Browser } from '../helpers/browser.js';
-import { startStack, type Stack } from '../helpers/app.js';
+import { startStack, type Stack, type StackRedis } from '../helpers/app.js';
 import { refreshRoutes, type RouteHooks } from './fixtures/routes.js';
 import { TEST_TTLS, type TestProvider } from '../helpers/provider.js';
 
@@ -25,9 +25,15 @@ export const refreshingProvider: Partial<Configuration> = {
 export const REFRESH_SKEW = 1;
 
 /** The refresh tests' stack: the rotating provider, `refreshSkew` of {@link REFRESH_SKEW}, and the routes of fixtures/routes.ts. */
-export function startRefreshStack(auth: Partial<AuthOptions> = {}, hooks: RouteHooks = {}, client: Partial<ClientMetadata> = {}): Promise<Stack> {
+export function startRefreshStack(
+  auth: Partial<AuthOptions> = {},
+  hooks: RouteHooks = {},
+  client: Partial<ClientMetadata> = {},
+  redis?: StackRedis,
+): Promise<Stack> {
   return startStack({
     client,
+    ...(redis === undefined ? {} : { redis }),
     provider: { configuration: refreshingProvider },
     auth: { refreshSkew: REFRESH_SKEW, ...auth },
     routes: (app) => refreshRoutes(app, hooks),

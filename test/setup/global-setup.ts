@@ -8,6 +8,8 @@ import { join } from 'node:path';
 export interface PrivateRedis {
   url: string;
   stop(): Promise<void>;
+  /** Sends the server a signal: `SIGSTOP` makes it a Redis that accepts connections and never answers, `SIGCONT` ends that. */
+  signal(signal: NodeJS.Signals): void;
 }
 
 async function freePort(): Promise<number> {
@@ -60,8 +62,12 @@ export async function startPrivateRedis(): Promise<PrivateRedis> {
       if (await ping(port)) {
         return {
           url: `redis://127.0.0.1:${port}`,
+          signal(signal) {
+            if (!exited) child.kill(signal);
+          },
           async stop() {
             if (!exited) {
+              child.kill('SIGCONT');
               await new Promise<void>((resolve) => {
                 child.once('exit', () => resolve());
                 child.kill('SIGTERM');
