@@ -115,6 +115,11 @@ test('state is deleted on first use even when that use is an error response', as
   const errorResponse = withParams(pending.callbackUrl, { code: undefined, error: 'access_denied', error_description: 'user said no' });
 
   await expectRefusal(observed, () => browser.request(errorResponse), { status: 403, code: 'access_denied', secrets: pending.secrets });
+  // Deleted from the session itself, not only marked used: the session is still there, its transaction is not.
+  expect(browserSessionId(browser, stack.appUrl)).toBe(pending.sid);
+  const session = await readSession(stack.redis, stack.sessionPrefix, pending.sid);
+  expect(session).toBeDefined();
+  expect(session?.oauth?.tx?.[pending.state]).toBeUndefined();
   // The real code for the same state arrives afterwards (an attacker racing the user): the state is gone.
   await expectRefusal(observed, () => browser.request(pending.callbackUrl), { status: 400, code: 'invalid_state', secrets: pending.secrets });
 
