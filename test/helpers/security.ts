@@ -160,6 +160,22 @@ export async function editSession(redis: Redis, prefix: string, sid: string, edi
   await redis.set(`${prefix}${sid}`, JSON.stringify(session), 'KEEPTTL');
 }
 
+/**
+ * Stores a copy of the live transaction of `state` (its real verifier and nonce) under `key` too, in session `sid`:
+ * a lookup by `key` would then find a transaction that completes the login. As an own property even for keys such as
+ * `__proto__`, which plain assignment would turn into a prototype change.
+ */
+export async function plantTransaction(redis: Redis, prefix: string, sid: string, state: string, key: string): Promise<void> {
+  await editSession(redis, prefix, sid, (session) => {
+    const tx = session.oauth?.tx;
+    const live = tx?.[state];
+    if (tx === undefined || live === undefined) throw new Error(`session ${sid} holds no transaction for ${state}`);
+    Object.defineProperty(tx, key, { value: { ...live, createdAt: Date.now() }, enumerable: true, configurable: true, writable: true });
+  });
+  const planted = (await readSession(redis, prefix, sid))?.oauth?.tx;
+  if (planted === undefined || !Object.hasOwn(planted, key)) throw new Error(`the transaction under ${JSON.stringify(key)} was not stored`);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Responses
 

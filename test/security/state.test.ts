@@ -15,6 +15,7 @@ import {
   storedSessions,
   withParams,
   observe,
+  plantTransaction,
   type Observed,
 } from '../helpers/security.js';
 
@@ -70,6 +71,8 @@ test('a state of the wrong shape is refused without a lookup', async () => {
   const pending = await loginUntilCallback(stack, browser);
 
   for (const state of ['x', '__proto__', 'constructor', `${pending.state}.`, 'a'.repeat(200)]) {
+    // A live transaction with the real verifier is stored under that very key: only the shape check refuses it.
+    await plantTransaction(stack.redis, stack.sessionPrefix, pending.sid, pending.state, state);
     await expectRefusal(observed, () => browser.request(withParams(pending.callbackUrl, { state })), {
       status: 400,
       code: 'invalid_state',
