@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { startStack, type Stack } from '../helpers/app.js';
 import { unpackTokens } from '../../lib/tokens.js';
 import { Browser } from '../helpers/browser.js';
+import { browserSessionId, plantTransaction } from '../helpers/security.js';
 
 let stack: Stack;
 beforeAll(async () => {
@@ -27,10 +28,16 @@ function json(browser: Browser): Browser {
  * Runs a login to its callback, tampers with the callback URL, requests it, and checks the refusal: the status, the
  * error code, no token request, and no login for that browser.
  */
-async function expectRefusedCallback(tamper: (u: URL) => void, status: number, error: string): Promise<void> {
+async function expectRefusedCallback(tamper: (u: URL) => void, status: number, error: string, options: { plant?: boolean } = {}): Promise<void> {
   const browser = json(new Browser());
   const callback = await authorize(browser);
+  const state = callback.searchParams.get('state')!;
   tamper(callback);
+  const tampered = callback.searchParams.get('state');
+  if (options.plant && tampered !== null) {
+    // A live transaction with the real verifier under the tampered state: only the state check can refuse it now.
+    await plantTransaction(stack.redis, stack.sessionPrefix, browserSessionId(browser, stack.appUrl)!, state, tampered);
+  }
   const grants = tokenGrants();
   const res = await browser.request(callback);
   expect(res.status).toBe(status);
@@ -103,12 +110,13 @@ describe('GET /callback', () => {
   });
 
   test.each([
-    ['missing', (u: URL) => u.searchParams.delete('state')],
-    ['unknown', (u: URL) => u.searchParams.set('state', 'A'.repeat(43))],
-    ['malformed', (u: URL) => u.searchParams.set('state', '../../__proto__')],
-    ['prototype key', (u: URL) => u.searchParams.set('state', '__proto__')],
-  ])('%s state → 400 invalid_state, token endpoint never called', async (_name, tamper) => {
-    await expectRefusedCallback(tamper, 400, 'invalid_state');
+    ['missing', (u: URL) => u.searchParams.delete('state'), false],
+    ['unknown', (u: URL) => u.searchParams.set('state', 'A'.repeat(43)), false],
+    // Malformed keys are refused by their shape, even when the session holds a transaction under them.
+    ['malformed', (u: URL) => u.searchParams.set('state', '../../__proto__'), true],
+    ['prototype key', (u: URL) => u.searchParams.set('state', '__proto__'), true],
+  ])('%s state → 400 invalid_state, token endpoint never called', async (_name, tamper, plant) => {
+    await expectRefusedCallback(tamper, 400, 'invalid_state', { plant });
   });
 
   test('a state from another browser session is refused', async () => {

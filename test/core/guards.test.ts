@@ -4,6 +4,7 @@ import request from 'supertest';
 import { requireAuth } from '../../lib/index.js';
 import { startStack, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
+import { browserSessionId, readSession } from '../helpers/security.js';
 
 let stack: Stack;
 beforeAll(async () => {
@@ -15,6 +16,11 @@ beforeAll(async () => {
       });
       app.get('/async-check', requireAuth(async (claims) => claims?.email_verified === true), (_req, res) => res.send('verified'));
       app.post('/write', requireAuth(), (_req, res) => res.send('written'));
+      // req.auth.tokens exactly as the app sees it: every own key, undefined values included.
+      app.get('/raw-tokens', requireAuth(), (req, res) => {
+        const tokens = req.auth.tokens as unknown as Record<string, unknown>;
+        res.json({ keys: Reflect.ownKeys(tokens).map(String), tokens, values: Object.values(tokens).map((v) => (v === undefined ? null : v)) });
+      });
       app.get('/id-token', async (req, res, next) => {
         try {
           res.json({ idToken: (await req.auth.getIdToken()) ?? null });
@@ -122,6 +128,20 @@ describe('req.auth', () => {
     const me = JSON.parse((await browser.request(`${stack.appUrl}/me`)).body);
     expect(me.tokens.tokenType).toBe('Bearer');
     expect(me.tokens.expiresAt).toBeGreaterThan(Date.now() / 1000);
+
+    // req.auth.tokens as it is: exactly the keys of TokenSet, and none of its values is the refresh token.
+    const sid = browserSessionId(browser, stack.appUrl)!;
+    const loginId = (await readSession(stack.redis, stack.sessionPrefix, sid))?.oauth?.login?.id;
+    expect(typeof loginId).toBe('string');
+    const stored = JSON.parse((await stack.redis.get(`${stack.authOptions.keyPrefix}tokens:${loginId}`))!).tokens;
+    expect(typeof stored.refreshToken).toBe('string');
+    const rawResponse = await browser.request(`${stack.appUrl}/raw-tokens`);
+    expect(rawResponse.status).toBe(200);
+    const raw = JSON.parse(rawResponse.body);
+    expect([...raw.keys].sort()).toEqual(['accessToken', 'expiresAt', 'scope', 'tokenType']);
+    expect(raw.tokens).toEqual({ accessToken: token, tokenType: 'Bearer', expiresAt: stored.expiresAt, scope: stored.scope });
+    expect(raw.values).not.toContain(stored.refreshToken);
+    expect(rawResponse.body).not.toContain(stored.refreshToken);
     // The access token works at the provider (back-channel, in the Authorization header).
     const userinfo = await fetch(`${stack.provider.issuer}/me`, { headers: { authorization: `Bearer ${token}` } });
     expect(userinfo.status).toBe(200);

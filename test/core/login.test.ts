@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { startStack, type Stack } from '../helpers/app.js';
-import { unpackTokens } from '../../lib/tokens.js';
 import { Browser } from '../helpers/browser.js';
 
 let stack: Stack;
@@ -9,12 +8,6 @@ beforeAll(async () => {
   stack = await startStack();
 });
 afterAll(async () => stack.close());
-
-async function sessionsInRedis(): Promise<Array<Record<string, any>>> {
-  const keys = await stack.redis.keys(`${stack.sessionPrefix}*`);
-  const values = await Promise.all(keys.map((k) => stack.redis.get(k)));
-  return values.map((v) => JSON.parse(v ?? '{}'));
-}
 
 async function sessionOf(browser: Browser): Promise<Record<string, any> | undefined> {
   const cookie = browser.cookie('127.0.0.1', 'connect.sid')?.value;
@@ -117,7 +110,28 @@ describe('GET /login', () => {
   });
 
   test('sessions hold no tokens before login completes', async () => {
-    const all = await sessionsInRedis();
-    for (const s of all) expect(s.oauth?.login === undefined || typeof unpackTokens(s.oauth.login.tokens)?.accessToken === 'string').toBe(true);
+    const browser = new Browser();
+    const started = await browser.request(`${stack.appUrl}/login?returnTo=/me`);
+    expect(started.status).toBe(302);
+    const params = new URL(started.headers.get('location')!).searchParams;
+    const state = params.get('state')!;
+
+    const session = await sessionOf(browser);
+    expect(session).toBeDefined();
+    // Only the pending transaction: no login (no tokens, no claims) before the callback.
+    expect(session!.oauth?.login).toBeUndefined();
+    expect(Object.keys(session!.oauth ?? {})).toEqual(['tx']);
+    expect(Object.keys(session!.oauth.tx)).toEqual([state]);
+    const tx = session!.oauth.tx[state];
+    // Exactly what lib/transaction.ts stores for this configuration (openid, no max_age, no DPoP).
+    expect(Object.keys(tx).sort()).toEqual(['createdAt', 'nonce', 'returnTo', 'verifier']);
+    expect(tx).toEqual({ verifier: expect.stringMatching(/^[A-Za-z0-9_-]{43}$/), nonce: params.get('nonce'), returnTo: '/me', createdAt: expect.any(Number) });
+    expect(createHash('sha256').update(tx.verifier).digest('base64url')).toBe(params.get('code_challenge'));
+    // Nothing in the whole session is a token copy.
+    expect(JSON.stringify(session)).not.toMatch(/accessToken|refreshToken|idToken|"t1\|/);
+
+    // And the app does not consider this browser logged in.
+    const me = await browser.request(`${stack.appUrl}/me`, { headers: { accept: 'application/json' } });
+    expect(me.status).toBe(401);
   });
 });

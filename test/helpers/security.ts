@@ -2,6 +2,7 @@
  * Shared checks of the security suite: what every refusal must (not) do, observed on the real parts — the Redis
  * session store, the authorization server's request log, and the process's console and warning output.
  */
+import { createHash } from 'node:crypto';
 import type { IncomingMessage, Server } from 'node:http';
 import { inspect } from 'node:util';
 import { expect } from '@jest/globals';
@@ -160,6 +161,22 @@ export async function editSession(redis: Redis, prefix: string, sid: string, edi
   await redis.set(`${prefix}${sid}`, JSON.stringify(session), 'KEEPTTL');
 }
 
+/**
+ * Stores a copy of the live transaction of `state` (its real verifier and nonce) under `key` too, in session `sid`:
+ * a lookup by `key` would then find a transaction that completes the login. As an own property even for keys such as
+ * `__proto__`, which plain assignment would turn into a prototype change.
+ */
+export async function plantTransaction(redis: Redis, prefix: string, sid: string, state: string, key: string): Promise<void> {
+  await editSession(redis, prefix, sid, (session) => {
+    const tx = session.oauth?.tx;
+    const live = tx?.[state];
+    if (tx === undefined || live === undefined) throw new Error(`session ${sid} holds no transaction for ${state}`);
+    Object.defineProperty(tx, key, { value: { ...live, createdAt: Date.now() }, enumerable: true, configurable: true, writable: true });
+  });
+  const planted = (await readSession(redis, prefix, sid))?.oauth?.tx;
+  if (planted === undefined || !Object.hasOwn(planted, key)) throw new Error(`the transaction under ${JSON.stringify(key)} was not stored`);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Responses
 
@@ -181,11 +198,56 @@ export interface Observed {
   redis: Redis;
   sessionPrefix: string;
   traffic: Traffic;
+  /**
+   * The app's `keyPrefix`, to read its token store. Without it the entries are found by their login ids (random, so
+   * unique in the shared Redis) with one SCAN.
+   */
+  keyPrefix?: string;
 }
 
 /** Watches a real-provider stack: its Redis and session prefix, and every request its provider receives. */
-export function observe(stack: { redis: Redis; sessionPrefix: string; provider: { server: Server } }): Observed {
-  return { redis: stack.redis, sessionPrefix: stack.sessionPrefix, traffic: recordTraffic(stack.provider.server) };
+export function observe(stack: { redis: Redis; sessionPrefix: string; provider: { server: Server }; authOptions?: { keyPrefix?: string } }): Observed {
+  return {
+    redis: stack.redis,
+    sessionPrefix: stack.sessionPrefix,
+    traffic: recordTraffic(stack.provider.server),
+    ...(stack.authOptions === undefined ? {} : { keyPrefix: stack.authOptions.keyPrefix ?? 'oauth-pkce:' }),
+  };
+}
+
+/** A token-store entry in short: its version, whether it is ended, and a digest of all of it (no token in test output). */
+function entrySummary(raw: string): string {
+  const parsed = JSON.parse(raw) as { v?: unknown; ended?: unknown };
+  return `v=${String(parsed.v)} ${parsed.ended === true ? 'ended' : 'live'} sha256:${createHash('sha256').update(raw).digest('hex').slice(0, 16)}`;
+}
+
+/** The token-store entry (summarised) of every login in `sessions`, by login id (null: none). */
+async function tokenStoreEntries(observed: Observed, sessions: Map<string, SessionRecord>): Promise<Map<string, string | null>> {
+  const ids = [...sessions.values()].map((s) => s.oauth?.login?.id).filter((id): id is string => typeof id === 'string');
+  const entries = new Map<string, string | null>();
+  if (ids.length === 0) return entries;
+  let keys: Map<string, string>;
+  if (observed.keyPrefix !== undefined) {
+    keys = new Map(ids.map((id) => [id, `${observed.keyPrefix}tokens:${id}`]));
+  } else {
+    keys = new Map();
+    const wanted = new Set(ids);
+    let cursor = '0';
+    do {
+      const [next, batch] = await observed.redis.scan(cursor, 'MATCH', '*tokens:*', 'COUNT', 1000);
+      cursor = next;
+      for (const key of batch) {
+        const id = key.slice(key.lastIndexOf('tokens:') + 'tokens:'.length);
+        if (wanted.has(id)) keys.set(id, key);
+      }
+    } while (cursor !== '0');
+  }
+  for (const id of ids) {
+    const key = keys.get(id);
+    const raw = key === undefined ? null : await observed.redis.get(key);
+    entries.set(id, raw === null ? null : entrySummary(raw));
+  }
+  return entries;
 }
 
 export interface RefusalExpectation {
@@ -217,6 +279,7 @@ export async function expectRefusal(
   expectation: RefusalExpectation,
 ): Promise<BrowserResponse> {
   const before = await storedSessions(observed.redis, observed.sessionPrefix);
+  const storeBefore = await tokenStoreEntries(observed, before);
   const mark = observed.traffic.requests.length;
   const output = captureOutput();
   let response: BrowserResponse;
@@ -233,14 +296,17 @@ export async function expectRefusal(
 
   const after = await storedSessions(observed.redis, observed.sessionPrefix);
   for (const [sid, session] of after) {
-    // No session was created, and no existing one gained or changed a login.
+    // No session was created, and no existing one gained or changed a login: not its id, nor its token copy, version,
+    // claims or anything else the login holds.
     expect(before.has(sid) ? sid : `new session ${sid}`).toBe(sid);
-    expect(session.oauth?.login?.id).toBe(before.get(sid)?.oauth?.login?.id);
+    expect(session.oauth?.login).toEqual(before.get(sid)?.oauth?.login);
   }
   for (const [sid, session] of before) {
     // Nor was a login ended: a refused request changes nothing for the user either.
-    if (session.oauth?.login !== undefined) expect(after.get(sid)?.oauth?.login?.id ?? `login of ${sid} ended`).toBe(session.oauth.login.id);
+    if (session.oauth?.login !== undefined) expect(after.get(sid)?.oauth?.login ?? `login of ${sid} ended`).toEqual(session.oauth.login);
   }
+  // The token store holds the same entry for each of those logins (same version and tokens, not ended).
+  expect(await tokenStoreEntries(observed, before)).toEqual(storeBefore);
 
   expect(observed.traffic.since(mark)).toEqual([...(expectation.calls ?? [])].sort());
 

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { unpackTokens } from '../../lib/tokens.js';
 import { Browser } from '../helpers/browser.js';
 import { sessionCookie, startStack, type Stack } from '../helpers/app.js';
+import { loginUntilCallback } from '../helpers/security.js';
 import { me, postLogout, sessionIdOf, storedSession, tryRefresh, userinfoStatus } from './support.js';
 
 let stack: Stack;
@@ -60,10 +61,29 @@ describe('POST /logout', () => {
   });
 
   test('without a login, still ends the session and redirects', async () => {
+    // A session without a login: a pending transaction, its authorization response not yet delivered.
     const browser = new Browser();
+    const pending = await loginUntilCallback(stack, browser);
+    const cookie = sessionCookie(browser, stack.appUrl)!;
+    const session = await storedSession(stack.redis, stack.sessionPrefix, cookie);
+    expect(session).not.toBeNull();
+    expect((session?.oauth as { login?: unknown } | undefined)?.login).toBeUndefined();
+    expect(Object.keys((session?.oauth as { tx?: object } | undefined)?.tx ?? {})).toEqual([pending.state]);
+
     const response = await postLogout(browser, stack.appUrl);
+
     expect(response.status).toBe(303);
     expect(response.headers.get('location')).toBe('/goodbye?from=logout');
+    // The session is gone from the store and the browser was told to drop its cookie.
+    expect(await stack.redis.exists(`${stack.sessionPrefix}${sessionIdOf(cookie)}`)).toBe(0);
+    const cleared = response.headers.getSetCookie().filter((c) => c.startsWith('connect.sid=;'));
+    expect(cleared).toHaveLength(1);
+    expect(cleared[0]).toMatch(/Expires=Thu, 01 Jan 1970/);
+    expect(sessionCookie(browser, stack.appUrl)).toBeUndefined();
+    // The pending login died with it: its authorization response, even with the old cookie, finds no state.
+    const callback = await new Browser().request(pending.callbackUrl, { headers: { accept: 'application/json', cookie: `connect.sid=${cookie}` } });
+    expect(callback.status).toBe(400);
+    expect(JSON.parse(callback.body)).toMatchObject({ error: 'invalid_state' });
   });
 });
 

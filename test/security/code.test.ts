@@ -4,6 +4,7 @@
  * redemption could not go unnoticed; the token endpoint's request log counts every attempt.
  */
 import { randomUUID } from 'node:crypto';
+import { createServer, type AddressInfo } from 'node:net';
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { Redis } from 'ioredis';
 import { buildApp, listen, startStack, type Listener, type Stack } from '../helpers/app.js';
@@ -180,9 +181,15 @@ test('a token endpoint that never answers times out (504) and is not retried', a
 });
 
 test('an unreachable token endpoint fails closed (502) after one attempt, and the state cannot be reused to retry', async () => {
-  const closed = await listen();
-  await closed.close();
-  rogue.rogue.metadata.token_endpoint = `${closed.url}/token`;
+  // A token endpoint that accepts each connection and drops it at once: every attempt is counted, none is answered.
+  let connections = 0;
+  const dropping = createServer((socket) => {
+    connections += 1;
+    socket.destroy();
+  });
+  await new Promise<void>((resolve) => dropping.listen(0, '127.0.0.1', resolve));
+  const { port } = dropping.address() as AddressInfo;
+  rogue.rogue.metadata.token_endpoint = `http://127.0.0.1:${port}/token`;
   // A fresh app: discovery is cached per auth() instance.
   const app = await startRogueStack({ rogue: rogue.rogue });
   try {
@@ -190,11 +197,16 @@ test('an unreachable token endpoint fails closed (502) after one attempt, and th
     const pending = await loginUntilCallback(app, browser);
     const seen = { redis: app.redis, sessionPrefix: app.sessionPrefix, traffic: app.traffic };
 
+    expect(connections).toBe(0);
     await expectRefusal(seen, () => browser.request(pending.callbackUrl), { status: 502, code: 'idp_unreachable', secrets: pending.secrets });
+    // Exactly one attempt reached the token endpoint: a failed exchange is not retried.
+    expect(connections).toBe(1);
     await expectRefusal(seen, () => browser.request(pending.callbackUrl), { status: 400, code: 'invalid_state', secrets: pending.secrets });
+    expect(connections).toBe(1);
   } finally {
     rogue.rogue.reset();
     await app.close();
+    await new Promise<void>((resolve) => dropping.close(() => resolve()));
   }
 });
 

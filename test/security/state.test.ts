@@ -15,6 +15,7 @@ import {
   storedSessions,
   withParams,
   observe,
+  plantTransaction,
   type Observed,
 } from '../helpers/security.js';
 
@@ -70,6 +71,8 @@ test('a state of the wrong shape is refused without a lookup', async () => {
   const pending = await loginUntilCallback(stack, browser);
 
   for (const state of ['x', '__proto__', 'constructor', `${pending.state}.`, 'a'.repeat(200)]) {
+    // A live transaction with the real verifier is stored under that very key: only the shape check refuses it.
+    await plantTransaction(stack.redis, stack.sessionPrefix, pending.sid, pending.state, state);
     await expectRefusal(observed, () => browser.request(withParams(pending.callbackUrl, { state })), {
       status: 400,
       code: 'invalid_state',
@@ -115,6 +118,11 @@ test('state is deleted on first use even when that use is an error response', as
   const errorResponse = withParams(pending.callbackUrl, { code: undefined, error: 'access_denied', error_description: 'user said no' });
 
   await expectRefusal(observed, () => browser.request(errorResponse), { status: 403, code: 'access_denied', secrets: pending.secrets });
+  // Deleted from the session itself, not only marked used: the session is still there, its transaction is not.
+  expect(browserSessionId(browser, stack.appUrl)).toBe(pending.sid);
+  const session = await readSession(stack.redis, stack.sessionPrefix, pending.sid);
+  expect(session).toBeDefined();
+  expect(session?.oauth?.tx?.[pending.state]).toBeUndefined();
   // The real code for the same state arrives afterwards (an attacker racing the user): the state is gone.
   await expectRefusal(observed, () => browser.request(pending.callbackUrl), { status: 400, code: 'invalid_state', secrets: pending.secrets });
 
