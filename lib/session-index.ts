@@ -26,8 +26,8 @@ export interface SessionIndex {
    */
   find(subject: LogoutSubject): Promise<string[]>;
   /**
-   * Marks session ids that a back-channel logout found in the index but not (yet) in the session store: a login whose
-   * callback indexed it and had not saved it yet. The callback checks the mark once its save is done.
+   * Marks session ids a back-channel logout ended, for a login whose callback is still at work: it may save the session
+   * after the logout destroyed it (or before the logout could see it). The callback checks the mark after its saves.
    */
   markEnded(sessionIds: readonly string[]): Promise<void>;
   /** Whether a back-channel logout marked this session id (see {@link SessionIndex.markEnded}). */
@@ -35,8 +35,8 @@ export interface SessionIndex {
 }
 
 /**
- * How long a mark lives. It only has to outlast one callback's session save (between its index write and its check);
- * session ids are never reused, so a mark that outlives that harms nothing.
+ * How long a mark lives. It only has to outlast one callback's session saves (from its index write to the end of its
+ * response); session ids are never reused, so a mark that outlives that harms nothing.
  */
 const ENDED_MARK_TTL_SECONDS = 600;
 

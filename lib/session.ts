@@ -1,5 +1,5 @@
 import type { Request } from 'express';
-import type { Session } from 'express-session';
+import type { Session, Store } from 'express-session';
 import type { JWK } from 'jose';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { PackedTokens } from './tokens.js';
@@ -78,6 +78,11 @@ function wrap(operation: string, method: 'save' | 'regenerate' | 'destroy' | 're
 export const saveSession = wrap('save', 'save');
 export const destroySession = wrap('destroy', 'destroy');
 export const reloadSession = wrap('reload', 'reload');
+
+/** Destroys a session in the store by id (another browser's session: `req.session` is not it). */
+export function destroyStoredSession(store: Store, id: string): Promise<void> {
+  return new Promise((resolve, reject) => store.destroy(id, (err?: unknown) => (err ? reject(err) : resolve())));
+}
 
 /** Regenerates the session id (session fixation defence) and returns the new session object. */
 export async function regenerateSession(req: Request): Promise<SessionWithState> {

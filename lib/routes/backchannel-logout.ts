@@ -5,7 +5,7 @@ import { AuthError, AuthErrorCode } from '../errors.js';
 import type { LogoutTokenVerifier } from '../logout-token.js';
 import { reportError, setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
-import { SESSION_KEY, type OAuthSessionState } from '../session.js';
+import { destroyStoredSession, SESSION_KEY, type OAuthSessionState } from '../session.js';
 import { storeUnavailable } from '../store-errors.js';
 import type { SessionIndex } from '../session-index.js';
 import { backchannelEndTtl } from '../token-store.js';
@@ -57,10 +57,6 @@ async function readLogoutToken(req: Request): Promise<string> {
   return values[0] as string;
 }
 
-function destroyInStore(store: Store, id: string): Promise<void> {
-  return new Promise((resolve, reject) => store.destroy(id, (err?: unknown) => (err ? reject(err) : resolve())));
-}
-
 function loginIdInStore(store: Store, id: string): Promise<string | undefined> {
   return new Promise((resolve, reject) =>
     store.get(id, (err: unknown, session) =>
@@ -72,12 +68,13 @@ function loginIdInStore(store: Store, id: string): Promise<string | undefined> {
 /**
  * Ends the logins of these sessions in the token store too (a tombstone, not a deletion): their refresh tokens are
  * gone, and a copy of a session that a request in flight saves back after the logout can never be refreshed.
- * A session the index names but the store does not hold may be a login whose callback has not saved it yet: it is
- * marked, and that callback ends it once its save is done (the destroy below may come before the save).
+ * Every session is also marked: one may belong to a login whose callback has not saved it yet, or will save it once
+ * more (express-session writes a regenerated session again when the response ends), after the destroy below; that
+ * callback ends it once its saves are done.
  */
 async function endLogins(runtime: Runtime, index: SessionIndex, store: Store, ids: readonly string[]): Promise<void> {
   const loginIds = await Promise.all(ids.map((id) => loginIdInStore(store, id)));
-  await index.markEnded(ids.filter((_id, i) => loginIds[i] === undefined));
+  await index.markEnded(ids);
   await Promise.all(
     loginIds.filter((id): id is string => id !== undefined).map((id) => runtime.tokenStore.end(id, backchannelEndTtl(runtime.config))),
   );
@@ -115,7 +112,7 @@ export function backchannelLogoutRoute(runtime: Runtime, index: SessionIndex, ve
       try {
         ids = await index.find(claims);
         await endLogins(runtime, index, req.sessionStore, ids);
-        await Promise.all(ids.map((id) => destroyInStore(req.sessionStore, id)));
+        await Promise.all(ids.map((id) => destroyStoredSession(req.sessionStore, id)));
       } catch (err) {
         // The server retries a logout that failed (§2.8): the retry carries the same token, and must not be taken
         // for a replay while the sessions are still alive.

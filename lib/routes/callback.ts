@@ -7,7 +7,7 @@ import { checkSignature } from '../keys.js';
 import { rawQuery, strictQuery } from '../query.js';
 import { setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
-import { destroySession, readState, regenerateSession, requireSession, saveSession, writableState, type LoginState, type SessionWithState } from '../session.js';
+import { destroySession, destroyStoredSession, readState, regenerateSession, requireSession, saveSession, writableState, type LoginState, type SessionWithState } from '../session.js';
 import { indexLogin, type SessionIndex } from '../session-index.js';
 import { storeUnavailable } from '../store-errors.js';
 import { backchannelEndTtl, sessionTtlSeconds } from '../token-store.js';
@@ -145,7 +145,10 @@ export function callbackRoute(runtime: Runtime) {
     state.login = login;
     const indexed = await indexLogin(runtime.sessionIndex, config, session);
     await saveSession(session);
-    if (indexed && runtime.sessionIndex !== undefined) await refuseIfLoggedOutMeanwhile(runtime, runtime.sessionIndex, session, login);
+    if (indexed && runtime.sessionIndex !== undefined) {
+      await refuseIfLoggedOutMeanwhile(runtime, runtime.sessionIndex, session, login);
+      endIfLoggedOutBeforeFinish(runtime, runtime.sessionIndex, req, res, session.id, login.id);
+    }
     res.redirect(302, transaction.returnTo);
   };
 }
@@ -167,4 +170,21 @@ async function refuseIfLoggedOutMeanwhile(runtime: Runtime, index: SessionIndex,
   await runtime.tokenStore.end(login.id, backchannelEndTtl(runtime.config)).catch(() => undefined);
   await destroySession(session);
   throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The authorization server ended this sign-in (logout) while it was completing; sign in again.');
+}
+
+/**
+ * express-session saves a regenerated session once more as the response ends (its `regenerate` leaves the new session
+ * unwrapped, so the explicit save above does not count): a back-channel logout that destroyed the session between the
+ * check above and that save would see it written back. Once the response is out (that save done), the mark is checked
+ * again and the session destroyed if a logout came. Best effort: there is no one left to answer.
+ */
+function endIfLoggedOutBeforeFinish(runtime: Runtime, index: SessionIndex, req: Request, res: Response, sessionId: string, loginId: string): void {
+  const store = req.sessionStore;
+  res.once('finish', () => {
+    void (async () => {
+      if (!(await index.wasEnded(sessionId))) return;
+      await runtime.tokenStore.end(loginId, backchannelEndTtl(runtime.config));
+      await destroyStoredSession(store, sessionId);
+    })().catch(() => undefined);
+  });
 }

@@ -29,15 +29,33 @@ let storeA: PausingStore;
 const sessionPrefix = `test:${randomUUID()}:sess:`;
 const keyPrefix = `test:${randomUUID()}:`;
 
-/** A's session store, which can run a hook just before a login's session is first written (between index and save). */
+/**
+ * A's session store, which can run a hook just before a login's session is written: the callback's own save (the
+ * first, between index and save) or express-session's save as the response ends (the second).
+ */
 class PausingStore extends RedisStore {
-  beforeLoginSave: ((sessionId: string, session: SessionData) => Promise<void>) | undefined;
+  #hook: { write: number; run: (sessionId: string, session: SessionData) => Promise<void> } | undefined;
+  readonly #writes = new Map<string, number>();
+
+  /** Runs `run` once, just before the `write`th write of a login's session from now on (1: the callback's, 2: the end's). */
+  beforeLoginWrite(write: number, run: (sessionId: string, session: SessionData) => Promise<void>): void {
+    this.#writes.clear();
+    this.#hook = { write, run };
+  }
+
+  get hookPending(): boolean {
+    return this.#hook !== undefined;
+  }
 
   override async set(sid: string, sess: SessionData, cb?: (err?: unknown) => void): Promise<unknown> {
-    const hook = this.beforeLoginSave;
+    const hook = this.#hook;
     if (hook !== undefined && (sess as { oauth?: { login?: unknown } }).oauth?.login !== undefined) {
-      this.beforeLoginSave = undefined;
-      await hook(sid, sess);
+      const write = (this.#writes.get(sid) ?? 0) + 1;
+      this.#writes.set(sid, write);
+      if (write === hook.write) {
+        this.#hook = undefined;
+        await hook.run(sid, sess);
+      }
     }
     return super.set(sid, sess, cb);
   }
@@ -162,17 +180,17 @@ describe('back-channel logout across two app processes', () => {
     let logoutStatus: number | undefined;
     // The provider's logout reaches the other process while this one's callback has indexed the login and not yet
     // written its session: there is nothing in the store to destroy yet.
-    storeA.beforeLoginSave = async (_sessionId, saved) => {
+    storeA.beforeLoginWrite(1, async (_sessionId, saved) => {
       const login = (saved as unknown as { oauth: { login: { id: string; claims: { sid: string; sub: string } } } }).oauth.login;
       loginId = login.id;
       const token = await signLogoutToken(provider, logoutClaims(provider.issuer, { sid: login.claims.sid, sub: login.claims.sub }));
       logoutStatus = (await sendLogoutToken(appB.url, token)).status;
-    };
+    });
     const browser = new Browser();
 
     const result = await browser.login(`${appA.url}/login?returnTo=/me`, { login: 'frank' });
 
-    expect(storeA.beforeLoginSave).toBeUndefined();
+    expect(storeA.hookPending).toBe(false);
     expect(logoutStatus).toBe(200);
     expect(result.status).toBe(401);
     expect(result.body).toContain('login_required');
@@ -185,15 +203,44 @@ describe('back-channel logout across two app processes', () => {
     expect((await me(later, appB.url)).status).toBe(200);
   });
 
+  test("a logout landing between the callback's save and express-session's own save at the end does not leave the login alive", async () => {
+    let loginId: string | undefined;
+    let sessionId: string | undefined;
+    let logoutStatus: number | undefined;
+    // The logout runs just before express-session writes the regenerated session once more (after the callback's
+    // checks): it finds the login saved, ends it and destroys the session, which that write then brings back.
+    storeA.beforeLoginWrite(2, async (id, saved) => {
+      const login = (saved as unknown as { oauth: { login: { id: string; claims: { sid: string; sub: string } } } }).oauth.login;
+      loginId = login.id;
+      sessionId = id;
+      const token = await signLogoutToken(provider, logoutClaims(provider.issuer, { sid: login.claims.sid, sub: login.claims.sub }));
+      logoutStatus = (await sendLogoutToken(appB.url, token)).status;
+    });
+    const browser = new Browser();
+
+    await browser.login(`${appA.url}/login?returnTo=/me`, { login: 'heidi' });
+
+    expect(storeA.hookPending).toBe(false);
+    expect(logoutStatus).toBe(200);
+    // The callback finishes its clean-up just after the response: give it a moment.
+    for (let i = 0; i < 50 && (await redis.exists(`${sessionPrefix}${String(sessionId)}`)) === 1; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    // The session that write brought back is gone again. (The browser itself may have logged in anew meanwhile: its
+    // redirect to /me can find the session gone and go through the provider's still-open session.)
+    expect(await redis.exists(`${sessionPrefix}${String(sessionId)}`)).toBe(0);
+    expect(JSON.parse((await redis.get(`${keyPrefix}tokens:${String(loginId)}`)) ?? 'null')).toEqual({ v: Number.MAX_SAFE_INTEGER, ended: true });
+  });
+
   test('when Redis cannot say whether a logout overtook the login, the login is not completed and its session is gone', async () => {
     let sessionId: string | undefined;
-    storeA.beforeLoginSave = async (id) => {
+    storeA.beforeLoginWrite(1, async (id) => {
       sessionId = id;
       // Redis fails for the callback's check only (after its save): the one failure that this check adds.
       redis.exists = (async () => {
         throw new Error('Connection is closed.');
       }) as unknown as Redis['exists'];
-    };
+    });
     const browser = new Browser();
     let result: Awaited<ReturnType<Browser['login']>>;
     try {
