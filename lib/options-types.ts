@@ -243,9 +243,11 @@ export interface AuthOptions {
    */
   sessionIndexTtl?: number;
   /**
-   * Timeout of each request to the authorization server and of `req.auth.fetch()`, in milliseconds. openid-client,
-   * which sends them, takes whole seconds, so the value is rounded up: `200` waits 1 s. Only the key-set fetches (for
-   * the signatures of ID tokens and logout tokens) use the milliseconds as given.
+   * Timeout of each request to the authorization server, and of `req.auth.fetch()` until the response headers arrive,
+   * in milliseconds. openid-client, which sends the requests to the authorization server, takes whole seconds, so for
+   * those the value is rounded up: `200` waits 1 s. `req.auth.fetch()` and the key-set fetches (for the signatures of
+   * ID tokens and logout tokens) use the milliseconds as given. Reading the body of a `req.auth.fetch()` response is not
+   * timed: the app bounds it where it matters.
    * @default 5000
    */
   httpTimeout?: number;

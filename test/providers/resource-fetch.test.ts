@@ -45,6 +45,11 @@ beforeAll(async () => {
         res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"', 'content-type': 'application/json' }).end('{"error":"invalid_token"}');
       } else if (path === '/slow') {
         timers.push(setTimeout(() => res.writeHead(200).end('late'), 2500));
+      } else if (path === '/download') {
+        // Headers at once, the rest of the body well after httpTimeout (a large file, a slow upstream, a stream).
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.write('first part;');
+        timers.push(setTimeout(() => res.end('second part'), 1500));
       } else {
         res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
       }
@@ -113,6 +118,39 @@ test('a DPoP-bound token without its key is login_required', async () => {
 
   expect(err.code).toBe('login_required');
   expect(err.status).toBe(401);
+});
+
+test('httpTimeout bounds the wait for the headers only: a body slower than that is read to the end', async () => {
+  const response = await fetchResource(runtime({ httpTimeout: 1000 }), bearer, `${api.url}/download`);
+
+  expect(response.status).toBe(200);
+  expect(await response.text()).toBe('first part;second part');
+});
+
+test("the app bounds the body with a signal of its own: its abort cuts the body read short, with the signal's reason", async () => {
+  const controller = new AbortController();
+  const response = await fetchResource(runtime({ httpTimeout: 1000 }), bearer, `${api.url}/download`, { signal: controller.signal });
+  const enough = new Error('the app has waited long enough');
+  const reading = response.text();
+  setTimeout(() => controller.abort(enough), 200);
+
+  await expect(reading).rejects.toBe(enough);
+});
+
+test("a request whose own signal is already aborted rejects with the signal's reason, sending nothing", async () => {
+  seen = [];
+  const reason = new Error('cancelled by the app');
+
+  await expect(fetchResource(runtime(), bearer, `${api.url}/orders`, { signal: AbortSignal.abort(reason) })).rejects.toBe(reason);
+  expect(seen).toEqual([]);
+});
+
+test('httpTimeout counts in milliseconds for req.auth.fetch(): 200 gives up well before a second', async () => {
+  const started = performance.now();
+  const slow = await refusal(fetchResource(runtime({ httpTimeout: 200 }), bearer, `${api.url}/slow`));
+
+  expect([slow.code, slow.status]).toEqual(['resource_request_failed', 504]);
+  expect(performance.now() - started).toBeLessThan(1000);
 });
 
 test('an unreachable resource server is resource_request_failed (502), a slow one 504 after httpTimeout', async () => {
