@@ -100,9 +100,10 @@ export interface AuthContext {
    * nonce; otherwise as `Bearer <token>`. Every response is returned as is, 401 included (the token may have been
    * revoked, or have an unknown expiry: the app decides whether to refresh or log in again). Rejects with
    * {@link AuthError} `login_required` (401) like `getAccessToken()`, `resource_request_failed` (502, or 504 when the
-   * response headers do not arrive within `httpTimeout`), and `misconfigured` for a relative or (without
-   * `allowInsecureRequests`) `http:` URL, or when `Authorization`/`DPoP` headers are passed in. The timeout ends once
-   * the headers are in: reading the body is the app's to bound, with
+   * response headers do not arrive within `httpTimeout`), and `misconfigured` (500, nothing sent, neither URL nor
+   * header quoted) for a request that is the app's mistake: a relative URL, credentials in the URL, a URL that is not
+   * `https:` (or `http:` with `allowInsecureRequests`), `Authorization`/`DPoP` headers passed in, a body on GET/HEAD, an
+   * invalid header or method. The timeout ends once the headers are in: reading the body is the app's to bound, with
    * `init.signal` (whose abort rejects with its reason, as `fetch` does).
    *
    * @example

@@ -100,6 +100,39 @@ function resourceConfiguration(runtime: ResourceServices, configuration: client.
 /** What a resource request needs from the runtime. */
 export type ResourceServices = DPoPServices & { readonly config: Pick<ResolvedConfig, 'allowInsecureRequests' | 'httpTimeout'> };
 
+const BODILESS_METHODS = new Set(['GET', 'HEAD']);
+
+/**
+ * Refuses, before anything is sent, a request the Fetch API would refuse: those are the app's programming errors
+ * (`misconfigured`), not the resource server's failures. The Fetch API's own messages are not used: they quote the URL
+ * (credentials included) and invalid header values.
+ */
+function checkRequest(target: URL, method: string, { headers, body, signal }: ResourceRequestInit): Headers {
+  if (target.username !== '' || target.password !== '') {
+    throw misuse('req.auth.fetch() refuses a URL with credentials in it (user:password@): the access token is the credential it sends.');
+  }
+  let checked: Headers;
+  try {
+    checked = new Headers(headers);
+  } catch {
+    throw misuse('req.auth.fetch() was given a header with an invalid name or value.');
+  }
+  if (checked.has('authorization') || checked.has('dpop')) {
+    throw misuse('req.auth.fetch() sets the Authorization and DPoP headers itself; do not pass them.');
+  }
+  if (BODILESS_METHODS.has(method) && body !== undefined && body !== null) {
+    throw misuse(`req.auth.fetch() was given a body for a ${method} request, which cannot have one.`);
+  }
+  try {
+    new Request(target, { method, body: (body ?? null) as BodyInit | null, signal: signal ?? null });
+  } catch {
+    throw misuse(
+      'req.auth.fetch() was given a method, body or signal that fetch refuses: an invalid method, a forbidden one (CONNECT, TRACE, TRACK), a stream body, or a signal that is no AbortSignal.',
+    );
+  }
+  return checked;
+}
+
 /**
  * Calls a resource server with the access token in the `Authorization` header (RFC 6750 §2.1): `DPoP <token>` plus a
  * fresh proof for a DPoP-bound token (RFC 9449 §7), else `Bearer <token>`. A `use_dpop_nonce` challenge is retried
@@ -107,7 +140,8 @@ export type ResourceServices = DPoPServices & { readonly config: Pick<ResolvedCo
  *
  * `httpTimeout` bounds the wait for the response headers (504 `resource_request_failed` when they do not come); the
  * body is the caller's to read, at its own pace, bounded by its own `init.signal` (whose abort rejects with its reason,
- * as fetch does).
+ * as fetch does). A request fetch would refuse (credentials in the URL, a body on GET, an invalid header…) is
+ * `misconfigured`, with a message that quotes neither URL nor header.
  */
 export async function fetchResource(
   runtime: ResourceServices,
@@ -119,13 +153,10 @@ export async function fetchResource(
   try {
     target = new URL(url);
   } catch (err) {
-    throw misuse('req.auth.fetch() needs an absolute URL.', err);
+    throw misuse('req.auth.fetch() needs an absolute URL.', sanitisedCause(err, [credentials.accessToken]));
   }
   const method = (init.method ?? 'GET').toUpperCase();
-  const headers = new Headers(init.headers);
-  if (headers.has('authorization') || headers.has('dpop')) {
-    throw misuse('req.auth.fetch() sets the Authorization and DPoP headers itself; do not pass them.');
-  }
+  const headers = checkRequest(target, method, init);
   const bound = credentials.tokenType === 'DPoP';
   const options = bound ? await dpopOptionsFor(runtime, credentials) : undefined;
   if (bound && options === undefined) {
@@ -142,9 +173,11 @@ export async function fetchResource(
     const cause = sanitisedCause(err, [credentials.accessToken]);
     if (isTimeout(err)) throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 504, 'The resource server did not answer in time.', { cause });
     if (isNetworkError(err)) throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 502, 'The resource server could not be reached.', { cause });
-    if ((err as { code?: unknown } | null)?.code === 'OAUTH_HTTP_REQUEST_FORBIDDEN') {
+    const code = (err as { code?: unknown } | null)?.code;
+    if (code === 'OAUTH_HTTP_REQUEST_FORBIDDEN') {
       throw misuse('req.auth.fetch() sends tokens over https: only (allowInsecureRequests is off).', cause);
     }
+    if (code === 'OAUTH_REQUEST_PROTOCOL_FORBIDDEN') throw misuse('req.auth.fetch() sends requests over https: (or http:) only.', cause);
     throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 502, `The resource request failed: ${describe(cause)}.`, { cause });
   }
 }

@@ -1,3 +1,4 @@
+import { inspect } from 'node:util';
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { AuthError } from '../../lib/index.js';
 import { resolveOptions } from '../../lib/options.js';
@@ -82,16 +83,34 @@ test('a 401 challenge is returned to the caller, not thrown (the app decides: re
   expect(await response.json()).toEqual({ error: 'invalid_token' });
 });
 
+/** A secret the caller put in a URL or header: no refusal may quote it, in its message or in its logged cause. */
+const SECRET = 's3cr3t-api-key';
+
 test.each([
   ['a relative URL', '/orders', {}, /absolute URL/],
+  ['a relative URL with a secret in its query', `/orders?api_key=${SECRET}`, {}, /absolute URL/],
   ['an Authorization header of its own', 'API', { headers: { authorization: 'Bearer other' } }, /sets the Authorization and DPoP headers itself/],
   ['a DPoP header of its own', 'API', { headers: { DPoP: 'proof' } }, /sets the Authorization and DPoP headers itself/],
-])('refuses %s as misconfigured, sending nothing', async (_case, url, init, message) => {
+  // The Fetch API's own refusal would quote the URL, password included, and toJSON() sends the message to clients.
+  ['a URL with credentials', `http://user:${SECRET}@127.0.0.1:9/orders`, {}, /URL with credentials/],
+  ['a URL with a user name only', `http://${SECRET}@127.0.0.1:9/orders`, {}, /URL with credentials/],
+  ['a GET with a body', 'API', { body: 'x' }, /body for a GET request/],
+  ['a HEAD with a body', 'API', { method: 'head', body: new URLSearchParams({ a: '1' }) }, /body for a HEAD request/],
+  // The Fetch API's message quotes an invalid header value (here a header injection).
+  ['an invalid header value', 'API', { headers: { 'x-api-key': `${SECRET}\r\nx-injected: 1` } }, /header with an invalid name or value/],
+  ['an invalid header name', 'API', { headers: { 'x api key': SECRET } }, /header with an invalid name or value/],
+  ['an invalid method', 'API', { method: 'GE T' }, /method, body or signal that fetch refuses/],
+  ['a forbidden method', 'API', { method: 'TRACE' }, /method, body or signal that fetch refuses/],
+  ['a signal that is no AbortSignal', 'API', { signal: { aborted: false } as unknown as AbortSignal }, /method, body or signal that fetch refuses/],
+  ['a URL that is neither https: nor http:', `ftp://127.0.0.1:9/orders?api_key=${SECRET}`, {}, /over https: \(or http:\) only/],
+])('refuses %s as misconfigured (a programming error, 500), sending nothing and quoting no secret', async (_case, url, init, message) => {
   seen = [];
   const err = await refusal(fetchResource(runtime(), bearer, url === 'API' ? `${api.url}/orders` : url, init));
 
-  expect(err.code).toBe('misconfigured');
+  expect([err.code, err.status]).toEqual(['misconfigured', 500]);
   expect(err.message).toMatch(message);
+  expect(JSON.stringify(err)).not.toContain(SECRET);
+  expect(inspect(err, { depth: 10 })).not.toContain(SECRET);
   expect(seen).toEqual([]);
 });
 
