@@ -14,7 +14,7 @@
  * | `user_fetch_failed` | 502 | the `fetchUser` hook failed or returned no object; no login was stored |
  * | `resource_request_failed` | 502 / 504 | `req.auth.fetch()` could not reach the resource server, or timed out (504) |
  * | `idp_unreachable` | 502 / 504 | the authorization server could not be reached, failed (5xx), turned the request away (429), or timed out (504) |
- * | `discovery_failed` | 502 | the issuer's metadata could not be fetched or is unacceptable |
+ * | `discovery_failed` | 502 | the issuer's metadata could not be fetched or is unacceptable (wrong issuer, no S256, an endpoint the library uses missing, not a URL or not `https:`) |
  * | `session_unavailable` | 503 | the session store (Redis) failed, nobody is let in; or a back-channel logout with the same token is still at work (retry) |
  * | `session_missing` | 500 | express-session is not mounted before `auth()` |
  * | `login_required` | 401 | no usable login: not logged in, or the login has ended |

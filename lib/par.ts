@@ -21,7 +21,29 @@ export function checkPushedAuthorizationSupport(config: ResolvedConfig, metadata
   }
 }
 
+/** oauth4webapi's refusals of an endpoint in the metadata: missing, not a URL, not https: (or http:). */
+const UNUSABLE_ENDPOINT_CODES = new Set([
+  'OAUTH_MISSING_SERVER_METADATA',
+  'OAUTH_INVALID_SERVER_METADATA',
+  'OAUTH_HTTP_REQUEST_FORBIDDEN',
+  'OAUTH_REQUEST_PROTOCOL_FORBIDDEN',
+]);
+
+/**
+ * An endpoint the metadata names but openid-client cannot use, as `discovery_failed`. Discovery checks them first
+ * (server.ts); this keeps a throw that gets past it an answer, not a stack trace.
+ */
+function unusableEndpoint(err: unknown): AuthError | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code !== 'string' || !UNUSABLE_ENDPOINT_CODES.has(code)) return undefined;
+  return new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, `The authorization server metadata cannot be used to start a login: ${describe(err)}.`, {
+    cause: sanitisedCause(err),
+  });
+}
+
 function parError(err: unknown): AuthError {
+  const endpoint = unusableEndpoint(err);
+  if (endpoint !== undefined) return endpoint;
   const cause = sanitisedCause(err);
   if (isTimeout(err)) {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The pushed authorization request endpoint did not answer in time.', { cause });
@@ -56,7 +78,11 @@ export async function authorizationUrl(
 ): Promise<URL> {
   if (!usesPushedAuthorization(config, configuration.serverMetadata())) {
     if (dpop !== undefined) parameters.dpop_jkt = await dpop.calculateThumbprint();
-    return client.buildAuthorizationUrl(configuration, parameters);
+    try {
+      return client.buildAuthorizationUrl(configuration, parameters);
+    } catch (err) {
+      throw unusableEndpoint(err) ?? err;
+    }
   }
   try {
     return await client.buildAuthorizationUrlWithPAR(configuration, parameters, dpop === undefined ? undefined : { DPoP: dpop });
