@@ -86,7 +86,10 @@ export type ClientPrivateKey = JWK | ClientPrivateKeyOptions;
 
 /**
  * Loads the user after a login, for servers without ID tokens (or to add profile data). Called once per login,
- * before the login is stored; the result is kept in the session as `req.auth.user`. A rejection fails the login.
+ * before the login is stored; the result is kept in the session as `req.auth.user`. It must be a plain JSON object
+ * (`await response.json()`, not the Response; not a Map, a Date, a class instance or an array, nor anything whose
+ * `toJSON()` gives something else): otherwise, as on a rejection, the login fails with `user_fetch_failed`. The
+ * login waits for the hook: bound a slow body with `fetch`'s `signal`.
  *
  * @example
  * ```ts
