@@ -99,13 +99,19 @@ export interface AuthContext {
    * token (option `dpop`) goes as `DPoP <token>` with a fresh proof, retried once when the server asks for a new
    * nonce; otherwise as `Bearer <token>`. Every response is returned as is, 401 included (the token may have been
    * revoked, or have an unknown expiry: the app decides whether to refresh or log in again). Rejects with
-   * {@link AuthError} `login_required` (401) like `getAccessToken()`, `resource_request_failed` (502/504) when the
-   * server cannot be reached within `httpTimeout`, and `misconfigured` for a relative or (without
-   * `allowInsecureRequests`) `http:` URL, or when `Authorization`/`DPoP` headers are passed in.
+   * {@link AuthError} `login_required` (401) like `getAccessToken()`, `resource_request_failed` (502, or 504 when the
+   * response headers do not arrive within `httpTimeout`), and `misconfigured` (500, nothing sent, neither URL nor
+   * header quoted) for a request that is the app's mistake: a relative URL, credentials in the URL, a URL that is not
+   * `https:` (or `http:` with `allowInsecureRequests`), `Authorization`/`DPoP` headers passed in, a body on GET/HEAD, an
+   * invalid header or method. The timeout ends once the headers are in: reading the body is the app's to bound, with
+   * `init.signal` (whose abort rejects with its reason, as `fetch` does).
    *
    * @example
    * ```ts
    * const response = await req.auth.fetch('https://api.example.com/orders', { method: 'POST', body: JSON.stringify(order), headers: { 'content-type': 'application/json' } });
+   * // httpTimeout ends with the headers; the app's own signal bounds the body too
+   * const report = await req.auth.fetch('https://api.example.com/report', { signal: AbortSignal.timeout(30_000) });
+   * const text = await report.text();
    * ```
    */
   fetch(url: string | URL, init?: ResourceRequestInit): Promise<Response>;

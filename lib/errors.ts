@@ -10,11 +10,11 @@
  * | `invalid_response` | 400 | the authorization response failed a check (`iss` per RFC 9207, …) |
  * | `invalid_id_token` | 400 | the ID token failed validation (signature, `iss`, `aud`, `nonce`, `exp`, …) |
  * | `token_exchange_failed` | 400 / 502 | the token endpoint refused the code (`invalid_grant`, …) or answered nonsense; 502 when it refused the client itself (`invalid_client`, …, or any 401) |
- * | `par_failed` | 502 | the pushed authorization request (RFC 9126) was refused; nothing was stored |
- * | `user_fetch_failed` | 502 | the `fetchUser` hook failed or returned no object; no login was stored |
+ * | `par_failed` | 502 | the pushed authorization request (RFC 9126) was refused (a 4xx other than 429, which is `idp_unreachable`); nothing was stored |
+ * | `user_fetch_failed` | 502 | the `fetchUser` hook failed or returned no plain object; no login was stored |
  * | `resource_request_failed` | 502 / 504 | `req.auth.fetch()` could not reach the resource server, or timed out (504) |
  * | `idp_unreachable` | 502 / 504 | the authorization server could not be reached, failed (5xx), turned the request away (429), or timed out (504) |
- * | `discovery_failed` | 502 | the issuer's metadata could not be fetched or is unacceptable |
+ * | `discovery_failed` | 502 | the issuer's metadata could not be fetched or is unacceptable (wrong issuer, no S256, an endpoint the library uses missing, not a URL or not `https:`) |
  * | `session_unavailable` | 503 | the session store (Redis) failed, nobody is let in; or a back-channel logout with the same token is still at work (retry) |
  * | `session_missing` | 500 | express-session is not mounted before `auth()` |
  * | `login_required` | 401 | no usable login: not logged in, or the login has ended |

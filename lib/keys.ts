@@ -17,8 +17,8 @@ export interface KeyMetadata {
 
 /**
  * The key resolver and the algorithms for a JWT from this server: the advertised subset of {@link SIGNING_ALGORITHMS}
- * (all of them when the server advertises nothing). A server whose metadata cannot give keys at all (no `jwks_uri`, or
- * an `http:` one without `allowInsecureRequests`) is a configuration problem, not a verdict on the token: that throws
+ * (all of them when the server advertises nothing). A server whose metadata cannot give keys at all (no `jwks_uri`, one
+ * that is not a URL, or an `http:` one without `allowInsecureRequests`) is a configuration problem, not a verdict on the token: that throws
  * `discovery_failed` (502), naming `what` cannot be verified.
  */
 export function verificationKeys(keys: IssuerKeys, metadata: KeyMetadata, what: string): { getKey: JWTVerifyGetKey; algorithms: string[] } {
@@ -47,6 +47,10 @@ export function createIssuerKeys(config: ResolvedConfig): IssuerKeys {
   let keys: { uri: string; getKey: JWTVerifyGetKey } | undefined;
   return function keySet(jwksUri) {
     if (keys?.uri !== jwksUri) {
+      // Discovery refuses such a jwks_uri (server.ts); this keeps one that gets past it an answer, not a TypeError.
+      if (!URL.canParse(jwksUri)) {
+        throw new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, "The authorization server's jwks_uri is not a URL.");
+      }
       const url = new URL(jwksUri);
       if (url.protocol !== 'https:' && !(url.protocol === 'http:' && config.allowInsecureRequests)) {
         throw new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, "The authorization server's jwks_uri is not https: (set allowInsecureRequests only in development).");

@@ -86,7 +86,10 @@ export type ClientPrivateKey = JWK | ClientPrivateKeyOptions;
 
 /**
  * Loads the user after a login, for servers without ID tokens (or to add profile data). Called once per login,
- * before the login is stored; the result is kept in the session as `req.auth.user`. A rejection fails the login.
+ * before the login is stored; the result is kept in the session as `req.auth.user`. It must be a plain JSON object
+ * (`await response.json()`, not the Response; not a Map, a Date, a class instance or an array, nor anything whose
+ * `toJSON()` gives something else): otherwise, as on a rejection, the login fails with `user_fetch_failed`. The
+ * login waits for the hook: bound a slow body with `fetch`'s `signal`.
  *
  * @example
  * ```ts
@@ -243,9 +246,11 @@ export interface AuthOptions {
    */
   sessionIndexTtl?: number;
   /**
-   * Timeout of each request to the authorization server and of `req.auth.fetch()`, in milliseconds. openid-client,
-   * which sends them, takes whole seconds, so the value is rounded up: `200` waits 1 s. Only the key-set fetches (for
-   * the signatures of ID tokens and logout tokens) use the milliseconds as given.
+   * Timeout of each request to the authorization server, and of `req.auth.fetch()` until the response headers arrive,
+   * in milliseconds. openid-client, which sends the requests to the authorization server, takes whole seconds, so for
+   * those the value is rounded up: `200` waits 1 s. `req.auth.fetch()` and the key-set fetches (for the signatures of
+   * ID tokens and logout tokens) use the milliseconds as given. Reading the body of a `req.auth.fetch()` response is not
+   * timed: the app bounds it where it matters.
    * @default 5000
    */
   httpTimeout?: number;

@@ -1,7 +1,7 @@
 import * as client from 'openid-client';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { ResolvedConfig } from './options.js';
-import { describe, isNetworkError, isTimeout, sanitisedCause } from './upstream.js';
+import { describe, isNetworkError, isTimeout, isTransient, sanitisedCause } from './upstream.js';
 
 /** PAR (RFC 9126) is used when the app asks for it, and always when the server requires it (RFC 9126 §5). */
 export function usesPushedAuthorization(config: ResolvedConfig, metadata: client.ServerMetadata): boolean {
@@ -21,7 +21,29 @@ export function checkPushedAuthorizationSupport(config: ResolvedConfig, metadata
   }
 }
 
+/** oauth4webapi's refusals of an endpoint in the metadata: missing, not a URL, not https: (or http:). */
+const UNUSABLE_ENDPOINT_CODES = new Set([
+  'OAUTH_MISSING_SERVER_METADATA',
+  'OAUTH_INVALID_SERVER_METADATA',
+  'OAUTH_HTTP_REQUEST_FORBIDDEN',
+  'OAUTH_REQUEST_PROTOCOL_FORBIDDEN',
+]);
+
+/**
+ * An endpoint the metadata names but openid-client cannot use, as `discovery_failed`. Discovery checks them first
+ * (server.ts); this keeps a throw that gets past it an answer, not a stack trace.
+ */
+function unusableEndpoint(err: unknown): AuthError | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code !== 'string' || !UNUSABLE_ENDPOINT_CODES.has(code)) return undefined;
+  return new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, `The authorization server metadata cannot be used to start a login: ${describe(err)}.`, {
+    cause: sanitisedCause(err),
+  });
+}
+
 function parError(err: unknown): AuthError {
+  const endpoint = unusableEndpoint(err);
+  if (endpoint !== undefined) return endpoint;
   const cause = sanitisedCause(err);
   if (isTimeout(err)) {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The pushed authorization request endpoint did not answer in time.', { cause });
@@ -29,15 +51,19 @@ function parError(err: unknown): AuthError {
   if (isNetworkError(err)) {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, 'The pushed authorization request endpoint could not be reached.', { cause });
   }
+  // The same rule as at the token endpoint: a 5xx or a 429 says nothing about the request, so it is the server's
+  // (idp_unreachable, retry later), whether or not it came with an OAuth error body.
   if (err instanceof client.ResponseBodyError) {
-    return new AuthError(AuthErrorCode.PAR_FAILED, 502, `The authorization server refused the pushed authorization request: ${err.error}.`, {
-      cause,
-      error: err.error,
-      ...(err.error_description ? { errorDescription: err.error_description } : {}),
-    });
+    const upstream = { cause, error: err.error, ...(err.error_description ? { errorDescription: err.error_description } : {}) };
+    if (isTransient(err.status)) {
+      return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The pushed authorization request endpoint failed (HTTP ${err.status}).`, upstream);
+    }
+    return new AuthError(AuthErrorCode.PAR_FAILED, 502, `The authorization server refused the pushed authorization request: ${err.error}.`, upstream);
   }
+  // oauth4webapi calls a 5xx without an OAuth error not conform, a 4xx (429) without a JSON body not JSON.
+  const code = (err as { code?: unknown } | null)?.code;
   const status = (err as { cause?: { status?: unknown } } | null)?.cause?.status;
-  if ((err as { code?: unknown } | null)?.code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' && typeof status === 'number' && status >= 500) {
+  if ((code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' || code === 'OAUTH_RESPONSE_IS_NOT_JSON') && typeof status === 'number' && isTransient(status)) {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The pushed authorization request endpoint failed (HTTP ${status}).`, { cause });
   }
   return new AuthError(AuthErrorCode.PAR_FAILED, 502, `The pushed authorization request failed: ${describe(err)}.`, { cause });
@@ -56,7 +82,11 @@ export async function authorizationUrl(
 ): Promise<URL> {
   if (!usesPushedAuthorization(config, configuration.serverMetadata())) {
     if (dpop !== undefined) parameters.dpop_jkt = await dpop.calculateThumbprint();
-    return client.buildAuthorizationUrl(configuration, parameters);
+    try {
+      return client.buildAuthorizationUrl(configuration, parameters);
+    } catch (err) {
+      throw unusableEndpoint(err) ?? err;
+    }
   }
   try {
     return await client.buildAuthorizationUrlWithPAR(configuration, parameters, dpop === undefined ? undefined : { DPoP: dpop });

@@ -183,10 +183,10 @@ function classifyTokenFailure(err: unknown, secrets: ReadonlyArray<string | unde
 }
 
 /**
- * HTTP statuses of a token endpoint that may answer otherwise later, whatever its body says: a server failure (5xx), or
- * too many requests (429, RFC 6585 §4), which is about the rate, not the code or the refresh token.
+ * HTTP statuses of an authorization server endpoint (token, PAR) that may answer otherwise later, whatever its body
+ * says: a server failure (5xx), or too many requests (429, RFC 6585 §4), which is about the rate, not the request.
  */
-function isTransient(status: number): boolean {
+export function isTransient(status: number): boolean {
   return status >= 500 || status === 429;
 }
 

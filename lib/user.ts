@@ -9,8 +9,21 @@ function failed(message: string, cause?: unknown): AuthError {
 }
 
 /**
+ * An object made by `{…}`, `JSON.parse` or `Object.create(null)`: a Response (a hook that forgot `.json()`), a Map, a
+ * Date or a class instance is not, although each would pass through JSON as something (`{}`, a string). The prototype
+ * is compared by shape, not with this realm's `Object.prototype`: `Response.json()` builds its result in Node's own
+ * realm, which is not the one of a vm context (jest's).
+ */
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== 'object' || value === null) return false;
+  const prototype: unknown = Object.getPrototypeOf(value);
+  return prototype === null || Object.getPrototypeOf(prototype) === null;
+}
+
+/**
  * Runs the `fetchUser` hook for a login that is about to be stored. Its result goes into the session, so it must be a
- * plain JSON object; it is copied through JSON now so that a value the store cannot keep fails here, not at save time.
+ * plain JSON object, before and after a copy through JSON (a `toJSON()` may turn it into a string): the copy is made
+ * now so that a value the store cannot keep fails here, not at save time.
  */
 export async function loadUser(
   runtime: Runtime,
@@ -27,14 +40,14 @@ export async function loadUser(
     // The hook's own message may quote a response: only a sanitised copy is kept, as the cause (never in toJSON()).
     throw failed('fetchUser failed, so the login was not completed; try again.', sanitisedCause(err, [tokens.accessToken, tokens.refreshToken, tokens.idToken]));
   }
-  if (typeof user !== 'object' || user === null || Array.isArray(user)) {
-    throw failed('fetchUser must resolve to a plain object describing the user.');
-  }
+  const notPlain = 'fetchUser must resolve to a plain object describing the user (not a Response: call .json() on it; not a Map, a Date or a class instance).';
+  if (!isPlainObject(user)) throw failed(notPlain);
   let copy: unknown;
   try {
     copy = JSON.parse(JSON.stringify(user));
   } catch (err) {
     throw failed('fetchUser returned an object that cannot be stored in the session (it must be JSON-serialisable).', sanitisedCause(err));
   }
-  return copy as Record<string, unknown>;
+  if (!isPlainObject(copy)) throw failed(notPlain);
+  return copy;
 }

@@ -171,7 +171,7 @@ describe('a provider without PAR', () => {
 describe('a PAR endpoint that fails after a transaction is already pending', () => {
   let stub: Listener;
   let app: AppSlot;
-  let parAnswer: { status: number; body: unknown };
+  let parAnswer: { status: number; body: unknown; headers?: Record<string, string> };
   let pushed = 0;
 
   beforeAll(async () => {
@@ -181,7 +181,8 @@ describe('a PAR endpoint that fails after a transaction is already pending', () 
       req.resume();
       req.on('end', () => {
         pushed += 1;
-        res.writeHead(parAnswer.status, { 'content-type': 'application/json' }).end(JSON.stringify(parAnswer.body));
+        const { status, body, headers = { 'content-type': 'application/json' } } = parAnswer;
+        res.writeHead(status, headers).end(typeof body === 'string' ? body : JSON.stringify(body));
       });
     });
     app.mount(
@@ -208,6 +209,10 @@ describe('a PAR endpoint that fails after a transaction is already pending', () 
   test.each([
     ['refuses it (400)', { status: 400, body: { error: 'invalid_request' } }, 'par_failed', 502],
     ['fails (500)', { status: 500, body: { error: 'server_error' } }, 'idp_unreachable', 502],
+    ['fails (503, no JSON body)', { status: 503, body: 'Service Unavailable', headers: { 'content-type': 'text/plain' } }, 'idp_unreachable', 502],
+    // 429 is about the rate, not the request (RFC 6585 §4): transient, as at the token endpoint, body or not.
+    ['turns it away (429, no JSON body)', { status: 429, body: 'Too Many Requests', headers: { 'content-type': 'text/plain', 'retry-after': '5' } }, 'idp_unreachable', 502],
+    ['turns it away (429 with an OAuth error)', { status: 429, body: { error: 'slow_down' } }, 'idp_unreachable', 502],
   ])('when it %s, the session keeps only the earlier transaction', async (_case, failure, code, status) => {
     parAnswer = { status: 201, body: { request_uri: `urn:ietf:params:oauth:request_uri:${randomUUID()}`, expires_in: 60 } };
     const first = await app.browser.request(`${app.url}/login`);

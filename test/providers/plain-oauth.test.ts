@@ -18,7 +18,7 @@ let byHand: AppSlot;
 let oauth2Discovery: AppSlot;
 let failing: AppSlot;
 let noIssuer: AppSlot;
-let hook: () => Promise<object> = async () => ({});
+let hook: NonNullable<AuthOptions['fetchUser']> = async () => ({});
 
 /** Routes every app here gets: the resource server, plus what req.auth says and a call through req.auth.fetch. */
 function routes(slot: AppSlot) {
@@ -86,7 +86,7 @@ beforeAll(async () => {
     routes(byHand),
   );
   oauth2Discovery.mount(redis, options(oauth2Discovery, { issuer: provider.issuer, discovery: 'oauth2' }), routes(oauth2Discovery));
-  failing.mount(redis, options(failing, { server: endpoints, fetchUser: () => hook() }), routes(failing));
+  failing.mount(redis, options(failing, { server: endpoints, fetchUser: (tokens, tools) => hook(tokens, tools) }), routes(failing));
   const { issuer: _issuer, ...withoutIssuer } = endpoints;
   noIssuer.mount(redis, options(noIssuer, { server: withoutIssuer }), routes(noIssuer));
 });
@@ -147,7 +147,15 @@ test.each([
   ['rejects', () => Promise.reject(new Error('user API down'))],
   ['resolves to no object', () => Promise.resolve('alice' as unknown as object)],
   ['resolves to something the session cannot store', () => Promise.resolve({ id: 1n } as object)],
-])('a fetchUser that %s fails the login with user_fetch_failed and stores no login', async (_case, behaviour) => {
+  // Each of these passes through JSON as something ({} or a string), but none is the user: README says plain object.
+  ['resolves to the Response (forgot .json())', async (_tokens, { fetch }) => fetch(`${failing.url}/api/user`)],
+  ['resolves to a Map', async () => new Map([['sub', 'alice']])],
+  ['resolves to a Date', async () => new Date(0)],
+  ['resolves to a class instance', async () => new (class User { sub = 'alice'; })()],
+  ['resolves to an array (control: refused before too)', async () => ['alice']],
+  ['resolves to an object whose toJSON gives a string', async () => ({ toJSON: () => 'alice' })],
+  ['resolves to an object whose toJSON gives an array', async () => ({ toJSON: () => ['alice'] })],
+] satisfies Array<[string, NonNullable<AuthOptions['fetchUser']>]>)('a fetchUser that %s fails the login with user_fetch_failed and stores no login', async (_case, behaviour) => {
   hook = behaviour;
   failing.browser.jar.clear();
   const result = await failing.browser.login(`${failing.url}/login?returnTo=/whoami`);

@@ -1,3 +1,4 @@
+import { inspect } from 'node:util';
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { AuthError } from '../../lib/index.js';
 import { resolveOptions } from '../../lib/options.js';
@@ -45,6 +46,11 @@ beforeAll(async () => {
         res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"', 'content-type': 'application/json' }).end('{"error":"invalid_token"}');
       } else if (path === '/slow') {
         timers.push(setTimeout(() => res.writeHead(200).end('late'), 2500));
+      } else if (path === '/download') {
+        // Headers at once, the rest of the body well after httpTimeout (a large file, a slow upstream, a stream).
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.write('first part;');
+        timers.push(setTimeout(() => res.end('second part'), 1500));
       } else {
         res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
       }
@@ -77,16 +83,34 @@ test('a 401 challenge is returned to the caller, not thrown (the app decides: re
   expect(await response.json()).toEqual({ error: 'invalid_token' });
 });
 
+/** A secret the caller put in a URL or header: no refusal may quote it, in its message or in its logged cause. */
+const SECRET = 's3cr3t-api-key';
+
 test.each([
   ['a relative URL', '/orders', {}, /absolute URL/],
+  ['a relative URL with a secret in its query', `/orders?api_key=${SECRET}`, {}, /absolute URL/],
   ['an Authorization header of its own', 'API', { headers: { authorization: 'Bearer other' } }, /sets the Authorization and DPoP headers itself/],
   ['a DPoP header of its own', 'API', { headers: { DPoP: 'proof' } }, /sets the Authorization and DPoP headers itself/],
-])('refuses %s as misconfigured, sending nothing', async (_case, url, init, message) => {
+  // The Fetch API's own refusal would quote the URL, password included, and toJSON() sends the message to clients.
+  ['a URL with credentials', `http://user:${SECRET}@127.0.0.1:9/orders`, {}, /URL with credentials/],
+  ['a URL with a user name only', `http://${SECRET}@127.0.0.1:9/orders`, {}, /URL with credentials/],
+  ['a GET with a body', 'API', { body: 'x' }, /body for a GET request/],
+  ['a HEAD with a body', 'API', { method: 'head', body: new URLSearchParams({ a: '1' }) }, /body for a HEAD request/],
+  // The Fetch API's message quotes an invalid header value (here a header injection).
+  ['an invalid header value', 'API', { headers: { 'x-api-key': `${SECRET}\r\nx-injected: 1` } }, /header with an invalid name or value/],
+  ['an invalid header name', 'API', { headers: { 'x api key': SECRET } }, /header with an invalid name or value/],
+  ['an invalid method', 'API', { method: 'GE T' }, /method, body or signal that fetch refuses/],
+  ['a forbidden method', 'API', { method: 'TRACE' }, /method, body or signal that fetch refuses/],
+  ['a signal that is no AbortSignal', 'API', { signal: { aborted: false } as unknown as AbortSignal }, /method, body or signal that fetch refuses/],
+  ['a URL that is neither https: nor http:', `ftp://127.0.0.1:9/orders?api_key=${SECRET}`, {}, /over https: \(or http:\) only/],
+])('refuses %s as misconfigured (a programming error, 500), sending nothing and quoting no secret', async (_case, url, init, message) => {
   seen = [];
   const err = await refusal(fetchResource(runtime(), bearer, url === 'API' ? `${api.url}/orders` : url, init));
 
-  expect(err.code).toBe('misconfigured');
+  expect([err.code, err.status]).toEqual(['misconfigured', 500]);
   expect(err.message).toMatch(message);
+  expect(JSON.stringify(err)).not.toContain(SECRET);
+  expect(inspect(err, { depth: 10 })).not.toContain(SECRET);
   expect(seen).toEqual([]);
 });
 
@@ -113,6 +137,39 @@ test('a DPoP-bound token without its key is login_required', async () => {
 
   expect(err.code).toBe('login_required');
   expect(err.status).toBe(401);
+});
+
+test('httpTimeout bounds the wait for the headers only: a body slower than that is read to the end', async () => {
+  const response = await fetchResource(runtime({ httpTimeout: 1000 }), bearer, `${api.url}/download`);
+
+  expect(response.status).toBe(200);
+  expect(await response.text()).toBe('first part;second part');
+});
+
+test("the app bounds the body with a signal of its own: its abort cuts the body read short, with the signal's reason", async () => {
+  const controller = new AbortController();
+  const response = await fetchResource(runtime({ httpTimeout: 1000 }), bearer, `${api.url}/download`, { signal: controller.signal });
+  const enough = new Error('the app has waited long enough');
+  const reading = response.text();
+  setTimeout(() => controller.abort(enough), 200);
+
+  await expect(reading).rejects.toBe(enough);
+});
+
+test("a request whose own signal is already aborted rejects with the signal's reason, sending nothing", async () => {
+  seen = [];
+  const reason = new Error('cancelled by the app');
+
+  await expect(fetchResource(runtime(), bearer, `${api.url}/orders`, { signal: AbortSignal.abort(reason) })).rejects.toBe(reason);
+  expect(seen).toEqual([]);
+});
+
+test('httpTimeout counts in milliseconds for req.auth.fetch(): 200 gives up well before a second', async () => {
+  const started = performance.now();
+  const slow = await refusal(fetchResource(runtime({ httpTimeout: 200 }), bearer, `${api.url}/slow`));
+
+  expect([slow.code, slow.status]).toEqual(['resource_request_failed', 504]);
+  expect(performance.now() - started).toBeLessThan(1000);
 });
 
 test('an unreachable resource server is resource_request_failed (502), a slow one 504 after httpTimeout', async () => {

@@ -3,10 +3,13 @@
  * library needs; anything else is refused when the first login starts — before any authorization request, without a
  * session — and retried on the next login rather than cached (fail closed, recover without a restart).
  */
-import { afterAll, beforeAll, expect, test } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import * as client from 'openid-client';
 import { AuthError, type AuthOptions } from '../../lib/index.js';
+import { checkSignature, createIssuerKeys } from '../../lib/keys.js';
 import { resolveOptions } from '../../lib/options.js';
-import { createServerResolver } from '../../lib/server.js';
+import { authorizationUrl } from '../../lib/par.js';
+import { checkEndpoints, createServerResolver } from '../../lib/server.js';
 import { listen } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import { RogueProvider, startRogueStack } from '../helpers/rogue-provider.js';
@@ -65,6 +68,25 @@ test('metadata without response_type=code is refused', async () => {
 
 test('metadata without the configured client authentication method is refused (no silent switch)', async () => {
   await refusedAtLogin((m) => (m.token_endpoint_auth_methods_supported = ['client_secret_post']), /client_secret_basic/);
+});
+
+// Each of these used to surface half-way through a login: a 500 with oauth4webapi's stack at /login, or a TypeError at
+// the callback after the code had been redeemed. The value is not quoted; the field is named.
+test.each([
+  ['without an authorization_endpoint', (m: Record<string, unknown>) => delete m.authorization_endpoint, /authorization_endpoint is missing; browsers are sent there/],
+  ['with an authorization_endpoint that is not a URL', (m: Record<string, unknown>) => (m.authorization_endpoint = 'idp.example/authorize'), /authorization_endpoint is not a URL/],
+  ['with a javascript: authorization_endpoint', (m: Record<string, unknown>) => (m.authorization_endpoint = 'javascript:alert(1)'), /authorization_endpoint is not an https: URL/],
+  ['with a token_endpoint that is not a string', (m: Record<string, unknown>) => (m.token_endpoint = ['https://idp.example/token']), /token_endpoint is not a URL/],
+  ['with an ftp: token_endpoint', (m: Record<string, unknown>) => (m.token_endpoint = 'ftp://idp.example/token'), /token_endpoint is not an https: URL/],
+  ['with a jwks_uri that is not a URL', (m: Record<string, unknown>) => (m.jwks_uri = 'not a url'), /jwks_uri is not a URL; ID-token signatures/],
+  ['without a jwks_uri (scope has openid: no signature could be checked)', (m: Record<string, unknown>) => delete m.jwks_uri, /jwks_uri is missing; ID-token signatures/],
+  [
+    'requiring PAR at a pushed_authorization_request_endpoint that is not a URL',
+    (m: Record<string, unknown>) => Object.assign(m, { require_pushed_authorization_requests: true, pushed_authorization_request_endpoint: '/par' }),
+    /pushed_authorization_request_endpoint is not a URL/,
+  ],
+])('metadata %s is refused at discovery: 502 discovery_failed naming the field', async (_case, edit, detail) => {
+  await refusedAtLogin(edit, detail);
 });
 
 test('an unreachable issuer fails closed: 502, no session, nobody let in', async () => {
@@ -127,3 +149,72 @@ test('an unreachable issuer: the message names the discovery URL of RFC 8414 too
   expect(failure.code).toBe('idp_unreachable');
   expect(failure.message).toBe(`The authorization server could not be reached for discovery (${closed.url}/.well-known/oauth-authorization-server/tenant).`);
 });
+
+/**
+ * TLS (RFC 6749 §3.1, §3.2): under an https: issuer without allowInsecureRequests, an http: endpoint in its metadata
+ * (a proxy that rewrites URLs, say) is refused at discovery. The test servers speak plain HTTP, so the checks are called
+ * with such metadata directly.
+ */
+describe('an http: endpoint under an https: issuer (allowInsecureRequests off)', () => {
+  const options = { issuer: 'https://idp.example.com', clientId: 'app', clientSecret: 'secret', redirectUri: 'https://app.example.com/callback' };
+  const config = resolveOptions(options);
+  const metadata = {
+    issuer: 'https://idp.example.com',
+    authorization_endpoint: 'https://idp.example.com/authorize',
+    token_endpoint: 'https://idp.example.com/token',
+    jwks_uri: 'https://idp.example.com/jwks',
+  };
+  const refusal = (err: unknown): AuthError => {
+    expect(err).toBeInstanceOf(AuthError);
+    return err as AuthError;
+  };
+
+  test('the metadata as it should be passes (control)', () => {
+    expect(() => checkEndpoints(config, metadata)).not.toThrow();
+  });
+
+  test.each(['authorization_endpoint', 'token_endpoint', 'jwks_uri'])('an http: %s is refused: 502 discovery_failed naming it', (field) => {
+    const err = refusal(captured(() => checkEndpoints(config, { ...metadata, [field]: `http://idp.example.com/${field}` })));
+
+    expect([err.code, err.status]).toEqual(['discovery_failed', 502]);
+    expect(err.message).toMatch(new RegExp(`metadata's ${field} uses http:`));
+  });
+
+  test('with allowInsecureRequests, an http: endpoint passes', () => {
+    const insecure = resolveOptions({ issuer: 'http://idp.example.com', clientId: 'app', clientSecret: 'secret', redirectUri: 'http://127.0.0.1/callback', allowInsecureRequests: true });
+    expect(() => checkEndpoints(insecure, { ...metadata, authorization_endpoint: 'http://idp.example.com/authorize' })).not.toThrow();
+  });
+
+  // Behind discovery's check, the places that use the endpoints answer too, rather than throwing oauth4webapi's or
+  // URL's own errors (a 500 with a stack trace at /login, a TypeError at the callback after the code was redeemed).
+  test.each([
+    ['without PAR', { authorization_endpoint: 'http://idp.example.com/authorize' }, false],
+    ['with PAR, at an http: PAR endpoint', { pushed_authorization_request_endpoint: 'http://idp.example.com/par' }, true],
+    ['without an authorization_endpoint', { authorization_endpoint: undefined }, false],
+  ])('the login URL %s is discovery_failed, not a stack trace', async (_case, edit, par) => {
+    const configuration = new client.Configuration({ ...metadata, ...edit }, 'app');
+    const used = par ? resolveOptions({ ...options, pushedAuthorizationRequests: true }) : config;
+    const err = refusal(await authorizationUrl(used, configuration, { scope: 'openid' }, undefined).then(() => undefined, (e: unknown) => e));
+
+    expect([err.code, err.status]).toEqual(['discovery_failed', 502]);
+  });
+
+  test.each([
+    ['not a URL', 'not a url', /jwks_uri is not a URL/],
+    ['http:', 'http://idp.example.com/jwks', /jwks_uri is not https:/],
+  ])('a jwks_uri that is %s makes the signature check discovery_failed, not a TypeError', async (_case, jwksUri, message) => {
+    const err = refusal(await checkSignature(createIssuerKeys(config), { jwks_uri: jwksUri }, 'a.b.c').then(() => undefined, (e: unknown) => e));
+
+    expect([err.code, err.status]).toEqual(['discovery_failed', 502]);
+    expect(err.message).toMatch(message);
+  });
+});
+
+function captured(action: () => void): unknown {
+  try {
+    action();
+    return undefined;
+  } catch (err) {
+    return err;
+  }
+}

@@ -162,26 +162,6 @@ test('the key set unreachable at login: 502 idp_unreachable, no login (the signa
   }
 });
 
-test('metadata without a jwks_uri: 502 discovery_failed, no login (no signature can be checked)', async () => {
-  delete stack.rogue.metadata.jwks_uri;
-  const fresh = await startRogueStack({ rogue: stack.rogue });
-  try {
-    const browser = new Browser();
-    const pending = await loginUntilCallback(fresh, browser);
-    const seen: Observed = { redis: fresh.redis, sessionPrefix: fresh.sessionPrefix, traffic: fresh.traffic };
-    const refused = await expectRefusal(seen, () => browser.request(pending.callbackUrl), {
-      status: 502,
-      code: 'discovery_failed',
-      calls: ['POST /token'],
-      secrets: () => [...pending.secrets, ...stack.rogue.issued],
-    });
-    expect(refused.body).toMatch(/jwks_uri/);
-  } finally {
-    stack.rogue.reset();
-    await fresh.close();
-  }
-});
-
 test('unknown kid: the key set is re-fetched once, a rotated key is accepted, an unknown one refused', async () => {
   // jose re-fetches the key set for an unknown kid at most every 30 seconds, so that a flood of forged kids cannot
   // turn into a flood of JWKS requests. Only Date is faked, to age the cache past that cooldown.
