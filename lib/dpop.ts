@@ -3,6 +3,7 @@ import * as client from 'openid-client';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { ResolvedConfig } from './options.js';
 import type { Runtime } from './runtime.js';
+import { normaliseTokenType } from './tokens.js';
 import { sanitisedCause } from './upstream.js';
 
 /** Every DPoP server supports ES256 (oidc-provider, Keycloak, Okta); one algorithm keeps the stored keys uniform. */
@@ -112,7 +113,8 @@ export async function dpopOptionsFor(runtime: DPoPServices, login: DPoPBound): P
  */
 export function dpopDowngrade(config: ResolvedConfig, response: { token_type: string }): string | undefined {
   if (!config.dpop || response.token_type.toLowerCase() === 'dpop') return undefined;
-  return `dpop is on, but the authorization server issued a ${response.token_type} token instead of a DPoP-bound one; enable DPoP for this client at the server.`;
+  // oauth4webapi lowercases token_type; the message names the scheme as RFC 6750 spells it.
+  return `dpop is on, but the authorization server issued a ${normaliseTokenType(response.token_type)} token instead of a DPoP-bound one; enable DPoP for this client at the server.`;
 }
 
 /** A code exchange that gets a {@link dpopDowngrade} fails the login (`token_exchange_failed`, 400). */

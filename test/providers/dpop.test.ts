@@ -205,7 +205,7 @@ describe('dpop: true at a provider that does not bind tokens', () => {
 
     expect(result.status).toBe(400);
     expect(result.body).toContain('token_exchange_failed');
-    expect(result.body).toContain('instead of a DPoP-bound one');
+    expect(result.body).toContain('issued a Bearer token instead of a DPoP-bound one');
     expect(loginsOf(await storedSessions(redis, app.sessionPrefix))).toEqual([]);
   });
 });

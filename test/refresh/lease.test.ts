@@ -81,7 +81,8 @@ test('with dpop on, a Bearer token at refresh ends the login (its refresh token 
   expect(server.presented.slice(presentedBefore)).toEqual([refreshToken]);
   expect(failure).toBeInstanceOf(AuthError);
   expect(failure).toMatchObject({ code: 'login_required', status: 401 });
-  expect((failure as AuthError).message).toMatch(/issued a bearer token instead of a DPoP-bound one/i);
+  // The scheme as RFC 6750 spells it, not oauth4webapi's lowercased token_type.
+  expect((failure as AuthError).message).toContain('issued a Bearer token instead of a DPoP-bound one');
   expect(endsLogin(failure)).toBe(true);
   // Every process sees the login as ended, and the server no longer accepts the tokens it issued in that answer.
   expect(await runtime.tokenStore.read(login.id)).toMatchObject({ ended: true });
