@@ -154,7 +154,9 @@ export interface AuthOptions {
   pushedAuthorizationRequests?: boolean;
   /**
    * Sender-constrained tokens (DPoP, RFC 9449): a key pair per login, kept in the session, proves possession on every
-   * token request and on `req.auth.fetch()`. A server that answers with a Bearer token fails the login.
+   * token request and on `req.auth.fetch()`. A server that answers with a Bearer token fails the login. Logins made
+   * before it was turned on have no key and stay Bearer (refreshed without a proof) until the user logs in again;
+   * logins made while it was on keep proving their key after it is turned off.
    * @default false
    */
   dpop?: boolean;

@@ -224,7 +224,8 @@ export function createRefresher(runtime: RefreshServices): Refresher {
       return end(login, record, ttlSeconds, ended);
     }
 
-    const downgrade = dpopDowngrade(config, response);
+    // Only a login bound to a key can be downgraded: one made before `dpop` was turned on sent no proof and stays Bearer.
+    const downgrade = dpopDowngrade(config, login, response);
     if (downgrade !== undefined) {
       // The server has rotated the refresh token already, so the login cannot be kept as it was (the old one is spent),
       // and the new tokens are not what the app asked for: the login ends (its tombstone first, so that no other process

@@ -117,7 +117,7 @@ export function callbackRoute(runtime: Runtime) {
         undefined,
         dpop,
       );
-      assertDPoPBound(config, response);
+      assertDPoPBound(config, transaction, response);
     } catch (err) {
       throw exchangeError(err, [params.get('code') ?? undefined, transaction.verifier, transaction.nonce, config.clientSecret]);
     }

@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from '@jest/globals';
 import type { Express } from 'express';
 import type { Redis } from 'ioredis';
 import { calculateJwkThumbprint, type JWK } from 'jose';
@@ -207,5 +207,97 @@ describe('dpop: true at a provider that does not bind tokens', () => {
     expect(result.body).toContain('token_exchange_failed');
     expect(result.body).toContain('issued a Bearer token instead of a DPoP-bound one');
     expect(loginsOf(await storedSessions(redis, app.sessionPrefix))).toEqual([]);
+  });
+});
+
+/**
+ * The day an app with logged-in users sets `dpop: true` (or back to false): a new release mounted on the same Redis
+ * sessions and token store, at a provider that accepts both Bearer and DPoP-bound tokens from this client.
+ */
+describe('turning dpop on or off for an app with logged-in users', () => {
+  let provider: TestProvider;
+  let requests: string[];
+  let slot: AppSlot;
+  let keyPrefix: string;
+
+  const revocations = () => requests.filter((r) => r === 'POST /token/revocation').length;
+  const getJson = (path: string) => slot.browser.request(`${slot.url}${path}`, { headers: { accept: 'application/json' } });
+  /** Mounts the app (the same sessions and token store each time) with `dpop` on or off. */
+  const release = (dpop: boolean) => slot.mount(redis, options(slot, provider.issuer, { dpop, keyPrefix }), routes(provider.issuer));
+
+  beforeAll(async () => {
+    slot = await appSlot();
+    provider = await startProvider({
+      clients: [client('dpop-app', [slot.redirectUri])],
+      configuration: {
+        rotateRefreshToken: true,
+        features: { devInteractions: { enabled: true }, revocation: { enabled: true }, dPoP: { enabled: true } },
+      },
+    });
+    requests = recordRequests(provider.server);
+  });
+
+  afterAll(async () => {
+    await slot.listener.close();
+    await provider.close();
+  });
+
+  beforeEach(() => {
+    keyPrefix = `test:${randomUUID()}:`;
+    slot.browser.jar.clear();
+  });
+
+  test('a login made before dpop was turned on keeps refreshing as Bearer (no proof, nothing revoked); new logins get DPoP', async () => {
+    release(false);
+    const login = await slot.browser.login(`${slot.url}/login?returnTo=/whoami`);
+    expect(JSON.parse(login.body)).toEqual({ isAuthenticated: true, tokenType: 'Bearer' });
+    const [revoked, grantsRevoked] = [revocations(), provider.count('grant.revoked')];
+
+    release(true);
+    const refreshed = await getJson('/refresh');
+
+    expect(refreshed.status).toBe(200);
+    expect(JSON.parse(refreshed.body)).toEqual({ changed: true, tokenType: 'Bearer' });
+    expect(JSON.parse((await getJson('/whoami')).body)).toEqual({ isAuthenticated: true, tokenType: 'Bearer' });
+    // req.auth.fetch sends it as what it is, a Bearer token.
+    const userinfo = await getJson('/userinfo');
+    expect(userinfo.status).toBe(200);
+    expect(JSON.parse(userinfo.body)).toMatchObject({ sub: 'alice' });
+    // The rotated refresh token was kept: the login refreshes again.
+    expect(JSON.parse((await getJson('/refresh')).body)).toEqual({ changed: true, tokenType: 'Bearer' });
+    expect(revocations()).toBe(revoked);
+    expect(provider.count('grant.revoked')).toBe(grantsRevoked);
+
+    // Whoever logs in now gets a DPoP-bound login.
+    const newcomer = new Browser();
+    const fresh = await newcomer.login(`${slot.url}/login?returnTo=/whoami`);
+    expect(JSON.parse(fresh.body)).toEqual({ isAuthenticated: true, tokenType: 'DPoP' });
+  });
+
+  test('a sign-in started before dpop was turned on completes as a Bearer login', async () => {
+    release(false);
+    const pending = await slot.browser.login(`${slot.url}/login?returnTo=/whoami`, { stopAtCallback: (u) => u.pathname === '/callback' });
+    const callbackUrl = pending.steps.at(-1)!.location!;
+
+    release(true);
+    const landed = await slot.browser.request(callbackUrl);
+
+    expect(landed.status).toBe(302);
+    expect(JSON.parse((await getJson('/whoami')).body)).toEqual({ isAuthenticated: true, tokenType: 'Bearer' });
+  });
+
+  test('a login made while dpop was on keeps proving its key after dpop is turned off', async () => {
+    release(true);
+    const login = await slot.browser.login(`${slot.url}/login?returnTo=/whoami`);
+    expect(JSON.parse(login.body)).toEqual({ isAuthenticated: true, tokenType: 'DPoP' });
+
+    release(false);
+    const refreshed = await getJson('/refresh');
+
+    expect(refreshed.status).toBe(200);
+    expect(JSON.parse(refreshed.body)).toEqual({ changed: true, tokenType: 'DPoP' });
+    const userinfo = await getJson('/userinfo');
+    expect(userinfo.status).toBe(200);
+    expect(JSON.parse(userinfo.body)).toMatchObject({ sub: 'alice' });
   });
 });
