@@ -234,7 +234,8 @@ export function createRefresher(runtime: RefreshServices): Refresher {
       try {
         return await end(login, record, ttlSeconds, loginEnded(`${downgrade} Log in again.`));
       } catch (err) {
-        if (endsLogin(err)) await revokeUnused(toStoredTokens(response));
+        // With the previous tokens: a refresh token the server did not rotate is still valid, and nobody holds it now.
+        if (endsLogin(err)) await revokeUnused(toStoredTokens(response, record.tokens));
         throw err;
       }
     }
