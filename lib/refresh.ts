@@ -9,7 +9,7 @@ import type { Runtime } from './runtime.js';
 import type { LoginState } from './session.js';
 import type { StoreEntry, TokenRecord } from './token-store.js';
 import { isExpired, toStoredTokens, unpackTokens, type StoredTokens } from './tokens.js';
-import { revokeTokens } from './revocation.js';
+import { revokeUnused } from './revocation.js';
 import { isDeadRefreshToken, refreshError } from './upstream.js';
 import { DELETE_IF_VALUE } from './once.js';
 import { storeUnavailable } from './store-errors.js';
@@ -181,15 +181,6 @@ export function createRefresher(runtime: RefreshServices): Refresher {
     throw err;
   }
 
-  /** Revokes tokens of a login that has ended (best effort): nobody will use them, and they must not stay valid. */
-  async function revokeUnused(tokens: StoredTokens): Promise<void> {
-    try {
-      await revokeTokens(await runtime.server(), tokens);
-    } catch {
-      // Best effort: the login has ended locally whatever the server says.
-    }
-  }
-
   async function refreshUnderLock(
     login: LoginState,
     record: TokenRecord,
@@ -235,7 +226,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         return await end(login, record, ttlSeconds, loginEnded(`${downgrade} Log in again.`));
       } catch (err) {
         // With the previous tokens: a refresh token the server did not rotate is still valid, and nobody holds it now.
-        if (endsLogin(err)) await revokeUnused(toStoredTokens(response, record.tokens));
+        if (endsLogin(err)) await revokeUnused(runtime.server(), toStoredTokens(response, record.tokens));
         throw err;
       }
     }
@@ -283,7 +274,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         if (endsLogin(err)) {
           // The login ended while the server was answering (a logout's tombstone): nobody will ever use these tokens,
           // and the logout could only revoke the ones it knew.
-          await revokeUnused(next.tokens);
+          await revokeUnused(runtime.server(), next.tokens);
           throw err;
         }
         if (!(err instanceof AuthError && err.code === AuthErrorCode.SESSION_UNAVAILABLE)) throw err;
