@@ -86,7 +86,8 @@ export type ClientPrivateKey = JWK | ClientPrivateKeyOptions;
 
 /**
  * Loads the user after a login, for servers without ID tokens (or to add profile data). Called once per login,
- * before the login is stored; the result is kept in the session as `req.auth.user`. A rejection fails the login.
+ * before the login is stored; the result is kept in the session as `req.auth.user`. A rejection fails the login
+ * (`user_fetch_failed`), and the tokens just issued are revoked (best effort).
  *
  * @example
  * ```ts

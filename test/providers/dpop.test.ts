@@ -6,7 +6,8 @@ import { calculateJwkThumbprint, type JWK } from 'jose';
 import type { AuthOptions } from '../../lib/index.js';
 import { connectRedis } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
-import { startProvider, type TestProvider } from '../helpers/provider.js';
+import { logRevocations, startProvider, tokenResponses, type RevocationLog, type TestProvider } from '../helpers/provider.js';
+import { tryRefresh, userinfoStatus } from '../logout/support.js';
 import { appSlot, recordRequests, storedSessions, type AppSlot } from './support.js';
 
 const SECRET = 'dpop-secret-not-for-production';
@@ -185,13 +186,15 @@ describe('DPoP at a provider that requires nonces and DPoP-bound tokens', () => 
 describe('dpop: true at a provider that does not bind tokens', () => {
   let provider: TestProvider;
   let app: AppSlot;
+  let revocations: RevocationLog;
 
   beforeAll(async () => {
     app = await appSlot();
     provider = await startProvider({
       clients: [client('dpop-app', [app.redirectUri])],
-      configuration: { features: { devInteractions: { enabled: true }, dPoP: { enabled: false } } },
+      configuration: { features: { devInteractions: { enabled: true }, revocation: { enabled: true }, dPoP: { enabled: false } } },
     });
+    revocations = logRevocations(provider);
     app.mount(redis, options(app, provider.issuer), routes(provider.issuer));
   });
 
@@ -207,6 +210,19 @@ describe('dpop: true at a provider that does not bind tokens', () => {
     expect(result.body).toContain('token_exchange_failed');
     expect(result.body).toContain('issued a Bearer token instead of a DPoP-bound one');
     expect(loginsOf(await storedSessions(redis, app.sessionPrefix))).toEqual([]);
+  });
+
+  test('the tokens of the refused answer are revoked: nobody holds them, and the grant is not left alive', async () => {
+    const before = revocations.answered;
+    app.browser.jar.clear();
+    const result = await app.browser.login(`${app.url}/login?returnTo=/whoami`);
+    expect(result.status).toBe(400);
+    const [issued] = tokenResponses(provider).slice(-1);
+    expect(issued!.refresh_token).toEqual(expect.any(String));
+
+    await revocations.answeredAtLeast(before + 2);
+    expect(await tryRefresh(provider.issuer, issued!.refresh_token!, { id: 'dpop-app', secret: SECRET })).toEqual({ status: 400, error: 'invalid_grant' });
+    expect(await userinfoStatus(provider.issuer, issued!.access_token)).toBe(401);
   });
 });
 
