@@ -59,6 +59,8 @@ export async function requestRefresh(runtime: RefreshServices, login: LoginState
   return client.refreshTokenGrant(configuration, refreshToken, undefined, await dpopOptionsFor(runtime, login));
 }
 
+type RefreshResponse = Awaited<ReturnType<typeof requestRefresh>>;
+
 // Errors that end the login, as opposed to login_required for a token that merely cannot be renewed.
 const endedErrors = new WeakSet<AuthError>();
 
@@ -181,6 +183,21 @@ export function createRefresher(runtime: RefreshServices): Refresher {
     throw err;
   }
 
+  /**
+   * Ends the login over a token response it must not keep: the tombstone first, so that no other process presents the
+   * spent refresh token meanwhile, then the response's tokens are revoked, with the login's refresh token when the
+   * response did not rotate it (still valid, and held by nobody now). Not when a sibling's newer version won instead:
+   * revoking a refresh token ends the whole grant at many servers, the sibling's tokens with it.
+   */
+  async function endRefused(login: LoginState, record: TokenRecord, ttlSeconds: number, response: RefreshResponse, err: AuthError): Promise<TokenRecord> {
+    try {
+      return await end(login, record, ttlSeconds, err);
+    } catch (caught) {
+      if (endsLogin(caught)) await revokeUnused(runtime.server(), toStoredTokens(response, record.tokens));
+      throw caught;
+    }
+  }
+
   async function refreshUnderLock(
     login: LoginState,
     record: TokenRecord,
@@ -193,7 +210,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
     if (refreshToken === undefined) {
       throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The access token has expired and there is no refresh token; log in again.');
     }
-    let response: Awaited<ReturnType<typeof requestRefresh>>;
+    let response: RefreshResponse;
     try {
       response = await requestRefresh(runtime, login, refreshToken);
     } catch (caught) {
@@ -217,26 +234,16 @@ export function createRefresher(runtime: RefreshServices): Refresher {
 
     // Only a login bound to a key can be downgraded: one made before `dpop` was turned on sent no proof and stays Bearer.
     const downgrade = dpopDowngrade(config, login, response);
-    if (downgrade !== undefined) {
-      // The server has rotated the refresh token already, so the login cannot be kept as it was (the old one is spent),
-      // and the new tokens are not what the app asked for: the login ends (its tombstone first, so that no other process
-      // presents the spent token meanwhile), then they are revoked. Not when a sibling's newer version won instead:
-      // revoking a refresh token ends the whole grant at many servers, the sibling's tokens with it.
-      try {
-        return await end(login, record, ttlSeconds, loginEnded(`${downgrade} Log in again.`));
-      } catch (err) {
-        // With the previous tokens: a refresh token the server did not rotate is still valid, and nobody holds it now.
-        if (endsLogin(err)) await revokeUnused(runtime.server(), toStoredTokens(response, record.tokens));
-        throw err;
-      }
-    }
+    // The server may have rotated the refresh token already, so the login cannot be kept as it was (the old one is
+    // spent), and the new tokens are not what the app asked for: the login ends.
+    if (downgrade !== undefined) return endRefused(login, record, ttlSeconds, response, loginEnded(`${downgrade} Log in again.`));
     let claims = record.claims;
     let tokens = toStoredTokens(response, record.tokens);
     if (response.id_token !== undefined) {
       // Checked here, once the new tokens are in hand: the old refresh token is spent, so they must not be lost.
       const signature = await checkSignature(runtime.keys, (await runtime.server()).serverMetadata(), response.id_token);
       if (signature === 'invalid') {
-        return end(login, record, ttlSeconds, loginEnded('The refreshed ID token has no valid signature from the issuer; log in again.'));
+        return endRefused(login, record, ttlSeconds, response, loginEnded('The refreshed ID token has no valid signature from the issuer; log in again.'));
       }
       const idClaims = config.openid ? response.claims() : undefined;
       if (idClaims !== undefined && record.claims !== undefined) {
@@ -244,7 +251,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         try {
           checkSameLogin(record.claims, idClaims);
         } catch (err) {
-          return end(login, record, ttlSeconds, err as AuthError);
+          return endRefused(login, record, ttlSeconds, response, err as AuthError);
         }
       }
       if (signature === 'valid' && idClaims !== undefined) {

@@ -9,7 +9,8 @@ import { unpackTokens, type StoredTokens } from '../../lib/tokens.js';
 import type { Browser } from '../helpers/browser.js';
 import { startStack, type Stack, type StackRedis } from '../helpers/app.js';
 import { refreshRoutes, type RouteHooks } from './fixtures/routes.js';
-import { TEST_TTLS, type TestProvider } from '../helpers/provider.js';
+import { TEST_TTLS, tokenResponses, type TestProvider } from '../helpers/provider.js';
+import { tryRefresh } from '../logout/support.js';
 
 /** Access tokens live 4 s; expired tokens are refused at once (oidc-provider tolerates 15 s by default). */
 export const ACCESS_TOKEN_TTL = 4;
@@ -293,6 +294,17 @@ export async function userinfoStatus(provider: TestProvider, accessToken: string
   const response = await fetch(`${provider.issuer}/me`, { headers: { authorization: `Bearer ${accessToken}` } });
   await response.arrayBuffer();
   return response.status;
+}
+
+/**
+ * The provider's last refresh answer was refused by the app and its tokens revoked: the refresh token it issued is
+ * refused at the provider, and so is its access token.
+ */
+export async function expectLastRefreshRevoked(provider: TestProvider): Promise<void> {
+  const [refreshed] = tokenResponses(provider, 'refresh_token').slice(-1);
+  expect(refreshed?.refresh_token).toEqual(expect.any(String));
+  expect(await tryRefresh(provider.issuer, refreshed!.refresh_token!)).toEqual({ status: 400, error: 'invalid_grant' });
+  expect(await userinfoStatus(provider, refreshed!.access_token)).toBe(401);
 }
 
 /** An app process of its own (see fixtures/app-process.ts). */
