@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { startStack, type Stack } from '../helpers/app.js';
+import { mountApp, startStack, type Stack } from '../helpers/app.js';
 import { unpackTokens } from '../../lib/tokens.js';
 import { Browser } from '../helpers/browser.js';
 import { logRevocations, tokenResponses, type RevocationLog } from '../helpers/provider.js';
@@ -318,6 +318,24 @@ describe('a callback that fails after the code exchange revokes the tokens it go
     expect(res.status).toBe(400);
     expect(JSON.parse(res.body)).toMatchObject({ error: 'invalid_id_token' });
     await expectRevoked(issued, before);
+  });
+
+  test("the issuer's keys cannot be fetched to check the ID token: 502 idp_unreachable, and the tokens are revoked", async () => {
+    // Another app instance on the same listener, whose key cache is empty: the check has to fetch the keys.
+    const fresh = mountApp(failing.listener, failing.provider.issuer, { auth: { httpTimeout: 10_000, onError: () => undefined } });
+    stub.keysDown = true;
+    const before = revocations.answered;
+    try {
+      const { res, issued } = await failedCallback();
+      expect(res.status).toBe(502);
+      expect(JSON.parse(res.body)).toMatchObject({ error: 'idp_unreachable' });
+      stub.keysDown = false;
+      await expectRevoked(issued, before);
+    } finally {
+      stub.keysDown = false;
+      failing.listener.handle(failing.app);
+      fresh.redis.disconnect();
+    }
   });
 
   test('Redis fails to store the login: 503 session_unavailable, and the tokens are revoked', async () => {
