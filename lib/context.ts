@@ -66,7 +66,8 @@ export interface AuthContext {
    * const token = await req.auth.getAccessToken();
    * await fetch(url, { headers: { authorization: `Bearer ${token}` } });
    * ```
-   * With `dpop` on, the token is useless without a proof: call APIs through {@link AuthContext.fetch} instead.
+   * A DPoP-bound token (`tokens.tokenType` `'DPoP'`, option `dpop`) is useless without a proof: call APIs through
+   * {@link AuthContext.fetch} instead. A login made before `dpop` was turned on keeps a Bearer token.
    */
   getAccessToken(): Promise<string>;
   /**

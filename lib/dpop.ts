@@ -3,6 +3,7 @@ import * as client from 'openid-client';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { ResolvedConfig } from './options.js';
 import type { Runtime } from './runtime.js';
+import { normaliseTokenType } from './tokens.js';
 import { sanitisedCause } from './upstream.js';
 
 /** Every DPoP server supports ES256 (oidc-provider, Keycloak, Okta); one algorithm keeps the stored keys uniform. */
@@ -98,7 +99,7 @@ export async function createDPoPKey(runtime: DPoPServices): Promise<{ jwk: JWK; 
  * @example
  * ```ts
  * const response = await client.refreshTokenGrant(configuration, refreshToken, undefined, await dpopOptionsFor(runtime, login));
- * if (dpopDowngrade(runtime.config, response) !== undefined) throw new Error('not DPoP-bound');
+ * if (dpopDowngrade(runtime.config, login, response) !== undefined) throw new Error('not DPoP-bound');
  * ```
  */
 export async function dpopOptionsFor(runtime: DPoPServices, login: DPoPBound): Promise<{ DPoP: client.DPoPHandle } | undefined> {
@@ -107,16 +108,25 @@ export async function dpopOptionsFor(runtime: DPoPServices, login: DPoPBound): P
 }
 
 /**
- * With `dpop` on, a Bearer token is a downgrade the app did not ask for (RFC 9449 §5: the server decides, so the client
- * has to look): the message to give, or undefined when the token is DPoP-bound (or `dpop` is off).
+ * With `dpop` on, a Bearer token for a DPoP-bound login or transaction (one with a key, whose request carried a proof)
+ * is a downgrade the app did not ask for (RFC 9449 §5: the server decides, so the client has to look): the message to
+ * give, or undefined when the token is DPoP-bound, when `dpop` is off, or when the login has no key.
+ *
+ * A login made before `dpop` was turned on has no key: its requests carry no proof, so Bearer is exactly what it asked
+ * for, and it stays Bearer until the user logs in again. Treating that as a downgrade would end every existing login
+ * (and revoke its grant) at its first refresh after the switch.
  */
-export function dpopDowngrade(config: ResolvedConfig, response: { token_type: string }): string | undefined {
-  if (!config.dpop || response.token_type.toLowerCase() === 'dpop') return undefined;
-  return `dpop is on, but the authorization server issued a ${response.token_type} token instead of a DPoP-bound one; enable DPoP for this client at the server.`;
+export function dpopDowngrade(config: ResolvedConfig, binding: DPoPBound, response: { token_type: string }): string | undefined {
+  if (!config.dpop || binding.dpopKey === undefined || response.token_type.toLowerCase() === 'dpop') return undefined;
+  // oauth4webapi lowercases token_type; the message names the scheme as RFC 6750 spells it.
+  return `dpop is on, but the authorization server issued a ${normaliseTokenType(response.token_type)} token instead of a DPoP-bound one; enable DPoP for this client at the server.`;
 }
 
-/** A code exchange that gets a {@link dpopDowngrade} fails the login (`token_exchange_failed`, 400). */
-export function assertDPoPBound(config: ResolvedConfig, response: { token_type: string }): void {
-  const downgrade = dpopDowngrade(config, response);
+/**
+ * A code exchange that gets a {@link dpopDowngrade} fails the login (`token_exchange_failed`, 400). `transaction` is the
+ * login transaction: one started before `dpop` was turned on has no key, and completes as a Bearer login.
+ */
+export function assertDPoPBound(config: ResolvedConfig, transaction: DPoPBound, response: { token_type: string }): void {
+  const downgrade = dpopDowngrade(config, transaction, response);
   if (downgrade !== undefined) throw new AuthError(AuthErrorCode.TOKEN_EXCHANGE_FAILED, 400, downgrade);
 }

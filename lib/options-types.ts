@@ -88,8 +88,8 @@ export type ClientPrivateKey = JWK | ClientPrivateKeyOptions;
  * Loads the user after a login, for servers without ID tokens (or to add profile data). Called once per login,
  * before the login is stored; the result is kept in the session as `req.auth.user`. It must be a plain JSON object
  * (`await response.json()`, not the Response; not a Map, a Date, a class instance or an array, nor anything whose
- * `toJSON()` gives something else): otherwise, as on a rejection, the login fails with `user_fetch_failed`. The
- * login waits for the hook: bound a slow body with `fetch`'s `signal`.
+ * `toJSON()` gives something else): otherwise, as on a rejection, the login fails with `user_fetch_failed`, and the
+ * tokens just issued are revoked (best effort). The login waits for the hook: bound a slow body with `fetch`'s `signal`.
  *
  * @example
  * ```ts
@@ -157,7 +157,9 @@ export interface AuthOptions {
   pushedAuthorizationRequests?: boolean;
   /**
    * Sender-constrained tokens (DPoP, RFC 9449): a key pair per login, kept in the session, proves possession on every
-   * token request and on `req.auth.fetch()`. A server that answers with a Bearer token fails the login.
+   * token request and on `req.auth.fetch()`. A server that answers with a Bearer token fails the login. Logins made
+   * before it was turned on have no key and stay Bearer (refreshed without a proof) until the user logs in again;
+   * logins made while it was on keep proving their key after it is turned off.
    * @default false
    */
   dpop?: boolean;

@@ -9,7 +9,7 @@ import type { Runtime } from './runtime.js';
 import type { LoginState } from './session.js';
 import type { StoreEntry, TokenRecord } from './token-store.js';
 import { isExpired, toStoredTokens, unpackTokens, type StoredTokens } from './tokens.js';
-import { revokeTokens } from './revocation.js';
+import { revokeUnused } from './revocation.js';
 import { isDeadRefreshToken, refreshError } from './upstream.js';
 import { DELETE_IF_VALUE } from './once.js';
 import { storeUnavailable } from './store-errors.js';
@@ -58,6 +58,8 @@ export async function requestRefresh(runtime: RefreshServices, login: LoginState
   // A DPoP-bound login proves its key on every refresh (RFC 9449 §5; public clients' refresh tokens are bound to it).
   return client.refreshTokenGrant(configuration, refreshToken, undefined, await dpopOptionsFor(runtime, login));
 }
+
+type RefreshResponse = Awaited<ReturnType<typeof requestRefresh>>;
 
 // Errors that end the login, as opposed to login_required for a token that merely cannot be renewed.
 const endedErrors = new WeakSet<AuthError>();
@@ -181,12 +183,18 @@ export function createRefresher(runtime: RefreshServices): Refresher {
     throw err;
   }
 
-  /** Revokes tokens of a login that has ended (best effort): nobody will use them, and they must not stay valid. */
-  async function revokeUnused(tokens: StoredTokens): Promise<void> {
+  /**
+   * Ends the login over a token response it must not keep: the tombstone first, so that no other process presents the
+   * spent refresh token meanwhile, then the response's tokens are revoked, with the login's refresh token when the
+   * response did not rotate it (still valid, and held by nobody now). Not when a sibling's newer version won instead:
+   * revoking a refresh token ends the whole grant at many servers, the sibling's tokens with it.
+   */
+  async function endRefused(login: LoginState, record: TokenRecord, ttlSeconds: number, response: RefreshResponse, err: AuthError): Promise<TokenRecord> {
     try {
-      await revokeTokens(await runtime.server(), tokens);
-    } catch {
-      // Best effort: the login has ended locally whatever the server says.
+      return await end(login, record, ttlSeconds, err);
+    } catch (caught) {
+      if (endsLogin(caught)) await revokeUnused(runtime.server(), toStoredTokens(response, record.tokens));
+      throw caught;
     }
   }
 
@@ -202,7 +210,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
     if (refreshToken === undefined) {
       throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The access token has expired and there is no refresh token; log in again.');
     }
-    let response: Awaited<ReturnType<typeof requestRefresh>>;
+    let response: RefreshResponse;
     try {
       response = await requestRefresh(runtime, login, refreshToken);
     } catch (caught) {
@@ -224,26 +232,18 @@ export function createRefresher(runtime: RefreshServices): Refresher {
       return end(login, record, ttlSeconds, ended);
     }
 
-    const downgrade = dpopDowngrade(config, response);
-    if (downgrade !== undefined) {
-      // The server has rotated the refresh token already, so the login cannot be kept as it was (the old one is spent),
-      // and the new tokens are not what the app asked for: the login ends (its tombstone first, so that no other process
-      // presents the spent token meanwhile), then they are revoked. Not when a sibling's newer version won instead:
-      // revoking a refresh token ends the whole grant at many servers, the sibling's tokens with it.
-      try {
-        return await end(login, record, ttlSeconds, loginEnded(`${downgrade} Log in again.`));
-      } catch (err) {
-        if (endsLogin(err)) await revokeUnused(toStoredTokens(response));
-        throw err;
-      }
-    }
+    // Only a login bound to a key can be downgraded: one made before `dpop` was turned on sent no proof and stays Bearer.
+    const downgrade = dpopDowngrade(config, login, response);
+    // The server may have rotated the refresh token already, so the login cannot be kept as it was (the old one is
+    // spent), and the new tokens are not what the app asked for: the login ends.
+    if (downgrade !== undefined) return endRefused(login, record, ttlSeconds, response, loginEnded(`${downgrade} Log in again.`));
     let claims = record.claims;
     let tokens = toStoredTokens(response, record.tokens);
     if (response.id_token !== undefined) {
       // Checked here, once the new tokens are in hand: the old refresh token is spent, so they must not be lost.
       const signature = await checkSignature(runtime.keys, (await runtime.server()).serverMetadata(), response.id_token);
       if (signature === 'invalid') {
-        return end(login, record, ttlSeconds, loginEnded('The refreshed ID token has no valid signature from the issuer; log in again.'));
+        return endRefused(login, record, ttlSeconds, response, loginEnded('The refreshed ID token has no valid signature from the issuer; log in again.'));
       }
       const idClaims = config.openid ? response.claims() : undefined;
       if (idClaims !== undefined && record.claims !== undefined) {
@@ -251,7 +251,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         try {
           checkSameLogin(record.claims, idClaims);
         } catch (err) {
-          return end(login, record, ttlSeconds, err as AuthError);
+          return endRefused(login, record, ttlSeconds, response, err as AuthError);
         }
       }
       if (signature === 'valid' && idClaims !== undefined) {
@@ -281,7 +281,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         if (endsLogin(err)) {
           // The login ended while the server was answering (a logout's tombstone): nobody will ever use these tokens,
           // and the logout could only revoke the ones it knew.
-          await revokeUnused(next.tokens);
+          await revokeUnused(runtime.server(), next.tokens);
           throw err;
         }
         if (!(err instanceof AuthError && err.code === AuthErrorCode.SESSION_UNAVAILABLE)) throw err;

@@ -19,3 +19,16 @@ export async function revokeTokens(configuration: client.Configuration, tokens: 
   const results = await Promise.allSettled(requests);
   return results.filter((r) => r.status === 'fulfilled').length;
 }
+
+/**
+ * Revokes tokens nobody will use (a login that failed after the server issued them, or that ended during its refresh):
+ * a refresh token left alive at the server is a live grant that no client holds. Best effort: never rejects, whatever
+ * the server does, so callers that must not wait for it can leave it running.
+ */
+export async function revokeUnused(configuration: client.Configuration | Promise<client.Configuration>, tokens: StoredTokens): Promise<void> {
+  try {
+    await revokeTokens(await configuration, tokens);
+  } catch {
+    // The caller's outcome is decided already; a server that is down or refuses cannot change it.
+  }
+}

@@ -36,7 +36,8 @@ export function nowSeconds(): number {
   return Math.floor(Date.now() / 1000);
 }
 
-function normaliseTokenType(type: string): string {
+/** `Bearer` and `DPoP` as their RFCs spell them, whatever the server's (or oauth4webapi's) casing; other types as given. */
+export function normaliseTokenType(type: string): string {
   const lower = type.toLowerCase();
   return lower === 'bearer' ? 'Bearer' : lower === 'dpop' ? 'DPoP' : type;
 }

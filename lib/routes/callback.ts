@@ -11,8 +11,9 @@ import { destroySession, destroyStoredSession, readState, regenerateSession, req
 import { indexLogin, type SessionIndex } from '../session-index.js';
 import { storeUnavailable } from '../store-errors.js';
 import { backchannelEndTtl, sessionTtlSeconds } from '../token-store.js';
-import { sessionCopy, toStoredTokens } from '../tokens.js';
-import { TRANSACTION_TTL_MS, takeTransaction } from '../transaction.js';
+import { revokeUnused } from '../revocation.js';
+import { sessionCopy, toStoredTokens, type StoredTokens } from '../tokens.js';
+import { TRANSACTION_TTL_MS, takeTransaction, type Transaction } from '../transaction.js';
 import { exchangeError } from '../upstream.js';
 import { loadUser } from '../user.js';
 
@@ -117,32 +118,20 @@ export function callbackRoute(runtime: Runtime) {
         undefined,
         dpop,
       );
-      assertDPoPBound(config, response);
     } catch (err) {
       throw exchangeError(err, [params.get('code') ?? undefined, transaction.verifier, transaction.nonce, config.clientSecret]);
     }
-    if (response.id_token !== undefined) await checkIdTokenSignature(runtime, metadata, response.id_token);
-
-    const idClaims = config.openid ? response.claims() : undefined;
     const tokens = toStoredTokens(response);
-    // Before the session changes: a failing hook leaves no half-made login.
-    const user = await loadUser(runtime, tokens, transaction);
-    const pending = readState(req)?.tx;
-
-    const session = await regenerateSession(req);
-    const state = writableState(session);
-    // Other tabs' logins belong to the same browser: they survive the id rotation.
-    if (pending !== undefined && Object.keys(pending).length > 0) state.tx = pending;
-    const login: LoginState = {
-      id: randomBytes(16).toString('base64url'),
-      ...(idClaims === undefined ? {} : { claims: { ...idClaims } }),
-      ...(user === undefined ? {} : { user }),
-      tokens: sessionCopy(tokens),
-      ...(transaction.dpopKey === undefined ? {} : { dpopKey: transaction.dpopKey }),
-    };
-    // Version 1 in the token store before the session can name it; a Redis failure leaves no login behind.
-    await runtime.tokenStore.create(login, tokens, sessionTtlSeconds(req));
-    state.login = login;
+    let session: SessionWithState;
+    let login: LoginState;
+    try {
+      ({ session, login } = await createLogin(runtime, req, transaction, metadata, response, tokens));
+    } catch (err) {
+      // The server has issued these tokens and nobody will hold them: a refresh token left alive is a grant no client
+      // holds (RFC 7009). Not awaited, so that a slow or failing revocation endpoint neither delays nor changes the answer.
+      void revokeUnused(configuration, tokens);
+      throw err;
+    }
     const indexed = await indexLogin(runtime.sessionIndex, config, session);
     await saveSession(session);
     if (indexed && runtime.sessionIndex !== undefined) {
@@ -151,6 +140,45 @@ export function callbackRoute(runtime: Runtime) {
     }
     res.redirect(302, transaction.returnTo);
   };
+}
+
+/**
+ * Turns a token response into a login: checks what the exchange could not (DPoP binding, the ID token's signature), runs
+ * `fetchUser`, rotates the session id and writes version 1 to the token store, before the session can name it (a
+ * Redis failure leaves no login behind). The session is not saved yet. Rejects when the login cannot be made, and
+ * `tokens` are then held by nobody.
+ */
+async function createLogin(
+  runtime: Runtime,
+  req: Request,
+  transaction: Transaction,
+  metadata: client.ServerMetadata,
+  response: client.TokenEndpointResponse & client.TokenEndpointResponseHelpers,
+  tokens: StoredTokens,
+): Promise<{ session: SessionWithState; login: LoginState }> {
+  const { config } = runtime;
+  assertDPoPBound(config, transaction, response);
+  if (response.id_token !== undefined) await checkIdTokenSignature(runtime, metadata, response.id_token);
+
+  const idClaims = config.openid ? response.claims() : undefined;
+  // Before the session changes: a failing hook leaves no half-made login.
+  const user = await loadUser(runtime, tokens, transaction);
+  const pending = readState(req)?.tx;
+
+  const session = await regenerateSession(req);
+  const state = writableState(session);
+  // Other tabs' logins belong to the same browser: they survive the id rotation.
+  if (pending !== undefined && Object.keys(pending).length > 0) state.tx = pending;
+  const login: LoginState = {
+    id: randomBytes(16).toString('base64url'),
+    ...(idClaims === undefined ? {} : { claims: { ...idClaims } }),
+    ...(user === undefined ? {} : { user }),
+    tokens: sessionCopy(tokens),
+    ...(transaction.dpopKey === undefined ? {} : { dpopKey: transaction.dpopKey }),
+  };
+  await runtime.tokenStore.create(login, tokens, sessionTtlSeconds(req));
+  state.login = login;
+  return { session, login };
 }
 
 /**

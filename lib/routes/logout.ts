@@ -3,7 +3,7 @@ import * as client from 'openid-client';
 import { AuthError, AuthErrorCode } from '../errors.js';
 import type { ResolvedConfig } from '../options.js';
 import { setNoStore } from '../respond.js';
-import { revokeTokens } from '../revocation.js';
+import { revokeUnused } from '../revocation.js';
 import type { Runtime } from '../runtime.js';
 import { subjectOf } from '../session-index.js';
 import { destroySession, readState, regenerateSession, requireSession, saveSession, writableState, type LoginState, type SessionWithState } from '../session.js';
@@ -174,7 +174,7 @@ export function logoutRoute(runtime: Runtime) {
 
     if (tokens !== undefined && configuration !== undefined) {
       // After the local logout on purpose: a slow or failing revocation cannot leave the session alive.
-      await revokeTokens(configuration, tokens).catch(() => 0);
+      await revokeUnused(configuration, tokens);
     }
     // Reported only now: the logged-in session is gone, so the rest of the local logout had to happen first.
     if (failure !== undefined) throw failure;

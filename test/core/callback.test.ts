@@ -1,8 +1,11 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { startStack, type Stack } from '../helpers/app.js';
+import { mountApp, startStack, type Stack } from '../helpers/app.js';
 import { unpackTokens } from '../../lib/tokens.js';
 import { Browser } from '../helpers/browser.js';
+import { logRevocations, tokenResponses, type RevocationLog } from '../helpers/provider.js';
 import { browserSessionId, plantTransaction } from '../helpers/security.js';
+import { tryRefresh, userinfoStatus } from '../logout/support.js';
+import { inMode, installTokenStub, type TokenStub } from '../refresh/support.js';
 
 let stack: Stack;
 beforeAll(async () => {
@@ -242,5 +245,167 @@ describe('GET /callback', () => {
       const done = await browser.request(res.steps.at(-1)!.location!);
       expect(done.headers.get('location')).toBe('/');
     }
+  });
+});
+
+/**
+ * Once the code is exchanged the server holds a grant for these tokens; a callback that then fails must not leave it
+ * alive with nobody holding it (RFC 7009). Checked at the provider: the refresh token is refused, the access token too.
+ */
+describe('a callback that fails after the code exchange revokes the tokens it got', () => {
+  let failing: Stack;
+  let stub: TokenStub;
+  let revocations: RevocationLog;
+  let user: () => Promise<object> = async () => ({ name: 'Alice' });
+
+  beforeAll(async () => {
+    // httpTimeout far above what a callback takes: an answer that waited for a held revocation would show.
+    failing = await startStack({ auth: { fetchUser: () => user(), httpTimeout: 10_000, onError: () => undefined } });
+    stub = installTokenStub(failing.provider);
+    revocations = logRevocations(failing.provider);
+  });
+  afterAll(async () => failing.close());
+
+  /** Runs a login and its callback: the answer, how long it took, and the token response the provider sent for the code. */
+  async function failedCallback() {
+    const browser = json(new Browser());
+    const pending = await browser.login(`${failing.appUrl}/login?returnTo=/me`, { stopAtCallback: isCallback });
+    const exchanges = tokenResponses(failing.provider).length;
+    const started = Date.now();
+    const res = await browser.request(pending.steps.at(-1)!.location!);
+    const elapsed = Date.now() - started;
+    const issued = tokenResponses(failing.provider).slice(exchanges);
+    expect((await browser.request(`${failing.appUrl}/me`)).status).toBe(401);
+    return { res, elapsed, issued };
+  }
+
+  async function expectRevoked(issued: Array<{ access_token: string; refresh_token?: string }>, revokedBefore: number): Promise<void> {
+    expect(issued).toHaveLength(1);
+    const [tokens] = issued;
+    expect(tokens!.refresh_token).toEqual(expect.any(String));
+    await revocations.answeredAtLeast(revokedBefore + 2);
+    expect(await tryRefresh(failing.provider.issuer, tokens!.refresh_token!)).toEqual({ status: 400, error: 'invalid_grant' });
+    expect(await userinfoStatus(failing.provider.issuer, tokens!.access_token)).toBe(401);
+  }
+
+  test('control: a callback that succeeds revokes nothing', async () => {
+    const before = revocations.answered;
+    const browser = new Browser();
+    const landed = await browser.login(`${failing.appUrl}/login?returnTo=/me`);
+    expect(landed.status).toBe(200);
+    const [tokens] = tokenResponses(failing.provider).slice(-1);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(revocations.answered).toBe(before);
+    expect(await userinfoStatus(failing.provider.issuer, tokens!.access_token)).toBe(200);
+  });
+
+  test('fetchUser fails: 502 user_fetch_failed, and the access and refresh tokens are revoked', async () => {
+    user = () => Promise.reject(new Error('user API down'));
+    const before = revocations.answered;
+    try {
+      const { res, issued } = await failedCallback();
+      expect(res.status).toBe(502);
+      expect(JSON.parse(res.body)).toMatchObject({ error: 'user_fetch_failed' });
+      await expectRevoked(issued, before);
+    } finally {
+      user = async () => ({ name: 'Alice' });
+    }
+  });
+
+  test('an ID token whose signature does not verify: 400 invalid_id_token, and the tokens are revoked', async () => {
+    const before = revocations.answered;
+    const { res, issued } = await inMode(stub, 'foreignKey', failedCallback);
+    expect(res.status).toBe(400);
+    expect(JSON.parse(res.body)).toMatchObject({ error: 'invalid_id_token' });
+    await expectRevoked(issued, before);
+  });
+
+  test("the issuer's keys cannot be fetched to check the ID token: 502 idp_unreachable, and the tokens are revoked", async () => {
+    // Another app instance on the same listener, whose key cache is empty: the check has to fetch the keys.
+    const fresh = mountApp(failing.listener, failing.provider.issuer, { auth: { httpTimeout: 10_000, onError: () => undefined } });
+    stub.keysDown = true;
+    const before = revocations.answered;
+    try {
+      const { res, issued } = await failedCallback();
+      expect(res.status).toBe(502);
+      expect(JSON.parse(res.body)).toMatchObject({ error: 'idp_unreachable' });
+      stub.keysDown = false;
+      await expectRevoked(issued, before);
+    } finally {
+      stub.keysDown = false;
+      failing.listener.handle(failing.app);
+      fresh.redis.disconnect();
+    }
+  });
+
+  test('Redis fails to store the login: 503 session_unavailable, and the tokens are revoked', async () => {
+    const redis = failing.redis as unknown as { set: (...args: unknown[]) => Promise<unknown> };
+    const set = redis.set.bind(redis);
+    let failures = 0;
+    redis.set = async (...args: unknown[]) => {
+      if (String(args[0]).startsWith(`${failing.authOptions.keyPrefix}tokens:`) && failures++ === 0) throw new Error('Connection is closed.');
+      return set(...args);
+    };
+    const before = revocations.answered;
+    try {
+      const { res, issued } = await failedCallback();
+      expect(res.status).toBe(503);
+      expect(JSON.parse(res.body)).toMatchObject({ error: 'session_unavailable' });
+      await expectRevoked(issued, before);
+    } finally {
+      redis.set = set;
+    }
+    expect(failures).toBe(1);
+  });
+
+  test('a failing revocation endpoint changes nothing: the same 502 user_fetch_failed', async () => {
+    user = () => Promise.reject(new Error('user API down'));
+    stub.revocation = 'fail';
+    const before = revocations.answered;
+    try {
+      const { res } = await failedCallback();
+      expect(res.status).toBe(502);
+      expect(JSON.parse(res.body)).toEqual({
+        error: 'user_fetch_failed',
+        error_description: 'fetchUser failed, so the login was not completed; try again.',
+        status: 502,
+      });
+      // It was tried, and refused.
+      await revocations.answeredAtLeast(before + 2);
+    } finally {
+      user = async () => ({ name: 'Alice' });
+      stub.revocation = 'pass';
+    }
+  });
+
+  test('the answer does not wait for the revocation: it comes while the revocation endpoint holds the requests', async () => {
+    user = () => Promise.reject(new Error('user API down'));
+    stub.revocation = 'hold';
+    const before = revocations.answered;
+    try {
+      const { res, elapsed, issued } = await failedCallback();
+      expect(res.status).toBe(502);
+      expect(JSON.parse(res.body)).toMatchObject({ error: 'user_fetch_failed' });
+      // A callback that waited would have answered only when its revocation requests timed out (httpTimeout, 10 s).
+      expect(elapsed).toBeLessThan(5000);
+      expect(revocations.answered).toBe(before);
+      stub.revocation = 'pass';
+      stub.releaseRevocations();
+      await expectRevoked(issued, before);
+    } finally {
+      user = async () => ({ name: 'Alice' });
+      stub.revocation = 'pass';
+      stub.releaseRevocations();
+    }
+  });
+
+  test('an exchange that failed revokes nothing: there are no tokens', async () => {
+    const before = revocations.answered;
+    const { res, issued } = await inMode(stub, 'fail500', failedCallback);
+    expect(res.status).toBe(502);
+    expect(JSON.parse(res.body)).toMatchObject({ error: 'idp_unreachable' });
+    expect(issued).toEqual([]);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(revocations.answered).toBe(before);
   });
 });

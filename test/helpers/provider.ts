@@ -1,4 +1,4 @@
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { exportJWK, generateKeyPair, type JWK } from 'jose';
 import Provider, { type Configuration, type ClientMetadata } from 'oidc-provider';
@@ -106,5 +106,46 @@ export async function startProvider(options: TestProviderOptions): Promise<TestP
         server.closeAllConnections();
         server.close(() => resolve());
       }),
+  };
+}
+
+/** The token responses the provider sent for `grantType`, oldest first (from its `grant.success` events). */
+export function tokenResponses(provider: TestProvider, grantType = 'authorization_code'): Array<{ access_token: string; refresh_token?: string }> {
+  return provider.events.flatMap((e) => {
+    if (e.name !== 'grant.success') return [];
+    const ctx = e.args[0] as { oidc?: { params?: { grant_type?: unknown } }; body?: { access_token: string; refresh_token?: string } };
+    return ctx.oidc?.params?.grant_type === grantType && ctx.body !== undefined ? [ctx.body] : [];
+  });
+}
+
+/** Counts the revocation requests a provider has answered, for revocations the library starts without waiting for them. */
+export interface RevocationLog {
+  /** Revocation requests answered so far (the provider's answer, or a stub's in front of it). */
+  readonly answered: number;
+  /** Resolves once `count` requests have been answered in all; rejects after `timeoutMs`. */
+  answeredAtLeast(count: number, timeoutMs?: number): Promise<void>;
+}
+
+/**
+ * Starts counting the provider's answered revocation requests. Install any token stub first (`installTokenStub`
+ * replaces the server's request listeners).
+ */
+export function logRevocations(provider: TestProvider): RevocationLog {
+  let answered = 0;
+  const path = new URL('/token/revocation', provider.issuer).pathname;
+  provider.server.prependListener('request', (req: IncomingMessage, res: ServerResponse) => {
+    if (req.method === 'POST' && new URL(req.url ?? '/', provider.issuer).pathname === path) res.once('finish', () => answered++);
+  });
+  return {
+    get answered() {
+      return answered;
+    },
+    async answeredAtLeast(count, timeoutMs = 5000) {
+      const deadline = Date.now() + timeoutMs;
+      while (answered < count) {
+        if (Date.now() >= deadline) throw new Error(`${answered} revocation requests answered, ${count} expected`);
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    },
   };
 }

@@ -107,13 +107,20 @@ export async function sendLogoutToken(appUrl: string, token: string, path = '/ba
   });
 }
 
-/** Asks the provider's token endpoint to refresh: 200 while the refresh token lives, 400 `invalid_grant` once revoked. */
-export async function tryRefresh(issuer: string, refreshToken: string): Promise<{ status: number; error?: string }> {
+/**
+ * Asks the provider's token endpoint to refresh: 200 while the refresh token lives, 400 `invalid_grant` once revoked.
+ * As the test stacks' client unless `client` is given.
+ */
+export async function tryRefresh(
+  issuer: string,
+  refreshToken: string,
+  client: { id: string; secret: string } = { id: CLIENT_ID, secret: CLIENT_SECRET },
+): Promise<{ status: number; error?: string }> {
   const response = await fetch(`${issuer}/token`, {
     method: 'POST',
     headers: {
       'content-type': 'application/x-www-form-urlencoded',
-      authorization: `Basic ${Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString('base64')}`,
+      authorization: `Basic ${Buffer.from(`${client.id}:${client.secret}`).toString('base64')}`,
     },
     body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refreshToken }).toString(),
   });

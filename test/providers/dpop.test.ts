@@ -1,12 +1,13 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from '@jest/globals';
 import type { Express } from 'express';
 import type { Redis } from 'ioredis';
 import { calculateJwkThumbprint, type JWK } from 'jose';
 import type { AuthOptions } from '../../lib/index.js';
 import { connectRedis } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
-import { startProvider, type TestProvider } from '../helpers/provider.js';
+import { logRevocations, startProvider, tokenResponses, type RevocationLog, type TestProvider } from '../helpers/provider.js';
+import { tryRefresh, userinfoStatus } from '../logout/support.js';
 import { appSlot, recordRequests, storedSessions, type AppSlot } from './support.js';
 
 const SECRET = 'dpop-secret-not-for-production';
@@ -185,13 +186,15 @@ describe('DPoP at a provider that requires nonces and DPoP-bound tokens', () => 
 describe('dpop: true at a provider that does not bind tokens', () => {
   let provider: TestProvider;
   let app: AppSlot;
+  let revocations: RevocationLog;
 
   beforeAll(async () => {
     app = await appSlot();
     provider = await startProvider({
       clients: [client('dpop-app', [app.redirectUri])],
-      configuration: { features: { devInteractions: { enabled: true }, dPoP: { enabled: false } } },
+      configuration: { features: { devInteractions: { enabled: true }, revocation: { enabled: true }, dPoP: { enabled: false } } },
     });
+    revocations = logRevocations(provider);
     app.mount(redis, options(app, provider.issuer), routes(provider.issuer));
   });
 
@@ -205,7 +208,112 @@ describe('dpop: true at a provider that does not bind tokens', () => {
 
     expect(result.status).toBe(400);
     expect(result.body).toContain('token_exchange_failed');
-    expect(result.body).toContain('instead of a DPoP-bound one');
+    expect(result.body).toContain('issued a Bearer token instead of a DPoP-bound one');
     expect(loginsOf(await storedSessions(redis, app.sessionPrefix))).toEqual([]);
+  });
+
+  test('the tokens of the refused answer are revoked: nobody holds them, and the grant is not left alive', async () => {
+    const before = revocations.answered;
+    app.browser.jar.clear();
+    const result = await app.browser.login(`${app.url}/login?returnTo=/whoami`);
+    expect(result.status).toBe(400);
+    const [issued] = tokenResponses(provider).slice(-1);
+    expect(issued!.refresh_token).toEqual(expect.any(String));
+
+    await revocations.answeredAtLeast(before + 2);
+    expect(await tryRefresh(provider.issuer, issued!.refresh_token!, { id: 'dpop-app', secret: SECRET })).toEqual({ status: 400, error: 'invalid_grant' });
+    expect(await userinfoStatus(provider.issuer, issued!.access_token)).toBe(401);
+  });
+});
+
+/**
+ * The day an app with logged-in users sets `dpop: true` (or back to false): a new release mounted on the same Redis
+ * sessions and token store, at a provider that accepts both Bearer and DPoP-bound tokens from this client.
+ */
+describe('turning dpop on or off for an app with logged-in users', () => {
+  let provider: TestProvider;
+  let requests: string[];
+  let slot: AppSlot;
+  let keyPrefix: string;
+
+  const revocations = () => requests.filter((r) => r === 'POST /token/revocation').length;
+  const getJson = (path: string) => slot.browser.request(`${slot.url}${path}`, { headers: { accept: 'application/json' } });
+  /** Mounts the app (the same sessions and token store each time) with `dpop` on or off. */
+  const release = (dpop: boolean) => slot.mount(redis, options(slot, provider.issuer, { dpop, keyPrefix }), routes(provider.issuer));
+
+  beforeAll(async () => {
+    slot = await appSlot();
+    provider = await startProvider({
+      clients: [client('dpop-app', [slot.redirectUri])],
+      configuration: {
+        rotateRefreshToken: true,
+        features: { devInteractions: { enabled: true }, revocation: { enabled: true }, dPoP: { enabled: true } },
+      },
+    });
+    requests = recordRequests(provider.server);
+  });
+
+  afterAll(async () => {
+    await slot.listener.close();
+    await provider.close();
+  });
+
+  beforeEach(() => {
+    keyPrefix = `test:${randomUUID()}:`;
+    slot.browser.jar.clear();
+  });
+
+  test('a login made before dpop was turned on keeps refreshing as Bearer (no proof, nothing revoked); new logins get DPoP', async () => {
+    release(false);
+    const login = await slot.browser.login(`${slot.url}/login?returnTo=/whoami`);
+    expect(JSON.parse(login.body)).toEqual({ isAuthenticated: true, tokenType: 'Bearer' });
+    const [revoked, grantsRevoked] = [revocations(), provider.count('grant.revoked')];
+
+    release(true);
+    const refreshed = await getJson('/refresh');
+
+    expect(refreshed.status).toBe(200);
+    expect(JSON.parse(refreshed.body)).toEqual({ changed: true, tokenType: 'Bearer' });
+    expect(JSON.parse((await getJson('/whoami')).body)).toEqual({ isAuthenticated: true, tokenType: 'Bearer' });
+    // req.auth.fetch sends it as what it is, a Bearer token.
+    const userinfo = await getJson('/userinfo');
+    expect(userinfo.status).toBe(200);
+    expect(JSON.parse(userinfo.body)).toMatchObject({ sub: 'alice' });
+    // The rotated refresh token was kept: the login refreshes again.
+    expect(JSON.parse((await getJson('/refresh')).body)).toEqual({ changed: true, tokenType: 'Bearer' });
+    expect(revocations()).toBe(revoked);
+    expect(provider.count('grant.revoked')).toBe(grantsRevoked);
+
+    // Whoever logs in now gets a DPoP-bound login.
+    const newcomer = new Browser();
+    const fresh = await newcomer.login(`${slot.url}/login?returnTo=/whoami`);
+    expect(JSON.parse(fresh.body)).toEqual({ isAuthenticated: true, tokenType: 'DPoP' });
+  });
+
+  test('a sign-in started before dpop was turned on completes as a Bearer login', async () => {
+    release(false);
+    const pending = await slot.browser.login(`${slot.url}/login?returnTo=/whoami`, { stopAtCallback: (u) => u.pathname === '/callback' });
+    const callbackUrl = pending.steps.at(-1)!.location!;
+
+    release(true);
+    const landed = await slot.browser.request(callbackUrl);
+
+    expect(landed.status).toBe(302);
+    expect(JSON.parse((await getJson('/whoami')).body)).toEqual({ isAuthenticated: true, tokenType: 'Bearer' });
+  });
+
+  test('a login made while dpop was on keeps proving its key after dpop is turned off', async () => {
+    release(true);
+    const login = await slot.browser.login(`${slot.url}/login?returnTo=/whoami`);
+    expect(JSON.parse(login.body)).toEqual({ isAuthenticated: true, tokenType: 'DPoP' });
+
+    release(false);
+    const refreshed = await getJson('/refresh');
+
+    expect(refreshed.status).toBe(200);
+    expect(JSON.parse(refreshed.body)).toEqual({ changed: true, tokenType: 'DPoP' });
+    const userinfo = await getJson('/userinfo');
+    expect(userinfo.status).toBe(200);
+    expect(JSON.parse(userinfo.body)).toMatchObject({ sub: 'alice' });
   });
 });

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import type { Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import {
+  expectLastRefreshRevoked,
   expectLoginEnded,
   getJson,
   inMode,
@@ -65,11 +66,15 @@ test('a refreshed ID token signed with a key that is not the issuer’s ends the
   const { browser, before } = await dueLogin();
   const result = await inMode(stub, 'foreignKey', () => getJson(browser, `${stack.appUrl}/api/token`));
   await expectLoginEnded(stack, browser, before.id, result, /signature/);
+  // The tokens of the answer it refused are held by nobody: revoked, not left alive at the provider.
+  await expectLastRefreshRevoked(stack.provider);
 });
 
 test('with the key set down, a refresh keeps the rotated tokens, and not the ID token nothing vouches for', async () => {
   const { browser, before, stored } = await dueLogin();
   const grants = refreshGrants(stack.provider);
+  // Other tests' refused answers revoke their grants; this login's must not be.
+  const revoked = stack.provider.count('grant.revoked');
   await withColdProcess(async (fresh) => {
     const during = await withKeysDown(browser, `${fresh.url}/api/token`);
     // The server rotated the refresh token: losing the new one would end the login at the next refresh.
@@ -86,7 +91,7 @@ test('with the key set down, a refresh keeps the rotated tokens, and not the ID 
     // With the keys back, the next refresh presents the rotated token (no reuse detected) and takes the new ID token.
     const after = await getJson(browser, `${fresh.url}/api/refresh`);
     expect(after.status).toBe(200);
-    expect(stack.provider.count('grant.revoked')).toBe(0);
+    expect(stack.provider.count('grant.revoked')).toBe(revoked);
     const next = await readRecord(stack.redis, tokenKey(stack, before.id));
     expect(next).toMatchObject({ v: 3 });
     expect(next?.tokens?.idToken).not.toBe(stored?.tokens?.idToken);
@@ -99,4 +104,5 @@ test('with the key set down, a refreshed ID token naming another user still ends
   const answer = await withColdProcess((fresh) => inMode(stub, 'swapSub', () => withKeysDown(browser, `${fresh.url}/api/token`)));
   // Unverifiable, but claims naming someone else are reason enough not to keep this response (§12.2).
   await expectLoginEnded(stack, browser, before.id, answer, /sub/);
+  await expectLastRefreshRevoked(stack.provider);
 });

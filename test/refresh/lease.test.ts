@@ -81,13 +81,37 @@ test('with dpop on, a Bearer token at refresh ends the login (its refresh token 
   expect(server.presented.slice(presentedBefore)).toEqual([refreshToken]);
   expect(failure).toBeInstanceOf(AuthError);
   expect(failure).toMatchObject({ code: 'login_required', status: 401 });
-  expect((failure as AuthError).message).toMatch(/issued a bearer token instead of a DPoP-bound one/i);
+  // The scheme as RFC 6750 spells it, not oauth4webapi's lowercased token_type.
+  expect((failure as AuthError).message).toContain('issued a Bearer token instead of a DPoP-bound one');
   expect(endsLogin(failure)).toBe(true);
   // Every process sees the login as ended, and the server no longer accepts the tokens it issued in that answer.
   expect(await runtime.tokenStore.read(login.id)).toMatchObject({ ended: true });
   expect(server.revoked).toHaveLength(2);
   expect(server.revoked[0]).toMatch(/^rt-/);
   expect(server.live.has(server.revoked[0]!)).toBe(false);
+});
+
+test('with dpop on, a Bearer answer that did not rotate the refresh token: the login ends and that one, still valid, is revoked', async () => {
+  const runtime = server.runtime(redis, `test:${randomUUID()}:`, { dpop: true });
+  const { login, refreshToken } = await expiredLogin(runtime, { dpopKey: (await createDPoPKey(runtime)).jwk });
+  server.rotation = false;
+  const revokedBefore = server.revoked.length;
+  try {
+    const failure = await runtime.refresher.current(login, { force: false, ttlSeconds: 600 }).then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    expect(failure).toMatchObject({ code: 'login_required', status: 401 });
+    expect(endsLogin(failure)).toBe(true);
+  } finally {
+    server.rotation = true;
+  }
+  // The answer's access token and the login's refresh token, which the server kept alive: nobody holds either now.
+  const revoked = server.revoked.slice(revokedBefore);
+  expect(revoked).toHaveLength(2);
+  expect(revoked).toContain(refreshToken);
+  expect(revoked.find((token) => token !== refreshToken)).toMatch(/^at-/);
+  expect(server.live.has(refreshToken)).toBe(false);
 });
 
 test('a refresh answered after the login ended (logout) revokes the tokens it got, which nobody will use', async () => {

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { CLIENT_ID, CLIENT_SECRET, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import {
+  expectLastRefreshRevoked,
   expectLoginEnded,
   getJson,
   inMode,
@@ -217,6 +218,8 @@ describe('refresh on expiry (one process, Redis)', () => {
     const result = await inMode(stub, 'swapSub', () => getJson(browser, `${stack.appUrl}/api/refresh`));
 
     await expectLoginEnded(stack, browser, before.id, result, /sub/);
+    // The tokens of the answer it refused are held by nobody: revoked, not left alive at the provider.
+    await expectLastRefreshRevoked(stack.provider);
   });
 
   test.each([
@@ -232,6 +235,7 @@ describe('refresh on expiry (one process, Redis)', () => {
     const result = await inMode(stub, 'reclaim', () => getJson(browser, `${stack.appUrl}/api/refresh`));
 
     await expectLoginEnded(stack, browser, before.id, result, reason);
+    await expectLastRefreshRevoked(stack.provider);
   });
 
   test('a refreshed ID token with fewer audiences than the first one ends the login (OpenID Connect Core §12.2)', async () => {

@@ -9,7 +9,8 @@ import { unpackTokens, type StoredTokens } from '../../lib/tokens.js';
 import type { Browser } from '../helpers/browser.js';
 import { startStack, type Stack, type StackRedis } from '../helpers/app.js';
 import { refreshRoutes, type RouteHooks } from './fixtures/routes.js';
-import { TEST_TTLS, type TestProvider } from '../helpers/provider.js';
+import { TEST_TTLS, tokenResponses, type TestProvider } from '../helpers/provider.js';
+import { tryRefresh } from '../logout/support.js';
 
 /** Access tokens live 4 s; expired tokens are refused at once (oidc-provider tolerates 15 s by default). */
 export const ACCESS_TOKEN_TTL = 4;
@@ -62,7 +63,8 @@ export type StubMode = 'pass' | 'fail500' | 'hang' | 'hold' | 'swapSub' | 'recla
  * rotated at the provider, the client has not heard yet), swapping the refreshed ID token's `sub` (re-signed with the
  * provider's own key, so that only the §12.2 check can catch it), or re-signing the refreshed ID token unchanged with
  * a key of its own under the provider's `kid` (only a signature check can catch it). Counts every POST to the token
- * endpoint. With `keysDown`, the provider's key set (`/jwks`) answers 503.
+ * endpoint. With `keysDown`, the provider's key set (`/jwks`) answers 503. Its revocation endpoint can fail (503) or
+ * hold each request until released (`revocation`).
  */
 export interface TokenStub {
   mode: StubMode;
@@ -78,6 +80,12 @@ export interface TokenStub {
   keysDown: boolean;
   /** In `reclaim` mode: the refreshed ID token's claims, re-signed with the provider's own key. */
   reclaim: (claims: Record<string, unknown>) => Record<string, unknown>;
+  /** `fail`: the revocation endpoint answers 503; `hold`: it keeps each request until `releaseRevocations()`. */
+  revocation: 'pass' | 'fail' | 'hold';
+  /** Revocation requests held in `hold` mode right now. */
+  heldRevocations: number;
+  /** Lets the held revocation requests through to the provider. */
+  releaseRevocations(): void;
 }
 
 export function installTokenStub(tp: TestProvider): TokenStub {
@@ -100,13 +108,32 @@ export function installTokenStub(tp: TestProvider): TokenStub {
     },
     keysDown: false,
     reclaim: (claims) => claims,
+    revocation: 'pass',
+    heldRevocations: 0,
+    releaseRevocations: () => {
+      const waiting = heldRevocations;
+      heldRevocations = [];
+      for (const release of waiting) release();
+    },
   };
+  let heldRevocations: Array<() => void> = [];
   const foreignKey = generateKeyPair('RS256');
   tp.provider.use(async (ctx, next) => {
     if (stub.keysDown && ctx.path === '/jwks') {
       ctx.status = 503;
       ctx.body = { error: 'temporarily_unavailable' };
       return;
+    }
+    if (ctx.method === 'POST' && ctx.path === '/token/revocation' && stub.revocation !== 'pass') {
+      if (stub.revocation === 'fail') {
+        ctx.status = 503;
+        ctx.body = { error: 'temporarily_unavailable' };
+        return;
+      }
+      stub.heldRevocations++;
+      await new Promise<void>((resolve) => heldRevocations.push(resolve));
+      stub.heldRevocations--;
+      return next();
     }
     if (ctx.method !== 'POST' || ctx.path !== '/token') return next();
     stub.posts++;
@@ -267,6 +294,17 @@ export async function userinfoStatus(provider: TestProvider, accessToken: string
   const response = await fetch(`${provider.issuer}/me`, { headers: { authorization: `Bearer ${accessToken}` } });
   await response.arrayBuffer();
   return response.status;
+}
+
+/**
+ * The provider's last refresh answer was refused by the app and its tokens revoked: the refresh token it issued is
+ * refused at the provider, and so is its access token.
+ */
+export async function expectLastRefreshRevoked(provider: TestProvider): Promise<void> {
+  const [refreshed] = tokenResponses(provider, 'refresh_token').slice(-1);
+  expect(refreshed?.refresh_token).toEqual(expect.any(String));
+  expect(await tryRefresh(provider.issuer, refreshed!.refresh_token!)).toEqual({ status: 400, error: 'invalid_grant' });
+  expect(await userinfoStatus(provider, refreshed!.access_token)).toBe(401);
 }
 
 /** An app process of its own (see fixtures/app-process.ts). */
