@@ -67,8 +67,8 @@ export interface ClientPrivateKeyOptions {
    */
   alg?: string;
   /**
-   * The assertion's `aud`: the issuer identifier (Auth0, Keycloak) or the token endpoint URL (Okta, Entra ID, servers
-   * without an issuer).
+   * The assertion's `aud`: the issuer identifier (Auth0, Keycloak), or the URL of the endpoint called (Okta, Entra ID,
+   * servers without an issuer): the token endpoint for token requests, the revocation and PAR endpoints for those.
    * @default `'issuer'` (the token endpoint when the server has no issuer)
    */
   audience?: 'issuer' | 'token_endpoint';

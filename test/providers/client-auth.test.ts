@@ -188,12 +188,19 @@ describe('a method the server does not advertise fails at first use, naming the 
 });
 
 describe('the private_key_jwt assertion', () => {
-  const as = { issuer: 'https://idp.example.com', token_endpoint: 'https://idp.example.com/oauth2/token' };
+  const as = {
+    issuer: 'https://idp.example.com',
+    token_endpoint: 'https://idp.example.com/oauth2/token',
+    revocation_endpoint: 'https://idp.example.com/oauth2/revoke',
+    pushed_authorization_request_endpoint: 'https://idp.example.com/oauth2/par',
+  };
+  // What oauth4webapi has put into each kind of request's body when it asks for the client authentication.
+  const TOKEN_REQUEST = { grant_type: 'authorization_code', code: 'c', redirect_uri: 'https://app.example.com/callback' };
 
-  async function assertionOf(privateKey: AuthOptions['privateKey']): Promise<string> {
+  async function assertionOf(privateKey: AuthOptions['privateKey'], request: Record<string, string> = TOKEN_REQUEST): Promise<string> {
     const config = resolveOptions({ issuer: as.issuer, clientId: 'app', redirectUri: 'https://app.example.com/callback', privateKey });
     const authenticate = await clientAuthentication(config);
-    const body = new URLSearchParams();
+    const body = new URLSearchParams(request);
     await authenticate(as, { client_id: 'app' }, body, new Headers());
     expect(body.get('client_assertion_type')).toBe('urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
     return body.get('client_assertion')!;
@@ -209,6 +216,20 @@ describe('the private_key_jwt assertion', () => {
     expect(decodeProtectedHeader(assertion)).toMatchObject({ alg: 'RS256', kid: 'kid-1' });
     const { payload } = await jwtVerify(assertion, await importJWK(publicJwk, 'RS256'), { audience: expected, issuer: 'app', subject: 'app' });
     expect(payload.jti).toEqual(expect.any(String));
+  });
+
+  test.each([
+    ['a refresh (token endpoint)', { grant_type: 'refresh_token', refresh_token: 'r' }, as.token_endpoint],
+    ['a revocation (revocation endpoint)', { token: 't', token_type_hint: 'refresh_token' }, as.revocation_endpoint],
+    ['a pushed authorization request (PAR endpoint)', { response_type: 'code', redirect_uri: 'https://app.example.com/callback' }, as.pushed_authorization_request_endpoint],
+  ])("with audience 'token_endpoint', %s names the endpoint it is sent to (Okta refuses any other)", async (_name, request, expected) => {
+    const { privateJwk, publicJwk } = await clientKeyPair('RS256', 'kid-1');
+    const assertion = await assertionOf({ key: privateJwk, audience: 'token_endpoint' }, request);
+
+    await expect(jwtVerify(assertion, await importJWK(publicJwk, 'RS256'), { audience: expected })).resolves.toBeDefined();
+    // The default names the issuer whatever the endpoint.
+    const byIssuer = await assertionOf({ key: privateJwk }, request);
+    await expect(jwtVerify(byIssuer, await importJWK(publicJwk, 'RS256'), { audience: as.issuer })).resolves.toBeDefined();
   });
 
   test('an Ed25519 key signs as EdDSA', async () => {
