@@ -28,13 +28,14 @@ export async function clientAuthentication(config: ResolvedConfig): Promise<clie
  * The URL the authenticated request goes to, for `audience: 'token_endpoint'`. RFC 7523 §3 allows the token endpoint
  * as audience, Entra ID and Okta require an endpoint URL, and Okta requires exactly the one called: so the revocation
  * and PAR requests name their own endpoints (RFC 9126 §2 lists the PAR endpoint among the audiences a server must
- * accept). Told apart by the parameters each kind of request must carry: `grant_type` (RFC 6749 §4.1.3, §6), `token`
- * (RFC 7009 §2.1), `response_type` (RFC 9126 §2.1); those are the only client-authenticated calls the library makes.
+ * accept). Told apart by the parameters each kind of request must carry: `response_type` (RFC 9126 §2.1), `grant_type`
+ * (RFC 6749 §4.1.3, §6), `token` (RFC 7009 §2.1); those are the only client-authenticated calls the library makes.
  */
 function endpointCalled(as: client.ServerMetadata, body: URLSearchParams): string | undefined {
+  // response_type first: a PAR body also carries the app's authorizationParams, which may use any other name.
+  if (body.has('response_type')) return as.pushed_authorization_request_endpoint ?? as.token_endpoint;
   if (body.has('grant_type')) return as.token_endpoint;
   if (body.has('token')) return as.revocation_endpoint ?? as.token_endpoint;
-  if (body.has('response_type')) return as.pushed_authorization_request_endpoint ?? as.token_endpoint;
   return as.token_endpoint;
 }
 

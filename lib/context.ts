@@ -1,6 +1,6 @@
 import type { Request } from 'express';
 import { AuthError, AuthErrorCode } from './errors.js';
-import { fetchResource, type ResourceRequestInit } from './resource.js';
+import { fetchResource, resourceRequest, type ResourceRequestInit } from './resource.js';
 import { endsLogin, needsRefresh } from './refresh.js';
 import type { Runtime } from './runtime.js';
 import { readState, type LoginState } from './session.js';
@@ -169,9 +169,11 @@ export class RequestAuth implements AuthContext {
   async fetch(url: string | URL, init?: ResourceRequestInit): Promise<Response> {
     const login = this.#login();
     if (login === undefined) throw notLoggedIn();
+    // The app's mistakes are refused before anything is sent, a refresh included.
+    const request = resourceRequest(url, init, [unpackTokens(login.tokens)?.accessToken]);
     // Through the same path as getAccessToken(), so that whatever it does about expiry applies here too.
     const tokens = await this.#usable(login);
-    return fetchResource(this.#runtime, { accessToken: tokens.accessToken, tokenType: tokens.tokenType, dpopKey: login.dpopKey }, url, init);
+    return fetchResource(this.#runtime, { accessToken: tokens.accessToken, tokenType: tokens.tokenType, dpopKey: login.dpopKey }, request, init);
   }
 
   async getAccessToken(): Promise<string> {

@@ -133,6 +133,28 @@ function checkRequest(target: URL, method: string, { headers, body, signal }: Re
   return checked;
 }
 
+/** A resource request that {@link resourceRequest} found well-formed. */
+export interface ResourceRequest {
+  readonly target: URL;
+  readonly method: string;
+  readonly headers: Headers;
+}
+
+/**
+ * Checks a resource request before anything is done for it (a refresh included): a mistake of the app's is
+ * `misconfigured` (500), whatever the state of its tokens. `secrets` are redacted from a URL parse error's cause.
+ */
+export function resourceRequest(url: string | URL, init: ResourceRequestInit = {}, secrets: ReadonlyArray<string | undefined> = []): ResourceRequest {
+  let target: URL;
+  try {
+    target = new URL(url);
+  } catch (err) {
+    throw misuse('req.auth.fetch() needs an absolute URL.', sanitisedCause(err, secrets));
+  }
+  const method = (init.method ?? 'GET').toUpperCase();
+  return { target, method, headers: checkRequest(target, method, init) };
+}
+
 /**
  * Calls a resource server with the access token in the `Authorization` header (RFC 6750 §2.1): `DPoP <token>` plus a
  * fresh proof for a DPoP-bound token (RFC 9449 §7), else `Bearer <token>`. A `use_dpop_nonce` challenge is retried
@@ -146,17 +168,10 @@ function checkRequest(target: URL, method: string, { headers, body, signal }: Re
 export async function fetchResource(
   runtime: ResourceServices,
   credentials: ResourceCredentials,
-  url: string | URL,
+  request: ResourceRequest,
   init: ResourceRequestInit = {},
 ): Promise<Response> {
-  let target: URL;
-  try {
-    target = new URL(url);
-  } catch (err) {
-    throw misuse('req.auth.fetch() needs an absolute URL.', sanitisedCause(err, [credentials.accessToken]));
-  }
-  const method = (init.method ?? 'GET').toUpperCase();
-  const headers = checkRequest(target, method, init);
+  const { target, method, headers } = request;
   const bound = credentials.tokenType === 'DPoP';
   const options = bound ? await dpopOptionsFor(runtime, credentials) : undefined;
   if (bound && options === undefined) {

@@ -1,6 +1,9 @@
 import * as client from 'openid-client';
 import type { StoredTokens } from './tokens.js';
 
+/** What revocation needs of a token set. */
+export type RevocableTokens = Pick<StoredTokens, 'accessToken' | 'refreshToken'>;
+
 /**
  * Revokes a login's refresh token and access token at the server's `revocation_endpoint` (RFC 7009), when it has
  * one. Best effort by design: the local logout has already happened, and a server that is down or refuses must not
@@ -9,7 +12,7 @@ import type { StoredTokens } from './tokens.js';
  * The refresh token goes first in the request list because revoking it ends the grant at most servers (RFC 7009
  * §2.1); the access token is revoked too for servers that keep it alive until it expires.
  */
-export async function revokeTokens(configuration: client.Configuration, tokens: StoredTokens): Promise<number> {
+export async function revokeTokens(configuration: client.Configuration, tokens: RevocableTokens): Promise<number> {
   if (typeof configuration.serverMetadata().revocation_endpoint !== 'string') return 0;
   const requests: Array<Promise<void>> = [];
   if (tokens.refreshToken !== undefined) {
@@ -25,7 +28,7 @@ export async function revokeTokens(configuration: client.Configuration, tokens: 
  * a refresh token left alive at the server is a live grant that no client holds. Best effort: never rejects, whatever
  * the server does, so callers that must not wait for it can leave it running.
  */
-export async function revokeUnused(configuration: client.Configuration | Promise<client.Configuration>, tokens: StoredTokens): Promise<void> {
+export async function revokeUnused(configuration: client.Configuration | Promise<client.Configuration>, tokens: RevocableTokens): Promise<void> {
   try {
     await revokeTokens(await configuration, tokens);
   } catch {

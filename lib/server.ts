@@ -2,6 +2,7 @@ import * as client from 'openid-client';
 import { checkClientAuthSupport, clientAuthentication } from './client-auth.js';
 import { checkDPoPSupport } from './dpop.js';
 import { AuthError, AuthErrorCode } from './errors.js';
+import { recordingFetch } from './issued.js';
 import type { ResolvedConfig, ResolvedServer } from './options.js';
 import { checkPushedAuthorizationSupport, usesPushedAuthorization } from './par.js';
 import { isNetworkError, isTimeout } from './upstream.js';
@@ -170,6 +171,7 @@ export function createServerResolver(config: ResolvedConfig): ServerResolver {
       // openid-client's own check: that one runs inside the grant, after the server has rotated a refresh token, so a
       // key-set outage would throw the new tokens away.
       configuration.timeout = timeoutSeconds;
+      configuration[client.customFetch] = recordingFetch;
       return configuration;
     } catch (err) {
       throw discoveryError(config, err);

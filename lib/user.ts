@@ -1,5 +1,5 @@
 import { AuthError, AuthErrorCode } from './errors.js';
-import { fetchResource, type ResourceCredentials } from './resource.js';
+import { fetchResource, resourceRequest, type ResourceCredentials } from './resource.js';
 import type { Runtime } from './runtime.js';
 import { publicTokens, type StoredTokens } from './tokens.js';
 import { sanitisedCause } from './upstream.js';
@@ -35,7 +35,9 @@ export async function loadUser(
   const credentials: ResourceCredentials = { accessToken: tokens.accessToken, tokenType: tokens.tokenType, dpopKey: binding.dpopKey };
   let user: unknown;
   try {
-    user = await hook(publicTokens(tokens), { fetch: (url, init) => fetchResource(runtime, credentials, url, init) });
+    user = await hook(publicTokens(tokens), {
+      fetch: async (url, init) => fetchResource(runtime, credentials, resourceRequest(url, init, [tokens.accessToken]), init),
+    });
   } catch (err) {
     // The hook's own message may quote a response: only a sanitised copy is kept, as the cause (never in toJSON()).
     throw failed('fetchUser failed, so the login was not completed; try again.', sanitisedCause(err, [tokens.accessToken, tokens.refreshToken, tokens.idToken]));

@@ -68,13 +68,14 @@ function loginIdInStore(store: Store, id: string): Promise<string | undefined> {
 /**
  * Ends the logins of these sessions in the token store too (a tombstone, not a deletion): their refresh tokens are
  * gone, and a copy of a session that a request in flight saves back after the logout can never be refreshed.
- * Every session is also marked: one may belong to a login whose callback has not saved it yet, or will save it once
- * more (express-session writes a regenerated session again when the response ends), after the destroy below; that
- * callback ends it once its saves are done.
+ * Every session is also marked, first: one may belong to a login whose callback has not saved it yet, or will save it
+ * once more (express-session writes a regenerated session again when the response ends), after the reads or the
+ * destroy below; that callback checks the mark after its saves (lib/new-login.ts). Marked before the sessions are
+ * read, so that a save the reads miss is one that sees the mark.
  */
 async function endLogins(runtime: Runtime, index: SessionIndex, store: Store, ids: readonly string[]): Promise<void> {
-  const loginIds = await Promise.all(ids.map((id) => loginIdInStore(store, id)));
   await index.markEnded(ids);
+  const loginIds = await Promise.all(ids.map((id) => loginIdInStore(store, id)));
   await Promise.all(
     loginIds.filter((id): id is string => id !== undefined).map((id) => runtime.tokenStore.end(id, backchannelEndTtl(runtime.config))),
   );

@@ -1,21 +1,17 @@
-import { randomBytes } from 'node:crypto';
 import type { NextFunction, Request, Response } from 'express';
 import * as client from 'openid-client';
-import { assertDPoPBound, dpopOptionsFor } from '../dpop.js';
+import { dpopOptionsFor } from '../dpop.js';
 import { AuthError, AuthErrorCode } from '../errors.js';
-import { checkSignature } from '../keys.js';
+import { withIssuedTokens } from '../issued.js';
+import { abandonLogin, completeLogin, createLogin, type NewLogin } from '../new-login.js';
 import { rawQuery, strictQuery } from '../query.js';
 import { setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
-import { destroySession, destroyStoredSession, readState, regenerateSession, requireSession, saveSession, writableState, type LoginState, type SessionWithState } from '../session.js';
-import { indexLogin, type SessionIndex } from '../session-index.js';
-import { storeUnavailable } from '../store-errors.js';
-import { backchannelEndTtl, sessionTtlSeconds } from '../token-store.js';
+import { readState, requireSession } from '../session.js';
 import { revokeUnused } from '../revocation.js';
-import { sessionCopy, toStoredTokens, type StoredTokens } from '../tokens.js';
-import { TRANSACTION_TTL_MS, takeTransaction, type Transaction } from '../transaction.js';
+import { toStoredTokens } from '../tokens.js';
+import { TRANSACTION_TTL_MS, takeTransaction } from '../transaction.js';
 import { exchangeError } from '../upstream.js';
-import { loadUser } from '../user.js';
 
 /** Authorization-response parameters that must appear at most once. */
 const CALLBACK_PARAMS = ['code', 'state', 'iss', 'error', 'error_description', 'error_uri', 'session_state'];
@@ -58,20 +54,6 @@ function authorizationResponseError(params: URLSearchParams): AuthError {
 }
 
 /**
- * The ID token's signature against the issuer's keys (openid-client has validated its claims), before anything of the
- * login is stored: a forged, tampered, unsigned or HMAC-signed ID token is refused (OpenID Connect Core §3.1.3.7).
- */
-async function checkIdTokenSignature(runtime: Runtime, metadata: client.ServerMetadata, idToken: string): Promise<void> {
-  const signature = await checkSignature(runtime.keys, metadata, idToken);
-  if (signature === 'invalid') {
-    throw new AuthError(AuthErrorCode.INVALID_ID_TOKEN, 400, "The ID token is invalid: its signature does not verify with the issuer's keys.");
-  }
-  if (signature === 'unknown') {
-    throw new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, "The authorization server's signing keys could not be fetched to check the ID token; try again.");
-  }
-}
-
-/**
  * `GET <redirectUri path>`: checks the authorization response, exchanges the code over the back channel, rotates
  * the session id and lands on the transaction's `returnTo`.
  */
@@ -104,115 +86,40 @@ export function callbackRoute(runtime: Runtime) {
     const dpop = await dpopOptionsFor(runtime, transaction);
     let response: Awaited<ReturnType<typeof client.authorizationCodeGrant>>;
     try {
-      response = await client.authorizationCodeGrant(
-        configuration,
-        currentUrl,
-        {
-          pkceCodeVerifier: transaction.verifier,
-          expectedState: stateValue,
-          ...(transaction.nonce === undefined ? {} : { expectedNonce: transaction.nonce }),
-          // Without it openid-client skips `auth_time` entirely: a server that ignored max_age would go unnoticed.
-          ...(transaction.maxAge === undefined ? {} : { maxAge: transaction.maxAge }),
-          idTokenExpected: config.openid,
-        },
-        undefined,
-        dpop,
+      // An answer refused inside the grant (its ID token's claims) still carried tokens: revoked, as below.
+      response = await withIssuedTokens(
+        () =>
+          client.authorizationCodeGrant(
+            configuration,
+            currentUrl,
+            {
+              pkceCodeVerifier: transaction.verifier,
+              expectedState: stateValue,
+              ...(transaction.nonce === undefined ? {} : { expectedNonce: transaction.nonce }),
+              // Without it openid-client skips `auth_time` entirely: a server that ignored max_age would go unnoticed.
+              ...(transaction.maxAge === undefined ? {} : { maxAge: transaction.maxAge }),
+              idTokenExpected: config.openid,
+            },
+            undefined,
+            dpop,
+          ),
+        (issued) => void revokeUnused(configuration, issued),
       );
     } catch (err) {
       throw exchangeError(err, [params.get('code') ?? undefined, transaction.verifier, transaction.nonce, config.clientSecret]);
     }
     const tokens = toStoredTokens(response);
-    let session: SessionWithState;
-    let login: LoginState;
+    let created: NewLogin | undefined;
     try {
-      ({ session, login } = await createLogin(runtime, req, transaction, metadata, response, tokens));
+      created = await createLogin(runtime, req, transaction, metadata, response, tokens);
+      await completeLogin(runtime, req, created);
     } catch (err) {
+      if (created !== undefined) await abandonLogin(runtime, created);
       // The server has issued these tokens and nobody will hold them: a refresh token left alive is a grant no client
       // holds (RFC 7009). Not awaited, so that a slow or failing revocation endpoint neither delays nor changes the answer.
       void revokeUnused(configuration, tokens);
       throw err;
     }
-    const indexed = await indexLogin(runtime.sessionIndex, config, session);
-    await saveSession(session);
-    if (indexed && runtime.sessionIndex !== undefined) {
-      await refuseIfLoggedOutMeanwhile(runtime, runtime.sessionIndex, session, login);
-      endIfLoggedOutBeforeFinish(runtime, runtime.sessionIndex, req, res, session.id, login.id);
-    }
     res.redirect(302, transaction.returnTo);
   };
-}
-
-/**
- * Turns a token response into a login: checks what the exchange could not (DPoP binding, the ID token's signature), runs
- * `fetchUser`, rotates the session id and writes version 1 to the token store, before the session can name it (a
- * Redis failure leaves no login behind). The session is not saved yet. Rejects when the login cannot be made, and
- * `tokens` are then held by nobody.
- */
-async function createLogin(
-  runtime: Runtime,
-  req: Request,
-  transaction: Transaction,
-  metadata: client.ServerMetadata,
-  response: client.TokenEndpointResponse & client.TokenEndpointResponseHelpers,
-  tokens: StoredTokens,
-): Promise<{ session: SessionWithState; login: LoginState }> {
-  const { config } = runtime;
-  assertDPoPBound(config, transaction, response);
-  if (response.id_token !== undefined) await checkIdTokenSignature(runtime, metadata, response.id_token);
-
-  const idClaims = config.openid ? response.claims() : undefined;
-  // Before the session changes: a failing hook leaves no half-made login.
-  const user = await loadUser(runtime, tokens, transaction);
-  const pending = readState(req)?.tx;
-
-  const session = await regenerateSession(req);
-  const state = writableState(session);
-  // Other tabs' logins belong to the same browser: they survive the id rotation.
-  if (pending !== undefined && Object.keys(pending).length > 0) state.tx = pending;
-  const login: LoginState = {
-    id: randomBytes(16).toString('base64url'),
-    ...(idClaims === undefined ? {} : { claims: { ...idClaims } }),
-    ...(user === undefined ? {} : { user }),
-    tokens: sessionCopy(tokens),
-    ...(transaction.dpopKey === undefined ? {} : { dpopKey: transaction.dpopKey }),
-  };
-  await runtime.tokenStore.create(login, tokens, sessionTtlSeconds(req));
-  state.login = login;
-  return { session, login };
-}
-
-/**
- * A back-channel logout that found this login in the index before its session was saved could not end it (there was
- * nothing in the store to destroy yet) and marked the session id instead: the login ends here, after the save, so that
- * whichever of the two came first, the login does not outlive the logout. Fails closed when Redis cannot say.
- */
-async function refuseIfLoggedOutMeanwhile(runtime: Runtime, index: SessionIndex, session: SessionWithState, login: LoginState): Promise<void> {
-  let ended: boolean;
-  try {
-    ended = await index.wasEnded(session.id);
-  } catch (err) {
-    await destroySession(session).catch(() => undefined);
-    throw storeUnavailable(err, 'Redis is unavailable; the sign-in was not completed. Try again.');
-  }
-  if (!ended) return;
-  await runtime.tokenStore.end(login.id, backchannelEndTtl(runtime.config)).catch(() => undefined);
-  await destroySession(session);
-  throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The authorization server ended this sign-in (logout) while it was completing; sign in again.');
-}
-
-/**
- * express-session saves a regenerated session once more as the response ends (its `regenerate` leaves the new session
- * unwrapped, so the explicit save above does not count): a back-channel logout that destroyed the session between the
- * check above and that save would see it written back. Once the response is out (that save done), the mark is checked
- * again and the session destroyed if a logout came. Best effort: there is no one left to answer.
- */
-function endIfLoggedOutBeforeFinish(runtime: Runtime, index: SessionIndex, req: Request, res: Response, sessionId: string, loginId: string): void {
-  const store = req.sessionStore;
-  res.once('finish', () => {
-    void (async () => {
-      if (!(await index.wasEnded(sessionId))) return;
-      await runtime.tokenStore.end(loginId, backchannelEndTtl(runtime.config));
-      await destroyStoredSession(store, sessionId);
-    })().catch(() => undefined);
-  });
 }

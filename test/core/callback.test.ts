@@ -267,9 +267,10 @@ describe('a callback that fails after the code exchange revokes the tokens it go
   afterAll(async () => failing.close());
 
   /** Runs a login and its callback: the answer, how long it took, and the token response the provider sent for the code. */
-  async function failedCallback() {
+  async function failedCallback(beforeCallback: () => void = () => undefined) {
     const browser = json(new Browser());
     const pending = await browser.login(`${failing.appUrl}/login?returnTo=/me`, { stopAtCallback: isCallback });
+    beforeCallback();
     const exchanges = tokenResponses(failing.provider).length;
     const started = Date.now();
     const res = await browser.request(pending.steps.at(-1)!.location!);
@@ -396,6 +397,104 @@ describe('a callback that fails after the code exchange revokes the tokens it go
       user = async () => ({ name: 'Alice' });
       stub.revocation = 'pass';
       stub.releaseRevocations();
+    }
+  });
+
+  /** Whether the token store still holds a live login with this access token (an ended one holds no tokens). */
+  async function liveLoginWith(accessToken: string): Promise<boolean> {
+    const keys = await failing.redis.keys(`${failing.authOptions.keyPrefix}tokens:*`);
+    const entries = await Promise.all(keys.map(async (key) => JSON.parse((await failing.redis.get(key)) ?? 'null') as { tokens?: { accessToken?: string } } | null));
+    return entries.some((entry) => entry?.tokens?.accessToken === accessToken);
+  }
+
+  /** Once armed, makes the next Redis call of `command` whose first argument contains `keyPart` fail, once. */
+  function failOnce(command: 'exists' | 'set', keyPart: string) {
+    const redis = failing.redis as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+    const original = redis[command]!.bind(redis);
+    let armed = false;
+    let failures = 0;
+    redis[command] = async (...args: unknown[]) => {
+      if (armed && String(args[0]).includes(keyPart)) {
+        armed = false;
+        failures++;
+        throw new Error('Connection is closed.');
+      }
+      return original(...args);
+    };
+    return { arm: () => void (armed = true), undo: () => void (redis[command] = original), failures: () => failures };
+  }
+
+  test('Redis fails to index the login for back-channel logout: 503, the tokens are revoked and no login is left', async () => {
+    const redis = failing.redis as unknown as { multi: (...args: unknown[]) => { sadd: (...a: unknown[]) => unknown; exec: () => Promise<unknown> } };
+    const multi = redis.multi.bind(redis);
+    let failures = 0;
+    redis.multi = (...args: unknown[]) => {
+      const transaction = multi(...args);
+      const { sadd, exec } = { sadd: transaction.sadd.bind(transaction), exec: transaction.exec.bind(transaction) };
+      let indexKey = false;
+      transaction.sadd = (...a: unknown[]) => {
+        indexKey ||= String(a[0]).includes('logout:');
+        return sadd(...a);
+      };
+      transaction.exec = async () => {
+        if (indexKey && failures++ === 0) throw new Error('Connection is closed.');
+        return exec();
+      };
+      return transaction;
+    };
+    const before = revocations.answered;
+    try {
+      const { res, issued } = await failedCallback();
+      expect(res.status).toBe(503);
+      expect(JSON.parse(res.body)).toMatchObject({ error: 'session_unavailable' });
+      await expectRevoked(issued, before);
+      expect(await liveLoginWith(issued[0]!.access_token)).toBe(false);
+    } finally {
+      redis.multi = multi;
+    }
+    expect(failures).toBeGreaterThan(0);
+  });
+
+  test('Redis fails to save the session: 503, the tokens are revoked and no login is left', async () => {
+    const failure = failOnce('set', ':sess:');
+    const before = revocations.answered;
+    try {
+      const { res, issued } = await failedCallback(failure.arm);
+      expect(res.status).toBe(503);
+      expect(JSON.parse(res.body)).toMatchObject({ error: 'session_unavailable' });
+      await expectRevoked(issued, before);
+      expect(await liveLoginWith(issued[0]!.access_token)).toBe(false);
+    } finally {
+      failure.undo();
+    }
+    expect(failure.failures()).toBe(1);
+  });
+
+  test('Redis cannot say whether a back-channel logout came during the login: 503, the tokens are revoked and no login is left', async () => {
+    const failure = failOnce('exists', 'logout:ended:');
+    const before = revocations.answered;
+    try {
+      const { res, issued } = await failedCallback(failure.arm);
+      expect(res.status).toBe(503);
+      expect(JSON.parse(res.body)).toMatchObject({ error: 'session_unavailable' });
+      await expectRevoked(issued, before);
+      expect(await liveLoginWith(issued[0]!.access_token)).toBe(false);
+    } finally {
+      failure.undo();
+    }
+    expect(failure.failures()).toBe(1);
+  });
+
+  test('an ID token refused inside the exchange (a wrong nonce): 400 invalid_id_token, and the tokens it came with are revoked', async () => {
+    stub.reclaim = (claims) => ({ ...claims, nonce: 'not-the-nonce' });
+    const before = revocations.answered;
+    try {
+      const { res, issued } = await inMode(stub, 'reclaim', failedCallback);
+      expect(res.status).toBe(400);
+      expect(JSON.parse(res.body)).toMatchObject({ error: 'invalid_id_token' });
+      await expectRevoked(issued, before);
+    } finally {
+      stub.reclaim = (claims) => claims;
     }
   });
 

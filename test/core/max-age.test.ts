@@ -73,7 +73,8 @@ describe('max_age against oidc-provider', () => {
       await expectRefusal(observed, () => second.request(pending.callbackUrl, { headers: { accept: 'application/json' } }), {
         status: 400,
         code: 'invalid_id_token',
-        calls: ['POST /token'],
+        // The tokens of that answer are revoked: nobody holds them.
+        calls: ['POST /token', 'POST /token/revocation', 'POST /token/revocation'],
         secrets: pending.secrets,
       });
       expect((await second.request(`${stack.appUrl}/me`, { headers: { accept: 'application/json' } })).status).toBe(401);

@@ -36,11 +36,15 @@ const keyPrefix = `test:${randomUUID()}:`;
 class PausingStore extends RedisStore {
   #hook: { write: number; run: (sessionId: string, session: SessionData) => Promise<void> } | undefined;
   readonly #writes = new Map<string, number>();
+  #written: () => void = () => undefined;
+  /** Resolves once the write that ran the hook has reached Redis. */
+  hookedWrite: Promise<void> = Promise.resolve();
 
   /** Runs `run` once, just before the `write`th write of a login's session from now on (1: the callback's, 2: the end's). */
   beforeLoginWrite(write: number, run: (sessionId: string, session: SessionData) => Promise<void>): void {
     this.#writes.clear();
     this.#hook = { write, run };
+    this.hookedWrite = new Promise((resolve) => (this.#written = resolve));
   }
 
   get hookPending(): boolean {
@@ -55,6 +59,9 @@ class PausingStore extends RedisStore {
       if (write === hook.write) {
         this.#hook = undefined;
         await hook.run(sid, sess);
+        const result: unknown = await super.set(sid, sess, cb);
+        this.#written();
+        return result;
       }
     }
     return super.set(sid, sess, cb);
@@ -222,12 +229,82 @@ describe('back-channel logout across two app processes', () => {
 
     expect(storeA.hookPending).toBe(false);
     expect(logoutStatus).toBe(200);
-    // The callback finishes its clean-up just after the response: give it a moment.
+    // The callback finishes its clean-up just after express-session's last write: give it a moment.
+    await storeA.hookedWrite;
     for (let i = 0; i < 50 && (await redis.exists(`${sessionPrefix}${String(sessionId)}`)) === 1; i++) {
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
     // The session that write brought back is gone again. (The browser itself may have logged in anew meanwhile: its
     // redirect to /me can find the session gone and go through the provider's still-open session.)
+    expect(await redis.exists(`${sessionPrefix}${String(sessionId)}`)).toBe(0);
+    expect(JSON.parse((await redis.get(`${keyPrefix}tokens:${String(loginId)}`)) ?? 'null')).toEqual({ v: Number.MAX_SAFE_INTEGER, ended: true });
+  });
+
+  test("the check after express-session's last save runs even when the browser has gone away meanwhile", async () => {
+    let sessionId: string | undefined;
+    const aborted = new AbortController();
+    // The logout comes just before express-session's last write, and the browser drops the connection at that moment:
+    // no 'finish' event will come for that response.
+    storeA.beforeLoginWrite(2, async (id, saved) => {
+      sessionId = id;
+      const login = (saved as unknown as { oauth: { login: { claims: { sid: string; sub: string } } } }).oauth.login;
+      const token = await signLogoutToken(provider, logoutClaims(provider.issuer, { sid: login.claims.sid, sub: login.claims.sub }));
+      expect((await sendLogoutToken(appB.url, token)).status).toBe(200);
+      aborted.abort();
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    });
+    const browser = new Browser();
+    const pending = await browser.login(`${appA.url}/login?returnTo=/me`, { login: 'judy', stopAtCallback: (url) => url.pathname === '/callback' });
+    const callbackUrl = new URL(pending.steps.at(-1)!.location!);
+
+    // express-session sends the headers before its last write; the body never completes.
+    const request = fetch(callbackUrl, { headers: { cookie: browser.cookieHeader(callbackUrl) }, redirect: 'manual', signal: aborted.signal });
+    await expect(request.then(async (answer) => answer.arrayBuffer())).rejects.toThrow();
+
+    expect(storeA.hookPending).toBe(false);
+    // express-session's last write has brought the session back; the check after it must remove it again.
+    await storeA.hookedWrite;
+    for (let i = 0; i < 50 && (await redis.exists(`${sessionPrefix}${String(sessionId)}`)) === 1; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    expect(await redis.exists(`${sessionPrefix}${String(sessionId)}`)).toBe(0);
+  });
+
+  test('a logout that marks before the callback saves, but reads the store only after the login completed, still ends the login', async () => {
+    // The logout's mark is held in Redis's way until the login has completed; the logout then reads the store, which by
+    // now holds the login: it must end it (tombstone) and destroy the session, as for any login it finds.
+    const set = redis.set.bind(redis);
+    let markReached!: () => void;
+    const reached = new Promise<void>((resolve) => (markReached = resolve));
+    let releaseMark!: () => void;
+    const released = new Promise<void>((resolve) => (releaseMark = resolve));
+    (redis as unknown as { set: (...args: unknown[]) => Promise<unknown> }).set = async (...args: unknown[]) => {
+      if (String(args[0]).includes('logout:ended:')) {
+        markReached();
+        await released;
+      }
+      return (set as (...a: unknown[]) => Promise<unknown>)(...args);
+    };
+    let loginId: string | undefined;
+    let sessionId: string | undefined;
+    let logout: Promise<Response> | undefined;
+    storeA.beforeLoginWrite(1, async (id, saved) => {
+      const login = (saved as unknown as { oauth: { login: { id: string; claims: { sub: string } } } }).oauth.login;
+      loginId = login.id;
+      sessionId = id;
+      const token = await signLogoutToken(provider, logoutClaims(provider.issuer, { sub: login.claims.sub }));
+      logout = sendLogoutToken(appA.url, token);
+      await reached;
+    });
+    try {
+      const browser = new Browser();
+      expect((await browser.login(`${appA.url}/login?returnTo=/me`, { login: 'ivan' })).status).toBe(200);
+      releaseMark();
+      expect((await logout!).status).toBe(200);
+    } finally {
+      releaseMark();
+      delete (redis as { set?: unknown }).set;
+    }
     expect(await redis.exists(`${sessionPrefix}${String(sessionId)}`)).toBe(0);
     expect(JSON.parse((await redis.get(`${keyPrefix}tokens:${String(loginId)}`)) ?? 'null')).toEqual({ v: Number.MAX_SAFE_INTEGER, ended: true });
   });

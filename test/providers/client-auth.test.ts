@@ -222,6 +222,8 @@ describe('the private_key_jwt assertion', () => {
     ['a refresh (token endpoint)', { grant_type: 'refresh_token', refresh_token: 'r' }, as.token_endpoint],
     ['a revocation (revocation endpoint)', { token: 't', token_type_hint: 'refresh_token' }, as.revocation_endpoint],
     ['a pushed authorization request (PAR endpoint)', { response_type: 'code', redirect_uri: 'https://app.example.com/callback' }, as.pushed_authorization_request_endpoint],
+    // authorizationParams may carry any name a server wants, `token` and `grant_type` included.
+    ["a pushed authorization request carrying the app's own token and grant_type parameters", { response_type: 'code', token: 'x', grant_type: 'y' }, as.pushed_authorization_request_endpoint],
   ])("with audience 'token_endpoint', %s names the endpoint it is sent to (Okta refuses any other)", async (_name, request, expected) => {
     const { privateJwk, publicJwk } = await clientKeyPair('RS256', 'kid-1');
     const assertion = await assertionOf({ key: privateJwk, audience: 'token_endpoint' }, request);

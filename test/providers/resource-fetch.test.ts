@@ -2,9 +2,14 @@ import { inspect } from 'node:util';
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import { AuthError } from '../../lib/index.js';
 import { resolveOptions } from '../../lib/options.js';
-import { fetchResource, type ResourceCredentials } from '../../lib/resource.js';
+import { fetchResource as send, resourceRequest, type ResourceCredentials, type ResourceRequestInit } from '../../lib/resource.js';
 import { createRuntime, type Runtime } from '../../lib/runtime.js';
 import { listen, type Listener } from '../helpers/app.js';
+
+/** What req.auth.fetch() does with the login's credentials: the request checked, then sent. */
+async function fetchResource(runtime: Runtime, credentials: ResourceCredentials, url: string | URL, init?: ResourceRequestInit): Promise<Response> {
+  return send(runtime, credentials, resourceRequest(url, init, [credentials.accessToken]), init);
+}
 
 /**
  * req.auth.fetch() is fetchResource() with the login's credentials; these cases need no login, only a resource server

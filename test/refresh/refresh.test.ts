@@ -106,6 +106,20 @@ describe('refresh on expiry (one process, Redis)', () => {
     expect(record?.tokens?.refreshToken).not.toBe(afterFirst.tokens.refreshToken);
   });
 
+  test("req.auth.fetch() refuses the app's mistake before it refreshes a due token (nothing is sent, nothing rotated)", async () => {
+    const browser = await login();
+    const before = await readLogin(stack, browser);
+    const grants = refreshGrants(stack.provider);
+    await waitUntilDue(before.tokens);
+
+    const refused = await getJson(browser, `${stack.appUrl}/api/fetch?url=${encodeURIComponent('/relative/path')}`);
+
+    expect(refused.status).toBe(500);
+    expect(refused.body.error).toBe('misconfigured');
+    expect(refreshGrants(stack.provider)).toBe(grants);
+    expect((await readLogin(stack, browser)).tokens.accessToken).toBe(before.tokens.accessToken);
+  });
+
   test('a concurrent request that saves a stale session does not undo the refresh', async () => {
     const browser = await login();
     const before = await readLogin(stack, browser);

@@ -1,0 +1,142 @@
+import { randomBytes } from 'node:crypto';
+import type { Request } from 'express';
+import type { Store } from 'express-session';
+import type * as client from 'openid-client';
+import { assertDPoPBound } from './dpop.js';
+import { AuthError, AuthErrorCode } from './errors.js';
+import { checkSignature } from './keys.js';
+import type { Runtime } from './runtime.js';
+import {
+  destroySession,
+  destroyStoredSession,
+  readState,
+  regenerateSession,
+  saveSession,
+  writableState,
+  type LoginState,
+  type SessionWithState,
+} from './session.js';
+import { indexLogin, type SessionIndex } from './session-index.js';
+import { storeUnavailable } from './store-errors.js';
+import { backchannelEndTtl, sessionTtlSeconds } from './token-store.js';
+import { sessionCopy, type StoredTokens } from './tokens.js';
+import type { Transaction } from './transaction.js';
+import { loadUser } from './user.js';
+
+/** A login the callback is making: its session (rotated, not saved yet) and what the session will hold. */
+export interface NewLogin {
+  readonly session: SessionWithState;
+  readonly login: LoginState;
+}
+
+/**
+ * The ID token's signature against the issuer's keys (openid-client has validated its claims), before anything of the
+ * login is stored: a forged, tampered, unsigned or HMAC-signed ID token is refused (OpenID Connect Core §3.1.3.7).
+ */
+async function checkIdTokenSignature(runtime: Runtime, metadata: client.ServerMetadata, idToken: string): Promise<void> {
+  const signature = await checkSignature(runtime.keys, metadata, idToken);
+  if (signature === 'invalid') {
+    throw new AuthError(AuthErrorCode.INVALID_ID_TOKEN, 400, "The ID token is invalid: its signature does not verify with the issuer's keys.");
+  }
+  if (signature === 'unknown') {
+    throw new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, "The authorization server's signing keys could not be fetched to check the ID token; try again.");
+  }
+}
+
+/**
+ * Turns a token response into a login: checks what the exchange could not (DPoP binding, the ID token's signature), runs
+ * `fetchUser`, rotates the session id and writes version 1 to the token store, before the session can name it (a
+ * Redis failure leaves no login behind). The session is not saved yet. Rejects when the login cannot be made, and
+ * `tokens` are then held by nobody.
+ */
+export async function createLogin(
+  runtime: Runtime,
+  req: Request,
+  transaction: Transaction,
+  metadata: client.ServerMetadata,
+  response: client.TokenEndpointResponse & client.TokenEndpointResponseHelpers,
+  tokens: StoredTokens,
+): Promise<NewLogin> {
+  const { config } = runtime;
+  assertDPoPBound(config, transaction, response);
+  if (response.id_token !== undefined) await checkIdTokenSignature(runtime, metadata, response.id_token);
+
+  const idClaims = config.openid ? response.claims() : undefined;
+  // Before the session changes: a failing hook leaves no half-made login.
+  const user = await loadUser(runtime, tokens, transaction);
+  const pending = readState(req)?.tx;
+
+  const session = await regenerateSession(req);
+  const state = writableState(session);
+  // Other tabs' logins belong to the same browser: they survive the id rotation.
+  if (pending !== undefined && Object.keys(pending).length > 0) state.tx = pending;
+  const login: LoginState = {
+    id: randomBytes(16).toString('base64url'),
+    ...(idClaims === undefined ? {} : { claims: { ...idClaims } }),
+    ...(user === undefined ? {} : { user }),
+    tokens: sessionCopy(tokens),
+    ...(transaction.dpopKey === undefined ? {} : { dpopKey: transaction.dpopKey }),
+  };
+  await runtime.tokenStore.create(login, tokens, sessionTtlSeconds(req));
+  state.login = login;
+  return { session, login };
+}
+
+/**
+ * Makes the login findable by back-channel logout and saves its session. A logout that comes meanwhile (the OP ended
+ * the session while the user was landing) finds nothing to destroy yet, or destroys a session that is then written
+ * back (express-session saves a regenerated session once more as the response ends: its `regenerate` leaves the new
+ * session unwrapped, so the save here does not count). So a back-channel logout marks the session ids it ends, and the
+ * mark is checked after this save (the login is refused: 401 `login_required`) and again after that last one (the
+ * session is destroyed). Rejects when the login must not stand; {@link abandonLogin} then clears what it left.
+ */
+export async function completeLogin(runtime: Runtime, req: Request, { session, login }: NewLogin): Promise<void> {
+  const indexed = await indexLogin(runtime.sessionIndex, runtime.config, session);
+  await saveSession(session);
+  const index = runtime.sessionIndex;
+  if (!indexed || index === undefined) return;
+  let ended: boolean;
+  try {
+    ended = await index.wasEnded(session.id);
+  } catch (err) {
+    throw storeUnavailable(err, 'Redis is unavailable; the sign-in was not completed. Try again.');
+  }
+  if (ended) {
+    throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The authorization server ended this sign-in (logout) while it was completing; sign in again.');
+  }
+  checkAfterLastSave(runtime, index, req.sessionStore, session, login);
+}
+
+/**
+ * Checks the logout mark again once express-session's last save of the session is done, whether or not the browser
+ * is still there to receive the response (a `finish` event would not come for a dropped connection). Best effort:
+ * nobody is left to answer, and the response does not wait for it.
+ */
+function checkAfterLastSave(runtime: Runtime, index: SessionIndex, store: Store, session: SessionWithState, login: LoginState): void {
+  const sessionId = session.id;
+  const save = session.save;
+  // An own property, so only this request's session is concerned; JSON (the store's and express-session's hash) skips it.
+  session.save = function saveThenCheck(this: SessionWithState, callback?: (err?: unknown) => void) {
+    return save.call(this, (err?: unknown) => {
+      callback?.(err);
+      if (err) return;
+      void (async () => {
+        if (await index.wasEnded(sessionId)) await endLogin(runtime, login, () => destroyStoredSession(store, sessionId));
+      })().catch(() => undefined);
+    });
+  };
+}
+
+/** Ends a login for good: a tombstone in the token store (no copy of it can be refreshed), and its session destroyed. */
+async function endLogin(runtime: Runtime, login: LoginState, destroy: () => Promise<void>): Promise<void> {
+  await Promise.allSettled([runtime.tokenStore.end(login.id, backchannelEndTtl(runtime.config)), destroy()]);
+}
+
+/**
+ * Clears what a login that failed after {@link createLogin} left behind: its token-store version (ended, so that a
+ * session save still in flight cannot bring back a login that refreshes) and its session. Best effort: the store may be
+ * what failed; the caller answers with the original error either way.
+ */
+export async function abandonLogin(runtime: Runtime, { session, login }: NewLogin): Promise<void> {
+  await endLogin(runtime, login, () => destroySession(session));
+}
