@@ -1,4 +1,5 @@
 import { compactVerify, createRemoteJWKSet, errors, type JWTVerifyGetKey } from 'jose';
+import { endpointRefusal } from './endpoints.js';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { ResolvedConfig } from './options.js';
 
@@ -47,15 +48,10 @@ export function createIssuerKeys(config: ResolvedConfig): IssuerKeys {
   let keys: { uri: string; getKey: JWTVerifyGetKey } | undefined;
   return function keySet(jwksUri) {
     if (keys?.uri !== jwksUri) {
-      // Discovery refuses such a jwks_uri (server.ts); this keeps one that gets past it an answer, not a TypeError.
-      if (!URL.canParse(jwksUri)) {
-        throw new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, "The authorization server's jwks_uri is not a URL.");
-      }
-      const url = new URL(jwksUri);
-      if (url.protocol !== 'https:' && !(url.protocol === 'http:' && config.allowInsecureRequests)) {
-        throw new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, "The authorization server's jwks_uri is not https: (set allowInsecureRequests only in development).");
-      }
-      const remote = createRemoteJWKSet(url, { timeoutDuration: Math.ceil(config.httpTimeout) });
+      // Discovery refuses such a jwks_uri (endpoints.ts); this keeps one that gets past it an answer, not a TypeError.
+      const refusal = endpointRefusal('jwks_uri', jwksUri, config);
+      if (refusal !== undefined) throw refusal;
+      const remote = createRemoteJWKSet(new URL(jwksUri), { timeoutDuration: Math.ceil(config.httpTimeout) });
       const getKey: JWTVerifyGetKey = async (header, token) => {
         try {
           return await remote(header, token);

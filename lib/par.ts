@@ -8,19 +8,6 @@ export function usesPushedAuthorization(config: ResolvedConfig, metadata: client
   return config.pushedAuthorizationRequests || metadata.require_pushed_authorization_requests === true;
 }
 
-/** A server that requires PAR, or an app that asks for it, needs the endpoint; say so at first use, not at login. */
-export function checkPushedAuthorizationSupport(config: ResolvedConfig, metadata: client.ServerMetadata): void {
-  if (usesPushedAuthorization(config, metadata) && typeof metadata.pushed_authorization_request_endpoint !== 'string') {
-    throw new AuthError(
-      AuthErrorCode.DISCOVERY_FAILED,
-      502,
-      config.pushedAuthorizationRequests
-        ? 'pushedAuthorizationRequests is on, but the authorization server has no pushed_authorization_request_endpoint.'
-        : 'The authorization server requires pushed authorization requests but names no pushed_authorization_request_endpoint.',
-    );
-  }
-}
-
 /** oauth4webapi's refusals of an endpoint in the metadata: missing, not a URL, not https: (or http:). */
 const UNUSABLE_ENDPOINT_CODES = new Set([
   'OAUTH_MISSING_SERVER_METADATA',

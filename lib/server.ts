@@ -1,10 +1,10 @@
 import * as client from 'openid-client';
 import { checkClientAuthSupport, clientAuthentication } from './client-auth.js';
 import { checkDPoPSupport } from './dpop.js';
+import { checkEndpoints } from './endpoints.js';
 import { AuthError, AuthErrorCode } from './errors.js';
 import { recordingFetch } from './issued.js';
 import type { ResolvedConfig, ResolvedServer } from './options.js';
-import { checkPushedAuthorizationSupport, usesPushedAuthorization } from './par.js';
 import { isNetworkError, isTimeout } from './upstream.js';
 
 /** Resolves the openid-client `Configuration` once and shares it; a failure is not cached. */
@@ -28,42 +28,6 @@ function checkMetadata(config: ResolvedConfig, metadata: client.ServerMetadata):
   const responseTypes = metadata.response_types_supported;
   if (Array.isArray(responseTypes) && !responseTypes.includes('code')) {
     throw new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, 'The authorization server does not support response_type=code.');
-  }
-}
-
-/** What each endpoint the library uses is for, to say in a refusal what cannot work without it. */
-const ENDPOINT_USES = {
-  authorization_endpoint: 'browsers are sent there to log in',
-  token_endpoint: 'authorization codes are redeemed there',
-  jwks_uri: "ID-token signatures are verified with its keys ('openid' is in scope)",
-  pushed_authorization_request_endpoint: 'pushed authorization requests go there',
-} as const;
-
-/** Why an endpoint's value cannot be used, or undefined when it can. */
-function endpointProblem(value: unknown, allowInsecureRequests: boolean): string | undefined {
-  if (value === undefined) return 'is missing';
-  if (typeof value !== 'string' || !URL.canParse(value)) return 'is not a URL';
-  const { protocol } = new URL(value);
-  if (protocol === 'https:' || (protocol === 'http:' && allowInsecureRequests)) return undefined;
-  return protocol === 'http:' ? 'uses http: (allowInsecureRequests, for development only, would allow it)' : `is not an https: URL`;
-}
-
-/**
- * Refuses, once per discovery, metadata whose endpoints the library will use but cannot: missing, not URLs, or not
- * https: (without `allowInsecureRequests`). Found later, each would fail a login half-way, as a stack trace rather
- * than an answer: openid-client checks the authorization endpoint only when it builds a login URL, and the key set's
- * only at the callback, after the code has been redeemed. Optional endpoints with a fallback of their own
- * (revocation, end session) are left to their callers. Values are not quoted: the field's name says where to look.
- */
-export function checkEndpoints(config: ResolvedConfig, metadata: client.ServerMetadata): void {
-  const used: Array<keyof typeof ENDPOINT_USES> = ['authorization_endpoint', 'token_endpoint'];
-  if (config.openid) used.push('jwks_uri');
-  if (usesPushedAuthorization(config, metadata)) used.push('pushed_authorization_request_endpoint');
-  for (const field of used) {
-    const problem = endpointProblem(metadata[field], config.allowInsecureRequests);
-    if (problem !== undefined) {
-      throw new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, `The authorization server metadata's ${field} ${problem}; ${ENDPOINT_USES[field]}.`);
-    }
   }
 }
 
@@ -163,7 +127,6 @@ export function createServerResolver(config: ResolvedConfig): ServerResolver {
         });
         checkMetadata(config, configuration.serverMetadata());
       }
-      checkPushedAuthorizationSupport(config, configuration.serverMetadata());
       checkEndpoints(config, configuration.serverMetadata());
       checkDPoPSupport(config, configuration.serverMetadata());
       // openid-client trusts a token-endpoint ID token on TLS alone (OIDC Core §3.1.3.7 step 6 allows it) and validates

@@ -162,7 +162,7 @@ describe('a provider without PAR', () => {
     expect(JSON.parse(result.body)).toEqual(
       expect.objectContaining({
         error: 'discovery_failed',
-        error_description: 'pushedAuthorizationRequests is on, but the authorization server has no pushed_authorization_request_endpoint.',
+        error_description: "The authorization server metadata's pushed_authorization_request_endpoint is missing; pushedAuthorizationRequests is on, and pushed authorization requests go there.",
       }),
     );
   });

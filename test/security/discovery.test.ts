@@ -9,7 +9,8 @@ import { AuthError, type AuthOptions } from '../../lib/index.js';
 import { checkSignature, createIssuerKeys } from '../../lib/keys.js';
 import { resolveOptions } from '../../lib/options.js';
 import { authorizationUrl } from '../../lib/par.js';
-import { checkEndpoints, createServerResolver } from '../../lib/server.js';
+import { checkEndpoints } from '../../lib/endpoints.js';
+import { createServerResolver } from '../../lib/server.js';
 import { listen } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import { RogueProvider, startRogueStack } from '../helpers/rogue-provider.js';
@@ -180,6 +181,15 @@ describe('an http: endpoint under an https: issuer (allowInsecureRequests off)',
     expect(err.message).toMatch(new RegExp(`metadata's ${field} uses http:`));
   });
 
+  test('a server that requires PAR but names no PAR endpoint is refused, saying the server requires it', () => {
+    const err = refusal(captured(() => checkEndpoints(config, { ...metadata, require_pushed_authorization_requests: true })));
+
+    expect([err.code, err.status]).toEqual(['discovery_failed', 502]);
+    expect(err.message).toBe(
+      "The authorization server metadata's pushed_authorization_request_endpoint is missing; the server requires pushed authorization requests, which go there.",
+    );
+  });
+
   test('with allowInsecureRequests, an http: endpoint passes', () => {
     const insecure = resolveOptions({ issuer: 'http://idp.example.com', clientId: 'app', clientSecret: 'secret', redirectUri: 'http://127.0.0.1/callback', allowInsecureRequests: true });
     expect(() => checkEndpoints(insecure, { ...metadata, authorization_endpoint: 'http://idp.example.com/authorize' })).not.toThrow();
@@ -201,7 +211,7 @@ describe('an http: endpoint under an https: issuer (allowInsecureRequests off)',
 
   test.each([
     ['not a URL', 'not a url', /jwks_uri is not a URL/],
-    ['http:', 'http://idp.example.com/jwks', /jwks_uri is not https:/],
+    ['http:', 'http://idp.example.com/jwks', /jwks_uri uses http:/],
   ])('a jwks_uri that is %s makes the signature check discovery_failed, not a TypeError', async (_case, jwksUri, message) => {
     const err = refusal(await checkSignature(createIssuerKeys(config), { jwks_uri: jwksUri }, 'a.b.c').then(() => undefined, (e: unknown) => e));
 
