@@ -59,7 +59,7 @@ function fail(message: string): never {
   throw new TypeError(`express-oauth-pkce: ${message}`);
 }
 
-function isPlainObject(value: unknown): value is Record<string, unknown> {
+function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
@@ -189,7 +189,7 @@ function positiveNumber(value: unknown, name: string, fallback: number, unit: st
  * @internal
  */
 export function resolveOptions(input: unknown): ResolvedConfig {
-  if (!isPlainObject(input)) fail('auth() takes an options object: auth({ issuer, clientId, redirectUri }).');
+  if (!isRecord(input)) fail('auth() takes an options object: auth({ issuer, clientId, redirectUri }).');
   const options = input as Partial<AuthOptions> & Record<string, unknown>;
 
   for (const key of Object.keys(options)) {
@@ -290,7 +290,7 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   }
 
   const authorizationParams = options.authorizationParams ?? {};
-  if (!isPlainObject(authorizationParams)) fail('`authorizationParams` must be an object of string values.');
+  if (!isRecord(authorizationParams)) fail('`authorizationParams` must be an object of string values.');
   for (const [key, value] of Object.entries(authorizationParams)) {
     if (PROTECTED_PARAMS.has(key)) {
       fail(`\`authorizationParams.${key}\` is set by the library itself; remove it${key === 'scope' ? ' and use the `scope` option' : ''}.`);
@@ -306,7 +306,7 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   if (typeof keyPrefix !== 'string') fail('`keyPrefix` must be a string.');
 
   const routes = options.routes ?? {};
-  if (!isPlainObject(routes)) fail('`routes` must be an object: { login, logout }.');
+  if (!isRecord(routes)) fail('`routes` must be an object: { login, logout }.');
   for (const key of Object.keys(routes)) {
     if (!(ROUTE_NAMES as readonly string[]).includes(key)) {
       fail(`unknown route \`routes.${key}\`; known: ${ROUTE_NAMES.join(', ')} (the callback path comes from \`redirectUri\`).`);
@@ -556,7 +556,7 @@ function resolveServerOptions(
   }
   if (options.discovery !== undefined) fail('`discovery` applies to `issuer`; with `server` the endpoints are given by hand and nothing is discovered.');
   const input = options.server;
-  if (!isPlainObject(input)) fail('`server` must be an object: { authorizationEndpoint, tokenEndpoint, ... }.');
+  if (!isRecord(input)) fail('`server` must be an object: { authorizationEndpoint, tokenEndpoint, ... }.');
   const known = ['issuer', ...SERVER_ENDPOINTS.map(([name]) => name)];
   for (const key of Object.keys(input)) {
     if (!known.includes(key)) {
@@ -617,7 +617,7 @@ function algorithmsFor(jwk: JWK): readonly string[] {
  */
 function parsePrivateKey(value: unknown): ResolvedPrivateKey {
   const shape = '`privateKey` must be a private JWK with a `kid`, or { key: <PEM or private JWK>, kid, alg?, audience? }';
-  if (!isPlainObject(value)) fail(`${shape}.`);
+  if (!isRecord(value)) fail(`${shape}.`);
   const form: Record<string, unknown> = typeof value.kty === 'string' ? { key: value } : value;
   for (const key of Object.keys(form)) {
     if (!['key', 'kid', 'alg', 'audience'].includes(key)) fail(`unknown option \`privateKey.${key}\`; ${shape}.`);
@@ -626,13 +626,13 @@ function parsePrivateKey(value: unknown): ResolvedPrivateKey {
   let keyObject: KeyObject;
   try {
     if (typeof source === 'string') keyObject = createPrivateKey(source);
-    else if (isPlainObject(source)) keyObject = createPrivateKey({ key: source, format: 'jwk' });
+    else if (isRecord(source)) keyObject = createPrivateKey({ key: source, format: 'jwk' });
     else throw new TypeError('no key');
   } catch {
     fail(`${shape}; the key given is not a readable unencrypted private key (PEM PKCS#8/PKCS#1/SEC1, or a JWK with "d").`);
   }
   const jwk = keyObject.export({ format: 'jwk' }) as JWK;
-  const given = isPlainObject(source) ? (source as JWK) : undefined;
+  const given = isRecord(source) ? (source as JWK) : undefined;
   const kid = form.kid ?? given?.kid;
   if (typeof kid !== 'string' || kid === '') {
     fail('`privateKey` needs a `kid`: the key id registered with the server (in the JWK, or as `privateKey.kid`).');

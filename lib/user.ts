@@ -14,7 +14,7 @@ function failed(message: string, cause?: unknown): AuthError {
  * is compared by shape, not with this realm's `Object.prototype`: `Response.json()` builds its result in Node's own
  * realm, which is not the one of a vm context (jest's).
  */
-function isPlainObject(value: unknown): value is Record<string, unknown> {
+function isJsonObject(value: unknown): value is Record<string, unknown> {
   if (typeof value !== 'object' || value === null) return false;
   const prototype: unknown = Object.getPrototypeOf(value);
   return prototype === null || Object.getPrototypeOf(prototype) === null;
@@ -43,13 +43,13 @@ export async function loadUser(
     throw failed('fetchUser failed, so the login was not completed; try again.', sanitisedCause(err, [tokens.accessToken, tokens.refreshToken, tokens.idToken]));
   }
   const notPlain = 'fetchUser must resolve to a plain object describing the user (not a Response: call .json() on it; not a Map, a Date or a class instance).';
-  if (!isPlainObject(user)) throw failed(notPlain);
+  if (!isJsonObject(user)) throw failed(notPlain);
   let copy: unknown;
   try {
     copy = JSON.parse(JSON.stringify(user));
   } catch (err) {
     throw failed('fetchUser returned an object that cannot be stored in the session (it must be JSON-serialisable).', sanitisedCause(err));
   }
-  if (!isPlainObject(copy)) throw failed(notPlain);
+  if (!isJsonObject(copy)) throw failed(notPlain);
   return copy;
 }

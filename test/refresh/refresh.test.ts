@@ -264,6 +264,9 @@ describe('refresh on expiry (one process, Redis)', () => {
     const result = await inMode(stub, 'reclaim', () => getJson(browser, `${stack.appUrl}/api/refresh`));
 
     await expectLoginEnded(stack, browser, before.id, result, /\(aud changed/);
+    // Nobody holds the refused answer's tokens.
+    await expectLastRefreshRevoked(stack.provider);
+    stub.reclaim = (claims) => claims;
   });
 
   test('a refreshed ID token without auth_time keeps the original one, so the next refresh is still checked against it', async () => {
