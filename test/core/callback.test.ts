@@ -339,26 +339,6 @@ describe('a callback that fails after the code exchange revokes the tokens it go
     }
   });
 
-  test('Redis fails to store the login: 503 session_unavailable, and the tokens are revoked', async () => {
-    const redis = failing.redis as unknown as { set: (...args: unknown[]) => Promise<unknown> };
-    const set = redis.set.bind(redis);
-    let failures = 0;
-    redis.set = async (...args: unknown[]) => {
-      if (String(args[0]).startsWith(`${failing.authOptions.keyPrefix}tokens:`) && failures++ === 0) throw new Error('Connection is closed.');
-      return set(...args);
-    };
-    const before = revocations.answered;
-    try {
-      const { res, issued } = await failedCallback();
-      expect(res.status).toBe(503);
-      expect(JSON.parse(res.body)).toMatchObject({ error: 'session_unavailable' });
-      await expectRevoked(issued, before);
-    } finally {
-      redis.set = set;
-    }
-    expect(failures).toBe(1);
-  });
-
   test('a failing revocation endpoint changes nothing: the same 502 user_fetch_failed', async () => {
     user = () => Promise.reject(new Error('user API down'));
     stub.revocation = 'fail';
@@ -455,23 +435,12 @@ describe('a callback that fails after the code exchange revokes the tokens it go
     expect(failures).toBeGreaterThan(0);
   });
 
-  test('Redis fails to save the session: 503, the tokens are revoked and no login is left', async () => {
-    const failure = failOnce('set', ':sess:');
-    const before = revocations.answered;
-    try {
-      const { res, issued } = await failedCallback(failure.arm);
-      expect(res.status).toBe(503);
-      expect(JSON.parse(res.body)).toMatchObject({ error: 'session_unavailable' });
-      await expectRevoked(issued, before);
-      expect(await liveLoginWith(issued[0]!.access_token)).toBe(false);
-    } finally {
-      failure.undo();
-    }
-    expect(failure.failures()).toBe(1);
-  });
-
-  test('Redis cannot say whether a back-channel logout came during the login: 503, the tokens are revoked and no login is left', async () => {
-    const failure = failOnce('exists', 'logout:ended:');
+  test.each([
+    ['Redis fails to store the login', 'set', 'tokens:'],
+    ['Redis fails to save the session', 'set', ':sess:'],
+    ['Redis cannot say whether a back-channel logout came during the login', 'exists', 'logout:ended:'],
+  ] as const)('%s: 503, the tokens are revoked and no login is left', async (_case, command, keyPart) => {
+    const failure = failOnce(command, keyPart);
     const before = revocations.answered;
     try {
       const { res, issued } = await failedCallback(failure.arm);
