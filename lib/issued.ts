@@ -12,15 +12,17 @@ import type { RevocableTokens } from './revocation.js';
 const received = new AsyncLocalStorage<{ body?: Promise<unknown> }>();
 
 /**
- * The configuration's fetch: Node's own, plus, inside {@link withIssuedTokens}, a copy of each successful answer's
- * JSON body, read from a clone alongside the grant's own reading (not before it: a body that stalls must still fail
+ * The configuration's fetch: Node's own, plus, inside {@link withIssuedTokens}, a copy of the token answer's JSON body, read from a clone alongside the grant's own reading (not before it: a body that stalls must still fail
  * the grant as a timeout).
  */
 export const recordingFetch: client.CustomFetch = async (url, options) => {
   // openid-client types the body with Uint8Array<ArrayBufferLike>, the DOM lib's BodyInit wants ArrayBuffer-backed views: the same values at run time.
   const response = await fetch(url, { ...options, body: options.body as BodyInit | null });
   const slot = received.getStore();
-  if (slot !== undefined && response.ok) slot.body = response.clone().json().catch(() => undefined);
+  // The token endpoint's answer: the first successful POST (a DPoP nonce retry follows a refused one; key sets are GETs).
+  if (slot !== undefined && slot.body === undefined && response.ok && options.method === 'POST') {
+    slot.body = response.clone().json().catch(() => undefined);
+  }
   return response;
 };
 

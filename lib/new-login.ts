@@ -115,16 +115,21 @@ export async function completeLogin(runtime: Runtime, req: Request, { session, l
 function checkAfterLastSave(runtime: Runtime, index: SessionIndex, store: Store, session: SessionWithState, login: LoginState): void {
   const sessionId = session.id;
   const save = session.save;
-  // An own property, so only this request's session is concerned; JSON (the store's and express-session's hash) skips it.
-  session.save = function saveThenCheck(this: SessionWithState, callback?: (err?: unknown) => void) {
-    return save.call(this, (err?: unknown) => {
-      callback?.(err);
-      if (err) return;
-      void (async () => {
-        if (await index.wasEnded(sessionId)) await endLogin(runtime, login, () => destroyStoredSession(store, sessionId));
-      })().catch(() => undefined);
-    });
-  };
+  // An own property, so only this request's session is concerned; not enumerable, as express-session's own methods,
+  // so that no store serialiser (JSON drops functions, structured clone refuses them) ever sees it.
+  Object.defineProperty(session, 'save', {
+    configurable: true,
+    writable: true,
+    value: function saveThenCheck(this: SessionWithState, callback?: (err?: unknown) => void) {
+      return save.call(this, (err?: unknown) => {
+        callback?.(err);
+        if (err) return;
+        void (async () => {
+          if (await index.wasEnded(sessionId)) await endLogin(runtime, login, () => destroyStoredSession(store, sessionId));
+        })().catch(() => undefined);
+      });
+    },
+  });
 }
 
 /** Ends a login for good: a tombstone in the token store (no copy of it can be refreshed), and its session destroyed. */

@@ -3,13 +3,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import * as client from 'openid-client';
 import { dpopDowngrade, dpopOptionsFor } from './dpop.js';
 import { AuthError, AuthErrorCode } from './errors.js';
+import { withIssuedTokens } from './issued.js';
 import { checkSignature } from './keys.js';
 import type { ResolvedConfig } from './options.js';
 import type { Runtime } from './runtime.js';
 import type { LoginState } from './session.js';
 import type { StoreEntry, TokenRecord } from './token-store.js';
 import { isExpired, toStoredTokens, unpackTokens, type StoredTokens } from './tokens.js';
-import { revokeUnused } from './revocation.js';
+import { revokeUnused, type RevocableTokens } from './revocation.js';
 import { isDeadRefreshToken, refreshError } from './upstream.js';
 import { DELETE_IF_VALUE } from './once.js';
 import { storeUnavailable } from './store-errors.js';
@@ -189,11 +190,11 @@ export function createRefresher(runtime: RefreshServices): Refresher {
    * response did not rotate it (still valid, and held by nobody now). Not when a sibling's newer version won instead:
    * revoking a refresh token ends the whole grant at many servers, the sibling's tokens with it.
    */
-  async function endRefused(login: LoginState, record: TokenRecord, ttlSeconds: number, response: RefreshResponse, err: AuthError): Promise<TokenRecord> {
+  async function endRefused(login: LoginState, record: TokenRecord, ttlSeconds: number, issued: RevocableTokens, err: AuthError): Promise<TokenRecord> {
     try {
       return await end(login, record, ttlSeconds, err);
     } catch (caught) {
-      if (endsLogin(caught)) await revokeUnused(runtime.server(), toStoredTokens(response, record.tokens));
+      if (endsLogin(caught)) await revokeUnused(runtime.server(), issued);
       throw caught;
     }
   }
@@ -211,8 +212,13 @@ export function createRefresher(runtime: RefreshServices): Refresher {
       throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The access token has expired and there is no refresh token; log in again.');
     }
     let response: RefreshResponse;
+    // Tokens of an answer openid-client refused inside the grant (its ID token's claims): the server has rotated already.
+    let issued: RevocableTokens | undefined;
     try {
-      response = await requestRefresh(runtime, login, refreshToken);
+      response = await withIssuedTokens(
+        () => requestRefresh(runtime, login, refreshToken),
+        (tokens) => (issued = { accessToken: tokens.accessToken, refreshToken: tokens.refreshToken ?? refreshToken }),
+      );
     } catch (caught) {
       const err = refreshError(caught, [refreshToken, record.tokens.accessToken, config.clientSecret]);
       if (err.code !== AuthErrorCode.LOGIN_REQUIRED) throw err;
@@ -229,21 +235,21 @@ export function createRefresher(runtime: RefreshServices): Refresher {
           return refreshUnderLock(login, again, ttlSeconds, false, renewedUntil, renew);
         }
       }
-      return end(login, record, ttlSeconds, ended);
+      return issued === undefined ? end(login, record, ttlSeconds, ended) : endRefused(login, record, ttlSeconds, issued, ended);
     }
 
     // Only a login bound to a key can be downgraded: one made before `dpop` was turned on sent no proof and stays Bearer.
     const downgrade = dpopDowngrade(config, login, response);
     // The server may have rotated the refresh token already, so the login cannot be kept as it was (the old one is
     // spent), and the new tokens are not what the app asked for: the login ends.
-    if (downgrade !== undefined) return endRefused(login, record, ttlSeconds, response, loginEnded(`${downgrade} Log in again.`));
+    if (downgrade !== undefined) return endRefused(login, record, ttlSeconds, toStoredTokens(response, record.tokens), loginEnded(`${downgrade} Log in again.`));
     let claims = record.claims;
     let tokens = toStoredTokens(response, record.tokens);
     if (response.id_token !== undefined) {
       // Checked here, once the new tokens are in hand: the old refresh token is spent, so they must not be lost.
       const signature = await checkSignature(runtime.keys, (await runtime.server()).serverMetadata(), response.id_token);
       if (signature === 'invalid') {
-        return endRefused(login, record, ttlSeconds, response, loginEnded('The refreshed ID token has no valid signature from the issuer; log in again.'));
+        return endRefused(login, record, ttlSeconds, toStoredTokens(response, record.tokens), loginEnded('The refreshed ID token has no valid signature from the issuer; log in again.'));
       }
       const idClaims = config.openid ? response.claims() : undefined;
       if (idClaims !== undefined && record.claims !== undefined) {
@@ -251,7 +257,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         try {
           checkSameLogin(record.claims, idClaims);
         } catch (err) {
-          return endRefused(login, record, ttlSeconds, response, err as AuthError);
+          return endRefused(login, record, ttlSeconds, toStoredTokens(response, record.tokens), err as AuthError);
         }
       }
       if (signature === 'valid' && idClaims !== undefined) {

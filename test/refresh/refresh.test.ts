@@ -252,6 +252,25 @@ describe('refresh on expiry (one process, Redis)', () => {
     await expectLastRefreshRevoked(stack.provider);
   });
 
+  test.each([
+    ['an aud without this client', (claims: Record<string, unknown>) => ({ ...claims, aud: 'someone-else' })],
+    ['an expired exp', (claims: Record<string, unknown>) => ({ ...claims, exp: Math.floor(Date.now() / 1000) - 3600 })],
+  ])('a refreshed ID token openid-client refuses inside the grant (%s) ends the login, and the tokens of that answer are revoked', async (_case, reclaim) => {
+    const browser = await login();
+    const before = await readLogin(stack, browser);
+
+    stub.reclaim = reclaim;
+    let result: { status: number; body: Record<string, unknown> };
+    try {
+      result = await inMode(stub, 'reclaim', () => getJson(browser, `${stack.appUrl}/api/refresh`));
+    } finally {
+      stub.reclaim = (claims) => claims;
+    }
+
+    await expectLoginEnded(stack, browser, before.id, result, /ID token/);
+    await expectLastRefreshRevoked(stack.provider);
+  });
+
   test('a refreshed ID token with fewer audiences than the first one ends the login (OpenID Connect Core §12.2)', async () => {
     // The login's own ID token names a second audience (with azp = this client, so openid-client accepts it).
     stub.reclaim = (claims) => ({ ...claims, aud: [CLIENT_ID, 'https://api.example.com'], azp: CLIENT_ID });
@@ -261,12 +280,16 @@ describe('refresh on expiry (one process, Redis)', () => {
 
     // The refreshed one keeps iss, sub, azp and auth_time, and drops that audience: valid on its own, but another login's.
     stub.reclaim = (claims) => ({ ...claims, aud: CLIENT_ID, azp: CLIENT_ID });
-    const result = await inMode(stub, 'reclaim', () => getJson(browser, `${stack.appUrl}/api/refresh`));
+    let result: { status: number; body: Record<string, unknown> };
+    try {
+      result = await inMode(stub, 'reclaim', () => getJson(browser, `${stack.appUrl}/api/refresh`));
+    } finally {
+      stub.reclaim = (claims) => claims;
+    }
 
     await expectLoginEnded(stack, browser, before.id, result, /\(aud changed/);
     // Nobody holds the refused answer's tokens.
     await expectLastRefreshRevoked(stack.provider);
-    stub.reclaim = (claims) => claims;
   });
 
   test('a refreshed ID token without auth_time keeps the original one, so the next refresh is still checked against it', async () => {
