@@ -15,6 +15,8 @@ export interface LogoutTokenClaims {
   sub: string | undefined;
   sid: string | undefined;
   jti: string;
+  /** The token's `iat` (epoch seconds, the server's clock). */
+  issuedAt: number;
   /** Epoch seconds after which the token is refused anyway (bounds how long its `jti` must be remembered). */
   acceptableUntil: number;
 }
@@ -100,6 +102,7 @@ export function createLogoutTokenVerifier(config: ResolvedConfig, server: Server
       sub,
       sid,
       jti: payload.jti,
+      issuedAt: iat,
       acceptableUntil: Math.min(exp, iat + LOGOUT_TOKEN_MAX_AGE_SECONDS) + config.clockTolerance,
     };
   };

@@ -16,7 +16,7 @@ import {
   type LoginState,
   type SessionWithState,
 } from './session.js';
-import { indexLogin, type SessionIndex } from './session-index.js';
+import { indexLogin, subjectOf, type SessionIndex } from './session-index.js';
 import { storeUnavailable } from './store-errors.js';
 import { backchannelEndTtl, sessionTtlSeconds } from './token-store.js';
 import { sessionCopy, type StoredTokens } from './tokens.js';
@@ -97,7 +97,7 @@ export async function completeLogin(runtime: Runtime, req: Request, { session, l
   if (!indexed || index === undefined) return;
   let ended: boolean;
   try {
-    ended = await index.wasEnded(session.id);
+    ended = await index.wasEnded(session.id, opSessionOf(login));
   } catch (err) {
     throw storeUnavailable(err, 'Redis is unavailable; the sign-in was not completed. Try again.');
   }
@@ -125,11 +125,17 @@ function checkAfterLastSave(runtime: Runtime, index: SessionIndex, store: Store,
         callback?.(err);
         if (err) return;
         void (async () => {
-          if (await index.wasEnded(sessionId)) await endLogin(runtime, login, () => destroyStoredSession(store, sessionId));
+          if (await index.wasEnded(sessionId, opSessionOf(login))) await endLogin(runtime, login, () => destroyStoredSession(store, sessionId));
         })().catch(() => undefined);
       });
     },
   });
+}
+
+/** The OP session of a login and when its ID token was issued, for the back-channel logout marks. */
+function opSessionOf(login: LoginState): { sid?: string | undefined; issuedAt?: number | undefined } {
+  const iat = login.claims?.iat;
+  return { sid: subjectOf(login.claims).sid, issuedAt: typeof iat === 'number' ? iat : undefined };
 }
 
 /** Ends a login for good: a tombstone in the token store (no copy of it can be refreshed), and its session destroyed. */

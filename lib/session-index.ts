@@ -30,8 +30,18 @@ export interface SessionIndex {
    * after the logout destroyed it (or before the logout could see it). The callback checks the mark after its saves.
    */
   markEnded(sessionIds: readonly string[]): Promise<void>;
-  /** Whether a back-channel logout marked this session id (see {@link SessionIndex.markEnded}). */
-  wasEnded(sessionId: string): Promise<boolean>;
+  /**
+   * Marks an OP session (`sid`) a back-channel logout ended, with the logout token's `iat`, before it looks the sessions
+   * up: a login of that OP session whose callback has not indexed it yet cannot be found, and checks this mark instead.
+   * Only `sid`, and only for ID tokens issued no later than the logout: a server that logs a user out of this client
+   * alone may keep the OP session, and the next login of that user, newer than the logout, must stand.
+   */
+  markOpSessionEnded(subject: LogoutSubject, issuedAt: number): Promise<void>;
+  /**
+   * Whether a back-channel logout marked this session id, or ended the OP session (`sid`) of a login whose ID token was
+   * issued (`iat`) no later than that logout.
+   */
+  wasEnded(sessionId: string, login: { sid?: string | undefined; issuedAt?: number | undefined }): Promise<boolean>;
 }
 
 /**
@@ -88,8 +98,18 @@ export function createSessionIndex(redis: Redis | Cluster, keyPrefix: string): S
     async markEnded(sessionIds) {
       await Promise.all(sessionIds.map((id) => redis.set(`${keyPrefix}logout:ended:${hashed(id)}`, '1', 'EX', ENDED_MARK_TTL_SECONDS)));
     },
-    async wasEnded(sessionId) {
-      return (await redis.exists(`${keyPrefix}logout:ended:${hashed(sessionId)}`)) === 1;
+    async markOpSessionEnded(subject, issuedAt) {
+      if (subject.sid !== undefined) await redis.set(`${keyPrefix}logout:ended-sid:${hashed(subject.sid)}`, String(issuedAt), 'EX', ENDED_MARK_TTL_SECONDS);
+    },
+    async wasEnded(sessionId, login) {
+      // Two keys, two commands: a Cluster may place them on different slots.
+      const [session, opSession] = await Promise.all([
+        redis.exists(`${keyPrefix}logout:ended:${hashed(sessionId)}`),
+        login.sid === undefined ? null : redis.get(`${keyPrefix}logout:ended-sid:${hashed(login.sid)}`),
+      ]);
+      if (session === 1) return true;
+      // Without an iat to compare, the login is taken to be the older: ended rather than left alive.
+      return opSession !== null && (login.issuedAt === undefined || Number(opSession) >= login.issuedAt);
     },
   };
 }

@@ -309,6 +309,52 @@ describe('back-channel logout across two app processes', () => {
     expect(JSON.parse((await redis.get(`${keyPrefix}tokens:${String(loginId)}`)) ?? 'null')).toEqual({ v: Number.MAX_SAFE_INTEGER, ended: true });
   });
 
+  test('a logout of the OP session that arrives before the callback has indexed the login still ends it', async () => {
+    // The logout comes while the callback stores the login's tokens, before it writes the index: the lookup finds
+    // nothing. The OP session's mark, written before the lookup, is what the callback finds.
+    const set = redis.set.bind(redis) as (...args: unknown[]) => Promise<unknown>;
+    let logoutStatus: number | undefined;
+    let armed = true;
+    (redis as unknown as { set: (...args: unknown[]) => Promise<unknown> }).set = async (...args: unknown[]) => {
+      if (armed && String(args[0]).startsWith(`${keyPrefix}tokens:`)) {
+        armed = false;
+        const claims = (JSON.parse(String(args[1])) as { claims: { sid: string; sub: string } }).claims;
+        const token = await signLogoutToken(provider, logoutClaims(provider.issuer, { sid: claims.sid, sub: claims.sub }));
+        logoutStatus = (await sendLogoutToken(appB.url, token)).status;
+      }
+      return set(...args);
+    };
+    let result: Awaited<ReturnType<Browser['login']>>;
+    const browser = new Browser();
+    try {
+      result = await browser.login(`${appA.url}/login?returnTo=/me`, { login: 'karl' });
+    } finally {
+      delete (redis as { set?: unknown }).set;
+    }
+
+    expect(armed).toBe(false);
+    expect(logoutStatus).toBe(200);
+    expect(result.status).toBe(401);
+    expect(result.body).toContain('login_required');
+    expect((await me(browser, appA.url)).status).toBe(401);
+  });
+
+  test("a login newer than a logout of its OP session stands (a server that logged the user out of this client alone)", async () => {
+    // The OP session's mark names the logout's iat; an ID token issued after it belongs to a later login.
+    const first = await loginVia(appA.url, 'liam');
+    const session = await storedSession(redis, sessionPrefix, cookieOf(first));
+    const claims = (session?.oauth as { login: { claims: { sid: string; sub: string } } }).login.claims;
+    const earlier = { ...logoutClaims(provider.issuer, { sid: claims.sid, sub: claims.sub }), iat: Math.floor(Date.now() / 1000) - 5 };
+    expect((await sendLogoutToken(appB.url, await signLogoutToken(provider, earlier))).status).toBe(200);
+    expect((await me(first, appA.url)).status).toBe(401);
+
+    // The same OP session (its cookie at the provider is still there), a new login: a newer ID token.
+    const again = await first.login(`${appA.url}/login?returnTo=/me`, { login: 'liam' });
+
+    expect(again.status).toBe(200);
+    expect((await me(first, appA.url)).status).toBe(200);
+  });
+
   test('when Redis cannot say whether a logout overtook the login, the login is not completed and its session is gone', async () => {
     let sessionId: string | undefined;
     storeA.beforeLoginWrite(1, async (id) => {
