@@ -86,8 +86,9 @@ export async function createLogin(
  * Makes the login findable by back-channel logout and saves its session. A logout that comes meanwhile (the OP ended
  * the session while the user was landing) finds nothing to destroy yet, or destroys a session that is then written
  * back (express-session saves a regenerated session once more as the response ends: its `regenerate` leaves the new
- * session unwrapped, so the save here does not count). So a back-channel logout marks the session ids it ends, and the
- * mark is checked after this save (the login is refused: 401 `login_required`) and again after that last one (the
+ * session unwrapped, so the save here does not count), or cannot find it at all (it came before the index write). So a
+ * back-channel logout marks the OP session (`sid`) before its lookup and the session ids it ends, and the marks are
+ * checked after this save (the login is refused: 401 `login_required`) and again after that last one (the
  * session is destroyed). Rejects when the login must not stand; {@link abandonLogin} then clears what it left.
  */
 export async function completeLogin(runtime: Runtime, req: Request, { session, login }: NewLogin): Promise<void> {
