@@ -1,7 +1,7 @@
 import * as client from 'openid-client';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { ResolvedConfig } from './options.js';
-import { describe, isNetworkError, isTimeout, isTransient, sanitisedCause } from './upstream.js';
+import { describe, isNetworkError, isTimeout, isTransient, sanitisedCause, transientStatus } from './upstream.js';
 
 /** PAR (RFC 9126) is used when the app asks for it, and always when the server requires it (RFC 9126 §5). */
 export function usesPushedAuthorization(config: ResolvedConfig, metadata: client.ServerMetadata): boolean {
@@ -47,10 +47,8 @@ function parError(err: unknown): AuthError {
     }
     return new AuthError(AuthErrorCode.PAR_FAILED, 502, `The authorization server refused the pushed authorization request: ${err.error}.`, upstream);
   }
-  // oauth4webapi calls a 5xx without an OAuth error not conform, a 4xx (429) without a JSON body not JSON.
-  const code = (err as { code?: unknown } | null)?.code;
-  const status = (err as { cause?: { status?: unknown } } | null)?.cause?.status;
-  if ((code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' || code === 'OAUTH_RESPONSE_IS_NOT_JSON') && typeof status === 'number' && isTransient(status)) {
+  const status = transientStatus(err);
+  if (status !== undefined) {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The pushed authorization request endpoint failed (HTTP ${status}).`, { cause });
   }
   return new AuthError(AuthErrorCode.PAR_FAILED, 502, `The pushed authorization request failed: ${describe(err)}.`, { cause });

@@ -9,11 +9,11 @@ import type { ResolvedConfig } from './options.js';
 import type { Runtime } from './runtime.js';
 import type { LoginState } from './session.js';
 import type { StoreEntry, TokenRecord } from './token-store.js';
-import { isExpired, toStoredTokens, unpackTokens, type StoredTokens } from './tokens.js';
-import { revokeUnused, type RevocableTokens } from './revocation.js';
-import { isDeadRefreshToken, refreshError } from './upstream.js';
 import { DELETE_IF_VALUE } from './once.js';
+import { revokeUnused, type RevocableTokens } from './revocation.js';
 import { storeUnavailable } from './store-errors.js';
+import { isExpired, toStoredTokens, unpackTokens, type StoredTokens } from './tokens.js';
+import { isDeadRefreshToken, refreshError } from './upstream.js';
 
 /** What the refresher needs from the runtime (everything but itself). */
 export type RefreshServices = Omit<Runtime, 'refresher'>;
@@ -238,18 +238,20 @@ export function createRefresher(runtime: RefreshServices): Refresher {
       return issued === undefined ? end(login, record, ttlSeconds, ended) : endRefused(login, record, ttlSeconds, issued, ended);
     }
 
+    // The answer's tokens, with what it left out kept from the login (an unrotated refresh token, say).
+    const answered = toStoredTokens(response, record.tokens);
     // Only a login bound to a key can be downgraded: one made before `dpop` was turned on sent no proof and stays Bearer.
     const downgrade = dpopDowngrade(config, login, response);
     // The server may have rotated the refresh token already, so the login cannot be kept as it was (the old one is
     // spent), and the new tokens are not what the app asked for: the login ends.
-    if (downgrade !== undefined) return endRefused(login, record, ttlSeconds, toStoredTokens(response, record.tokens), loginEnded(`${downgrade} Log in again.`));
+    if (downgrade !== undefined) return endRefused(login, record, ttlSeconds, answered, loginEnded(`${downgrade} Log in again.`));
     let claims = record.claims;
-    let tokens = toStoredTokens(response, record.tokens);
+    let tokens = answered;
     if (response.id_token !== undefined) {
       // Checked here, once the new tokens are in hand: the old refresh token is spent, so they must not be lost.
       const signature = await checkSignature(runtime.keys, (await runtime.server()).serverMetadata(), response.id_token);
       if (signature === 'invalid') {
-        return endRefused(login, record, ttlSeconds, toStoredTokens(response, record.tokens), loginEnded('The refreshed ID token has no valid signature from the issuer; log in again.'));
+        return endRefused(login, record, ttlSeconds, answered, loginEnded('The refreshed ID token has no valid signature from the issuer; log in again.'));
       }
       const idClaims = config.openid ? response.claims() : undefined;
       if (idClaims !== undefined && record.claims !== undefined) {
@@ -257,7 +259,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         try {
           checkSameLogin(record.claims, idClaims);
         } catch (err) {
-          return endRefused(login, record, ttlSeconds, toStoredTokens(response, record.tokens), err as AuthError);
+          return endRefused(login, record, ttlSeconds, answered, err as AuthError);
         }
       }
       if (signature === 'valid' && idClaims !== undefined) {

@@ -172,11 +172,8 @@ function classifyTokenFailure(err: unknown, secrets: ReadonlyArray<string | unde
       const errorDescription = upstream.errorDescription === undefined ? undefined : redact(upstream.errorDescription).slice(0, 500);
       return { kind: 'refused', status: 200, error, ...(errorDescription === undefined ? {} : { errorDescription }) };
     }
-    // A non-OAuth error answer: oauth4webapi calls a 5xx not conform, a 4xx (429) without a JSON body not JSON.
-    const status = (err as { cause?: { status?: unknown } }).cause?.status;
-    if ((code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' || code === 'OAUTH_RESPONSE_IS_NOT_JSON') && typeof status === 'number' && isTransient(status)) {
-      return { kind: 'server', status };
-    }
+    const status = transientStatus(err);
+    if (status !== undefined) return { kind: 'server', status };
     return { kind: 'other', detail: redact(describe(err)) };
   })();
   return { failure, cause };
@@ -188,6 +185,17 @@ function classifyTokenFailure(err: unknown, secrets: ReadonlyArray<string | unde
  */
 export function isTransient(status: number): boolean {
   return status >= 500 || status === 429;
+}
+
+/**
+ * The status of a non-OAuth error answer that {@link isTransient} calls the server's (oauth4webapi calls a 5xx without
+ * an OAuth error not conform, a 4xx, such as 429, without a JSON body not JSON), or undefined for any other failure.
+ */
+export function transientStatus(err: unknown): number | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  const status = (err as { cause?: { status?: unknown } } | null)?.cause?.status;
+  const notOAuth = code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' || code === 'OAUTH_RESPONSE_IS_NOT_JSON';
+  return notOAuth && typeof status === 'number' && isTransient(status) ? status : undefined;
 }
 
 function upstreamOf(failure: { error: string; errorDescription?: string }, cause: Error | undefined) {
