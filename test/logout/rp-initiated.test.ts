@@ -71,6 +71,21 @@ async function startLogout() {
 }
 
 /** Every session id in the back-channel logout index. */
+/**
+ * Makes the first `command` on a session key (connect-redis's SET or DEL) fail, as a store outage would; `calls()`
+ * counts the calls on session keys since, `undo()` puts the client back.
+ */
+function failFirstSessionCall(command: 'set' | 'del'): { calls: () => number; undo: () => void } {
+  const client = redis as unknown as Record<'set' | 'del', (...args: unknown[]) => Promise<unknown>>;
+  const original = client[command].bind(client);
+  let calls = 0;
+  client[command] = async (...args: unknown[]) => {
+    if (String(args[0]).startsWith(sessionPrefix) && calls++ === 0) throw new Error('Connection is closed.');
+    return original(...args);
+  };
+  return { calls: () => calls, undo: () => void (client[command] = original) };
+}
+
 async function indexedSessionIds(): Promise<string[]> {
   const keys = await redis.keys(`${keyPrefix}logout:*`);
   return (await Promise.all(keys.map((key) => redis.smembers(key)))).flat();
@@ -163,20 +178,14 @@ describe('RP-initiated logout (idpLogout: true)', () => {
     expect(await indexedSessionIds()).toContain(loginSessionId);
 
     // regenerate() destroys the logged-in session (DEL); the save of the fresh one that holds the state (SET) fails.
-    const client = redis as unknown as { set: (...args: unknown[]) => Promise<unknown> };
-    const set = client.set.bind(client);
-    let failures = 0;
-    client.set = async (...args: unknown[]) => {
-      if (String(args[0]).startsWith(sessionPrefix) && failures++ === 0) throw new Error('Connection is closed.');
-      return set(...args);
-    };
+    const failing = failFirstSessionCall('set');
     let response;
     try {
       response = await postLogout(browser, app.url, { accept: 'application/json' });
     } finally {
-      client.set = set;
+      failing.undo();
     }
-    expect(failures).toBeGreaterThanOrEqual(1);
+    expect(failing.calls()).toBeGreaterThanOrEqual(1);
 
     // The logout at the provider could not start, and the answer says so; it never sends the browser there.
     expect(response.status).toBe(503);
@@ -232,20 +241,14 @@ describe('RP-initiated logout (idpLogout: true)', () => {
     const loginSessionId = sessionIdOf(loginCookie);
 
     // regenerate() destroys the logged-in session with DEL: that one command fails, once.
-    const client = redis as unknown as { del: (...args: unknown[]) => Promise<unknown> };
-    const del = client.del.bind(client);
-    let failures = 0;
-    client.del = async (...args: unknown[]) => {
-      if (String(args[0]).startsWith(sessionPrefix) && failures++ === 0) throw new Error('Connection is closed.');
-      return del(...args);
-    };
+    const failing = failFirstSessionCall('del');
     let failed;
     try {
       failed = await postLogout(browser, app.url, { accept: 'application/json' });
     } finally {
-      client.del = del;
+      failing.undo();
     }
-    expect(failures).toBe(1);
+    expect(failing.calls()).toBe(1);
     expect(failed.status).toBe(503);
     expect(JSON.parse(failed.body)).toMatchObject({ error: 'session_unavailable' });
 
