@@ -67,6 +67,31 @@ export function createIssuerKeys(config: ResolvedConfig): IssuerKeys {
   };
 }
 
+/**
+ * Runs `verify` with `getKey`, and when the JWT names no `kid` and several of the issuer's keys fit its `alg`, once more
+ * with each of those keys in turn until one verifies. OIDC Core §10.1 requires a `kid` when a key set holds several
+ * keys, but servers in the field leave it out during a rotation, and jose gives up on the ambiguity: refusing would end
+ * every login of such a server at its next ID token. Only a failed signature moves on to the next key; a key that
+ * verifies settles it, whatever `verify` then finds wrong with the claims. The key set bounds the tries.
+ */
+export async function verifyWithCandidates<T>(getKey: JWTVerifyGetKey, verify: (key: JWTVerifyGetKey) => Promise<T>): Promise<T> {
+  try {
+    return await verify(getKey);
+  } catch (err) {
+    if (!(err instanceof errors.JWKSMultipleMatchingKeys)) throw err;
+    let failure: unknown = err;
+    for await (const candidate of err) {
+      try {
+        return await verify(async () => candidate);
+      } catch (tried) {
+        if (!(tried instanceof errors.JWSSignatureVerificationFailed)) throw tried;
+        failure = tried;
+      }
+    }
+    throw failure;
+  }
+}
+
 /** What a signature check found; `unknown` when the issuer's keys could not be fetched, which says nothing of the token. */
 export type SignatureCheck = 'valid' | 'invalid' | 'unknown';
 
@@ -78,7 +103,7 @@ export type SignatureCheck = 'valid' | 'invalid' | 'unknown';
 export async function checkSignature(keys: IssuerKeys, metadata: KeyMetadata, jws: string): Promise<SignatureCheck> {
   const { getKey, algorithms } = verificationKeys(keys, metadata, 'ID-token signatures');
   try {
-    await compactVerify(jws, getKey, { algorithms });
+    await verifyWithCandidates(getKey, (key) => compactVerify(jws, key, { algorithms }));
     return 'valid';
   } catch (err) {
     return err instanceof KeySetUnavailable ? 'unknown' : 'invalid';

@@ -1,6 +1,6 @@
 import { errors, jwtVerify, type JWTPayload } from 'jose';
 import { AuthError, AuthErrorCode } from './errors.js';
-import { KeySetUnavailable, verificationKeys, type IssuerKeys } from './keys.js';
+import { KeySetUnavailable, verificationKeys, verifyWithCandidates, type IssuerKeys } from './keys.js';
 import type { ResolvedConfig } from './options.js';
 import type { ServerResolver } from './server.js';
 
@@ -53,14 +53,16 @@ export function createLogoutTokenVerifier(config: ResolvedConfig, server: Server
     let payload: JWTPayload;
     let typ: string | undefined;
     try {
-      const result = await jwtVerify(token, getKey, {
-        algorithms,
-        issuer: metadata.issuer,
-        audience: config.clientId,
-        clockTolerance: config.clockTolerance,
-        maxTokenAge: LOGOUT_TOKEN_MAX_AGE_SECONDS,
-        requiredClaims: ['iat', 'exp', 'jti'],
-      });
+      const result = await verifyWithCandidates(getKey, (key) =>
+        jwtVerify(token, key, {
+          algorithms,
+          issuer: metadata.issuer,
+          audience: config.clientId,
+          clockTolerance: config.clockTolerance,
+          maxTokenAge: LOGOUT_TOKEN_MAX_AGE_SECONDS,
+          requiredClaims: ['iat', 'exp', 'jti'],
+        }),
+      );
       payload = result.payload;
       typ = result.protectedHeader.typ;
     } catch (err) {

@@ -5,7 +5,8 @@
 import { afterAll, beforeAll, expect, jest, test } from '@jest/globals';
 import { CLIENT_ID, CLIENT_SECRET } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
-import { startRogueStack, type RogueStack, type TokenContext } from '../helpers/rogue-provider.js';
+import { startRogueStack, type RogueKey, type RogueStack, type TokenContext } from '../helpers/rogue-provider.js';
+import { logoutClaims, sendLogoutToken } from '../logout/support.js';
 import { browserSessionId, expectRefusal, loginUntilCallback, readSession, type Observed } from '../helpers/security.js';
 
 let stack: RogueStack;
@@ -188,5 +189,39 @@ test('unknown kid: the key set is re-fetched once, a rotated key is accepted, an
   } finally {
     jest.useRealTimers();
     stack.rogue.reset();
+  }
+});
+
+test('no kid while the key set holds several keys for the alg: each is tried, the one that verifies is used (ID and logout tokens)', async () => {
+  // OIDC Core §10.1 wants a kid whenever the set has several keys; servers in the middle of a rotation leave it out.
+  const withoutKid = (key: RogueKey): RogueKey => ({ ...key, publicJwk: { ...key.publicJwk, kid: undefined } });
+  const { primary, rotated, unpublished, ec } = stack.rogue.keys;
+  stack.rogue.published = [withoutKid(primary), withoutKid(rotated), ec];
+  // A fresh app: nothing cached, so it reads the set above.
+  const fresh = await startRogueStack({ rogue: stack.rogue });
+  try {
+    // Signed with the second RSA key, so the first one tried fails.
+    stack.rogue.onToken = async (c) => c.respond(await stack.rogue.sign(c.claims(), { key: rotated, kid: null }));
+    const browser = new Browser();
+    const pending = await loginUntilCallback(fresh, browser);
+    expect((await browser.request(pending.callbackUrl)).status).toBe(302);
+    const sessionId = browserSessionId(browser, fresh.appUrl)!;
+    const login = (await readSession(fresh.redis, fresh.sessionPrefix, sessionId))?.oauth?.login;
+    expect(login?.claims).toMatchObject({ iss: stack.rogue.issuer, sub: 'alice', aud: CLIENT_ID });
+
+    // A logout token from a key in no set is refused; one from the second key ends the login.
+    const logout = (key: RogueKey) => stack.rogue.sign({ ...logoutClaims(stack.rogue.issuer, { sub: 'alice' }) }, { key, kid: null });
+    const forged = await sendLogoutToken(fresh.appUrl, await logout(unpublished));
+    expect(forged.status).toBe(400);
+    expect(await forged.json()).toMatchObject({ error: 'invalid_logout_token', error_description: expect.stringMatching(/signature verification failed/) });
+    expect((await readSession(fresh.redis, fresh.sessionPrefix, sessionId))?.oauth?.login).toEqual(login);
+    expect((await sendLogoutToken(fresh.appUrl, await logout(rotated))).status).toBe(200);
+    expect((await readSession(fresh.redis, fresh.sessionPrefix, sessionId))?.oauth?.login).toBeUndefined();
+
+    // An ID token from a key in no set is refused after every candidate failed.
+    await refusedWith((c) => stack.rogue.sign(c.claims(), { key: unpublished, kid: null }), fresh, ['POST /token']);
+  } finally {
+    stack.rogue.reset();
+    await fresh.close();
   }
 });
