@@ -16,7 +16,7 @@ import {
   type LoginState,
   type SessionWithState,
 } from './session.js';
-import { indexLogin, subjectOf, type SessionIndex } from './session-index.js';
+import { indexLogin, subjectOf, type LoginSubject, type SessionIndex } from './session-index.js';
 import { storeUnavailable } from './store-errors.js';
 import { backchannelEndTtl, sessionTtlSeconds } from './token-store.js';
 import { sessionCopy, type StoredTokens } from './tokens.js';
@@ -27,6 +27,8 @@ import { loadUser } from './user.js';
 export interface NewLogin {
   readonly session: SessionWithState;
   readonly login: LoginState;
+  /** `Date.now()` when its token response came in, which the back-channel logout marks are compared with. */
+  readonly receivedAt: number;
 }
 
 /**
@@ -56,6 +58,7 @@ export async function createLogin(
   metadata: client.ServerMetadata,
   response: client.TokenEndpointResponse & client.TokenEndpointResponseHelpers,
   tokens: StoredTokens,
+  receivedAt: number,
 ): Promise<NewLogin> {
   const { config } = runtime;
   assertDPoPBound(config, transaction, response);
@@ -79,7 +82,7 @@ export async function createLogin(
   };
   await runtime.tokenStore.create(login, tokens, sessionTtlSeconds(req));
   state.login = login;
-  return { session, login };
+  return { session, login, receivedAt };
 }
 
 /**
@@ -87,25 +90,26 @@ export async function createLogin(
  * the session while the user was landing) finds nothing to destroy yet, or destroys a session that is then written
  * back (express-session saves a regenerated session once more as the response ends: its `regenerate` leaves the new
  * session unwrapped, so the save here does not count), or cannot find it at all (it came before the index write). So a
- * back-channel logout marks the OP session (`sid`) before its lookup and the session ids it ends, and the marks are
+ * back-channel logout marks the OP session or user it names before its lookup, and the session ids it ends; the marks are
  * checked after this save (the login is refused: 401 `login_required`) and again after that last one (the
  * session is destroyed). Rejects when the login must not stand; {@link abandonLogin} then clears what it left.
  */
-export async function completeLogin(runtime: Runtime, req: Request, { session, login }: NewLogin): Promise<void> {
+export async function completeLogin(runtime: Runtime, req: Request, created: NewLogin): Promise<void> {
+  const { session } = created;
   const indexed = await indexLogin(runtime.sessionIndex, runtime.config, session);
   await saveSession(session);
   const index = runtime.sessionIndex;
   if (!indexed || index === undefined) return;
   let ended: boolean;
   try {
-    ended = await index.wasEnded(session.id, opSessionOf(login));
+    ended = await index.wasEnded(session.id, loginSubjectOf(created));
   } catch (err) {
     throw storeUnavailable(err, 'Redis is unavailable; the sign-in was not completed. Try again.');
   }
   if (ended) {
     throw new AuthError(AuthErrorCode.LOGIN_REQUIRED, 401, 'The authorization server ended this sign-in (logout) while it was completing; sign in again.');
   }
-  checkAfterLastSave(runtime, index, req.sessionStore, session, login);
+  checkAfterLastSave(runtime, index, req.sessionStore, created);
 }
 
 /**
@@ -113,7 +117,8 @@ export async function completeLogin(runtime: Runtime, req: Request, { session, l
  * is still there to receive the response (a `finish` event would not come for a dropped connection). Best effort:
  * nobody is left to answer, and the response does not wait for it.
  */
-function checkAfterLastSave(runtime: Runtime, index: SessionIndex, store: Store, session: SessionWithState, login: LoginState): void {
+function checkAfterLastSave(runtime: Runtime, index: SessionIndex, store: Store, created: NewLogin): void {
+  const { session, login } = created;
   const sessionId = session.id;
   const save = session.save;
   // An own property, so only this request's session is concerned; not enumerable, as express-session's own methods,
@@ -126,17 +131,17 @@ function checkAfterLastSave(runtime: Runtime, index: SessionIndex, store: Store,
         callback?.(err);
         if (err) return;
         void (async () => {
-          if (await index.wasEnded(sessionId, opSessionOf(login))) await endLogin(runtime, login, () => destroyStoredSession(store, sessionId));
+          if (await index.wasEnded(sessionId, loginSubjectOf(created))) await endLogin(runtime, login, () => destroyStoredSession(store, sessionId));
         })().catch(() => undefined);
       });
     },
   });
 }
 
-/** The OP session of a login and when its ID token was issued, for the back-channel logout marks. */
-function opSessionOf(login: LoginState): { sid?: string | undefined; issuedAt?: number | undefined } {
+/** The OP session and user of a new login, when its ID token was issued and its tokens came in, for the back-channel logout marks. */
+function loginSubjectOf({ login, receivedAt }: NewLogin): LoginSubject {
   const iat = login.claims?.iat;
-  return { sid: subjectOf(login.claims).sid, issuedAt: typeof iat === 'number' ? iat : undefined };
+  return { ...subjectOf(login.claims), issuedAt: typeof iat === 'number' ? iat : undefined, receivedAt };
 }
 
 /** Ends a login for good: a tombstone in the token store (no copy of it can be refreshed), and its session destroyed. */

@@ -31,17 +31,26 @@ export interface SessionIndex {
    */
   markEnded(sessionIds: readonly string[]): Promise<void>;
   /**
-   * Marks an OP session (`sid`) a back-channel logout ended, with the logout token's `iat`, before it looks the sessions
-   * up: a login of that OP session whose callback has not indexed it yet cannot be found, and checks this mark instead.
-   * Only `sid`, and only for ID tokens issued no later than the logout: a server that logs a user out of this client
-   * alone may keep the OP session, and the next login of that user, newer than the logout, must stand.
+   * Marks what a back-channel logout ended, with the logout token's `iat`, before it looks the sessions up: a login
+   * whose callback has not indexed it yet cannot be found, and checks these marks instead. A `sid` marks that OP
+   * session; a `sub` alone marks the user; `sid` and `sub` together also mark the user's logins without a `sid`, which
+   * {@link SessionIndex.find} ends too. Each mark ends only logins whose ID token was issued before the logout
+   * ({@link loggedOutBefore}): a server that logs a user out of this client alone may keep the OP session, and the
+   * user's next login, newer than the logout, must stand.
    */
-  markOpSessionEnded(subject: LogoutSubject, issuedAt: number): Promise<void>;
+  markLoggedOut(subject: LogoutSubject, issuedAt: number): Promise<void>;
   /**
-   * Whether a back-channel logout marked this session id, or ended the OP session (`sid`) of a login whose ID token was
-   * issued (`iat`) no later than that logout.
+   * Whether a back-channel logout marked this session id, or marked the login's OP session or user (see
+   * {@link SessionIndex.markLoggedOut}) after its ID token was issued.
    */
-  wasEnded(sessionId: string, login: { sid?: string | undefined; issuedAt?: number | undefined }): Promise<boolean>;
+  wasEnded(sessionId: string, login: LoginSubject): Promise<boolean>;
+}
+
+/** What the logout marks are checked against: the login's `sid`/`sub`, its ID token's `iat`, and when its tokens came in. */
+export interface LoginSubject extends LogoutSubject {
+  issuedAt?: number | undefined;
+  /** `Date.now()` when the login's token response came in. */
+  receivedAt: number;
 }
 
 /**
@@ -65,9 +74,12 @@ function hashed(value: string): string {
 export function createSessionIndex(redis: Redis | Cluster, keyPrefix: string): SessionIndex {
   // `nosid`: the user's logins whose ID token had no sid, for logout tokens that name one (an OP that began sending
   // sids after these logins, e.g. once the client was registered with backchannel_logout_session_required).
-  const keys = (subject: LogoutSubject): { sid?: string; sub?: string; nosid?: string } => ({
-    ...(subject.sid === undefined ? {} : { sid: `${keyPrefix}logout:sid:${hashed(subject.sid)}` }),
-    ...(subject.sub === undefined ? {} : { sub: `${keyPrefix}logout:sub:${hashed(subject.sub)}`, nosid: `${keyPrefix}logout:nosid:${hashed(subject.sub)}` }),
+  // `ended-`: the same three, as marks of what a logout ended (markLoggedOut) rather than sets of session ids.
+  const keys = (subject: LogoutSubject, kind: '' | 'ended-' = ''): { sid?: string; sub?: string; nosid?: string } => ({
+    ...(subject.sid === undefined ? {} : { sid: `${keyPrefix}logout:${kind}sid:${hashed(subject.sid)}` }),
+    ...(subject.sub === undefined
+      ? {}
+      : { sub: `${keyPrefix}logout:${kind}sub:${hashed(subject.sub)}`, nosid: `${keyPrefix}logout:${kind}nosid:${hashed(subject.sub)}` }),
   });
 
   return {
@@ -98,20 +110,39 @@ export function createSessionIndex(redis: Redis | Cluster, keyPrefix: string): S
     async markEnded(sessionIds) {
       await Promise.all(sessionIds.map((id) => redis.set(`${keyPrefix}logout:ended:${hashed(id)}`, '1', 'EX', ENDED_MARK_TTL_SECONDS)));
     },
-    async markOpSessionEnded(subject, issuedAt) {
-      if (subject.sid !== undefined) await redis.set(`${keyPrefix}logout:ended-sid:${hashed(subject.sid)}`, String(issuedAt), 'EX', ENDED_MARK_TTL_SECONDS);
+    async markLoggedOut(subject, issuedAt) {
+      const { sid, sub, nosid } = keys(subject, 'ended-');
+      // A sub beside a sid marks the user's sid-less logins only: their other logins belong to other OP sessions.
+      await Promise.all(
+        [sid, sid === undefined ? sub : nosid]
+          .filter((key) => key !== undefined)
+          .map((key) => redis.set(key, `${issuedAt} ${Date.now()}`, 'EX', ENDED_MARK_TTL_SECONDS)),
+      );
     },
     async wasEnded(sessionId, login) {
-      // Two keys, two commands: a Cluster may place them on different slots.
-      const [session, opSession] = await Promise.all([
+      const { sid, sub, nosid } = keys(login, 'ended-');
+      // One command per key: a Cluster may place them on different slots.
+      const [session, ...marks] = await Promise.all([
         redis.exists(`${keyPrefix}logout:ended:${hashed(sessionId)}`),
-        login.sid === undefined ? null : redis.get(`${keyPrefix}logout:ended-sid:${hashed(login.sid)}`),
+        ...[sid, sub, sid === undefined ? nosid : undefined].filter((key) => key !== undefined).map((key) => redis.get(key)),
       ]);
       if (session === 1) return true;
-      // Without an iat to compare, the login is taken to be the older: ended rather than left alive.
-      return opSession !== null && (login.issuedAt === undefined || Number(opSession) >= login.issuedAt);
+      return marks.some((mark) => mark !== null && loggedOutBefore(mark, login));
     },
   };
+}
+
+/**
+ * Whether a logout mark (`<logout iat> <Date.now() when marked>`) ends this login: its ID token was issued before the
+ * logout, by the server's clock. Both `iat`s are whole seconds: within the same second, the login ended if its tokens
+ * came in before the mark was written (the race the marks are for), and stands if they came in after (the user signing
+ * in again right after a logout). Without an `iat`, or a time of marking, the login is taken to be the older.
+ */
+function loggedOutBefore(mark: string, login: LoginSubject): boolean {
+  const [logoutIat, markedAt] = mark.split(' ').map(Number);
+  if (login.issuedAt === undefined || logoutIat === undefined || logoutIat > login.issuedAt) return true;
+  if (logoutIat < login.issuedAt) return false;
+  return markedAt === undefined || !(markedAt < login.receivedAt);
 }
 
 function failedReply(replies: Array<[Error | null, unknown]> | null): void {

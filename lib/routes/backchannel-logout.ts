@@ -111,8 +111,8 @@ export function backchannelLogoutRoute(runtime: Runtime, index: SessionIndex, ve
       }
       let ids: string[];
       try {
-        // Before the lookup: a login of this OP session that is not indexed yet will find the mark instead.
-        await index.markOpSessionEnded(claims, claims.issuedAt);
+        // Before the lookup: a login of this OP session or user that is not indexed yet will find the mark instead.
+        await index.markLoggedOut(claims, claims.issuedAt);
         ids = await index.find(claims);
         await endLogins(runtime, index, req.sessionStore, ids);
         await Promise.all(ids.map((id) => destroyStoredSession(req.sessionStore, id)));

@@ -108,10 +108,11 @@ export function callbackRoute(runtime: Runtime) {
     } catch (err) {
       throw exchangeError(err, [params.get('code') ?? undefined, transaction.verifier, transaction.nonce, config.clientSecret]);
     }
+    const receivedAt = Date.now();
     const tokens = toStoredTokens(response);
     let created: NewLogin | undefined;
     try {
-      created = await createLogin(runtime, req, transaction, metadata, response, tokens);
+      created = await createLogin(runtime, req, transaction, metadata, response, tokens, receivedAt);
       await completeLogin(runtime, req, created);
     } catch (err) {
       if (created !== undefined) await abandonLogin(runtime, created);

@@ -292,8 +292,10 @@ describe('back-channel logout across two app processes', () => {
       const login = (saved as unknown as { oauth: { login: { id: string; claims: { sub: string } } } }).oauth.login;
       loginId = login.id;
       sessionId = id;
-      const token = await signLogoutToken(provider, logoutClaims(provider.issuer, { sub: login.claims.sub }));
-      logout = sendLogoutToken(appA.url, token);
+      // Issued before this login's ID token, so that the user's mark does not end the login at its callback: what is
+      // held is the session's own mark, after the lookup found the login.
+      const claims = { ...logoutClaims(provider.issuer, { sub: login.claims.sub }), iat: Math.floor(Date.now() / 1000) - 5 };
+      logout = sendLogoutToken(appA.url, await signLogoutToken(provider, claims));
       await reached;
     });
     try {
@@ -337,6 +339,54 @@ describe('back-channel logout across two app processes', () => {
     expect(result.status).toBe(401);
     expect(result.body).toContain('login_required');
     expect((await me(browser, appA.url)).status).toBe(401);
+  });
+
+  test('a logout of the user (sub only) that arrives before the callback has indexed the login still ends it', async () => {
+    // As above, with a logout token that names the user alone: the user's mark is what the callback finds.
+    const set = redis.set.bind(redis) as (...args: unknown[]) => Promise<unknown>;
+    let logoutStatus: number | undefined;
+    let armed = true;
+    (redis as unknown as { set: (...args: unknown[]) => Promise<unknown> }).set = async (...args: unknown[]) => {
+      if (armed && String(args[0]).startsWith(`${keyPrefix}tokens:`)) {
+        armed = false;
+        const claims = (JSON.parse(String(args[1])) as { claims: { sub: string } }).claims;
+        const token = await signLogoutToken(provider, logoutClaims(provider.issuer, { sub: claims.sub }));
+        logoutStatus = (await sendLogoutToken(appB.url, token)).status;
+      }
+      return set(...args);
+    };
+    let result: Awaited<ReturnType<Browser['login']>>;
+    const browser = new Browser();
+    try {
+      result = await browser.login(`${appA.url}/login?returnTo=/me`, { login: 'lena' });
+    } finally {
+      delete (redis as { set?: unknown }).set;
+    }
+
+    expect(armed).toBe(false);
+    expect(logoutStatus).toBe(200);
+    expect(result.status).toBe(401);
+    expect(result.body).toContain('login_required');
+    expect((await me(browser, appA.url)).status).toBe(401);
+  });
+
+  test('a login newer than a logout of its user stands, and a logout of the user spares other users', async () => {
+    const first = await loginVia(appA.url, 'mona');
+    const bystander = await loginVia(appA.url, 'nils');
+    const session = await storedSession(redis, sessionPrefix, cookieOf(first));
+    const { sub } = (session?.oauth as { login: { claims: { sub: string } } }).login.claims;
+    const earlier = { ...logoutClaims(provider.issuer, { sub }), iat: Math.floor(Date.now() / 1000) - 5 };
+    expect((await sendLogoutToken(appB.url, await signLogoutToken(provider, earlier))).status).toBe(200);
+    expect((await me(first, appA.url)).status).toBe(401);
+
+    // The user's mark is there for ten minutes; a new login, with a newer ID token, is not refused by it.
+    const again = await first.login(`${appA.url}/login?returnTo=/me`, { login: 'mona' });
+    expect(again.status).toBe(200);
+    expect((await me(first, appA.url)).status).toBe(200);
+    // Nor is another user's.
+    expect((await me(bystander, appA.url)).status).toBe(200);
+    const other = await loginVia(appA.url, 'nils');
+    expect((await me(other, appA.url)).status).toBe(200);
   });
 
   test("a login newer than a logout of its OP session stands (a server that logged the user out of this client alone)", async () => {
@@ -390,9 +440,12 @@ describe('back-channel logout across two app processes', () => {
     expect((await me(dave, appA.url)).status).toBe(200);
 
     // Dave's sub with another OP session's sid leaves this session, which recorded its own sid, alone.
-    const otherSession = await signLogoutToken(provider, logoutClaims(provider.issuer, { sub: 'dave', sid: `${sid}-other` }));
-    expect((await sendLogoutToken(appB.url, otherSession)).status).toBe(200);
+    // Its iat a little ahead (within clockTolerance), so that the marks it leaves would catch any login made now.
+    const ahead = { ...logoutClaims(provider.issuer, { sub: 'dave', sid: `${sid}-other` }), iat: Math.floor(Date.now() / 1000) + 10 };
+    expect((await sendLogoutToken(appB.url, await signLogoutToken(provider, ahead))).status).toBe(200);
     expect((await me(dave, appA.url)).status).toBe(200);
+    // Nor does it mark dave's logins of other OP sessions: a new one, made now, stands.
+    expect((await me(await loginVia(appA.url, 'dave'), appA.url)).status).toBe(200);
 
     const matching = await signLogoutToken(provider, logoutClaims(provider.issuer, { sub: 'dave', sid }));
     expect((await sendLogoutToken(appB.url, matching)).status).toBe(200);

@@ -1,6 +1,6 @@
 import { createServer, request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, jest, test } from '@jest/globals';
 import { RedisStore } from 'connect-redis';
 import express from 'express';
 import session from 'express-session';
@@ -156,6 +156,99 @@ describe('logins whose ID token carried no sid', () => {
     expect((await sendLogoutToken(stack.appUrl, token)).status).toBe(200);
     expect((await me(target.browser, stack.appUrl)).status).toBe(401);
     expect((await me(bystander.browser, stack.appUrl)).status).toBe(200);
+  });
+
+  test("a logout token with sid and sub that arrives before the callback has indexed the user's sid-less login still ends it", async () => {
+    // The lookup cannot find a login that is not indexed yet; the mark of the user's sid-less logins is what the
+    // callback finds.
+    const redis = stack.redis;
+    const keyPrefix = String(stack.authOptions.keyPrefix);
+    const set = redis.set.bind(redis) as (...args: unknown[]) => Promise<unknown>;
+    const sub = `user${++user}`;
+    let logoutStatus: number | undefined;
+    let armed = true;
+    (redis as unknown as { set: (...args: unknown[]) => Promise<unknown> }).set = async (...args: unknown[]) => {
+      if (armed && String(args[0]).startsWith(`${keyPrefix}tokens:`)) {
+        armed = false;
+        const token = await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub, sid: `op-session-${sub}` }));
+        logoutStatus = (await sendLogoutToken(stack.appUrl, token)).status;
+      }
+      return set(...args);
+    };
+    const browser = new Browser();
+    let result: Awaited<ReturnType<Browser['login']>>;
+    try {
+      result = await browser.login(`${stack.appUrl}/login?returnTo=/me`, { login: sub });
+    } finally {
+      delete (redis as { set?: unknown }).set;
+    }
+
+    expect(armed).toBe(false);
+    expect(logoutStatus).toBe(200);
+    expect(result.status).toBe(401);
+    expect(result.body).toContain('login_required');
+    expect((await me(browser, stack.appUrl)).status).toBe(401);
+  });
+});
+
+describe('a logout and a login in the same second', () => {
+  // Logout tokens and ID tokens carry whole seconds, so within one second what counts is which came in first here:
+  // the login's token response or the logout's mark. Only Date is faked, and moved by hand, so that both fall in one
+  // second whatever the machine's speed.
+  const second = () => (Math.ceil(Date.now() / 1000) + 2) * 1000;
+  const fakeDate = (now: number) =>
+    jest.useFakeTimers({
+      doNotFake: ['hrtime', 'nextTick', 'performance', 'queueMicrotask', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'setTimeout', 'clearTimeout'],
+      now,
+    });
+
+  test('a login whose tokens came in after the logout of its user stands', async () => {
+    const { sub, browser } = await loggedInUser();
+    const t0 = second();
+    fakeDate(t0);
+    try {
+      expect((await sendLogoutToken(stack.appUrl, await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub }))))
+        .status).toBe(200);
+      expect((await me(browser, stack.appUrl)).status).toBe(401);
+      jest.setSystemTime(t0 + 400);
+      const again = new Browser();
+      expect((await again.login(`${stack.appUrl}/login?returnTo=/me`, { login: sub })).status).toBe(200);
+      const { claims } = JSON.parse((await me(again, stack.appUrl)).body) as { claims: { iat: number } };
+      expect(claims.iat).toBe(t0 / 1000);
+    } finally {
+      jest.useRealTimers();
+    }
+  });
+
+  test('a login whose tokens came in before the logout of its user is ended', async () => {
+    const redis = stack.redis;
+    const keyPrefix = String(stack.authOptions.keyPrefix);
+    const set = redis.set.bind(redis) as (...args: unknown[]) => Promise<unknown>;
+    const sub = `user${++user}`;
+    const t0 = second();
+    let armed = true;
+    (redis as unknown as { set: (...args: unknown[]) => Promise<unknown> }).set = async (...args: unknown[]) => {
+      if (armed && String(args[0]).startsWith(`${keyPrefix}tokens:`)) {
+        armed = false;
+        jest.setSystemTime(t0 + 300);
+        const token = await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub }));
+        expect((await sendLogoutToken(stack.appUrl, token)).status).toBe(200);
+      }
+      return set(...args);
+    };
+    fakeDate(t0 + 100);
+    const browser = new Browser();
+    let result: Awaited<ReturnType<Browser['login']>>;
+    try {
+      result = await browser.login(`${stack.appUrl}/login?returnTo=/me`, { login: sub });
+    } finally {
+      jest.useRealTimers();
+      delete (redis as { set?: unknown }).set;
+    }
+
+    expect(armed).toBe(false);
+    expect(result.status).toBe(401);
+    expect(result.body).toContain('login_required');
   });
 });
 
