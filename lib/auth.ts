@@ -17,7 +17,7 @@ function mountedUnderPath(baseUrl: string): AuthError {
   return new AuthError(
     AuthErrorCode.MISCONFIGURED,
     500,
-    `auth() is mounted under "${baseUrl}"; mount it at the root of the app, after express-session: app.use(auth({ ... })). Its routes are set with the routes option and redirectUri.`,
+    `auth() is mounted under "${baseUrl}" (by app.use('${baseUrl}', …), or inside a router or sub-app mounted there); mount it on the top-level app, at its root, after express-session: app.use(auth({ ... })). Its routes are full paths, set with the routes option and redirectUri.`,
   );
 }
 

@@ -121,7 +121,7 @@ export class AuthError extends Error {
   }
 
   /** What a client may see: no stack, no cause. */
-  toJSON(): { error: string; error_description: string; status: number; upstream_error?: string; upstream_error_description?: string } {
+  toJSON(): { error: AuthErrorCode; error_description: string; status: number; upstream_error?: string; upstream_error_description?: string } {
     return {
       error: this.code,
       error_description: this.message,

@@ -11,7 +11,7 @@ import type { TokenSet } from './tokens.js';
  * @example
  * ```ts
  * // GitHub takes the secret in the request body only.
- * app.use(auth({ ...options, clientSecret: process.env.CLIENT_SECRET, clientAuthMethod: 'client_secret_post' }));
+ * app.use(auth({ ...options, clientSecret: process.env.CLIENT_SECRET!, clientAuthMethod: 'client_secret_post' }));
  * ```
  */
 export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt' | 'none';
@@ -99,6 +99,35 @@ export type ClientPrivateKey = JWK | ClientPrivateKeyOptions;
 export type FetchUser = (tokens: TokenSet, helpers: { fetch: ResourceFetch }) => Promise<object>;
 
 /**
+ * The `routes` option: paths of the library's routes, matched literally, on the app's root (full paths, whatever the
+ * app's own routers are mounted under). The callback path is the path of `redirectUri`.
+ *
+ * @example
+ * ```ts
+ * const routes: RouteOptions = { login: '/auth/login', logout: '/auth/logout' };
+ * app.use(auth({ ...options, redirectUri: 'https://app.example.com/auth/callback', routes }));
+ * ```
+ */
+export interface RouteOptions {
+  /** @default `'/login'` */
+  login?: string;
+  /** @default `'/logout'` */
+  logout?: string;
+  /**
+   * Where the authorization server sends the browser back after RP-initiated logout (`GET`). Only with
+   * `idpLogout: true`; register `<origin of redirectUri><this path>` as a `post_logout_redirect_uri`.
+   * @default `'/logout/callback'`
+   */
+  postLogout?: string;
+  /**
+   * OpenID Connect Back-Channel Logout endpoint (`POST`). Mounted only with `redis` and an `openid` scope; register
+   * `<origin of redirectUri><this path>` as the client's `backchannel_logout_uri`.
+   * @default `'/backchannel-logout'`
+   */
+  backchannelLogout?: string;
+}
+
+/**
  * Options of `auth()`. Validated once, when `auth()` is called: a mistake is a `TypeError` at startup
  * that says how to fix it, never a failure on the first login.
  *
@@ -107,7 +136,7 @@ export type FetchUser = (tokens: TokenSet, helpers: { fetch: ResourceFetch }) =>
  * app.use(auth({
  *   issuer: 'https://idp.example.com',
  *   clientId: 'app',
- *   clientSecret: process.env.CLIENT_SECRET,
+ *   clientSecret: process.env.CLIENT_SECRET!,
  *   redirectUri: 'https://app.example.com/callback',
  *   scope: 'openid email offline_access',
  *   redis,
@@ -204,24 +233,7 @@ export interface AuthOptions {
    */
   allowInsecureRequests?: boolean;
   /** Route paths. The callback path is taken from `redirectUri`. */
-  routes?: {
-    /** @default `'/login'` */
-    login?: string;
-    /** @default `'/logout'` */
-    logout?: string;
-    /**
-     * Where the authorization server sends the browser back after RP-initiated logout (`GET`). Only with
-     * `idpLogout: true`; register `<origin of redirectUri><this path>` as a `post_logout_redirect_uri`.
-     * @default `'/logout/callback'`
-     */
-    postLogout?: string;
-    /**
-     * OpenID Connect Back-Channel Logout endpoint (`POST`). Mounted only with `redis` and an `openid` scope; register
-     * `<origin of redirectUri><this path>` as the client's `backchannel_logout_uri`.
-     * @default `'/backchannel-logout'`
-     */
-    backchannelLogout?: string;
-  };
+  routes?: RouteOptions;
   /**
    * Same-origin path the browser lands on after logout (local, and after the return from RP-initiated logout). Not
    * one of the routes that answer a plain visit with an error (the callback, logout and logout-return routes).

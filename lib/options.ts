@@ -7,7 +7,7 @@ import { warn, WarningCode } from './warnings.js';
 import type { AuthOptions, ClientAuthMethod, ResolvedConfig, ResolvedPrivateKey, ResolvedServer, ServerEndpoints } from './options-types.js';
 
 // The option types live in options-types.ts; this file turns options into a ResolvedConfig, once, with the checks.
-export type { ClientAuthMethod, ServerEndpoints, ClientPrivateKeyOptions, ClientPrivateKey, FetchUser, AuthOptions, ResolvedConfig, ResolvedServer, ResolvedPrivateKey } from './options-types.js';
+export type { ClientAuthMethod, ServerEndpoints, ClientPrivateKeyOptions, ClientPrivateKey, FetchUser, AuthOptions, RouteOptions, ResolvedConfig, ResolvedServer, ResolvedPrivateKey } from './options-types.js';
 
 const KNOWN_OPTIONS = [
   'issuer',
@@ -383,7 +383,7 @@ export function resolveOptions(input: unknown): ResolvedConfig {
 /** The default `onError`: failures on the app's side (5xx) are logged, a user's bad or stale request (4xx) is not. */
 function logServerErrors(err: AuthError, req: Request): void {
   if (err.status < 500) return;
-  console.error(`express-oauth-pkce: ${req.method} ${req.path}: ${err.code} (${err.status}): ${err.message}`);
+  console.error(`express-oauth-pkce: ${req.method} ${req.baseUrl}${req.path}: ${err.code} (${err.status}): ${err.message}`);
 }
 
 const ROUTE_NAMES = ['login', 'logout', 'postLogout', 'backchannelLogout'] as const;

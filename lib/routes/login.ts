@@ -6,7 +6,7 @@ import { strictQuery } from '../query.js';
 import { sanitizeReturnTo } from '../return-to.js';
 import { setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
-import { readState, requireSession, saveSession, writableState, type OAuthSessionState } from '../session.js';
+import { readState, requireSession, saveSession, SESSION_KEY, writableState, type OAuthSessionState } from '../session.js';
 import { createTransaction } from '../transaction.js';
 
 /** `GET /login?returnTo=/path`: starts a transaction and sends the browser to the authorization endpoint. */
@@ -40,9 +40,20 @@ export function loginRoute(runtime: Runtime) {
     // against whatever the configuration says by the time the browser comes back.
     if (parameters.max_age !== undefined) transaction.maxAge = Number(parameters.max_age);
     const target = await authorizationUrl(config, configuration, parameters, dpop?.handle);
-    writableState(session).tx = draft.tx;
+    const hadState = session[SESSION_KEY] !== undefined;
+    const sessionState = writableState(session);
+    sessionState.tx = draft.tx;
     // The transaction must be in the store before the browser can come back with its state.
-    await saveSession(session);
+    try {
+      await saveSession(session);
+    } catch (err) {
+      // Put back as it was: a session left changed would be saved once more by express-session (failing again), and
+      // a new one would get a cookie naming a session that was never stored.
+      if (!hadState) delete session[SESSION_KEY];
+      else if (existing === undefined) delete sessionState.tx;
+      else sessionState.tx = existing;
+      throw err;
+    }
     setNoStore(res);
     res.redirect(302, target.href);
   };

@@ -244,6 +244,16 @@ describe('auth() mounted under a path', () => {
     expect(body.error_description).toContain('mounted under "/auth"');
     expect(body.error_description).toContain('app.use(auth({ ... }))');
   });
+
+  test('the default log line names the path as requested, prefix included', async () => {
+    const output = captureOutput();
+    try {
+      expect((await fetch(`${listener.url}/auth/login?returnTo=/x`, { redirect: 'manual' })).status).toBe(500);
+    } finally {
+      output.restore();
+    }
+    expect(output.text()).toContain('express-oauth-pkce: GET /auth/login: misconfigured (500)');
+  });
 });
 
 describe('requireAuth(check)', () => {

@@ -83,6 +83,8 @@ describe('a Redis that stops answering', () => {
     // No login starts without a place to keep its transaction: no redirect to the authorization server.
     expect(duringLogin.status).toBeGreaterThanOrEqual(500);
     expect(duringLogin.headers.get('location')).toBeNull();
+    // Nor a cookie naming a session that was never stored.
+    expect(duringLogin.headers.get('set-cookie')).toBeNull();
 
     const after = await getJson(browser, `${stack.appUrl}/me`);
     expect(after.status).toBe(200);
