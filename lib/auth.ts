@@ -95,6 +95,15 @@ export function auth(options: AuthOptions): Router {
       renderAuthError(mountedUnderPath(req.baseUrl), req, res, next);
       return;
     }
+    if (!req.path.startsWith('/')) {
+      // A request target that names no path: asterisk-form (`OPTIONS *`, RFC 9112 §3.2.4; Node lets any method have
+      // it), or absolute-form with a host the URL parser folds into the path (`http://%zz/login` gives `%zz/login`).
+      // None of the routes, and express-session, whose cookie path cannot match it, gives it no session. An anonymous
+      // request for the app (a 404 or its own answer), not a missing express-session: that 500 let anyone fill the logs.
+      req.auth = new RequestAuth(req, runtime);
+      next();
+      return;
+    }
     try {
       requireSession(req);
     } catch (err) {

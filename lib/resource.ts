@@ -151,6 +151,9 @@ export function resourceRequest(url: string | URL, init: ResourceRequestInit = {
   } catch (err) {
     throw misuse('req.auth.fetch() needs an absolute URL.', sanitisedCause(err, secrets));
   }
+  // From JavaScript (or past a cast) anything may come: a TypeError from reading it would be no AuthError at all.
+  if (typeof init !== 'object' || init === null) throw misuse('req.auth.fetch() takes its options as an object, or none.');
+  if (init.method !== undefined && typeof init.method !== 'string') throw misuse('req.auth.fetch() was given a method that is not a string.');
   const method = (init.method ?? 'GET').toUpperCase();
   return { target, method, headers: checkRequest(target, method, init) };
 }

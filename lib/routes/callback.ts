@@ -14,7 +14,7 @@ import { TRANSACTION_TTL_MS, takeTransaction } from '../transaction.js';
 import { exchangeError } from '../upstream.js';
 
 /** Authorization-response parameters that must appear at most once. */
-const CALLBACK_PARAMS = ['code', 'state', 'iss', 'error', 'error_description', 'error_uri', 'session_state'];
+const CALLBACK_PARAMS = ['code', 'state', 'iss', 'error', 'error_description', 'error_uri', 'session_state', 'response', 'id_token'];
 
 function invalidState(message: string): AuthError {
   return new AuthError(AuthErrorCode.INVALID_STATE, 400, message);
@@ -39,6 +39,21 @@ function checkIssuer(params: URLSearchParams, metadata: client.ServerMetadata, i
   }
   if (iss !== metadata.issuer) {
     throw new AuthError(AuthErrorCode.INVALID_RESPONSE, 400, 'The authorization response comes from another issuer (RFC 9207 mix-up defence).');
+  }
+}
+
+/**
+ * The login asks for `response_type=code` in the query, nothing else: a response that is a JWT (`response`, JARM) or that
+ * carries an ID token (implicit or hybrid flow) is not an answer to it. openid-client refuses both as well, but its
+ * messages name JWTs and flows, which read as an ID-token or token-endpoint failure (`invalid_id_token`,
+ * `token_exchange_failed`) when nothing was exchanged or validated.
+ */
+function checkResponseShape(params: URLSearchParams): void {
+  if (params.has('response')) {
+    throw new AuthError(AuthErrorCode.INVALID_RESPONSE, 400, 'The authorization response is a JWT ("response", JARM), which this client does not ask for.');
+  }
+  if (params.has('id_token')) {
+    throw new AuthError(AuthErrorCode.INVALID_RESPONSE, 400, 'The authorization response carries an ID token (implicit or hybrid flow); this client asks for a code only.');
   }
 }
 
@@ -79,6 +94,7 @@ export function callbackRoute(runtime: Runtime) {
     const configuration = await runtime.server();
     const metadata = configuration.serverMetadata();
     checkIssuer(params, metadata, config.issuer !== undefined);
+    checkResponseShape(params);
     if (params.has('error')) throw authorizationResponseError(params);
     if (!params.get('code')) throw new AuthError(AuthErrorCode.INVALID_REQUEST, 400, 'The callback has no authorization "code".');
 

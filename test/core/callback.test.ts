@@ -191,6 +191,17 @@ describe('GET /callback', () => {
     await expectRefusedCallback((u) => u.searchParams.delete('iss'), 400, 'invalid_response');
   });
 
+  test.each([
+    ['a JWT response (JARM)', (u: URL) => u.searchParams.set('response', 'eyJhbGciOiJub25lIn0.e30.'), /JARM/],
+    ['an ID token next to the code (hybrid flow)', (u: URL) => u.searchParams.set('id_token', 'eyJhbGciOiJub25lIn0.e30.'), /ID token \(implicit or hybrid flow\)/],
+  ])('an authorization response with %s is 400 invalid_response, not taken for an ID-token or token-endpoint failure', async (_name, tamper, message) => {
+    await expectRefusedCallback(tamper, 400, 'invalid_response');
+    const browser = json(new Browser());
+    const callback = await authorize(browser);
+    tamper(callback);
+    expect(JSON.parse((await browser.request(callback)).body).error_description).toMatch(message);
+  });
+
   test('a missing or tampered code is refused with a clear 4xx and no login', async () => {
     const noCode = json(new Browser());
     const a = await authorize(noCode);

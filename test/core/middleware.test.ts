@@ -4,6 +4,7 @@
  * rendered by auth() itself, other requests reach the app, and a guard's check is never taken as "allowed" unless it
  * says so, synchronously or not.
  */
+import { request as httpRequest } from 'node:http';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import express, { type ErrorRequestHandler, type Express, type RequestHandler } from 'express';
 import { auth, requireAuth, type AuthCheck } from '../../lib/index.js';
@@ -69,6 +70,38 @@ describe('auth() renders its own errors', () => {
     expect(response.status).toBe(400);
     expect(response.body).toMatchObject({ error: 'invalid_state' });
     expect(JSON.stringify(response.body)).not.toMatch(/at .*\.ts:\d+/);
+  });
+
+  test.each([
+    ['OPTIONS', '*'],
+    ['GET', '*'],
+    // Absolute-form with a host url.parse() folds into the path: its path is "%zz/login", without the leading slash.
+    ['GET', 'http://%zz/login'],
+  ])('a request target that names no path (%s %s), which express-session leaves without a session, goes on to the app: no 500, nothing logged', async (method, path) => {
+    // fetch cannot send a request target that is not a path; node:http sends it as given.
+    const send = () =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const { hostname, port } = new URL(stack.appUrl);
+        const request = httpRequest({ host: hostname, port, method, path, headers: { accept: 'application/json' } }, (response) => {
+          let body = '';
+          response.on('data', (chunk: Buffer) => (body += chunk.toString('utf8')));
+          response.on('end', () => resolve({ status: response.statusCode ?? 0, body }));
+        });
+        request.on('error', reject);
+        request.end();
+      });
+    const output = captureOutput();
+    let response;
+    try {
+      response = await send();
+    } finally {
+      output.restore();
+    }
+
+    // The app has no route for it: Express's own 404.
+    expect(response.status).toBe(404);
+    expect(response.body).not.toContain('session_missing');
+    expect(output.text()).not.toContain('express-oauth-pkce');
   });
 
   test('other requests go on to the app with req.auth set', async () => {

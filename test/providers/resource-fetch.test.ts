@@ -106,6 +106,10 @@ test.each([
   ['an invalid header name', 'API', { headers: { 'x api key': SECRET } }, /header with an invalid name or value/],
   ['an invalid method', 'API', { method: 'GE T' }, /method, body or signal that fetch refuses/],
   ['a forbidden method', 'API', { method: 'TRACE' }, /method, body or signal that fetch refuses/],
+  // Not possible in TypeScript without a cast, but plain JavaScript apps call it too: still an AuthError, not a TypeError.
+  ['a method that is not a string', 'API', { method: 5 } as unknown as ResourceRequestInit, /method that is not a string/],
+  ['options that are null', 'API', null as unknown as ResourceRequestInit, /options as an object/],
+  ['options that are a string', 'API', 'POST' as unknown as ResourceRequestInit, /options as an object/],
   ['a signal that is no AbortSignal', 'API', { signal: { aborted: false } as unknown as AbortSignal }, /method, body or signal that fetch refuses/],
   ['a URL that is neither https: nor http:', `ftp://127.0.0.1:9/orders?api_key=${SECRET}`, {}, /over https: \(or http:\) only/],
 ])('refuses %s as misconfigured (a programming error, 500), sending nothing and quoting no secret', async (_case, url, init, message) => {
