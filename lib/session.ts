@@ -46,7 +46,7 @@ export function requireSession(req: Request): SessionWithState {
     throw new AuthError(
       AuthErrorCode.SESSION_MISSING,
       500,
-      'req.session is missing: mount express-session (with a store such as connect-redis) before auth(): app.use(session({ ... })); app.use(auth({ ... })).',
+      "req.session is missing: mount express-session (with a store such as connect-redis) before auth(): app.use(session({ ... })); app.use(auth({ ... })). If it is mounted, its cookie.path does not cover this request's path: leave it '/'.",
     );
   }
   return session as SessionWithState;

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import express from 'express';
+import session from 'express-session';
 import request from 'supertest';
 import { auth } from '../../lib/index.js';
 import { buildApp, CLIENT_ID, CLIENT_SECRET, connectRedis, listen, startStack, type Listener, type Stack } from '../helpers/app.js';
@@ -96,5 +97,16 @@ describe('misconfiguration', () => {
     expect(res.body).toMatchObject({ error: 'session_missing' });
     expect(res.body.error_description).toContain('express-session');
     expect(JSON.stringify(res.body)).not.toMatch(/at .*\.(ts|js):\d+/);
+  });
+
+  test("a request outside express-session's cookie.path (which gets no session) is told so, not only that express-session is missing", async () => {
+    const app = express();
+    app.use(session({ secret: 'x'.repeat(32), resave: false, saveUninitialized: false, cookie: { path: '/app' } }));
+    app.use(auth({ issuer: 'https://idp.example.com', clientId: 'app', redirectUri: 'https://app.example.com/app/callback' }));
+    app.get('/health', (_req, res) => res.send('unreachable'));
+    const res = await request(app).get('/health').set('accept', 'application/json');
+    expect(res.status).toBe(500);
+    expect(res.body).toMatchObject({ error: 'session_missing' });
+    expect(res.body.error_description).toContain("cookie.path does not cover this request's path");
   });
 });
