@@ -6,6 +6,16 @@ import type { ResourceFetch } from './resource.js';
 import type { TokenSet } from './tokens.js';
 
 /**
+ * The `loginParams` option: extra authorization-request parameters for the login this request starts, or none.
+ *
+ * @example
+ * ```ts
+ * const loginParams: LoginParams = (req) => (typeof req.query.hint === 'string' && /^[^\s@]+@example\.com$/.test(req.query.hint) ? { login_hint: req.query.hint } : undefined);
+ * ```
+ */
+export type LoginParams = (req: Request) => Record<string, string> | undefined | Promise<Record<string, string> | undefined>;
+
+/**
  * How the client authenticates at the token endpoint.
  *
  * @example
@@ -216,6 +226,23 @@ export interface AuthOptions {
    */
   authorizationParams?: Record<string, string>;
   /**
+   * Authorization-request parameters for one login, decided from the request to the login route: a "switch account"
+   * link (`prompt: 'select_account'`), a sign-up button (`prompt: 'create'`, or the server's own hint), `login_hint`,
+   * `ui_locales` from the app's language, a step-up (`max_age: '0'`, `acr_values`). Called at every `GET` of the login
+   * route, before anything is stored; what it returns (or resolves to) goes over `authorizationParams` and is checked
+   * like them, and a mistake (a parameter the library sets itself, a value that is not a string, a bad `max_age`) is
+   * answered 500 `misconfigured`. An error it throws goes to the app's error handling. Anyone can craft a login link,
+   * so pass on only values you chose or checked, never the query as it came.
+   *
+   * @example
+   * ```ts
+   * // <a href="/login?account=switch">Use another account</a>
+   * loginParams: (req) => (req.query.account === 'switch' ? { prompt: 'select_account' } : undefined),
+   * ```
+   * @default none
+   */
+  loginParams?: LoginParams;
+  /**
    * An ioredis client (or Cluster). Makes single-use checks and refresh single-flight hold across processes. Other
    * clients (node-redis) are refused at startup: the library calls ioredis signatures such as
    * `set(key, value, 'PX', ms, 'NX')`, which node-redis reads differently.
@@ -322,6 +349,7 @@ export interface ResolvedConfig {
   readonly scope: string;
   readonly openid: boolean;
   readonly authorizationParams: Readonly<Record<string, string>>;
+  readonly loginParams: LoginParams | undefined;
   readonly redis: Redis | Cluster | undefined;
   readonly keyPrefix: string;
   readonly allowInsecureRequests: boolean;

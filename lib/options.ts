@@ -7,7 +7,7 @@ import { warn, WarningCode } from './warnings.js';
 import type { AuthOptions, ClientAuthMethod, ResolvedConfig, ResolvedPrivateKey, ResolvedServer, ServerEndpoints } from './options-types.js';
 
 // The option types live in options-types.ts; this file turns options into a ResolvedConfig, once, with the checks.
-export type { ClientAuthMethod, ServerEndpoints, ClientPrivateKeyOptions, ClientPrivateKey, FetchUser, AuthOptions, RouteOptions, ResolvedConfig, ResolvedServer, ResolvedPrivateKey } from './options-types.js';
+export type { ClientAuthMethod, ServerEndpoints, ClientPrivateKeyOptions, ClientPrivateKey, FetchUser, LoginParams, AuthOptions, RouteOptions, ResolvedConfig, ResolvedServer, ResolvedPrivateKey } from './options-types.js';
 
 const KNOWN_OPTIONS = [
   'issuer',
@@ -23,6 +23,7 @@ const KNOWN_OPTIONS = [
   'redirectUri',
   'scope',
   'authorizationParams',
+  'loginParams',
   'redis',
   'keyPrefix',
   'allowInsecureRequests',
@@ -161,19 +162,35 @@ function routePath(value: unknown, name: string, fallback: string): string {
  * `max_age` (OpenID Connect Core §3.1.2.1) is checked at the callback against the ID token's `auth_time`, so it must be
  * a number openid-client can compare, and there must be an ID token to carry `auth_time`.
  */
-function checkMaxAge(value: unknown, openid: boolean): void {
+function maxAgeProblem(value: unknown, openid: boolean, where: string): string | undefined {
   const shape = "a whole number of seconds written as a string, such as '0' (always log in again) or '3600'";
   if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) {
-    fail(`\`authorizationParams.max_age\` must be ${shape}: write '${String(value)}' instead of ${String(value)}.`);
+    return `\`${where}.max_age\` must be ${shape}: write '${String(value)}' instead of ${String(value)}.`;
   }
   if (typeof value !== 'string' || !/^\d+$/.test(value) || !Number.isSafeInteger(Number(value))) {
-    fail(`\`authorizationParams.max_age\` must be ${shape}, got ${JSON.stringify(value)}.`);
+    return `\`${where}.max_age\` must be ${shape}, got ${JSON.stringify(value)}.`;
   }
   if (!openid) {
-    fail(
-      "`authorizationParams.max_age` is checked against the ID token's `auth_time`, and without 'openid' in `scope` there is no ID token: add 'openid' to `scope`, or remove `max_age`.",
-    );
+    return `\`${where}.max_age\` is checked against the ID token's \`auth_time\`, and without 'openid' in \`scope\` there is no ID token: add 'openid' to \`scope\`, or remove \`max_age\`.`;
   }
+  return undefined;
+}
+
+/**
+ * What is wrong with extra authorization-request parameters (`authorizationParams` at startup, what `loginParams`
+ * returned at a login), named after `where`; undefined when nothing is.
+ */
+export function authorizationParamsProblem(params: unknown, openid: boolean, where: string): string | undefined {
+  if (!isRecord(params)) return `\`${where}\` must be an object of string values.`;
+  for (const [key, value] of Object.entries(params)) {
+    if (PROTECTED_PARAMS.has(key)) {
+      return `\`${where}.${key}\` is set by the library itself; remove it${key === 'scope' ? ' and use the `scope` option' : ''}.`;
+    }
+    const problem = key === 'max_age' ? maxAgeProblem(value, openid, where) : undefined;
+    if (problem !== undefined) return problem;
+    if (typeof value !== 'string') return `\`${where}.${key}\` must be a string.`;
+  }
+  return undefined;
 }
 
 function positiveNumber(value: unknown, name: string, fallback: number, unit: string): number {
@@ -290,13 +307,11 @@ export function resolveOptions(input: unknown): ResolvedConfig {
   }
 
   const authorizationParams = options.authorizationParams ?? {};
-  if (!isRecord(authorizationParams)) fail('`authorizationParams` must be an object of string values.');
-  for (const [key, value] of Object.entries(authorizationParams)) {
-    if (PROTECTED_PARAMS.has(key)) {
-      fail(`\`authorizationParams.${key}\` is set by the library itself; remove it${key === 'scope' ? ' and use the `scope` option' : ''}.`);
-    }
-    if (key === 'max_age') checkMaxAge(value, openid);
-    if (typeof value !== 'string') fail(`\`authorizationParams.${key}\` must be a string.`);
+  const paramsProblem = authorizationParamsProblem(authorizationParams, openid, 'authorizationParams');
+  if (paramsProblem !== undefined) fail(paramsProblem);
+  const loginParams = options.loginParams;
+  if (loginParams !== undefined && typeof loginParams !== 'function') {
+    fail("`loginParams` must be a function: (req) => ({ prompt: 'select_account' }) or undefined, for each login.");
   }
 
   const redis = options.redis;
@@ -366,7 +381,8 @@ export function resolveOptions(input: unknown): ResolvedConfig {
     callbackPath,
     scope,
     openid,
-    authorizationParams: Object.freeze({ ...authorizationParams }),
+    authorizationParams: Object.freeze({ ...(authorizationParams as Record<string, string>) }),
+    loginParams,
     redis,
     keyPrefix,
     allowInsecureRequests,

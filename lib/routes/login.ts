@@ -1,6 +1,8 @@
 import type { NextFunction, Request, Response } from 'express';
 import * as client from 'openid-client';
 import { createDPoPKey } from '../dpop.js';
+import { AuthError, AuthErrorCode } from '../errors.js';
+import { authorizationParamsProblem, type ResolvedConfig } from '../options.js';
 import { authorizationUrl } from '../par.js';
 import { strictQuery } from '../query.js';
 import { sanitizeReturnTo } from '../return-to.js';
@@ -9,12 +11,23 @@ import type { Runtime } from '../runtime.js';
 import { readState, requireSession, saveSession, SESSION_KEY, writableState, type OAuthSessionState } from '../session.js';
 import { createTransaction } from '../transaction.js';
 
+/** The `loginParams` option's parameters for this login, checked as `authorizationParams` are at startup. */
+async function perLoginParams(config: ResolvedConfig, req: Request): Promise<Record<string, string> | undefined> {
+  if (config.loginParams === undefined) return undefined;
+  const params = await config.loginParams(req);
+  if (params === undefined) return undefined;
+  const problem = authorizationParamsProblem(params, config.openid, 'loginParams(req)');
+  if (problem !== undefined) throw new AuthError(AuthErrorCode.MISCONFIGURED, 500, problem);
+  return params;
+}
+
 /** `GET /login?returnTo=/path`: starts a transaction and sends the browser to the authorization endpoint. */
 export function loginRoute(runtime: Runtime) {
   const { config } = runtime;
   return async function login(req: Request, res: Response, _next: NextFunction): Promise<void> {
     const params = strictQuery(req, ['returnTo']);
     const session = requireSession(req);
+    const extra = await perLoginParams(config, req);
     // Discovery first: when the server is unreachable, no transaction is written to the session.
     const configuration = await runtime.server();
     // The transaction is built on a copy and only joins the session once the authorization URL exists: a failed
@@ -29,6 +42,7 @@ export function loginRoute(runtime: Runtime) {
     if (dpop !== undefined) transaction.dpopKey = dpop.jwk;
     const parameters: Record<string, string> = {
       ...config.authorizationParams,
+      ...extra,
       redirect_uri: config.redirectUri.href,
       scope: config.scope,
       state,

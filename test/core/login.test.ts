@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { NextFunction, Request, Response } from 'express';
 import { startStack, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 
@@ -9,13 +10,15 @@ beforeAll(async () => {
 });
 afterAll(async () => stack.close());
 
-async function sessionOf(browser: Browser): Promise<Record<string, any> | undefined> {
+async function sessionOfStack(of: Stack, browser: Browser): Promise<Record<string, any> | undefined> {
   const cookie = browser.cookie('127.0.0.1', 'connect.sid')?.value;
   if (!cookie) return undefined;
   const id = decodeURIComponent(cookie).slice(2).split('.')[0];
-  const raw = await stack.redis.get(`${stack.sessionPrefix}${id}`);
+  const raw = await of.redis.get(`${of.sessionPrefix}${id}`);
   return raw ? JSON.parse(raw) : undefined;
 }
+
+const sessionOf = (browser: Browser) => sessionOfStack(stack, browser);
 
 describe('GET /login', () => {
   test('redirects to the authorization endpoint with PKCE S256, state, nonce and the exact redirect_uri', async () => {
@@ -133,5 +136,89 @@ describe('GET /login', () => {
     // And the app does not consider this browser logged in.
     const me = await browser.request(`${stack.appUrl}/me`, { headers: { accept: 'application/json' } });
     expect(me.status).toBe(401);
+  });
+});
+
+describe('loginParams: authorization parameters for one login', () => {
+  let custom: Stack;
+  beforeAll(async () => {
+    custom = await startStack({
+      auth: {
+        authorizationParams: { prompt: 'login', ui_locales: 'en' },
+        loginParams: async (req) => {
+          switch (req.query.kind) {
+            case 'switch':
+              return { prompt: 'select_account', login_hint: 'alice@example.com' };
+            case 'step-up':
+              return { max_age: '0' };
+            case 'state':
+              return { state: 'chosen-by-the-app' };
+            case 'number':
+              return { max_age: 0 } as unknown as Record<string, string>;
+            case 'throws':
+              throw new Error('the app could not decide');
+            default:
+              return undefined;
+          }
+        },
+      },
+      routes: (app) => {
+        app.use((err: Error, _req: Request, res: Response, _next: NextFunction) => void res.status(599).json({ reachedApp: err.message }));
+      },
+    });
+  });
+  afterAll(async () => custom.close());
+
+  const sent = async (browser: Browser, query: string) => {
+    const res = await browser.request(`${custom.appUrl}/login${query}`);
+    expect(res.status).toBe(302);
+    return new URL(res.headers.get('location')!).searchParams;
+  };
+
+  test('what it returns goes over authorizationParams for that login only; undefined leaves them as they are', async () => {
+    const browser = new Browser();
+    const switched = await sent(browser, '?kind=switch&returnTo=/me');
+    expect(switched.get('prompt')).toBe('select_account');
+    expect(switched.get('login_hint')).toBe('alice@example.com');
+    expect(switched.get('ui_locales')).toBe('en');
+    expect(switched.get('code_challenge_method')).toBe('S256');
+
+    const plain = await sent(browser, '?returnTo=/me');
+    expect(plain.get('prompt')).toBe('login');
+    expect(plain.has('login_hint')).toBe(false);
+  });
+
+  test('a max_age it returns is recorded with the transaction and the login goes through with a fresh auth_time', async () => {
+    const browser = new Browser();
+    const params = await sent(browser, '?kind=step-up');
+    expect(params.get('max_age')).toBe('0');
+    const tx = (await sessionOfStack(custom, browser))?.oauth?.tx?.[params.get('state')!];
+    expect(tx).toMatchObject({ maxAge: 0 });
+
+    const landed = await browser.login(`${custom.appUrl}/login?kind=step-up&returnTo=/me`);
+    expect(landed.status).toBe(200);
+    const claims = (JSON.parse(landed.body) as { claims: { auth_time?: number } }).claims;
+    expect(Math.abs(Number(claims.auth_time) - Date.now() / 1000)).toBeLessThan(30);
+  });
+
+  test.each([
+    ['a parameter the library sets', 'state', /`loginParams\(req\)\.state` is set by the library itself/],
+    ['a max_age that is not a string', 'number', /`loginParams\(req\)\.max_age` must be a whole number of seconds written as a string/],
+  ])('%s is 500 misconfigured, before anything is stored or sent', async (_name, kind, message) => {
+    const browser = new Browser();
+    browser.headers = { accept: 'application/json' };
+    const res = await browser.request(`${custom.appUrl}/login?kind=${kind}`);
+    expect(res.status).toBe(500);
+    expect(JSON.parse(res.body)).toMatchObject({ error: 'misconfigured', error_description: expect.stringMatching(message) });
+    expect(res.headers.get('location')).toBeNull();
+    expect(browser.cookie('127.0.0.1', 'connect.sid')).toBeUndefined();
+  });
+
+  test("an error it throws is the app's: it reaches the app's error handler, and nothing is stored", async () => {
+    const browser = new Browser();
+    const res = await browser.request(`${custom.appUrl}/login?kind=throws`);
+    expect(res.status).toBe(599);
+    expect(JSON.parse(res.body)).toEqual({ reachedApp: 'the app could not decide' });
+    expect(browser.cookie('127.0.0.1', 'connect.sid')).toBeUndefined();
   });
 });

@@ -38,6 +38,7 @@ describe('auth() options', () => {
     ['no options at all', {}, ['issuer', 'clientId', 'clientSecret', 'redirectUri'], /issuer` is required/],
     ['missing clientId', {}, ['clientId'], /clientId` is required/],
     ['onError not a function', { onError: 'console' }, [], /`onError` must be a function: \(err, req\) => void/],
+    ['loginParams not a function', { loginParams: { prompt: 'login' } }, [], /`loginParams` must be a function: \(req\) => \(\{ prompt: 'select_account' \}\)/],
     ['empty clientId', { clientId: '' }, [], /clientId` is required/],
     ['missing issuer', {}, ['issuer'], /issuer` is required/],
     ['relative issuer', { issuer: 'idp.example.com' }, [], /absolute URL/],
