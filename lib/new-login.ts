@@ -7,6 +7,7 @@ import { AuthError, AuthErrorCode } from './errors.js';
 import { checkSignature } from './keys.js';
 import type { Runtime } from './runtime.js';
 import {
+  afterEachSave,
   destroySession,
   destroyStoredSession,
   readState,
@@ -120,21 +121,8 @@ export async function completeLogin(runtime: Runtime, req: Request, created: New
 function checkAfterLastSave(runtime: Runtime, index: SessionIndex, store: Store, created: NewLogin): void {
   const { session, login } = created;
   const sessionId = session.id;
-  const save = session.save;
-  // An own property, so only this request's session is concerned; not enumerable, as express-session's own methods,
-  // so that no store serialiser (JSON drops functions, structured clone refuses them) ever sees it.
-  Object.defineProperty(session, 'save', {
-    configurable: true,
-    writable: true,
-    value: function saveThenCheck(this: SessionWithState, callback?: (err?: unknown) => void) {
-      return save.call(this, (err?: unknown) => {
-        callback?.(err);
-        if (err) return;
-        void (async () => {
-          if (await index.wasEnded(sessionId, loginSubjectOf(created))) await endLogin(runtime, login, () => destroyStoredSession(store, sessionId));
-        })().catch(() => undefined);
-      });
-    },
+  afterEachSave(session, async () => {
+    if (await index.wasEnded(sessionId, loginSubjectOf(created))) await endLogin(runtime, login, () => destroyStoredSession(store, sessionId));
   });
 }
 

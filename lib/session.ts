@@ -84,6 +84,29 @@ export function destroyStoredSession(store: Store, id: string): Promise<void> {
   return new Promise((resolve, reject) => store.destroy(id, (err?: unknown) => (err ? reject(err) : resolve())));
 }
 
+/**
+ * Runs `then` after each successful save of this session object from now on, the one express-session makes as the
+ * response ends included, whether or not the browser is still there to receive the response (a `finish` event would
+ * not come for a dropped connection). Best effort: nobody is left to answer, and neither the save's callback nor the
+ * response waits for it.
+ */
+export function afterEachSave(session: SessionWithState, then: () => Promise<void>): void {
+  const save = session.save;
+  // An own property, so only this request's session is concerned; not enumerable, as express-session's own methods,
+  // so that no store serialiser (JSON drops functions, structured clone refuses them) ever sees it.
+  Object.defineProperty(session, 'save', {
+    configurable: true,
+    writable: true,
+    value: function saveThen(this: SessionWithState, callback?: (err?: unknown) => void) {
+      return save.call(this, (err?: unknown) => {
+        callback?.(err);
+        if (err) return;
+        void then().catch(() => undefined);
+      });
+    },
+  });
+}
+
 /** Regenerates the session id (session fixation defence) and returns the new session object. */
 export async function regenerateSession(req: Request): Promise<SessionWithState> {
   const session = requireSession(req);

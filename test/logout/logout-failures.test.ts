@@ -44,6 +44,63 @@ describe('a logout while a refresh is in flight', () => {
   });
 });
 
+describe('a logout while a request whose refresh is done is still at work', () => {
+  let stack: Stack;
+  /** Holds `/api/token-then-slow` after its refresh, until the test lets it answer. */
+  let gate: { entered: Promise<void>; enter: () => void; open: () => void; opened: Promise<void> };
+  function newGate() {
+    let enter!: () => void;
+    let open!: () => void;
+    const entered = new Promise<void>((resolve) => (enter = resolve));
+    const opened = new Promise<void>((resolve) => (open = resolve));
+    gate = { entered, enter, opened, open };
+  }
+  beforeAll(async () => {
+    stack = await startRefreshStack({}, { afterToken: async () => (gate.enter(), gate.opened) });
+  });
+  afterAll(async () => {
+    gate?.open();
+    await stack.close();
+  });
+
+  test.each([
+    ['POST /logout', async (browser: Browser) => expect((await postLogout(browser, stack.appUrl)).status).toBe(303)],
+    [
+      'a back-channel logout',
+      async (browser: Browser) => {
+        const { claims } = await readLogin(stack, browser);
+        const token = await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub: String(claims?.sub) }));
+        expect((await sendLogoutToken(stack.appUrl, token)).status).toBe(200);
+      },
+    ],
+  ])('%s: the refreshed copy that request saves at its end does not bring the login back', async (_how, logout) => {
+    newGate();
+    const browser = new Browser();
+    await browser.login(`${stack.appUrl}/login?returnTo=/me`);
+    const cookie = sessionCookie(browser, stack.appUrl)!;
+    const before = await readLogin(stack, browser);
+    await waitUntilDue(before.tokens);
+
+    // The request has refreshed (version 2 is stored, and in its copy of the session) and calls an API with the token.
+    const slow = getJson(browser, `${stack.appUrl}/api/token-then-slow`);
+    await gate.entered;
+    expect(await readRecord(stack.redis, tokenKey(stack, before.id))).toMatchObject({ v: 2 });
+    await logout(browser);
+    expect(await storedSession(stack.redis, stack.sessionPrefix, cookie)).toBeNull();
+
+    // It answers now, and express-session saves its copy of the session, which holds the refreshed login.
+    gate.open();
+    expect((await slow).status).toBe(200);
+    // The library checks once that save is done, without holding the answer: wait for it.
+    for (let i = 0; i < 100 && (await storedSession(stack.redis, stack.sessionPrefix, cookie)) !== null; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    expect(await storedSession(stack.redis, stack.sessionPrefix, cookie)).toBeNull();
+    expect((await me(new Browser(), stack.appUrl, `connect.sid=${cookie}`)).status).toBe(401);
+    expect(await readRecord(stack.redis, tokenKey(stack, before.id))).toMatchObject({ ended: true });
+  });
+});
+
 describe('logouts when the session store fails', () => {
   let stack: Stack;
   /** A second instance of the same app: its own process-local state, the same Redis and sessions. */
