@@ -5,6 +5,7 @@ import type * as client from 'openid-client';
 import { assertDPoPBound } from './dpop.js';
 import { AuthError, AuthErrorCode } from './errors.js';
 import { checkSignature } from './keys.js';
+import { revokeUnused } from './revocation.js';
 import type { Runtime } from './runtime.js';
 import {
   afterEachSave,
@@ -20,7 +21,7 @@ import {
 import { indexLogin, subjectOf, type LoginSubject, type SessionIndex } from './session-index.js';
 import { storeUnavailable } from './store-errors.js';
 import { backchannelEndTtl, sessionTtlSeconds } from './token-store.js';
-import { sessionCopy, type StoredTokens } from './tokens.js';
+import { sessionCopy, unpackTokens, type StoredTokens } from './tokens.js';
 import type { Transaction } from './transaction.js';
 import { loadUser } from './user.js';
 
@@ -30,6 +31,8 @@ export interface NewLogin {
   readonly login: LoginState;
   /** `Date.now()` when its token response came in, which the back-channel logout marks are compared with. */
   readonly receivedAt: number;
+  /** The login the session held before, which this one replaces. */
+  readonly replaced: LoginState | undefined;
 }
 
 /**
@@ -68,7 +71,7 @@ export async function createLogin(
   const idClaims = config.openid ? response.claims() : undefined;
   // Before the session changes: a failing hook leaves no half-made login.
   const user = await loadUser(runtime, tokens, transaction);
-  const pending = readState(req)?.tx;
+  const { tx: pending, login: replaced } = readState(req) ?? {};
 
   const session = await regenerateSession(req);
   const state = writableState(session);
@@ -83,7 +86,29 @@ export async function createLogin(
   };
   await runtime.tokenStore.create(login, tokens, sessionTtlSeconds(req));
   state.login = login;
-  return { session, login, receivedAt };
+  return { session, login, receivedAt, replaced };
+}
+
+/**
+ * Ends the login a new one replaced in the same browser (signing in again, perhaps as someone else): a tombstone in the
+ * token store, for as long as the old session could be saved back by a request in flight, so that such a copy can never
+ * be refreshed. Its tokens are revoked only when the new login is another user's: a server may put a second login of
+ * the same user on the same grant (oidc-provider does), and revoking the old refresh token would end the new login
+ * with it. Best effort and not waited for beyond the tombstone: the new login stands either way.
+ */
+export async function endReplacedLogin(runtime: Runtime, req: Request, configuration: client.Configuration, { login, replaced }: NewLogin): Promise<void> {
+  if (replaced === undefined || replaced.id === login.id) return;
+  let entry: Awaited<ReturnType<Runtime['tokenStore']['end']>>;
+  try {
+    entry = await runtime.tokenStore.end(replaced.id, sessionTtlSeconds(req));
+  } catch {
+    return;
+  }
+  const before = subjectOf(replaced.claims).sub;
+  const now = subjectOf(login.claims).sub;
+  if (before === undefined || now === undefined || before === now) return;
+  const tokens = entry !== undefined && !entry.ended ? entry.tokens : unpackTokens(replaced.tokens);
+  if (tokens !== undefined) void revokeUnused(configuration, tokens);
 }
 
 /**

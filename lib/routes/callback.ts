@@ -3,7 +3,7 @@ import * as client from 'openid-client';
 import { dpopOptionsFor } from '../dpop.js';
 import { AuthError, AuthErrorCode } from '../errors.js';
 import { withIssuedTokens } from '../issued.js';
-import { abandonLogin, completeLogin, createLogin, type NewLogin } from '../new-login.js';
+import { abandonLogin, completeLogin, createLogin, endReplacedLogin, type NewLogin } from '../new-login.js';
 import { rawQuery, strictQuery } from '../query.js';
 import { setNoStore } from '../respond.js';
 import type { Runtime } from '../runtime.js';
@@ -137,6 +137,7 @@ export function callbackRoute(runtime: Runtime) {
       void revokeUnused(configuration, tokens);
       throw err;
     }
+    await endReplacedLogin(runtime, req, configuration, created);
     res.redirect(302, transaction.returnTo);
   };
 }

@@ -488,3 +488,52 @@ describe('a callback that fails after the code exchange revokes the tokens it go
     expect(revocations.answered).toBe(before);
   });
 });
+
+describe('signing in again over a login', () => {
+  const tokenRecord = async (loginId: string) => JSON.parse((await stack.redis.get(`${stack.authOptions.keyPrefix ?? ''}tokens:${loginId}`)) ?? 'null');
+  const loginOf = async (browser: Browser) => {
+    const raw = await stack.redis.get(`${stack.sessionPrefix}${browserSessionId(browser, stack.appUrl)!}`);
+    return (JSON.parse(raw!) as { oauth: { login: { id: string; tokens: string; claims: { sub: string } } } }).oauth.login;
+  };
+  /** Signs `browser` in again as `user`, with a new login at the provider (its own session there forgotten). */
+  const signInAgain = async (browser: Browser, user: string) => {
+    browser.jar.delete(new URL(stack.provider.issuer).hostname);
+    expect((await browser.login(`${stack.appUrl}/login?returnTo=/me`, { login: user })).status).toBe(200);
+  };
+  const eventually = async (check: () => Promise<boolean>) => {
+    for (let i = 0; i < 50 && !(await check()); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+    return check();
+  };
+
+  test("as another user: the old login ends in the token store and its tokens are revoked; the new one works", async () => {
+    const browser = new Browser();
+    await signInAgain(browser, 'olga');
+    const before = await loginOf(browser);
+    const oldToken = unpackTokens(before.tokens)!.accessToken;
+    expect(await userinfoStatus(stack.provider.issuer, oldToken)).toBe(200);
+
+    await signInAgain(browser, 'pavel');
+
+    const after = await loginOf(browser);
+    expect(after.claims.sub).toBe('pavel');
+    expect(await tokenRecord(before.id)).toEqual({ v: Number.MAX_SAFE_INTEGER, ended: true });
+    expect(await eventually(async () => (await userinfoStatus(stack.provider.issuer, oldToken)) === 401)).toBe(true);
+    expect(await userinfoStatus(stack.provider.issuer, unpackTokens(after.tokens)!.accessToken)).toBe(200);
+  });
+
+  test('as the same user: the old login ends in the token store, its tokens are left alone (the server may share the grant)', async () => {
+    const browser = new Browser();
+    await signInAgain(browser, 'quinn');
+    const before = await loginOf(browser);
+    const revoked = stack.provider.count('grant.revoked');
+
+    await signInAgain(browser, 'quinn');
+
+    const after = await loginOf(browser);
+    expect(after.id).not.toBe(before.id);
+    expect(await tokenRecord(before.id)).toEqual({ v: Number.MAX_SAFE_INTEGER, ended: true });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(stack.provider.count('grant.revoked')).toBe(revoked);
+    expect(await userinfoStatus(stack.provider.issuer, unpackTokens(after.tokens)!.accessToken)).toBe(200);
+  });
+});
