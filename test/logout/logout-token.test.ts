@@ -189,6 +189,39 @@ describe('logins whose ID token carried no sid', () => {
     expect(result.body).toContain('login_required');
     expect((await me(browser, stack.appUrl)).status).toBe(401);
   });
+
+  test("an older logout of the user, delivered after a newer one (a retry), does not lower the newer one's mark", async () => {
+    // The newer logout's mark ends the login in flight; the older token, still valid, comes in before the callback
+    // checks. Its mark names an earlier time, so written over the newer one it would leave the login alive.
+    const redis = stack.redis;
+    const keyPrefix = String(stack.authOptions.keyPrefix);
+    const set = redis.set.bind(redis) as (...args: unknown[]) => Promise<unknown>;
+    const sub = `user${++user}`;
+    const statuses: number[] = [];
+    let armed = true;
+    (redis as unknown as { set: (...args: unknown[]) => Promise<unknown> }).set = async (...args: unknown[]) => {
+      if (armed && String(args[0]).startsWith(`${keyPrefix}tokens:`)) {
+        armed = false;
+        const newer = logoutClaims(stack.provider.issuer, { sub });
+        const older = { ...logoutClaims(stack.provider.issuer, { sub }), iat: now() - 30 };
+        for (const claims of [newer, older]) statuses.push((await sendLogoutToken(stack.appUrl, await signLogoutToken(stack.provider, claims))).status);
+      }
+      return set(...args);
+    };
+    const browser = new Browser();
+    let result: Awaited<ReturnType<Browser['login']>>;
+    try {
+      result = await browser.login(`${stack.appUrl}/login?returnTo=/me`, { login: sub });
+    } finally {
+      delete (redis as { set?: unknown }).set;
+    }
+
+    expect(armed).toBe(false);
+    expect(statuses).toEqual([200, 200]);
+    expect(result.status).toBe(401);
+    expect(result.body).toContain('login_required');
+    expect((await me(browser, stack.appUrl)).status).toBe(401);
+  });
 });
 
 describe('a logout and a login in the same second', () => {
