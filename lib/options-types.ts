@@ -232,7 +232,9 @@ export interface AuthOptions {
    * route, before anything is stored; what it returns (or resolves to) goes over `authorizationParams` and is checked
    * like them, and a mistake (a parameter the library sets itself, a value that is not a string, a bad `max_age`) is
    * answered 500 `misconfigured`. An error it throws goes to the app's error handling. Anyone can craft a login link,
-   * so pass on only values you chose or checked, never the query as it came.
+   * so pass on only values you chose or checked, never the query as it came. Of a step-up, only `max_age` is checked
+   * at the callback (`auth_time`); `acr_values` is a wish the server may not grant, and the ID token's `acr` is not
+   * compared with it: check `req.auth.claims.acr` before granting what the step-up is for.
    *
    * @example
    * ```ts

@@ -168,12 +168,24 @@ function maxAgeProblem(value: unknown, openid: boolean, where: string): string |
     return `\`${where}.max_age\` must be ${shape}: write '${String(value)}' instead of ${String(value)}.`;
   }
   if (typeof value !== 'string' || !/^\d+$/.test(value) || !Number.isSafeInteger(Number(value))) {
-    return `\`${where}.max_age\` must be ${shape}, got ${JSON.stringify(value)}.`;
+    return `\`${where}.max_age\` must be ${shape}, got ${shown(value)}.`;
   }
   if (!openid) {
     return `\`${where}.max_age\` is checked against the ID token's \`auth_time\`, and without 'openid' in \`scope\` there is no ID token: add 'openid' to \`scope\`, or remove \`max_age\`.`;
   }
   return undefined;
+}
+
+/**
+ * A value as a message names it: JSON when JSON can write it, else its type. A BigInt or a cycle makes JSON.stringify
+ * throw, which at a login (`loginParams`) would be a bare TypeError instead of the `misconfigured` answer.
+ */
+function shown(value: unknown): string {
+  try {
+    return JSON.stringify(value) ?? typeof value;
+  } catch {
+    return typeof value === 'bigint' ? `${value}n` : typeof value;
+  }
 }
 
 /**

@@ -36,7 +36,8 @@ export interface SessionIndex {
    * session; a `sub` alone marks the user; `sid` and `sub` together also mark the user's logins without a `sid`, which
    * {@link SessionIndex.find} ends too. Each mark ends only logins whose ID token was issued before the logout
    * ({@link loggedOutBefore}): a server that logs a user out of this client alone may keep the OP session, and the
-   * user's next login, newer than the logout, must stand.
+   * user's next login, newer than the logout, must stand. A mark is never lowered: an older logout delivered later
+   * leaves a newer one's mark as it is.
    */
   markLoggedOut(subject: LogoutSubject, issuedAt: number): Promise<void>;
   /**
@@ -58,6 +59,26 @@ export interface LoginSubject extends LogoutSubject {
  * response); session ids are never reused, so a mark that outlives that harms nothing.
  */
 const ENDED_MARK_TTL_SECONDS = 600;
+
+/**
+ * Writes a logout mark (`<logout iat> <ms when marked>`, ARGV[1] and ARGV[2]) unless the key already holds a later one:
+ * the later `iat`, or the same `iat` marked later (or in the old form, without a time). Several logouts write the same
+ * key (a user's, or the sid-less logins of a user with several OP sessions), and one delivered late, a retry of an older
+ * token, must not lower the mark and let through the logins a newer logout ends. The TTL is renewed either way.
+ */
+const MARK_IF_LATER = `
+local current = redis.call('GET', KEYS[1])
+local iat = current and tonumber(string.match(current, '^(%S+)'))
+if iat then
+  local at = tonumber(string.match(current, '^%S+ (%S+)$'))
+  local newIat, newAt = tonumber(ARGV[1]), tonumber(ARGV[2])
+  if iat > newIat or (iat == newIat and (at == nil or at >= newAt)) then
+    redis.call('EXPIRE', KEYS[1], ARGV[3])
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'EX', ARGV[3])
+return 1`;
 
 /** The `sid`/`sub` of validated ID-token claims; non-strings are ignored (they cannot come from a valid ID token). */
 export function subjectOf(claims: Record<string, unknown> | undefined): LogoutSubject {
@@ -112,11 +133,12 @@ export function createSessionIndex(redis: Redis | Cluster, keyPrefix: string): S
     },
     async markLoggedOut(subject, issuedAt) {
       const { sid, sub, nosid } = keys(subject, 'ended-');
+      const markedAt = Date.now();
       // A sub beside a sid marks the user's sid-less logins only: their other logins belong to other OP sessions.
       await Promise.all(
         [sid, sid === undefined ? sub : nosid]
           .filter((key) => key !== undefined)
-          .map((key) => redis.set(key, `${issuedAt} ${Date.now()}`, 'EX', ENDED_MARK_TTL_SECONDS)),
+          .map((key) => redis.eval(MARK_IF_LATER, 1, key, issuedAt, markedAt, ENDED_MARK_TTL_SECONDS)),
       );
     },
     async wasEnded(sessionId, login) {

@@ -155,6 +155,8 @@ describe('loginParams: authorization parameters for one login', () => {
               return { state: 'chosen-by-the-app' };
             case 'number':
               return { max_age: 0 } as unknown as Record<string, string>;
+            case 'bigint':
+              return { max_age: 60n } as unknown as Record<string, string>;
             case 'throws':
               throw new Error('the app could not decide');
             default:
@@ -204,6 +206,8 @@ describe('loginParams: authorization parameters for one login', () => {
   test.each([
     ['a parameter the library sets', 'state', /`loginParams\(req\)\.state` is set by the library itself/],
     ['a max_age that is not a string', 'number', /`loginParams\(req\)\.max_age` must be a whole number of seconds written as a string/],
+    // JSON cannot write a BigInt: the message must not throw while it names the value.
+    ['a max_age that is a BigInt', 'bigint', /`loginParams\(req\)\.max_age` must be a whole number of seconds written as a string, .*got 60n/],
   ])('%s is 500 misconfigured, before anything is stored or sent', async (_name, kind, message) => {
     const browser = new Browser();
     browser.headers = { accept: 'application/json' };

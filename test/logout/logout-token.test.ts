@@ -11,6 +11,7 @@ import { buildApp, CLIENT_ID, CLIENT_SECRET, SESSION_SECRET, startStack, type St
 import { Browser } from '../helpers/browser.js';
 import {
   BCL_EVENT,
+  duringTokenWrite,
   logoutClaims,
   logoutProviderConfiguration,
   me,
@@ -40,6 +41,10 @@ async function loggedInUser(): Promise<{ sub: string; browser: Browser }> {
 }
 
 const now = () => Math.floor(Date.now() / 1000);
+
+/** `login`, with `during` run while its callback stores the tokens, before the back-channel index holds the login. */
+const duringLogin = <T>(login: () => Promise<T>, during: () => Promise<void>) =>
+  duringTokenWrite(stack.redis, String(stack.authOptions.keyPrefix), login, during);
 const without = (claims: JWTPayload, name: string): JWTPayload => Object.fromEntries(Object.entries(claims).filter(([k]) => k !== name));
 
 /** Name, token builder, and the reason the refusal must give (so a case cannot pass by failing another check). */
@@ -161,30 +166,41 @@ describe('logins whose ID token carried no sid', () => {
   test("a logout token with sid and sub that arrives before the callback has indexed the user's sid-less login still ends it", async () => {
     // The lookup cannot find a login that is not indexed yet; the mark of the user's sid-less logins is what the
     // callback finds.
-    const redis = stack.redis;
-    const keyPrefix = String(stack.authOptions.keyPrefix);
-    const set = redis.set.bind(redis) as (...args: unknown[]) => Promise<unknown>;
     const sub = `user${++user}`;
     let logoutStatus: number | undefined;
-    let armed = true;
-    (redis as unknown as { set: (...args: unknown[]) => Promise<unknown> }).set = async (...args: unknown[]) => {
-      if (armed && String(args[0]).startsWith(`${keyPrefix}tokens:`)) {
-        armed = false;
+    const browser = new Browser();
+    const { result, ran } = await duringLogin(
+      () => browser.login(`${stack.appUrl}/login?returnTo=/me`, { login: sub }),
+      async () => {
         const token = await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub, sid: `op-session-${sub}` }));
         logoutStatus = (await sendLogoutToken(stack.appUrl, token)).status;
-      }
-      return set(...args);
-    };
-    const browser = new Browser();
-    let result: Awaited<ReturnType<Browser['login']>>;
-    try {
-      result = await browser.login(`${stack.appUrl}/login?returnTo=/me`, { login: sub });
-    } finally {
-      delete (redis as { set?: unknown }).set;
-    }
+      },
+    );
 
-    expect(armed).toBe(false);
+    expect(ran).toBe(true);
     expect(logoutStatus).toBe(200);
+    expect(result.status).toBe(401);
+    expect(result.body).toContain('login_required');
+    expect((await me(browser, stack.appUrl)).status).toBe(401);
+  });
+
+  test("an older logout of the user, delivered after a newer one (a retry), does not lower the newer one's mark", async () => {
+    // The newer logout's mark ends the login in flight; the older token, still valid, comes in before the callback
+    // checks. Its mark names an earlier time, so written over the newer one it would leave the login alive.
+    const sub = `user${++user}`;
+    const statuses: number[] = [];
+    const browser = new Browser();
+    const { result, ran } = await duringLogin(
+      () => browser.login(`${stack.appUrl}/login?returnTo=/me`, { login: sub }),
+      async () => {
+        const newer = logoutClaims(stack.provider.issuer, { sub });
+        const older = { ...logoutClaims(stack.provider.issuer, { sub }), iat: now() - 30 };
+        for (const claims of [newer, older]) statuses.push((await sendLogoutToken(stack.appUrl, await signLogoutToken(stack.provider, claims))).status);
+      },
+    );
+
+    expect(ran).toBe(true);
+    expect(statuses).toEqual([200, 200]);
     expect(result.status).toBe(401);
     expect(result.body).toContain('login_required');
     expect((await me(browser, stack.appUrl)).status).toBe(401);
@@ -221,32 +237,26 @@ describe('a logout and a login in the same second', () => {
   });
 
   test('a login whose tokens came in before the logout of its user is ended', async () => {
-    const redis = stack.redis;
-    const keyPrefix = String(stack.authOptions.keyPrefix);
-    const set = redis.set.bind(redis) as (...args: unknown[]) => Promise<unknown>;
     const sub = `user${++user}`;
     const t0 = second();
-    let armed = true;
-    (redis as unknown as { set: (...args: unknown[]) => Promise<unknown> }).set = async (...args: unknown[]) => {
-      if (armed && String(args[0]).startsWith(`${keyPrefix}tokens:`)) {
-        armed = false;
-        jest.setSystemTime(t0 + 300);
-        const token = await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub }));
-        expect((await sendLogoutToken(stack.appUrl, token)).status).toBe(200);
-      }
-      return set(...args);
-    };
     fakeDate(t0 + 100);
     const browser = new Browser();
     let result: Awaited<ReturnType<Browser['login']>>;
+    let ran: boolean;
     try {
-      result = await browser.login(`${stack.appUrl}/login?returnTo=/me`, { login: sub });
+      ({ result, ran } = await duringLogin(
+        () => browser.login(`${stack.appUrl}/login?returnTo=/me`, { login: sub }),
+        async () => {
+          jest.setSystemTime(t0 + 300);
+          const token = await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub }));
+          expect((await sendLogoutToken(stack.appUrl, token)).status).toBe(200);
+        },
+      ));
     } finally {
       jest.useRealTimers();
-      delete (redis as { set?: unknown }).set;
     }
 
-    expect(armed).toBe(false);
+    expect(ran).toBe(true);
     expect(result.status).toBe(401);
     expect(result.body).toContain('login_required');
   });

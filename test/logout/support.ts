@@ -108,6 +108,34 @@ export async function sendLogoutToken(appUrl: string, token: string, path = '/ba
 }
 
 /**
+ * Runs `during` once, while the callback of the login that `login` makes writes that login's tokens: after the code
+ * exchange, before the back-channel index holds the login (so a logout sent then cannot find it). `during` gets the
+ * claims being stored; the login goes on when it is done. Resolves with what `login` resolved to and whether `during` ran.
+ */
+export async function duringTokenWrite<T>(
+  redis: Redis,
+  keyPrefix: string,
+  login: () => Promise<T>,
+  during: (claims: { sub: string; sid?: string }) => Promise<void>,
+): Promise<{ result: T; ran: boolean }> {
+  const patched = redis as unknown as { set: (...args: unknown[]) => Promise<unknown> };
+  const set = redis.set.bind(redis) as (...args: unknown[]) => Promise<unknown>;
+  let ran = false;
+  patched.set = async (...args: unknown[]) => {
+    if (!ran && String(args[0]).startsWith(`${keyPrefix}tokens:`)) {
+      ran = true;
+      await during((JSON.parse(String(args[1])) as { claims: { sub: string; sid?: string } }).claims);
+    }
+    return set(...args);
+  };
+  try {
+    return { result: await login(), ran };
+  } finally {
+    delete (redis as { set?: unknown }).set;
+  }
+}
+
+/**
  * Asks the provider's token endpoint to refresh: 200 while the refresh token lives, 400 `invalid_grant` once revoked.
  * As the test stacks' client unless `client` is given.
  */

@@ -215,6 +215,11 @@ test('no kid while the key set holds several keys for the alg: each is tried, th
     expect(forged.status).toBe(400);
     expect(await forged.json()).toMatchObject({ error: 'invalid_logout_token', error_description: expect.stringMatching(/signature verification failed/) });
     expect((await readSession(fresh.redis, fresh.sessionPrefix, sessionId))?.oauth?.login).toEqual(login);
+    // The first key verifies this one, so its wrong audience is the answer: no other key is tried after a signature held.
+    const otherAudience = await stack.rogue.sign({ ...logoutClaims(stack.rogue.issuer, { sub: 'alice' }), aud: 'another-client' }, { key: primary, kid: null });
+    const misaddressed = await sendLogoutToken(fresh.appUrl, otherAudience);
+    expect(misaddressed.status).toBe(400);
+    expect(await misaddressed.json()).toMatchObject({ error: 'invalid_logout_token', error_description: expect.stringMatching(/"aud"/) });
     expect((await sendLogoutToken(fresh.appUrl, await logout(rotated))).status).toBe(200);
     expect((await readSession(fresh.redis, fresh.sessionPrefix, sessionId))?.oauth?.login).toBeUndefined();
 
