@@ -95,7 +95,8 @@ export function auth(options: AuthOptions): Router {
       renderAuthError(mountedUnderPath(req.baseUrl), req, res, next);
       return;
     }
-    if (!req.path.startsWith('/')) {
+    const path = req.path;
+    if (!path.startsWith('/')) {
       // A request target that names no path: asterisk-form (`OPTIONS *`, RFC 9112 §3.2.4; Node lets any method have
       // it), or absolute-form with a host the URL parser folds into the path (`http://%zz/login` gives `%zz/login`).
       // None of the routes, and express-session, whose cookie path cannot match it, gives it no session. An anonymous
@@ -111,7 +112,6 @@ export function auth(options: AuthOptions): Router {
       return;
     }
     req.auth = new RequestAuth(req, runtime);
-    const path = req.path;
     if (path === config.callbackPath) {
       if (req.method === 'GET') return run(callback, req, res, next);
     } else if (path === config.loginPath) {
