@@ -173,7 +173,10 @@ export class RequestAuth implements AuthContext {
     const login = this.#login();
     if (login === undefined) throw notLoggedIn();
     // The app's mistakes are refused before anything is sent, a refresh included.
-    const request = resourceRequest(url, init, [unpackTokens(login.tokens)?.accessToken]);
+    const request = resourceRequest(url, init, {
+      allowInsecureRequests: this.#runtime.config.allowInsecureRequests,
+      secrets: [unpackTokens(login.tokens)?.accessToken],
+    });
     // Through the same path as getAccessToken(), so that whatever it does about expiry applies here too.
     const tokens = await this.#usable(login);
     return fetchResource(this.#runtime, { accessToken: tokens.accessToken, tokenType: tokens.tokenType, dpopKey: login.dpopKey }, request, init);

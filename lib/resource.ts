@@ -144,13 +144,20 @@ export interface ResourceRequest {
  * Checks a resource request before anything is done for it (a refresh included): a mistake of the app's is
  * `misconfigured` (500), whatever the state of its tokens. `secrets` are redacted from a URL parse error's cause.
  */
-export function resourceRequest(url: string | URL, init: ResourceRequestInit = {}, secrets: ReadonlyArray<string | undefined> = []): ResourceRequest {
+export function resourceRequest(
+  url: string | URL,
+  init: ResourceRequestInit = {},
+  { allowInsecureRequests, secrets }: { allowInsecureRequests: boolean; secrets: ReadonlyArray<string | undefined> },
+): ResourceRequest {
   let target: URL;
   try {
     target = new URL(url);
   } catch (err) {
     throw misuse('req.auth.fetch() needs an absolute URL.', sanitisedCause(err, secrets));
   }
+  // openid-client refuses these too, but only once the request is being sent: after a refresh it may have needed.
+  if (target.protocol === 'http:' && !allowInsecureRequests) throw misuse('req.auth.fetch() sends tokens over https: only (allowInsecureRequests is off).');
+  if (target.protocol !== 'https:' && target.protocol !== 'http:') throw misuse('req.auth.fetch() sends requests over https: (or http:) only.');
   // From JavaScript (or past a cast) anything may come: a TypeError from reading it would be no AuthError at all.
   if (typeof init !== 'object' || init === null) throw misuse('req.auth.fetch() takes its options as an object, or none.');
   if (init.method !== undefined && typeof init.method !== 'string') throw misuse('req.auth.fetch() was given a method that is not a string.');

@@ -36,7 +36,7 @@ export async function loadUser(
   let user: unknown;
   try {
     user = await hook(publicTokens(tokens), {
-      fetch: async (url, init) => fetchResource(runtime, credentials, resourceRequest(url, init, [tokens.accessToken]), init),
+      fetch: async (url, init) => fetchResource(runtime, credentials, resourceRequest(url, init, { allowInsecureRequests: runtime.config.allowInsecureRequests, secrets: [tokens.accessToken] }), init),
     });
   } catch (err) {
     // The hook's own message may quote a response: only a sanitised copy is kept, as the cause (never in toJSON()).

@@ -8,7 +8,7 @@ import { listen, type Listener } from '../helpers/app.js';
 
 /** What req.auth.fetch() does with the login's credentials: the request checked, then sent. */
 async function fetchResource(runtime: Runtime, credentials: ResourceCredentials, url: string | URL, init?: ResourceRequestInit): Promise<Response> {
-  return send(runtime, credentials, resourceRequest(url, init, [credentials.accessToken]), init);
+  return send(runtime, credentials, resourceRequest(url, init, { allowInsecureRequests: runtime.config.allowInsecureRequests, secrets: [credentials.accessToken] }), init);
 }
 
 /**

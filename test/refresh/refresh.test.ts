@@ -121,13 +121,16 @@ describe('refresh on expiry (one process, Redis)', () => {
     expect(record?.tokens?.refreshToken).not.toBe(afterFirst.tokens.refreshToken);
   });
 
-  test("req.auth.fetch() refuses the app's mistake before it refreshes a due token (nothing is sent, nothing rotated)", async () => {
+  test.each([
+    ['a relative URL', '/relative/path'],
+    ['a scheme fetch would refuse', 'ftp://127.0.0.1:9/orders'],
+  ])("req.auth.fetch() refuses the app's mistake (%s) before it refreshes a due token (nothing is sent, nothing rotated)", async (_name, url) => {
     const browser = await login();
     const before = await readLogin(stack, browser);
     const grants = refreshGrants(stack.provider);
     await waitUntilDue(before.tokens);
 
-    const refused = await getJson(browser, `${stack.appUrl}/api/fetch?url=${encodeURIComponent('/relative/path')}`);
+    const refused = await getJson(browser, `${stack.appUrl}/api/fetch?url=${encodeURIComponent(url)}`);
 
     expect(refused.status).toBe(500);
     expect(refused.body.error).toBe('misconfigured');
