@@ -55,8 +55,9 @@ export interface AuthContext {
    * requests (and, with `redis`, processes) ask at the same time.
    *
    * Rejects with {@link AuthError}:
-   * - `login_required` (401) when there is no login, when the token expired and there is no refresh token, or when the
-   *   authorization server ended the login (`invalid_grant`): the login is then removed from the session.
+   * - `login_required` (401) when there is no login, when the token expired and there is no refresh token (the login is
+   *   kept: logging in again replaces it), or when the authorization server ended the login (`invalid_grant`), which
+   *   removes it from the session.
    * - `refresh_failed` (503, or 502 when the server refused for another reason) when the refresh failed; the login and
    *   its tokens are kept, and a later call retries.
    * - `session_unavailable` (503) when Redis failed.

@@ -14,9 +14,9 @@
  * | `user_fetch_failed` | 502 | the `fetchUser` hook failed or returned no plain object; no login was stored |
  * | `resource_request_failed` | 502 / 504 | `req.auth.fetch()` could not reach the resource server, or timed out (504) |
  * | `idp_unreachable` | 502 / 504 | the authorization server could not be reached, failed (5xx), turned the request away (429), or timed out (504) |
- * | `discovery_failed` | 502 | the issuer's metadata could not be fetched or is unacceptable (wrong issuer, no S256, an endpoint the library uses missing, not a URL or not `https:`) |
+ * | `discovery_failed` | 502 | the issuer's metadata document answered an error status (404, 5xx) or is unacceptable (wrong issuer, no S256, an endpoint the library uses missing, not a URL or not `https:`) |
  * | `session_unavailable` | 503 | the session store (Redis) failed, nobody is let in; or a back-channel logout with the same token is still at work (retry) |
- * | `session_missing` | 500 | express-session is not mounted before `auth()` |
+ * | `session_missing` | 500 | express-session is not mounted before `auth()`, or its `cookie.path` does not cover the request |
  * | `login_required` | 401 | no usable login: not logged in, or the login has ended |
  * | `refresh_failed` | 503 / 502 | a refresh failed; the login is kept. 503: transient (network, timeout, 5xx, 429), retry later; 502: the server refused it for a reason other than a dead refresh token (`invalid_grant`, GitHub's `bad_refresh_token`), e.g. `invalid_client` or any 401 |
  * | `unauthorized` | 401 | `requireAuth()` refused an anonymous API request |

@@ -138,8 +138,9 @@ export interface RouteOptions {
 }
 
 /**
- * Options of `auth()`. Validated once, when `auth()` is called: a mistake is a `TypeError` at startup
- * that says how to fix it, never a failure on the first login.
+ * Options of `auth()`. Validated once, when `auth()` is called: a mistake the options themselves show is a `TypeError`
+ * at startup that says how to fix it; what depends on the server (its metadata, the client's credentials) shows at the
+ * first login.
  *
  * @example
  * ```ts
