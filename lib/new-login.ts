@@ -29,8 +29,8 @@ import { loadUser } from './user.js';
 export interface NewLogin {
   readonly session: SessionWithState;
   readonly login: LoginState;
-  /** `Date.now()` when its token response came in, which the back-channel logout marks are compared with. */
-  readonly receivedAt: number;
+  /** `Date.now()` when its code exchange was sent, which the back-channel logout marks are compared with. */
+  readonly exchangedAt: number;
   /** The login the session held before, which this one replaces. */
   readonly replaced: LoginState | undefined;
 }
@@ -62,7 +62,7 @@ export async function createLogin(
   metadata: client.ServerMetadata,
   response: client.TokenEndpointResponse & client.TokenEndpointResponseHelpers,
   tokens: StoredTokens,
-  receivedAt: number,
+  exchangedAt: number,
 ): Promise<NewLogin> {
   const { config } = runtime;
   assertDPoPBound(config, transaction, response);
@@ -86,7 +86,7 @@ export async function createLogin(
   };
   await runtime.tokenStore.create(login, tokens, sessionTtlSeconds(req));
   state.login = login;
-  return { session, login, receivedAt, replaced };
+  return { session, login, exchangedAt, replaced };
 }
 
 /**
@@ -151,10 +151,10 @@ function checkAfterLastSave(runtime: Runtime, index: SessionIndex, store: Store,
   });
 }
 
-/** The OP session and user of a new login, when its ID token was issued and its tokens came in, for the back-channel logout marks. */
-function loginSubjectOf({ login, receivedAt }: NewLogin): LoginSubject {
+/** The OP session and user of a new login, when its ID token was issued and its code exchange sent, for the back-channel logout marks. */
+function loginSubjectOf({ login, exchangedAt }: NewLogin): LoginSubject {
   const iat = login.claims?.iat;
-  return { ...subjectOf(login.claims), issuedAt: typeof iat === 'number' ? iat : undefined, receivedAt };
+  return { ...subjectOf(login.claims), issuedAt: typeof iat === 'number' ? iat : undefined, exchangedAt };
 }
 
 /** Ends a login for good: a tombstone in the token store (no copy of it can be refreshed), and its session destroyed. */

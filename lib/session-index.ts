@@ -47,11 +47,11 @@ export interface SessionIndex {
   wasEnded(sessionId: string, login: LoginSubject): Promise<boolean>;
 }
 
-/** What the logout marks are checked against: the login's `sid`/`sub`, its ID token's `iat`, and when its tokens came in. */
+/** What the logout marks are checked against: the login's `sid`/`sub`, its ID token's `iat`, and when its code exchange was sent. */
 export interface LoginSubject extends LogoutSubject {
   issuedAt?: number | undefined;
-  /** `Date.now()` when the login's token response came in. */
-  receivedAt: number;
+  /** `Date.now()` when the login's code exchange was sent. */
+  exchangedAt: number;
 }
 
 /**
@@ -156,15 +156,17 @@ export function createSessionIndex(redis: Redis | Cluster, keyPrefix: string): S
 
 /**
  * Whether a logout mark (`<logout iat> <Date.now() when marked>`) ends this login: its ID token was issued before the
- * logout, by the server's clock. Both `iat`s are whole seconds: within the same second, the login ended if its tokens
- * came in before the mark was written (the race the marks are for), and stands if they came in after (the user signing
- * in again right after a logout). Without an `iat`, or a time of marking, the login is taken to be the older.
+ * logout, by the server's clock. Both `iat`s are whole seconds: within the same second, the login ended if its code
+ * exchange was sent before the mark was written (the race the marks are for: its ID token may be older than the logout
+ * however late its answer came), and stands if the exchange came after the mark (the user signing in again after a
+ * logout, who needs more than the time of a redirect to do so). Without an `iat`, or a time of marking, the login is
+ * taken to be the older.
  */
 function loggedOutBefore(mark: string, login: LoginSubject): boolean {
   const [logoutIat, markedAt] = mark.split(' ').map(Number);
   if (login.issuedAt === undefined || logoutIat === undefined || logoutIat > login.issuedAt) return true;
   if (logoutIat < login.issuedAt) return false;
-  return markedAt === undefined || !(markedAt < login.receivedAt);
+  return markedAt === undefined || !(markedAt < login.exchangedAt);
 }
 
 function failedReply(replies: Array<[Error | null, unknown]> | null): void {

@@ -101,6 +101,7 @@ export function callbackRoute(runtime: Runtime) {
     const currentUrl = new URL(`${callbackBase}?${rawQuery(req)}`);
     const dpop = await dpopOptionsFor(runtime, transaction);
     let response: Awaited<ReturnType<typeof client.authorizationCodeGrant>>;
+    const exchangedAt = Date.now();
     try {
       // An answer refused inside the grant (its ID token's claims) still carried tokens: revoked, as below.
       response = await withIssuedTokens(
@@ -124,11 +125,10 @@ export function callbackRoute(runtime: Runtime) {
     } catch (err) {
       throw exchangeError(err, [params.get('code') ?? undefined, transaction.verifier, transaction.nonce, config.clientSecret]);
     }
-    const receivedAt = Date.now();
     const tokens = toStoredTokens(response);
     let created: NewLogin | undefined;
     try {
-      created = await createLogin(runtime, req, transaction, metadata, response, tokens, receivedAt);
+      created = await createLogin(runtime, req, transaction, metadata, response, tokens, exchangedAt);
       await completeLogin(runtime, req, created);
     } catch (err) {
       if (created !== undefined) await abandonLogin(runtime, created);

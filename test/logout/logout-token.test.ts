@@ -208,9 +208,9 @@ describe('logins whose ID token carried no sid', () => {
 });
 
 describe('a logout and a login in the same second', () => {
-  // Logout tokens and ID tokens carry whole seconds, so within one second what counts is which came in first here:
-  // the login's token response or the logout's mark. Only Date is faked, and moved by hand, so that both fall in one
-  // second whatever the machine's speed.
+  // Logout tokens and ID tokens carry whole seconds, so within one second what counts is which came first here: the
+  // login's code exchange or the logout's mark. Only Date is faked, and moved by hand, so that both fall in one second
+  // whatever the machine's speed.
   const second = () => (Math.ceil(Date.now() / 1000) + 2) * 1000;
   const fakeDate = (now: number) =>
     jest.useFakeTimers({
@@ -218,7 +218,7 @@ describe('a logout and a login in the same second', () => {
       now,
     });
 
-  test('a login whose tokens came in after the logout of its user stands', async () => {
+  test('a login whose code exchange came after the logout of its user stands', async () => {
     const { sub, browser } = await loggedInUser();
     const t0 = second();
     fakeDate(t0);
@@ -257,6 +257,39 @@ describe('a logout and a login in the same second', () => {
     }
 
     expect(ran).toBe(true);
+    expect(result.status).toBe(401);
+    expect(result.body).toContain('login_required');
+  });
+
+  test('a login whose code exchange was sent before the logout is ended, though its answer came after the mark', async () => {
+    // The provider holds the token request while the logout comes and is marked: the answer reaches the app later,
+    // but its ID token may well be older than the logout.
+    const sub = `user${++user}`;
+    const t0 = second();
+    let armed = true;
+    stack.provider.provider.use(async (ctx, next) => {
+      if (armed && ctx.method === 'POST' && ctx.path === '/token') {
+        armed = false;
+        jest.setSystemTime(t0 + 300);
+        const token = await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub }));
+        expect((await sendLogoutToken(stack.appUrl, token)).status).toBe(200);
+        jest.setSystemTime(t0 + 500);
+      }
+      await next();
+    });
+    // Koa composes its middleware when callback() is called: serve with a handler composed now.
+    const handler = stack.provider.provider.callback();
+    stack.provider.server.removeAllListeners('request');
+    stack.provider.server.on('request', handler);
+    fakeDate(t0 + 100);
+    let result: Awaited<ReturnType<Browser['login']>>;
+    try {
+      result = await new Browser().login(`${stack.appUrl}/login?returnTo=/me`, { login: sub });
+    } finally {
+      jest.useRealTimers();
+    }
+
+    expect(armed).toBe(false);
     expect(result.status).toBe(401);
     expect(result.body).toContain('login_required');
   });
