@@ -1,7 +1,7 @@
 import * as client from 'openid-client';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { ResolvedConfig } from './options.js';
-import { describe, isNetworkError, isTimeout, isTransient, sanitisedCause, transientStatus } from './upstream.js';
+import { describe, isNetworkError, isTimeout, isTransient, redacted, sanitisedCause, transientStatus } from './upstream.js';
 
 /** PAR (RFC 9126) is used when the app asks for it, and always when the server requires it (RFC 9126 §5). */
 export function usesPushedAuthorization(config: ResolvedConfig, metadata: client.ServerMetadata): boolean {
@@ -28,10 +28,15 @@ function unusableEndpoint(err: unknown): AuthError | undefined {
   });
 }
 
-function parError(err: unknown): AuthError {
+/**
+ * `secrets` are what the pushed request carried that must not be shown (the client secret with `client_secret_post`,
+ * the nonce): redacted from whatever the server echoed, as at the token endpoint.
+ */
+function parError(err: unknown, secrets: ReadonlyArray<string | undefined>): AuthError {
   const endpoint = unusableEndpoint(err);
   if (endpoint !== undefined) return endpoint;
-  const cause = sanitisedCause(err);
+  const cause = sanitisedCause(err, secrets);
+  const redact = (text: string) => redacted(text, secrets);
   if (isTimeout(err)) {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The pushed authorization request endpoint did not answer in time.', { cause });
   }
@@ -41,17 +46,18 @@ function parError(err: unknown): AuthError {
   // The same rule as at the token endpoint: a 5xx or a 429 says nothing about the request, so it is the server's
   // (idp_unreachable, retry later), whether or not it came with an OAuth error body.
   if (err instanceof client.ResponseBodyError) {
-    const upstream = { cause, error: err.error, ...(err.error_description ? { errorDescription: err.error_description } : {}) };
+    const error = redact(err.error);
+    const upstream = { cause, error, ...(err.error_description ? { errorDescription: redact(err.error_description) } : {}) };
     if (isTransient(err.status)) {
       return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The pushed authorization request endpoint failed (HTTP ${err.status}).`, upstream);
     }
-    return new AuthError(AuthErrorCode.PAR_FAILED, 502, `The authorization server refused the pushed authorization request: ${err.error}.`, upstream);
+    return new AuthError(AuthErrorCode.PAR_FAILED, 502, `The authorization server refused the pushed authorization request: ${error}.`, upstream);
   }
   const status = transientStatus(err);
   if (status !== undefined) {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The pushed authorization request endpoint failed (HTTP ${status}).`, { cause });
   }
-  return new AuthError(AuthErrorCode.PAR_FAILED, 502, `The pushed authorization request failed: ${describe(err)}.`, { cause });
+  return new AuthError(AuthErrorCode.PAR_FAILED, 502, `The pushed authorization request failed: ${redact(describe(err))}.`, { cause });
 }
 
 /**
@@ -76,6 +82,6 @@ export async function authorizationUrl(
   try {
     return await client.buildAuthorizationUrlWithPAR(configuration, parameters, dpop === undefined ? undefined : { DPoP: dpop });
   } catch (err) {
-    throw parError(err);
+    throw parError(err, [config.clientSecret, parameters.nonce]);
   }
 }

@@ -82,8 +82,9 @@ function loginEnded(message: string, upstream?: AuthError): AuthError {
 
 /**
  * A refreshed ID token must name the same login (OpenID Connect Core §12.2): the same issuer, subject, audience and
- * authorized party (`azp`: none if the first had none), and an `auth_time`, when it has one, that is still the time of
- * the original authentication.
+ * authorized party (`azp`: none if the first had none), an `auth_time`, when it has one, that is still the time of
+ * the original authentication, and a `nonce`, when it has one, that is the original authentication's (one of another
+ * login's would be an ID token replayed from it; openid-client checks no nonce at refresh).
  */
 function checkSameLogin(before: Record<string, unknown>, after: Record<string, unknown>): void {
   const audiences = (value: unknown) => new Set(Array.isArray(value) ? value.map(String) : value === undefined ? [] : [String(value)]);
@@ -96,6 +97,9 @@ function checkSameLogin(before: Record<string, unknown>, after: Record<string, u
     !sameAudience && 'aud',
     before.azp !== after.azp && 'azp',
     before.auth_time !== undefined && after.auth_time !== undefined && before.auth_time !== after.auth_time && 'auth_time',
+    // §12.2 says SHOULD NOT for a nonce at all, MUST be the original one when present: a first ID token without one
+    // leaves nothing a present one could equal.
+    after.nonce !== undefined && before.nonce !== after.nonce && 'nonce',
   ].filter(Boolean);
   if (changed.length > 0) {
     throw loginEnded(`The refreshed ID token names another login (${changed.join(', ')} changed; OpenID Connect Core §12.2); log in again.`);
@@ -263,9 +267,14 @@ export function createRefresher(runtime: RefreshServices): Refresher {
         }
       }
       if (signature === 'valid' && idClaims !== undefined) {
-        // A refreshed ID token may leave auth_time out; the original's stays, to check the next one against (§12.2).
+        // A refreshed ID token may leave auth_time and nonce out; the original's stay, to check the next one against (§12.2).
         const authTime = idClaims.auth_time === undefined ? record.claims?.auth_time : undefined;
-        claims = authTime === undefined ? { ...idClaims } : { ...idClaims, auth_time: authTime };
+        const nonce = idClaims.nonce === undefined ? record.claims?.nonce : undefined;
+        claims = {
+          ...idClaims,
+          ...(authTime === undefined ? {} : { auth_time: authTime }),
+          ...(nonce === undefined ? {} : { nonce }),
+        };
       } else if (signature === 'unknown') {
         // The keys could not be fetched. The tokens came from the token endpoint over TLS and are kept; an ID token
         // nothing vouches for, and its claims, are not.

@@ -106,6 +106,11 @@ function withheldParseMessage(message: string): string {
   return `invalid JSON${where} (the parser's message is withheld: it quotes the input)`;
 }
 
+/** `text` with every occurrence of the `secrets` replaced by `[redacted]` (see {@link redactor}). */
+export function redacted(text: string, secrets: ReadonlyArray<string | undefined>): string {
+  return redactor(secrets)(text);
+}
+
 /**
  * The sanitised copy of `err` to keep as an `AuthError` cause (see `safeCause`), with `secrets` (tokens…) redacted from
  * its messages.

@@ -35,7 +35,8 @@ export function warn(code: string, message: string, variant = ''): void {
 interface SessionCookieView {
   secure?: boolean | 'auto';
   httpOnly?: boolean;
-  sameSite?: boolean | 'lax' | 'strict' | 'none';
+  /** In any case: express-session's cookie serialiser lowercases it (`'None'` sends `SameSite=None`). */
+  sameSite?: boolean | string;
 }
 
 interface SessionRequest {
@@ -63,7 +64,8 @@ export function checkSessionCookie(req: Request): void {
   if (cookie.httpOnly === false) {
     warn(WarningCode.COOKIE_NOT_HTTPONLY, `the session cookie has httpOnly: false, so any injected script can read it and take over logins. Use ${RECOMMENDED}.`);
   }
-  const sameSite = cookie.sameSite === true ? 'strict' : cookie.sameSite;
+  // Compared as the cookie carries it: `sameSite: 'None'` is `SameSite=None` all the same.
+  const sameSite = cookie.sameSite === true ? 'strict' : typeof cookie.sameSite === 'string' ? cookie.sameSite.toLowerCase() : cookie.sameSite;
   if (sameSite === 'none') {
     warn(WarningCode.COOKIE_SAMESITE, `the session cookie has SameSite=None, so other sites can send requests that carry the session (CSRF). Use ${RECOMMENDED}.`, 'none');
   } else if (sameSite === 'strict') {

@@ -157,6 +157,33 @@ describe('RP-initiated logout (idpLogout: true)', () => {
     expect(response.headers.get('location')).toBeNull();
   });
 
+  test('a return older than the logout state lifetime (10 minutes) is refused', async () => {
+    const { browser, endSession } = await startLogout();
+    const back = await confirmAtProvider(browser, endSession);
+    // The placeholder session's logout state, aged past its lifetime in the store.
+    const key = `${sessionPrefix}${sessionIdOf(sessionCookie(browser, app.url)!)}`;
+    const stored = JSON.parse((await redis.get(key))!) as { oauth: { logout: { createdAt: number } } };
+    stored.oauth.logout.createdAt -= 10 * 60 * 1000 + 1000;
+    await redis.set(key, JSON.stringify(stored), 'KEEPTTL');
+
+    const response = await browser.request(back, { headers: { accept: 'application/json' } });
+
+    expect(response.status).toBe(400);
+    expect(JSON.parse(response.body)).toMatchObject({ error: 'invalid_state' });
+    expect(String(JSON.parse(response.body).error_description)).toMatch(/took too long/);
+  });
+
+  test('two returns racing with the same session: exactly one completes (the state is claimed once across requests)', async () => {
+    const { browser, endSession } = await startLogout();
+    const back = await confirmAtProvider(browser, endSession);
+    const cookie = `connect.sid=${sessionCookie(browser, app.url)!}`;
+
+    // Both load the session before either has destroyed it: only the shared single-use claim tells them apart.
+    const answers = await Promise.all(Array.from({ length: 5 }, () => browser.request(back, { headers: { accept: 'application/json', cookie } })));
+
+    expect(answers.map((a) => a.status).sort()).toEqual([303, 400, 400, 400, 400]);
+  });
+
   test("another browser's state is refused: the state is bound to the browser that logged out", async () => {
     const first = await startLogout();
     const second = await startLogout();

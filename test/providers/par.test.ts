@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
+import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Redis } from 'ioredis';
-import type { AuthOptions } from '../../lib/index.js';
+import type { AuthError, AuthOptions } from '../../lib/index.js';
 import { connectRedis, listen, type Listener } from '../helpers/app.js';
 import { startProvider, type TestProvider } from '../helpers/provider.js';
 import { appSlot, recordRequests, storedSessions, type AppSlot, whoami } from './support.js';
@@ -227,5 +228,67 @@ describe('a PAR endpoint that fails after a transaction is already pending', () 
     expect(second.status).toBe(status);
     expect(JSON.parse(second.body)).toMatchObject({ error: code });
     expect(await pending()).toBe(before);
+  });
+});
+
+describe('a PAR endpoint that quotes the pushed request in its error', () => {
+  let stub: Listener;
+  let app: AppSlot;
+  let pushedBody = new URLSearchParams();
+  const reported: AuthError[] = [];
+
+  beforeAll(async () => {
+    [stub, app] = await Promise.all([listen(), appSlot()]);
+    // A server that misbehaves on purpose: it refuses every pushed request, quoting what it was sent (the client
+    // secret, with client_secret_post, and the nonce) in its error_description, as a careless server may.
+    stub.handle((req, res) => {
+      let raw = '';
+      req.setEncoding('utf8');
+      req.on('data', (chunk: string) => (raw += chunk));
+      req.on('end', () => {
+        pushedBody = new URLSearchParams(raw);
+        const quoted = [...pushedBody].map(([name, value]) => `${name}=${value}`).join(' ');
+        res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'invalid_request', error_description: `cannot accept ${quoted}` }));
+      });
+    });
+    app.mount(
+      redis,
+      options(app, '', 'stub-app', {
+        issuer: undefined,
+        server: {
+          issuer: stub.url,
+          authorizationEndpoint: `${stub.url}/authorize`,
+          tokenEndpoint: `${stub.url}/token`,
+          jwksUri: `${stub.url}/jwks`,
+          pushedAuthorizationRequestEndpoint: `${stub.url}/par`,
+        },
+        clientAuthMethod: 'client_secret_post',
+        pushedAuthorizationRequests: true,
+        onError: (err) => reported.push(err),
+      }),
+    );
+  });
+
+  afterAll(async () => {
+    await Promise.all([stub.close(), app.listener.close()]);
+  });
+
+  test('neither the page nor the reported error shows the client secret or the nonce it echoed', async () => {
+    const json = await app.browser.request(`${app.url}/login`, { headers: { accept: 'application/json' } });
+    const html = await app.browser.request(`${app.url}/login`);
+
+    // The stub really was sent both, and quoted both.
+    expect(pushedBody.get('client_secret')).toBe(SECRET);
+    const nonce = pushedBody.get('nonce');
+    expect(nonce).toEqual(expect.any(String));
+    expect(json.status).toBe(502);
+    expect(JSON.parse(json.body)).toMatchObject({ error: 'par_failed', upstream_error: 'invalid_request' });
+    // The rest of the description still reaches the page (redacted, not dropped).
+    expect(JSON.parse(json.body).upstream_error_description).toMatch(/^cannot accept .*client_secret=\[redacted\]/);
+    expect(reported).toHaveLength(2);
+    for (const shown of [json.body, html.body, ...reported.map((err) => `${err.message} ${JSON.stringify(err)} ${inspect(err, { depth: 10 })}`)]) {
+      expect(shown).not.toContain(SECRET);
+      expect(shown).not.toContain(nonce);
+    }
   });
 });

@@ -257,10 +257,13 @@ describe('refresh on expiry (one process, Redis)', () => {
   test.each([
     ['another auth_time (not the original authentication)', (claims: Record<string, unknown>) => ({ ...claims, auth_time: Number(claims.auth_time) - 3600 }), /auth_time/],
     ['an azp the first one did not have', (claims: Record<string, unknown>) => ({ ...claims, azp: claims.aud }), /azp/],
+    // The nonce of another login (an ID token replayed from it), when the refreshed one carries a nonce at all.
+    ['a nonce that is not the original one', (claims: Record<string, unknown>) => ({ ...claims, nonce: 'nonce-of-another-login' }), /nonce/],
   ])('a refreshed ID token with %s ends the login (OpenID Connect Core §12.2)', async (_case, reclaim, reason) => {
     const browser = await login();
     const before = await readLogin(stack, browser);
     expect(before.claims?.auth_time).toEqual(expect.any(Number));
+    expect(before.claims?.nonce).toEqual(expect.any(String));
     expect(before.claims).not.toHaveProperty('azp');
 
     stub.reclaim = reclaim;
@@ -321,6 +324,20 @@ describe('refresh on expiry (one process, Redis)', () => {
     stub.reclaim = (claims) => ({ ...claims, auth_time: Number(claims.auth_time) - 3600 });
     const result = await inMode(stub, 'reclaim', () => getJson(browser, `${stack.appUrl}/api/refresh`));
     await expectLoginEnded(stack, browser, before.id, result, /auth_time/);
+  });
+
+  test('a refreshed ID token without nonce keeps the original one, so the next refresh is still checked against it', async () => {
+    const browser = await login();
+    const before = await readLogin(stack, browser);
+    expect(before.claims?.nonce).toEqual(expect.any(String));
+
+    stub.reclaim = ({ nonce: _left, ...claims }) => claims;
+    expect((await inMode(stub, 'reclaim', () => getJson(browser, `${stack.appUrl}/api/refresh`))).status).toBe(200);
+    expect((await readLogin(stack, browser)).claims?.nonce).toBe(before.claims?.nonce);
+
+    stub.reclaim = (claims) => ({ ...claims, nonce: 'nonce-of-another-login' });
+    const result = await inMode(stub, 'reclaim', () => getJson(browser, `${stack.appUrl}/api/refresh`));
+    await expectLoginEnded(stack, browser, before.id, result, /nonce/);
   });
 
   test('a refreshed ID token re-signed with the same claims is accepted (control for the §12.2 cases)', async () => {

@@ -161,6 +161,8 @@ beforeAll(() => {
     ['proxy-without-trust', 'production'],
     ['script-readable-cross-site', 'development'],
     ['strict', 'development'],
+    ['none-capitalised', 'development'],
+    ['strict-capitalised', 'development'],
     ['insecure', 'production'],
   ] as const) {
     const running = runScenario(scenario, env);
@@ -214,4 +216,13 @@ test('httpOnly: false and SameSite=None warn, even in development', async () => 
 
 test('SameSite=Strict warns: the cookie would not come back with the redirect from the authorization server', async () => {
   expect(await codes('strict')).toEqual(['EXPRESS_OAUTH_PKCE_COOKIE_SAMESITE']);
+});
+
+test.each([
+  ['None', 'none-capitalised', 'none', /SameSite=None/],
+  ['Strict', 'strict-capitalised', 'strict', /SameSite=Strict/],
+])('sameSite: %s, capitalised, warns as the lowercase value does (the cookie carries it all the same)', async (_value, scenario, sent, message) => {
+  expect(cookieAttributes((await report(scenario)).setCookies).sameSite).toBe(sent);
+  expect(await codes(scenario)).toEqual(['EXPRESS_OAUTH_PKCE_COOKIE_SAMESITE']);
+  expect((await report(scenario)).warnings.map((w) => w.message).join('\n')).toMatch(message);
 });
