@@ -84,9 +84,11 @@ function loginEnded(message: string, upstream?: AuthError): AuthError {
  * A refreshed ID token must name the same login (OpenID Connect Core §12.2): the same issuer, subject, audience and
  * authorized party (`azp`: none if the first had none), an `auth_time`, when it has one, that is still the time of
  * the original authentication, and a `nonce`, when it has one, that is the original authentication's (one of another
- * login's would be an ID token replayed from it; openid-client checks no nonce at refresh).
+ * login's would be an ID token replayed from it; openid-client checks no nonce at refresh). Its `iat` is the time it
+ * was issued, so one older than the ID token it replaces (beyond `tolerance` seconds of clock skew between the server's
+ * nodes) is an earlier token replayed.
  */
-function checkSameLogin(before: Record<string, unknown>, after: Record<string, unknown>): void {
+function checkSameLogin(before: Record<string, unknown>, after: Record<string, unknown>, tolerance: number): void {
   const audiences = (value: unknown) => new Set(Array.isArray(value) ? value.map(String) : value === undefined ? [] : [String(value)]);
   const a = audiences(before.aud);
   const b = audiences(after.aud);
@@ -103,6 +105,9 @@ function checkSameLogin(before: Record<string, unknown>, after: Record<string, u
   ].filter(Boolean);
   if (changed.length > 0) {
     throw loginEnded(`The refreshed ID token names another login (${changed.join(', ')} changed; OpenID Connect Core §12.2); log in again.`);
+  }
+  if (typeof before.iat === 'number' && typeof after.iat === 'number' && after.iat + tolerance < before.iat) {
+    throw loginEnded('The refreshed ID token was issued before the one it replaces (iat; OpenID Connect Core §12.2); log in again.');
   }
 }
 
@@ -261,7 +266,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
       if (idClaims !== undefined && record.claims !== undefined) {
         // Even unverified (keys unreachable): claims naming someone else mean this response must not be kept.
         try {
-          checkSameLogin(record.claims, idClaims);
+          checkSameLogin(record.claims, idClaims, config.clockTolerance);
         } catch (err) {
           return endRefused(login, record, ttlSeconds, answered, err as AuthError);
         }

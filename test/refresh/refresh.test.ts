@@ -259,6 +259,8 @@ describe('refresh on expiry (one process, Redis)', () => {
     ['an azp the first one did not have', (claims: Record<string, unknown>) => ({ ...claims, azp: claims.aud }), /azp/],
     // The nonce of another login (an ID token replayed from it), when the refreshed one carries a nonce at all.
     ['a nonce that is not the original one', (claims: Record<string, unknown>) => ({ ...claims, nonce: 'nonce-of-another-login' }), /nonce/],
+    // An earlier ID token of the same login, replayed: §12.2 wants the refreshed one's iat to be its own issue time.
+    ['an iat older than the ID token it replaces', (claims: Record<string, unknown>) => ({ ...claims, iat: Number(claims.iat) - 600 }), /issued before the one it replaces/],
   ])('a refreshed ID token with %s ends the login (OpenID Connect Core §12.2)', async (_case, reclaim, reason) => {
     const browser = await login();
     const before = await readLogin(stack, browser);
