@@ -94,6 +94,8 @@ test.each([
 
   expectSameOriginPath(location);
   expect(location).not.toContain(EVIL);
+  // Not merely kept on the origin by URL parsing: refused outright.
+  expect(location).toBe('/');
 });
 
 test('a same-origin returnTo keeps its path, query and fragment (control)', async () => {
