@@ -17,10 +17,12 @@ afterAll(() => redis.disconnect());
 const base = { issuer: 'https://idp.example.com', clientId: 'app', redirectUri: 'https://app.example.com/callback' };
 const tokens = { accessToken: 'access-2', tokenType: 'Bearer', refreshToken: 'refresh-2' };
 
-describe.each([
+const stores: Array<[string, () => TokenStore]> = [
   ['with redis', () => createTokenStore(resolveOptions({ ...base, redis, keyPrefix: `test:${randomUUID()}:` }))],
   ['without redis', () => createTokenStore(resolveOptions(base))],
-])('TokenStore.end() %s', (_name, makeStore: () => TokenStore) => {
+];
+
+describe.each(stores)('TokenStore.end() %s', (_name, makeStore: () => TokenStore) => {
   test('returns the entry it replaces, and nothing can be written after it', async () => {
     const store = makeStore();
     const first = { accessToken: 'access-1', tokenType: 'Bearer', refreshToken: 'refresh-1' };
@@ -41,6 +43,29 @@ describe.each([
     const id = randomUUID();
     expect(await store.end(id, 60)).toBeUndefined();
     expect(await store.read(id)).toEqual({ v: FINAL_VERSION, ended: true });
+  });
+});
+
+// Compare-and-set on the version: only a newer version gets in, and it stays for the TTL it was given.
+describe.each(stores)('TokenStore.write() %s', (_name, makeStore: () => TokenStore) => {
+  test('refuses the version the store already holds: a second holder of one version cannot replace the first one’s tokens', async () => {
+    const store = makeStore();
+    const first = { accessToken: 'access-1', tokenType: 'Bearer', refreshToken: 'refresh-1' };
+    const login = { id: randomUUID(), tokens: sessionCopy(first) };
+    await store.create(login, first, 60);
+    expect(await store.write(login.id, { v: 2, tokens }, 60)).toBe(true);
+
+    const late = { accessToken: 'access-late', tokenType: 'Bearer', refreshToken: 'refresh-late' };
+    expect(await store.write(login.id, { v: 2, tokens: late }, 60)).toBe(false);
+    expect(await store.read(login.id)).toEqual({ v: 2, tokens, claims: undefined });
+  });
+
+  test('the TTL is in seconds: an entry is still there well within it', async () => {
+    const store = makeStore();
+    const id = randomUUID();
+    expect(await store.write(id, { v: 1, tokens }, 5)).toBe(true);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(await store.read(id)).toEqual({ v: 1, tokens, claims: undefined });
   });
 });
 
