@@ -140,17 +140,24 @@ test('a refresh answered after the login ended (logout) revokes the tokens it go
  * A sibling rotates the login's token while this refresher holds a stale read (their leases overlapped): `refreshToken`
  * is spent, and the store gets version 2 right after the refresher's read under the lock (its second read), with an
  * access token already due again, so that the refresher must go on with the sibling's refresh token. `onRead` sees the
- * number of each read. Returns the sibling's tokens.
+ * number of each read; `atRead` and `expiresAt` move the sibling's write to another read and give its access token
+ * another expiry. Returns the sibling's tokens.
  */
-function siblingRotates(runtime: Runtime, login: LoginState, refreshToken: string, onRead?: (reads: number) => Promise<void>): StoredTokens {
+function siblingRotates(
+  runtime: Runtime,
+  login: LoginState,
+  refreshToken: string,
+  onRead?: (reads: number) => Promise<void>,
+  { atRead = 2, expiresAt = 1 }: { atRead?: number; expiresAt?: number } = {},
+): StoredTokens {
   server.live.delete(refreshToken);
-  const sibling: StoredTokens = { accessToken: `at-${randomUUID()}`, tokenType: 'Bearer', refreshToken: server.issue(), expiresAt: 1, lifetime: 300 };
+  const sibling: StoredTokens = { accessToken: `at-${randomUUID()}`, tokenType: 'Bearer', refreshToken: server.issue(), expiresAt, lifetime: 300 };
   const read = runtime.tokenStore.read.bind(runtime.tokenStore);
   let reads = 0;
   runtime.tokenStore.read = async (id) => {
     const entry = await read(id);
     reads++;
-    if (reads === 2) expect(await runtime.tokenStore.write(login.id, { v: 2, tokens: sibling }, 600)).toBe(true);
+    if (reads === atRead) expect(await runtime.tokenStore.write(login.id, { v: 2, tokens: sibling }, 600)).toBe(true);
     await onRead?.(reads);
     return entry;
   };
@@ -199,4 +206,76 @@ test('before a second refresh token goes out (after a re-read), the lock is rene
   }
   expect(ownerWhenSent).toEqual(expect.any(String));
   expect(ownerWhenSent).not.toBe('another-holder');
+});
+
+test('a dead refresh token after a sibling stored tokens still fresh: the sibling’s version is used, no other refresh token goes out', async () => {
+  const runtime = server.runtime(redis, `test:${randomUUID()}:`);
+  const { login, refreshToken } = await expiredLogin(runtime);
+  const sibling = siblingRotates(runtime, login, refreshToken, undefined, { expiresAt: Math.floor(Date.now() / 1000) + 300 });
+  server.reuseDetection = false;
+  try {
+    const presentedBefore = server.presented.length;
+    const record = await runtime.refresher.current(login, { force: false, ttlSeconds: 600 });
+    expect(server.presented.slice(presentedBefore)).toEqual([refreshToken]);
+    expect(record.v).toBe(2);
+    expect(record.tokens.accessToken).toBe(sibling.accessToken);
+  } finally {
+    server.reuseDetection = true;
+  }
+  expect(await runtime.tokenStore.read(login.id)).toMatchObject({ v: 2, tokens: { refreshToken: sibling.refreshToken } });
+});
+
+test('a sibling version stored after the re-read, before the tombstone, wins: the login is not ended over its spent token', async () => {
+  const runtime = server.runtime(redis, `test:${randomUUID()}:`);
+  const { login, refreshToken } = await expiredLogin(runtime);
+  // Reads: before the lock, under it, then the re-read after the refusal, which still finds version 1; the sibling's
+  // version 2 lands right after it, before this refresher writes its tombstone.
+  const sibling = siblingRotates(runtime, login, refreshToken, undefined, { atRead: 3, expiresAt: Math.floor(Date.now() / 1000) + 300 });
+  server.reuseDetection = false;
+  try {
+    const presentedBefore = server.presented.length;
+    const record = await runtime.refresher.current(login, { force: false, ttlSeconds: 600 });
+    expect(server.presented.slice(presentedBefore)).toEqual([refreshToken]);
+    expect(record.v).toBe(2);
+    expect(record.tokens.refreshToken).toBe(sibling.refreshToken);
+  } finally {
+    server.reuseDetection = true;
+  }
+  expect(await runtime.tokenStore.read(login.id)).toMatchObject({ v: 2, tokens: { refreshToken: sibling.refreshToken } });
+});
+
+test('a holder that got the lock right after another holder stored its version does not refresh again', async () => {
+  const keyPrefix = `test:${randomUUID()}:`;
+  const [a, b] = [server.runtime(redis, keyPrefix), server.runtime(redis, keyPrefix)];
+  const { login, refreshToken } = await expiredLogin(a);
+  // B reads version 1 (due), then A refreshes and releases its lock before B takes the lock.
+  let fromA: Promise<unknown> | undefined;
+  const read = b.tokenStore.read.bind(b.tokenStore);
+  b.tokenStore.read = async (id) => {
+    const entry = await read(id);
+    fromA ??= a.refresher.current(login, { force: false, ttlSeconds: 600 });
+    await fromA;
+    return entry;
+  };
+  const presentedBefore = server.presented.length;
+  const fromB = await b.refresher.current(login, { force: false, ttlSeconds: 600 });
+
+  expect(server.presented.slice(presentedBefore)).toEqual([refreshToken]);
+  expect(fromB).toEqual(await fromA);
+  expect(fromB.v).toBe(2);
+});
+
+test('a refresh answer without an ID token keeps the login’s ID token (logout’s id_token_hint, getIdToken())', async () => {
+  const runtime = server.runtime(redis, `test:${randomUUID()}:`);
+  const refreshToken = server.issue();
+  const tokens: StoredTokens = { accessToken: `at-${randomUUID()}`, tokenType: 'Bearer', refreshToken, idToken: 'id-token-of-the-login', expiresAt: 1, lifetime: 300 };
+  const login: LoginState = { id: randomUUID(), tokens: sessionCopy(tokens) };
+  await runtime.tokenStore.create(login, tokens, 600);
+
+  const record = await runtime.refresher.current(login, { force: false, ttlSeconds: 600 });
+
+  expect(record.v).toBe(2);
+  expect(record.tokens.refreshToken).not.toBe(refreshToken);
+  expect(record.tokens.idToken).toBe('id-token-of-the-login');
+  expect(await runtime.tokenStore.read(login.id)).toMatchObject({ v: 2, tokens: { idToken: 'id-token-of-the-login' } });
 });
