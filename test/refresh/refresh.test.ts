@@ -294,6 +294,24 @@ describe('refresh on expiry (one process, Redis)', () => {
     await expectLastRefreshRevoked(stack.provider);
   });
 
+  test('a refreshed ID token issued a little before the one it replaces, within clockTolerance (another server node), is accepted', async () => {
+    const browser = await login();
+    const before = await readLogin(stack, browser);
+    // 10 s older than the login's ID token: a replay only beyond the default 30 s tolerance.
+    stub.reclaim = (claims) => ({ ...claims, iat: Number(before.claims?.iat) - 10 });
+    let result: { status: number; body: Record<string, unknown> };
+    try {
+      result = await inMode(stub, 'reclaim', () => getJson(browser, `${stack.appUrl}/api/refresh`));
+    } finally {
+      stub.reclaim = (claims) => claims;
+    }
+
+    expect(result.status).toBe(200);
+    const after = await readLogin(stack, browser);
+    expect(after.version).toBe((before.version ?? 1) + 1);
+    expect(after.claims?.iat).toBe(Number(before.claims?.iat) - 10);
+  });
+
   test('a refreshed ID token with fewer audiences than the first one ends the login (OpenID Connect Core §12.2)', async () => {
     // The login's own ID token names a second audience (with azp = this client, so openid-client accepts it).
     stub.reclaim = (claims) => ({ ...claims, aud: [CLIENT_ID, 'https://api.example.com'], azp: CLIENT_ID });
