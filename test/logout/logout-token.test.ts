@@ -144,6 +144,29 @@ describe('logout-token refusals (Back-Channel Logout 1.0 §2.6)', () => {
     }
   });
 
+  test("a logout by one server neither ends nor un-indexes the sessions of another server's user with the same sub (same Redis and key prefix)", async () => {
+    // A sub is unique per issuer only (OpenID Connect Core §2): the same sub at two servers names two people.
+    const other = await startStack({ provider: { configuration: logoutProviderConfiguration }, auth: { keyPrefix: stack.authOptions.keyPrefix } });
+    try {
+      const here = await loggedInUser();
+      const there = new Browser();
+      await there.login(`${other.appUrl}/login?returnTo=/me`, { login: here.sub });
+      expect((await me(there, other.appUrl)).status).toBe(200);
+
+      const fromHere = await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub: here.sub }));
+      expect((await sendLogoutToken(stack.appUrl, fromHere)).status).toBe(200);
+      expect((await me(here.browser, stack.appUrl)).status).toBe(401);
+      expect((await me(there, other.appUrl)).status).toBe(200);
+
+      // The other server's own logout of its user still finds that user's session.
+      const fromThere = await signLogoutToken(other.provider, logoutClaims(other.provider.issuer, { sub: here.sub }));
+      expect((await sendLogoutToken(other.appUrl, fromThere)).status).toBe(200);
+      expect((await me(there, other.appUrl)).status).toBe(401);
+    } finally {
+      await other.close();
+    }
+  });
+
   test.each([
     ['aud: [client id] (an array of one)', [CLIENT_ID], undefined],
     ['an extra aud and azp: client id (issued to this client)', [CLIENT_ID, 'another-client'], CLIENT_ID],
