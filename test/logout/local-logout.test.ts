@@ -126,6 +126,20 @@ describe('POST /logout, from states a plain login does not reach', () => {
   });
 });
 
+describe('the back-channel index of a session that outlives sessionIndexTtl', () => {
+  test("lives as long as the session cookie's maxAge, so that back-channel logout can find the session to its end", async () => {
+    const long = await startStack({ auth: { sessionIndexTtl: 60 }, session: { cookie: { maxAge: 2 * 60 * 60 * 1000 } } });
+    try {
+      await long.browser.login(`${long.appUrl}/login?returnTo=/me`);
+      const subKeys = await long.redis.keys(`${long.authOptions.keyPrefix}logout:sub:*`);
+      expect(subKeys).toHaveLength(1);
+      expect(await long.redis.ttl(subKeys[0]!)).toBeGreaterThan(60 * 60);
+    } finally {
+      await long.close();
+    }
+  });
+});
+
 describe('a session cookie set with its own Path and Domain', () => {
   test('is cleared with that Path and Domain: a Set-Cookie with the defaults would not replace it in the browser', async () => {
     const listener = await listen();
