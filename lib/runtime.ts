@@ -21,6 +21,14 @@ export interface Runtime {
   readonly refresher: Refresher;
 }
 
+/**
+ * The issuer identifier that scopes what a server names (`sub`, `sid`, a logout token's `jti`) in the Redis keys shared
+ * by every app on one Redis and `keyPrefix`: the configured issuer, or `server.issuer` as given.
+ */
+export function issuerKey(config: ResolvedConfig): string {
+  return config.issuer?.href ?? config.server?.issuerIdentifier ?? '';
+}
+
 export function createRuntime(config: ResolvedConfig): Runtime {
   const services = {
     config,
@@ -28,7 +36,9 @@ export function createRuntime(config: ResolvedConfig): Runtime {
     keys: createIssuerKeys(config),
     once: createOnceRegistry(config),
     sessionIndex:
-      config.redis !== undefined && config.backchannelLogoutPath !== undefined ? createSessionIndex(config.redis, config.keyPrefix) : undefined,
+      config.redis !== undefined && config.backchannelLogoutPath !== undefined
+        ? createSessionIndex(config.redis, config.keyPrefix, issuerKey(config))
+        : undefined,
     tokenStore: createTokenStore(config),
   };
   // The refresher gets every other service (the refresh request may need them), built first.

@@ -92,15 +92,22 @@ function hashed(value: string): string {
   return createHash('sha256').update(value).digest('base64url');
 }
 
-export function createSessionIndex(redis: Redis | Cluster, keyPrefix: string): SessionIndex {
+/**
+ * `issuer`: the issuer identifier the logins and logout tokens come from. A `sub` or `sid` is unique only within its
+ * issuer (OpenID Connect Core §2), and apps of different servers may share a Redis and the default `keyPrefix`: one
+ * server's logout must neither find nor un-index the sessions of another server's user who has the same `sub`.
+ */
+export function createSessionIndex(redis: Redis | Cluster, keyPrefix: string, issuer: string): SessionIndex {
+  // A space never occurs in an issuer URL, so that no other issuer and value make the same string.
+  const scoped = (value: string): string => hashed(`${issuer} ${value}`);
   // `nosid`: the user's logins whose ID token had no sid, for logout tokens that name one (an OP that began sending
   // sids after these logins, e.g. once the client was registered with backchannel_logout_session_required).
   // `ended-`: the same three, as marks of what a logout ended (markLoggedOut) rather than sets of session ids.
   const keys = (subject: LogoutSubject, kind: '' | 'ended-' = ''): { sid?: string; sub?: string; nosid?: string } => ({
-    ...(subject.sid === undefined ? {} : { sid: `${keyPrefix}logout:${kind}sid:${hashed(subject.sid)}` }),
+    ...(subject.sid === undefined ? {} : { sid: `${keyPrefix}logout:${kind}sid:${scoped(subject.sid)}` }),
     ...(subject.sub === undefined
       ? {}
-      : { sub: `${keyPrefix}logout:${kind}sub:${hashed(subject.sub)}`, nosid: `${keyPrefix}logout:${kind}nosid:${hashed(subject.sub)}` }),
+      : { sub: `${keyPrefix}logout:${kind}sub:${scoped(subject.sub)}`, nosid: `${keyPrefix}logout:${kind}nosid:${scoped(subject.sub)}` }),
   });
 
   return {

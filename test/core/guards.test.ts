@@ -16,6 +16,9 @@ beforeAll(async () => {
       });
       app.get('/async-check', requireAuth(async (claims) => claims?.email_verified === true), (_req, res) => res.send('verified'));
       app.post('/write', requireAuth(), (_req, res) => res.send('written'));
+      // A check that forgets to return its verdict (JavaScript callers get no type error).
+      app.get('/no-verdict', requireAuth((() => undefined) as never), (_req, res) => res.send('let in'));
+      app.get('/no-verdict-async', requireAuth((async () => undefined) as never), (_req, res) => res.send('let in'));
       // req.auth.tokens exactly as the app sees it: every own key, undefined values included.
       app.get('/raw-tokens', requireAuth(), (req, res) => {
         const tokens = req.auth.tokens as unknown as Record<string, unknown>;
@@ -45,6 +48,26 @@ describe('requireAuth()', () => {
     const res = await new Browser().request(`${stack.appUrl}/me?x=1&y=2`);
     expect(res.status).toBe(302);
     expect(res.headers.get('location')).toBe(`/login?returnTo=${encodeURIComponent('/me?x=1&y=2')}`);
+    // A cached redirect would send the user to log in again after they did.
+    expect(res.headers.get('cache-control')).toBe('no-store');
+  });
+
+  test('an anonymous HEAD is turned away like a GET: a browser to log in, an API client with 401', async () => {
+    const page = await new Browser().request(`${stack.appUrl}/me`, { method: 'HEAD' });
+    expect(page.status).toBe(302);
+    expect(page.headers.get('location')).toBe(`/login?returnTo=${encodeURIComponent('/me')}`);
+    const api = await new Browser().request(`${stack.appUrl}/me`, { method: 'HEAD', headers: { accept: 'application/json' } });
+    expect(api.status).toBe(401);
+  });
+
+  test('a check that returns no verdict (undefined), synchronously or not, is a refusal: 403', async () => {
+    const alice = await loggedIn('alice');
+    alice.headers = { accept: 'application/json' };
+    for (const path of ['/no-verdict', '/no-verdict-async']) {
+      const res = await alice.request(`${stack.appUrl}${path}`);
+      expect(res.status).toBe(403);
+      expect(JSON.parse(res.body)).toMatchObject({ error: 'forbidden' });
+    }
   });
 
   test.each([
@@ -110,6 +133,21 @@ describe('requireAuth()', () => {
     expect(res.status).toBe(500);
     expect(res.text).toContain('mount auth(');
     expect(() => requireAuth('admin' as never)).toThrow(TypeError);
+  });
+
+  test("a req.auth that auth() did not make (another library's, claiming to be logged in) is not trusted", async () => {
+    const app = express();
+    app.use((req, _res, next) => {
+      (req as { auth?: unknown }).auth = { isAuthenticated: true, claims: { sub: 'mallory' } };
+      next();
+    });
+    app.get('/x', requireAuth(), (_req, res) => res.send('let in'));
+    app.use((err: Error, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
+      res.status(500).send(err.message);
+    });
+    const res = await request(app).get('/x');
+    expect(res.status).toBe(500);
+    expect(res.text).toContain('mount auth(');
   });
 });
 

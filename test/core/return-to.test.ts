@@ -37,6 +37,11 @@ describe('sanitizeReturnTo', () => {
     // The same, two decodings away.
     '/.%252F/evil.example',
     '/x/..%252F%252Fevil.example',
+    // Still changing after the three decodings the check follows (`//evil.example` encoded five times over).
+    '/%252525252F%252525252Fevil.example',
+    // Not decodable at all: nothing can tell where a decoder downstream would lead it.
+    '/%E0%A4%A',
+    '/%zz',
     '/\u0000',
     'evil.example',
     '',

@@ -211,6 +211,27 @@ describe('back-channel logout across two app processes', () => {
     expect((await me(later, appB.url)).status).toBe(200);
   });
 
+  test('a logout that finds the indexed login before its session is saved ends it, even when its token is older than the login', async () => {
+    // A token issued 30 s before this login (a late delivery or a retry): the OP-session and user marks spare a login
+    // that new, so only the mark on the session id the index gave the logout can end it.
+    let logoutStatus: number | undefined;
+    storeA.beforeLoginWrite(1, async (_sessionId, saved) => {
+      const login = (saved as unknown as { oauth: { login: { claims: { sid: string; sub: string } } } }).oauth.login;
+      const iat = Math.floor(Date.now() / 1000) - 30;
+      const token = await signLogoutToken(provider, { ...logoutClaims(provider.issuer, { sid: login.claims.sid, sub: login.claims.sub }), iat, exp: iat + 120 });
+      logoutStatus = (await sendLogoutToken(appB.url, token)).status;
+    });
+    const browser = new Browser();
+
+    const result = await browser.login(`${appA.url}/login?returnTo=/me`, { login: 'ivan' });
+
+    expect(storeA.hookPending).toBe(false);
+    expect(logoutStatus).toBe(200);
+    expect(result.status).toBe(401);
+    expect(result.body).toContain('login_required');
+    expect((await me(browser, appA.url)).status).toBe(401);
+  });
+
   test("a logout landing between the callback's save and express-session's own save at the end does not leave the login alive", async () => {
     let loginId: string | undefined;
     let sessionId: string | undefined;

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { unpackTokens } from '../../lib/tokens.js';
 import { Browser } from '../helpers/browser.js';
-import { sessionCookie, startStack, type Stack } from '../helpers/app.js';
+import { buildApp, CLIENT_ID, CLIENT_SECRET, listen, mountApp, sessionCookie, startStack, type Stack } from '../helpers/app.js';
+import { startProvider } from '../helpers/provider.js';
 import { loginUntilCallback } from '../helpers/security.js';
 import { me, postLogout, sessionIdOf, storedSession, tryRefresh, userinfoStatus } from './support.js';
 
@@ -87,6 +88,104 @@ describe('POST /logout', () => {
   });
 });
 
+describe('POST /logout, from states a plain login does not reach', () => {
+  test('a login the token store already ended (a tombstone, which holds no tokens) still has the tokens its session holds revoked', async () => {
+    const { browser, cookie, accessToken, refreshToken } = await loggedIn();
+    const loginId = ((await storedSession(stack.redis, stack.sessionPrefix, cookie))?.oauth as { login: { id: string } }).login.id;
+    // What a refresh refused in another process leaves, while this browser's session still holds its copy.
+    await stack.redis.set(`${stack.authOptions.keyPrefix}tokens:${loginId}`, JSON.stringify({ v: 2, ended: true }), 'KEEPTTL');
+
+    expect((await postLogout(browser, stack.appUrl)).status).toBe(303);
+
+    expect(await storedSession(stack.redis, stack.sessionPrefix, cookie)).toBeNull();
+    expect(await userinfoStatus(stack.provider.issuer, accessToken)).toBe(401);
+    expect(await tryRefresh(stack.provider.issuer, refreshToken)).toEqual({ status: 400, error: 'invalid_grant' });
+  });
+
+  test('a failure to clean the back-channel index does not fail the logout: the session is gone already', async () => {
+    const { browser, cookie } = await loggedIn();
+    const client = stack.redis as unknown as { srem: (...args: unknown[]) => Promise<unknown> };
+    const srem = client.srem.bind(client);
+    let failures = 0;
+    client.srem = async () => {
+      failures++;
+      throw new Error('Connection is closed.');
+    };
+    let response;
+    try {
+      response = await postLogout(browser, stack.appUrl);
+    } finally {
+      client.srem = srem;
+    }
+
+    expect(failures).toBeGreaterThan(0);
+    expect(response.status).toBe(303);
+    expect(response.headers.get('location')).toBe('/goodbye?from=logout');
+    expect(await storedSession(stack.redis, stack.sessionPrefix, cookie)).toBeNull();
+    expect(sessionCookie(browser, stack.appUrl)).toBeUndefined();
+  });
+});
+
+describe('the back-channel index of a session that outlives sessionIndexTtl', () => {
+  test("lives as long as the session cookie's maxAge, so that back-channel logout can find the session to its end", async () => {
+    const long = await startStack({ auth: { sessionIndexTtl: 60 }, session: { cookie: { maxAge: 2 * 60 * 60 * 1000 } } });
+    try {
+      await long.browser.login(`${long.appUrl}/login?returnTo=/me`);
+      const subKeys = await long.redis.keys(`${long.authOptions.keyPrefix}logout:sub:*`);
+      expect(subKeys).toHaveLength(1);
+      expect(await long.redis.ttl(subKeys[0]!)).toBeGreaterThan(60 * 60);
+    } finally {
+      await long.close();
+    }
+  });
+});
+
+describe('a session cookie set with its own Path and Domain', () => {
+  test('is cleared with that Path and Domain: a Set-Cookie with the defaults would not replace it in the browser', async () => {
+    const listener = await listen();
+    const provider = await startProvider({
+      clients: [
+        {
+          client_id: CLIENT_ID,
+          client_secret: CLIENT_SECRET,
+          redirect_uris: [`${listener.url}/app/callback`],
+          grant_types: ['authorization_code', 'refresh_token'],
+          response_types: ['code'],
+          token_endpoint_auth_method: 'client_secret_basic',
+        },
+      ],
+    });
+    const mounted = mountApp(listener, provider.issuer, {
+      auth: { redirectUri: `${listener.url}/app/callback`, routes: { login: '/app/login', logout: '/app/logout' } },
+      session: { cookie: { path: '/app', domain: '127.0.0.1' } },
+    });
+    try {
+      const browser = new Browser();
+      await browser.login(`${mounted.appUrl}/app/login?returnTo=/app/`);
+      const cookie = sessionCookie(browser, mounted.appUrl)!;
+      expect(await storedSession(mounted.redis, mounted.sessionPrefix, cookie)).toMatchObject({ oauth: { login: { id: expect.any(String) } } });
+
+      const response = await browser.request(`${mounted.appUrl}/app/logout`, {
+        method: 'POST',
+        headers: { origin: mounted.appUrl, 'sec-fetch-site': 'same-origin', 'content-type': 'application/x-www-form-urlencoded' },
+        body: '',
+      });
+
+      expect(response.status).toBe(303);
+      const cleared = response.headers.getSetCookie().filter((c) => c.startsWith('connect.sid=;'));
+      expect(cleared).toHaveLength(1);
+      expect(cleared[0]).toMatch(/Expires=Thu, 01 Jan 1970/);
+      expect(cleared[0]).toMatch(/; Path=\/app(;|$)/);
+      expect(cleared[0]).toMatch(/; Domain=127\.0\.0\.1(;|$)/);
+      expect(await storedSession(mounted.redis, mounted.sessionPrefix, cookie)).toBeNull();
+    } finally {
+      await listener.close();
+      await provider.close();
+      mounted.redis.disconnect();
+    }
+  });
+});
+
 describe('requests that must not log out', () => {
   test('GET /logout answers 405 and keeps the login', async () => {
     const { browser } = await loggedIn();
@@ -151,6 +250,30 @@ describe('when the authorization server is down', () => {
       expect(await storedSession(down.redis, down.sessionPrefix, cookie)).toBeNull();
       expect((await me(browser, down.appUrl, `connect.sid=${cookie}`)).status).toBe(401);
     } finally {
+      await down.listener.close();
+      down.redis.disconnect();
+    }
+  });
+
+  test('an app process that has not reached the server yet (discovery fails) still logs out locally', async () => {
+    const down = await startStack();
+    // A second process of the same app, started while the server is reachable but never asked it anything.
+    const fresh = await listen();
+    fresh.handle(buildApp({ redis: down.redis, sessionPrefix: down.sessionPrefix, auth: down.authOptions }));
+    try {
+      await down.browser.login(`${down.appUrl}/login?returnTo=/me`);
+      const cookie = sessionCookie(down.browser, down.appUrl)!;
+      await down.provider.close();
+
+      // Same host (as behind a load balancer), so the browser sends the session cookie to the fresh process too.
+      const response = await postLogout(down.browser, fresh.url, { origin: down.appUrl });
+
+      expect(response.status).toBe(303);
+      expect(response.headers.get('location')).toBe('/');
+      expect(await storedSession(down.redis, down.sessionPrefix, cookie)).toBeNull();
+      expect(sessionCookie(down.browser, fresh.url)).toBeUndefined();
+    } finally {
+      await fresh.close();
       await down.listener.close();
       down.redis.disconnect();
     }

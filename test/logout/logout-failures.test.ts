@@ -208,6 +208,43 @@ describe('logouts when the session store fails', () => {
     }
   });
 
+  test("a delivery at work holds its token's jti for a 30-second lease only; a finished one keeps it for the token's lifetime", async () => {
+    const { token } = await loggedInWithLogoutToken();
+    const onceKeys = async () => new Set(await stack.redis.keys(`${String(stack.authOptions.keyPrefix)}once:logout-jti:*`));
+    const before = await onceKeys();
+    // The delivery's lookup of the sessions to end waits while the test reads its claim.
+    const redis = stack.redis as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+    const smembers = redis.smembers!.bind(redis);
+    let reached!: () => void;
+    const atWork = new Promise<void>((resolve) => (reached = resolve));
+    let goOn!: () => void;
+    const proceed = new Promise<void>((resolve) => (goOn = resolve));
+    redis.smembers = async (...args: unknown[]) => {
+      redis.smembers = smembers;
+      reached();
+      await proceed;
+      return smembers(...args);
+    };
+    let delivery: Promise<Response> | undefined;
+    let claimKey: string | undefined;
+    try {
+      delivery = sendLogoutToken(stack.appUrl, token);
+      await atWork;
+      [claimKey] = [...(await onceKeys())].filter((key) => !before.has(key));
+      // A process that dies here blocks the server's retries for the lease, not for the token's two minutes.
+      const lease = await stack.redis.pttl(claimKey!);
+      expect(lease).toBeGreaterThan(0);
+      expect(lease).toBeLessThanOrEqual(30_000);
+    } finally {
+      goOn();
+      redis.smembers = smembers;
+    }
+    expect((await delivery)?.status).toBe(200);
+    // The token was signed to expire in 120 s: its jti stays used at least that long, so that no replay gets through.
+    expect(await stack.redis.get(claimKey!)).toBe('used');
+    expect(await stack.redis.pttl(claimKey!)).toBeGreaterThan(110_000);
+  });
+
   test('a back-channel logout whose sessions are gone succeeds even when the index cleanup fails, and stays used', async () => {
     const { browser, token } = await loggedInWithLogoutToken();
     const failing = failOnce('srem', () => true);

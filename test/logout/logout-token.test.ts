@@ -121,6 +121,52 @@ describe('logout-token refusals (Back-Channel Logout 1.0 §2.6)', () => {
     expect((await me(again, stack.appUrl)).status).toBe(200);
   });
 
+  test("a jti is another issuer's to reuse: an app of another server, on the same Redis and key prefix, still accepts it", async () => {
+    // jti values are unique per issuer only (Back-Channel Logout 1.0 §2.4); the default keyPrefix is the same for every app.
+    const other = await startStack({ provider: { configuration: logoutProviderConfiguration }, auth: { keyPrefix: stack.authOptions.keyPrefix } });
+    try {
+      const { sub } = await loggedInUser();
+      const browser = new Browser();
+      const otherSub = `${sub}-there`;
+      await browser.login(`${other.appUrl}/login?returnTo=/me`, { login: otherSub });
+      expect((await me(browser, other.appUrl)).status).toBe(200);
+      const jti = `shared-${sub}`;
+      const here = await signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), jti });
+      expect((await sendLogoutToken(stack.appUrl, here)).status).toBe(200);
+
+      const there = await signLogoutToken(other.provider, { ...logoutClaims(other.provider.issuer, { sub: otherSub }), jti });
+      const response = await sendLogoutToken(other.appUrl, there);
+
+      expect(response.status).toBe(200);
+      expect((await me(browser, other.appUrl)).status).toBe(401);
+    } finally {
+      await other.close();
+    }
+  });
+
+  test("a logout by one server neither ends nor un-indexes the sessions of another server's user with the same sub (same Redis and key prefix)", async () => {
+    // A sub is unique per issuer only (OpenID Connect Core §2): the same sub at two servers names two people.
+    const other = await startStack({ provider: { configuration: logoutProviderConfiguration }, auth: { keyPrefix: stack.authOptions.keyPrefix } });
+    try {
+      const here = await loggedInUser();
+      const there = new Browser();
+      await there.login(`${other.appUrl}/login?returnTo=/me`, { login: here.sub });
+      expect((await me(there, other.appUrl)).status).toBe(200);
+
+      const fromHere = await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub: here.sub }));
+      expect((await sendLogoutToken(stack.appUrl, fromHere)).status).toBe(200);
+      expect((await me(here.browser, stack.appUrl)).status).toBe(401);
+      expect((await me(there, other.appUrl)).status).toBe(200);
+
+      // The other server's own logout of its user still finds that user's session.
+      const fromThere = await signLogoutToken(other.provider, logoutClaims(other.provider.issuer, { sub: here.sub }));
+      expect((await sendLogoutToken(other.appUrl, fromThere)).status).toBe(200);
+      expect((await me(there, other.appUrl)).status).toBe(401);
+    } finally {
+      await other.close();
+    }
+  });
+
   test.each([
     ['aud: [client id] (an array of one)', [CLIENT_ID], undefined],
     ['an extra aud and azp: client id (issued to this client)', [CLIENT_ID, 'another-client'], CLIENT_ID],
@@ -313,6 +359,45 @@ describe('back-channel request shape', () => {
     expect(await response.json()).toMatchObject({ error: 'invalid_request' });
   });
 
+  test('a form-encoded body sent under another content type is refused, even with a valid token, and ends nothing', async () => {
+    const { sub, browser } = await loggedInUser();
+    const token = await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub }));
+
+    // text/plain is what a cross-site page can send without a preflight.
+    const response = await fetch(`${stack.appUrl}/backchannel-logout`, {
+      method: 'POST',
+      headers: { 'content-type': 'text/plain' },
+      body: new URLSearchParams({ logout_token: token }).toString(),
+    });
+
+    expect(response.status).toBe(400);
+    expect(await response.json()).toMatchObject({ error: 'invalid_request' });
+    expect((await me(browser, stack.appUrl)).status).toBe(200);
+  });
+
+  test('an oversized body sent chunked, without a Content-Length, is refused with 400 invalid_request', async () => {
+    const { port } = new URL(stack.appUrl);
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const request = httpRequest(
+        { host: '127.0.0.1', port, method: 'POST', path: '/backchannel-logout', headers: { 'content-type': 'application/x-www-form-urlencoded', 'transfer-encoding': 'chunked' } },
+        (response) => {
+          let body = '';
+          response.setEncoding('utf8');
+          response.on('data', (chunk: string) => (body += chunk));
+          response.on('end', () => resolve({ status: response.statusCode ?? 0, body }));
+        },
+      );
+      // The server may answer and close before all of it is sent.
+      request.on('error', reject);
+      request.write('logout_token=');
+      for (let i = 0; i < 20; i++) request.write('a'.repeat(1024));
+      request.end();
+    });
+
+    expect(answer.status).toBe(400);
+    expect(JSON.parse(answer.body)).toMatchObject({ error: 'invalid_request' });
+  });
+
   test('works behind an app-wide form parser that already read the body', async () => {
     const app = express();
     app.use(express.urlencoded({ extended: false }));
@@ -325,6 +410,21 @@ describe('back-channel request shape', () => {
 
     expect(response.status).toBe(200);
     expect((await me(browser, stack.appUrl)).status).toBe(401);
+  });
+
+  test('behind an app-wide form parser, two logout_tokens are refused too (the parser made them an array)', async () => {
+    const app = express();
+    app.use(express.urlencoded({ extended: false }));
+    app.use(session({ store: new RedisStore({ client: stack.redis, prefix: stack.sessionPrefix }), secret: SESSION_SECRET, resave: false, saveUninitialized: false }));
+    app.use(auth(stack.authOptions));
+    const { sub, browser } = await loggedInUser();
+    const token = await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub }));
+
+    const response = await supertest(app).post('/backchannel-logout').type('form').send(`logout_token=${token}&logout_token=${token}`);
+
+    expect(response.status).toBe(400);
+    expect(response.body).toMatchObject({ error: 'invalid_request' });
+    expect((await me(browser, stack.appUrl)).status).toBe(200);
   });
 
   test('a body the sender abandons mid-way is a 400 invalid_request of the route, not an error for the app', async () => {

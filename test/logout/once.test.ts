@@ -13,6 +13,11 @@ import { connectRedis } from '../helpers/app.js';
 const redis = connectRedis();
 afterAll(() => redis.disconnect());
 
+/** A registry of a process without Redis: its own map answers alone. */
+function localRegistry() {
+  return createOnceRegistry(resolveOptions({ issuer: 'https://idp.example.com', clientId: 'app', redirectUri: 'https://app.example.com/callback' }));
+}
+
 function registry(keyPrefix: string) {
   return createOnceRegistry(
     resolveOptions({ issuer: 'https://idp.example.com', clientId: 'app', redirectUri: 'https://app.example.com/callback', redis, keyPrefix }),
@@ -67,4 +72,26 @@ test('a finished claim is used, on every process, and is not given back', async 
   expect(await second.holder('logout-jti:b')).toBe('used');
   await first.release('logout-jti:b', claimId!);
   expect(await second.holder('logout-jti:b')).toBe('used');
+});
+
+test('without Redis: giving back a claim that ran out leaves the claim of the retry', async () => {
+  const local = localRegistry();
+  const first = await local.claim('logout-jti:d', 150);
+  await sleep(250);
+  const retry = await local.claim('logout-jti:d', 60_000);
+  expect(retry).toEqual(expect.any(String));
+
+  await local.release('logout-jti:d', first!);
+  expect(await local.claim('logout-jti:d', 60_000)).toBeUndefined();
+});
+
+test('without Redis: a finished claim is used for its new lifetime, not in progress for its lease', async () => {
+  const local = localRegistry();
+  const claimId = await local.claim('logout-jti:e', 150);
+  await local.finish('logout-jti:e', 60_000);
+  await sleep(250);
+  expect(await local.claim('logout-jti:e', 60_000)).toBeUndefined();
+  expect(await local.holder('logout-jti:e')).toBe('used');
+  await local.release('logout-jti:e', claimId!);
+  expect(await local.holder('logout-jti:e')).toBe('used');
 });

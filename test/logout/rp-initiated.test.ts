@@ -145,6 +145,7 @@ describe('RP-initiated logout (idpLogout: true)', () => {
     ['a forged state', (back: URL) => `${back.origin}${back.pathname}?state=${'A'.repeat(43)}`, 'invalid_state'],
     ['no state', (back: URL) => `${back.origin}${back.pathname}`, 'invalid_state'],
     ['an empty state', (back: URL) => `${back.origin}${back.pathname}?state=`, 'invalid_state'],
+    ['a state shorter than the one sent', (back: URL) => `${back.origin}${back.pathname}?state=short`, 'invalid_state'],
     ['a repeated state', (back: URL) => `${back.href}&state=${back.searchParams.get('state')!}`, 'invalid_request'],
   ])('a return with %s is refused with 400 (%s)', async (_name, tamper, code) => {
     const { browser, endSession } = await startLogout();
@@ -171,6 +172,36 @@ describe('RP-initiated logout (idpLogout: true)', () => {
     expect(response.status).toBe(400);
     expect(JSON.parse(response.body)).toMatchObject({ error: 'invalid_state' });
     expect(String(JSON.parse(response.body).error_description)).toMatch(/took too long/);
+  });
+
+  test('a return well within the logout state lifetime (9 minutes old) completes', async () => {
+    const { browser, endSession } = await startLogout();
+    const back = await confirmAtProvider(browser, endSession);
+    const key = `${sessionPrefix}${sessionIdOf(sessionCookie(browser, app.url)!)}`;
+    const stored = JSON.parse((await redis.get(key))!) as { oauth: { logout: { createdAt: number } } };
+    stored.oauth.logout.createdAt -= 9 * 60 * 1000;
+    await redis.set(key, JSON.stringify(stored), 'KEEPTTL');
+
+    const landed = await browser.request(back);
+
+    expect(landed.status).toBe(303);
+    expect(landed.headers.get('location')).toBe('/bye');
+  });
+
+  test.each([
+    ['a wrong state spends the pending logout: the genuine return after it is refused', (back: URL) => `${back.origin}${back.pathname}?state=${'A'.repeat(43)}`, 400],
+    ['a return without a state leaves the pending logout alone: the genuine return after it completes', (back: URL) => `${back.origin}${back.pathname}`, 303],
+    ['a return with an empty state leaves the pending logout alone: the genuine return after it completes', (back: URL) => `${back.origin}${back.pathname}?state=`, 303],
+  ])('%s', async (_name, tamper, genuineStatus) => {
+    const { browser, endSession } = await startLogout();
+    const back = await confirmAtProvider(browser, endSession);
+
+    const tampered = await browser.request(tamper(back), { headers: { accept: 'application/json' } });
+    expect(tampered.status).toBe(400);
+    const genuine = await browser.request(back, { headers: { accept: 'application/json' } });
+
+    expect(genuine.status).toBe(genuineStatus);
+    if (genuineStatus === 400) expect(JSON.parse(genuine.body)).toMatchObject({ error: 'invalid_state' });
   });
 
   test('two returns racing with the same session: exactly one completes (the state is claimed once across requests)', async () => {

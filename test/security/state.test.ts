@@ -140,6 +140,33 @@ test('an expired transaction (older than 10 minutes) is refused', async () => {
   expect((await readSession(stack.redis, stack.sessionPrefix, pending.sid))?.oauth?.tx?.[pending.state]).toBeUndefined();
 });
 
+test('a transaction dated more than a minute ahead of the clock (written before the clock was stepped back) is refused', async () => {
+  // Otherwise it would stay usable for ten minutes past its real lifetime.
+  const browser = new Browser();
+  const pending = await loginUntilCallback(stack, browser);
+  await editSession(stack.redis, stack.sessionPrefix, pending.sid, (session) => {
+    session.oauth!.tx![pending.state]!.createdAt += 5 * 60 * 1000;
+  });
+
+  await expectRefusal(observed, () => browser.request(pending.callbackUrl), { status: 400, code: 'invalid_state', secrets: pending.secrets });
+  expect((await readSession(stack.redis, stack.sessionPrefix, pending.sid))?.oauth?.tx?.[pending.state]).toBeUndefined();
+});
+
+test('starting a login drops the expired transactions from the session (their verifiers are not kept)', async () => {
+  const browser = new Browser();
+  const expired = await loginUntilCallback(stack, browser);
+  await editSession(stack.redis, stack.sessionPrefix, expired.sid, (session) => {
+    session.oauth!.tx![expired.state]!.createdAt -= 10 * 60 * 1000 + 1000;
+  });
+
+  const started = await browser.request(`${stack.appUrl}/login?returnTo=/again`);
+  expect(started.status).toBe(302);
+  const state = new URL(started.headers.get('location')!).searchParams.get('state')!;
+
+  const sid = browserSessionId(browser, stack.appUrl)!;
+  expect(Object.keys((await readSession(stack.redis, stack.sessionPrefix, sid))?.oauth?.tx ?? {})).toEqual([state]);
+});
+
 test('more than 10 pending transactions: the oldest is dropped, the newest ones still complete', async () => {
   const browser = new Browser();
   const authorizationUrls: URL[] = [];
