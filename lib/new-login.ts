@@ -20,8 +20,8 @@ import {
 } from './session.js';
 import { indexLogin, subjectOf, type LoginSubject, type SessionIndex } from './session-index.js';
 import { storeUnavailable } from './store-errors.js';
-import { backchannelEndTtl, sessionTtlSeconds } from './token-store.js';
-import { sessionCopy, unpackTokens, type StoredTokens } from './tokens.js';
+import { backchannelEndTtl, newestTokens, sessionTtlSeconds } from './token-store.js';
+import { sessionCopy, type StoredTokens } from './tokens.js';
 import type { Transaction } from './transaction.js';
 import { loadUser } from './user.js';
 
@@ -107,7 +107,7 @@ export async function endReplacedLogin(runtime: Runtime, req: Request, configura
   const before = subjectOf(replaced.claims).sub;
   const now = subjectOf(login.claims).sub;
   if (before === undefined || now === undefined || before === now) return;
-  const tokens = entry !== undefined && !entry.ended ? entry.tokens : unpackTokens(replaced.tokens);
+  const tokens = newestTokens(entry, replaced);
   if (tokens !== undefined) void revokeUnused(configuration, tokens);
 }
 

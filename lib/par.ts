@@ -1,7 +1,7 @@
 import * as client from 'openid-client';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { ResolvedConfig } from './options.js';
-import { describe, isNetworkError, isTimeout, isTransient, redacted, sanitisedCause, transientStatus } from './upstream.js';
+import { describe, isNetworkError, isTimeout, isTransient, redactor, sanitisedCause, transientStatus } from './upstream.js';
 
 /** PAR (RFC 9126) is used when the app asks for it, and always when the server requires it (RFC 9126 §5). */
 export function usesPushedAuthorization(config: ResolvedConfig, metadata: client.ServerMetadata): boolean {
@@ -36,7 +36,7 @@ function parError(err: unknown, secrets: ReadonlyArray<string | undefined>): Aut
   const endpoint = unusableEndpoint(err);
   if (endpoint !== undefined) return endpoint;
   const cause = sanitisedCause(err, secrets);
-  const redact = (text: string) => redacted(text, secrets);
+  const redact = redactor(secrets);
   if (isTimeout(err)) {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, 'The pushed authorization request endpoint did not answer in time.', { cause });
   }

@@ -155,7 +155,8 @@ export function resourceRequest(
   } catch (err) {
     throw misuse('req.auth.fetch() needs an absolute URL.', sanitisedCause(err, secrets));
   }
-  // openid-client refuses these too, but only once the request is being sent: after a refresh it may have needed.
+  // Checked here with the app's other mistakes, not left to openid-client, which refuses them only when sending: after a
+  // refresh the request may have needed.
   if (target.protocol === 'http:' && !allowInsecureRequests) throw misuse('req.auth.fetch() sends tokens over https: only (allowInsecureRequests is off).');
   if (target.protocol !== 'https:' && target.protocol !== 'http:') throw misuse('req.auth.fetch() sends requests over https: (or http:) only.');
   // From JavaScript (or past a cast) anything may come: a TypeError from reading it would be no AuthError at all.
@@ -198,11 +199,6 @@ export async function fetchResource(
     const cause = sanitisedCause(err, [credentials.accessToken]);
     if (isTimeout(err)) throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 504, 'The resource server did not answer in time.', { cause });
     if (isNetworkError(err)) throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 502, 'The resource server could not be reached.', { cause });
-    const code = (err as { code?: unknown } | null)?.code;
-    if (code === 'OAUTH_HTTP_REQUEST_FORBIDDEN') {
-      throw misuse('req.auth.fetch() sends tokens over https: only (allowInsecureRequests is off).', cause);
-    }
-    if (code === 'OAUTH_REQUEST_PROTOCOL_FORBIDDEN') throw misuse('req.auth.fetch() sends requests over https: (or http:) only.', cause);
     throw new AuthError(AuthErrorCode.RESOURCE_REQUEST_FAILED, 502, `The resource request failed: ${describe(cause)}.`, { cause });
   }
 }

@@ -110,15 +110,16 @@ export function createSessionIndex(redis: Redis | Cluster, keyPrefix: string, is
       : { sub: `${keyPrefix}logout:${kind}sub:${scoped(subject.sub)}`, nosid: `${keyPrefix}logout:${kind}nosid:${scoped(subject.sub)}` }),
   });
 
+  // The keys a login lives under: its sid's and sub's, and the user's sid-less ones when its ID token had no sid.
+  const loginKeys = (subject: LogoutSubject, kind: '' | 'ended-' = ''): string[] => {
+    const { sid, sub, nosid } = keys(subject, kind);
+    return [sid, sub, sid === undefined ? nosid : undefined].filter((key) => key !== undefined);
+  };
+
   return {
     async add(sessionId, subject, ttlSeconds) {
-      const { sid, sub, nosid } = keys(subject);
       // One MULTI per key: a Cluster may place the keys on different slots.
-      await Promise.all(
-        [sid, sub, sid === undefined ? nosid : undefined]
-          .filter((key) => key !== undefined)
-          .map((key) => redis.multi().sadd(key, sessionId).expire(key, ttlSeconds).exec().then(failedReply)),
-      );
+      await Promise.all(loginKeys(subject).map((key) => redis.multi().sadd(key, sessionId).expire(key, ttlSeconds).exec().then(failedReply)));
     },
     async remove(sessionIds, subject) {
       const members = typeof sessionIds === 'string' ? [sessionIds] : [...sessionIds];
@@ -149,11 +150,10 @@ export function createSessionIndex(redis: Redis | Cluster, keyPrefix: string, is
       );
     },
     async wasEnded(sessionId, login) {
-      const { sid, sub, nosid } = keys(login, 'ended-');
       // One command per key: a Cluster may place them on different slots.
       const [session, ...marks] = await Promise.all([
         redis.exists(`${keyPrefix}logout:ended:${hashed(sessionId)}`),
-        ...[sid, sub, sid === undefined ? nosid : undefined].filter((key) => key !== undefined).map((key) => redis.get(key)),
+        ...loginKeys(login, 'ended-').map((key) => redis.get(key)),
       ]);
       if (session === 1) return true;
       return marks.some((mark) => mark !== null && loggedOutBefore(mark, login));

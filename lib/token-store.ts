@@ -1,7 +1,7 @@
 import type { Request } from 'express';
 import type { ResolvedConfig } from './options.js';
 import type { LoginState } from './session.js';
-import type { StoredTokens } from './tokens.js';
+import { unpackTokens, type StoredTokens } from './tokens.js';
 import { storeUnavailable } from './store-errors.js';
 
 /** One version of a login's tokens. Versions only grow; only the refresh-lock holder writes a new one. */
@@ -48,6 +48,14 @@ export const FINAL_VERSION = Number.MAX_SAFE_INTEGER;
 
 /** connect-redis's TTL when neither the store's `ttl` nor the cookie say otherwise. */
 export const DEFAULT_SESSION_TTL_SECONDS = 86_400;
+
+/**
+ * The newest tokens of a login whose store entry was just ended (`entry`: what `end()` returned): the store's set when
+ * it is the whole one and not older than the session's copy, else the session's copy. What a logout revokes.
+ */
+export function newestTokens(entry: StoreEntry | undefined, login: LoginState): StoredTokens | undefined {
+  return entry !== undefined && !entry.ended && entry.v >= (login.version ?? 1) ? entry.tokens : unpackTokens(login.tokens);
+}
 
 /**
  * How long a back-channel logout's tombstone lasts: as long as the index that let it find the login (a session of

@@ -64,7 +64,7 @@ export function isTimeout(err: unknown): boolean {
 }
 
 /** Replaces every occurrence of the `secrets` (codes, verifiers, tokens, the client secret) in `text`. */
-function redactor(secrets: ReadonlyArray<string | undefined>): (text: string) => string {
+export function redactor(secrets: ReadonlyArray<string | undefined>): (text: string) => string {
   const values = secrets.filter((s): s is string => typeof s === 'string' && s.length >= 8);
   return (text) => values.reduce((result, secret) => result.split(secret).join('[redacted]'), text);
 }
@@ -104,11 +104,6 @@ function safeCause(err: unknown, redact: (text: string) => string, depth = 0): E
 function withheldParseMessage(message: string): string {
   const where = /Unexpected end of JSON input/.test(message) ? ', unexpected end of input' : (/ at position \d+/.exec(message)?.[0] ?? '');
   return `invalid JSON${where} (the parser's message is withheld: it quotes the input)`;
-}
-
-/** `text` with every occurrence of the `secrets` replaced by `[redacted]` (see {@link redactor}). */
-export function redacted(text: string, secrets: ReadonlyArray<string | undefined>): string {
-  return redactor(secrets)(text);
 }
 
 /**

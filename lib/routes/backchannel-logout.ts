@@ -4,7 +4,7 @@ import type { Store } from 'express-session';
 import { AuthError, AuthErrorCode } from '../errors.js';
 import type { LogoutTokenVerifier } from '../logout-token.js';
 import { reportError, setNoStore } from '../respond.js';
-import type { Runtime } from '../runtime.js';
+import { issuerKey, type Runtime } from '../runtime.js';
 import { destroyStoredSession, SESSION_KEY, type OAuthSessionState } from '../session.js';
 import { storeUnavailable } from '../store-errors.js';
 import type { SessionIndex } from '../session-index.js';
@@ -95,8 +95,8 @@ export function backchannelLogoutRoute(runtime: Runtime, index: SessionIndex, ve
       const token = await readLogoutToken(req);
       const claims = await verify(token);
       // Claimed before anything is destroyed: a replayed token must not end sessions created since.
-      // This route needs an `openid` scope, and so an issuer (discovered, or `server.issuer`).
-      const jtiKey = `logout-jti:${createHash('sha256').update(`${config.issuer?.href ?? ''} ${claims.jti}`).digest('base64url')}`;
+      // This route needs an `openid` scope, and so an issuer (discovered, or `server.issuer`): a jti is unique within it.
+      const jtiKey = `logout-jti:${createHash('sha256').update(`${issuerKey(config)} ${claims.jti}`).digest('base64url')}`;
       const ttlMs = Math.max(1, claims.acceptableUntil - nowSeconds() + 1) * 1000;
       // Held as "in progress" for a lease only, so that a process that dies mid-way does not turn every retry into a
       // replay; finished work keeps the jti for as long as the token could be accepted.

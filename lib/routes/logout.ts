@@ -7,7 +7,7 @@ import { revokeUnused } from '../revocation.js';
 import type { Runtime } from '../runtime.js';
 import { subjectOf } from '../session-index.js';
 import { destroySession, readState, regenerateSession, requireSession, saveSession, writableState, type LoginState, type SessionWithState } from '../session.js';
-import { sessionTtlSeconds } from '../token-store.js';
+import { newestTokens, sessionTtlSeconds } from '../token-store.js';
 import { unpackTokens, type StoredTokens } from '../tokens.js';
 
 /** How long the `state` of an RP-initiated logout waits for the browser to come back. */
@@ -130,8 +130,8 @@ async function replaceSession(req: Request, res: Response, config: ResolvedConfi
 async function currentTokens(runtime: Runtime, req: Request, login: LoginState): Promise<StoredTokens | undefined> {
   try {
     const entry = await runtime.tokenStore.end(login.id, sessionTtlSeconds(req));
-    // The store's set is the whole one (the session copy has no raw ID token) and never older than the session's.
-    return entry !== undefined && !entry.ended && entry.v >= (login.version ?? 1) ? entry.tokens : unpackTokens(login.tokens);
+    // The store's set is the whole one (the session copy has no raw ID token).
+    return newestTokens(entry, login);
   } catch {
     return unpackTokens(login.tokens);
   }
