@@ -42,6 +42,28 @@ describe('a logout while a refresh is in flight', () => {
     expect((saved?.oauth as { login?: unknown } | undefined)?.login).toBeUndefined();
     expect((await me(new Browser(), stack.appUrl, `connect.sid=${cookie}`)).status).toBe(401);
   });
+  test('the logout answers only once the revocation of its tokens has ended', async () => {
+    const browser = new Browser();
+    await browser.login(`${stack.appUrl}/login?returnTo=/me`);
+    stub.revocation = 'hold';
+    let answered = false;
+    const logout = postLogout(browser, stack.appUrl).then((response) => ((answered = true), response));
+    try {
+      // Both tokens' revocations reach the server at once (refresh token and access token).
+      const deadline = Date.now() + 5000;
+      while (stub.heldRevocations < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(stub.heldRevocations).toBe(2);
+      // Time for an answer sent without waiting for them to arrive; none may.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(answered).toBe(false);
+    } finally {
+      stub.revocation = 'pass';
+      stub.releaseRevocations();
+    }
+    const response = await logout;
+    expect(response.status).toBe(303);
+    expect(stub.heldRevocations).toBe(0);
+  });
 });
 
 describe('a logout while a request whose refresh is done is still at work', () => {
