@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { Browser } from '../helpers/browser.js';
-import { buildApp, listen, sessionCookie, startStack, type Listener, type Stack } from '../helpers/app.js';
+import { buildApp, CLIENT_ID, CLIENT_SECRET, listen, sessionCookie, startStack, type Listener, type Stack } from '../helpers/app.js';
 import { getJson, installTokenStub, readLogin, readRecord, startRefreshStack, tokenKey, waitUntilDue, type TokenStub } from '../refresh/support.js';
 import { logoutClaims, logoutProviderConfiguration, me, postLogout, sendLogoutToken, signLogoutToken, storedSession } from './support.js';
 
@@ -120,6 +120,52 @@ describe('a logout while a request whose refresh is done is still at work', () =
     expect(await storedSession(stack.redis, stack.sessionPrefix, cookie)).toBeNull();
     expect((await me(new Browser(), stack.appUrl, `connect.sid=${cookie}`)).status).toBe(401);
     expect(await readRecord(stack.redis, tokenKey(stack, before.id))).toMatchObject({ ended: true });
+  });
+
+  test('a login ended by a refused refresh meanwhile (not a logout) keeps its session: only a final tombstone destroys it', async () => {
+    newGate();
+    const browser = new Browser();
+    await browser.login(`${stack.appUrl}/login?returnTo=/me`);
+    const cookie = sessionCookie(browser, stack.appUrl)!;
+    const before = await readLogin(stack, browser);
+    await waitUntilDue(before.tokens);
+
+    // Request A has refreshed (version 2) and is still at work when its session is saved.
+    const slow = getJson(browser, `${stack.appUrl}/api/token-then-slow`);
+    await gate.entered;
+    const refreshed = await readRecord(stack.redis, tokenKey(stack, before.id));
+    expect(refreshed).toMatchObject({ v: 2 });
+    // The server revokes the grant; request B finds version 2 due, and its refresh is refused: the login ends with a
+    // tombstone of the next version, which is not a logout's (the session, and whatever the app keeps in it, stays).
+    await waitUntilDue(refreshed!.tokens!);
+    const revoked = await fetch(`${stack.provider.issuer}/token/revocation`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/x-www-form-urlencoded',
+        authorization: `Basic ${Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString('base64')}`,
+      },
+      body: new URLSearchParams({ token: refreshed!.tokens!.refreshToken!, token_type_hint: 'refresh_token' }).toString(),
+    });
+    expect(revoked.status).toBe(200);
+    const refused = await getJson(browser, `${stack.appUrl}/api/token`);
+    expect(refused.status).toBe(401);
+    expect(refused.body.error).toBe('login_required');
+    expect(await readRecord(stack.redis, tokenKey(stack, before.id))).toEqual({ v: 3, ended: true });
+
+    gate.open();
+    expect((await slow).status).toBe(200);
+    // A's save is followed by the library's check of the tombstone, which must leave this session alone: give it time.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const kept = await storedSession(stack.redis, stack.sessionPrefix, cookie);
+    expect(kept).not.toBeNull();
+    // A's save wrote its copy of the login back, as any stale copy may be (routes that only read the claims know no
+    // better, as with any grant the server revoked); the tombstone ends it at its first use of the tokens.
+    expect((kept?.oauth as { login?: { id?: string } } | undefined)?.login?.id).toBe(before.id);
+    const ended = await getJson(browser, `${stack.appUrl}/api/token`);
+    expect(ended.status).toBe(401);
+    expect(ended.body.error).toBe('login_required');
+    expect((await me(new Browser(), stack.appUrl, `connect.sid=${cookie}`)).status).toBe(401);
+    expect(await storedSession(stack.redis, stack.sessionPrefix, cookie)).not.toBeNull();
   });
 });
 
