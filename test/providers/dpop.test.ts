@@ -80,11 +80,12 @@ describe('DPoP at a provider that requires nonces and DPoP-bound tokens', () => 
   let requests: string[];
   let app: AppSlot;
   let withPar: AppSlot;
+  let withUser: AppSlot;
 
   beforeAll(async () => {
-    [app, withPar] = await Promise.all([appSlot(), appSlot()]);
+    [app, withPar, withUser] = await Promise.all([appSlot(), appSlot(), appSlot()]);
     provider = await startProvider({
-      clients: [client('dpop-app', [app.redirectUri, withPar.redirectUri], { dpop_bound_access_tokens: true })],
+      clients: [client('dpop-app', [app.redirectUri, withPar.redirectUri, withUser.redirectUri], { dpop_bound_access_tokens: true })],
       configuration: {
         features: {
           devInteractions: { enabled: true },
@@ -97,10 +98,15 @@ describe('DPoP at a provider that requires nonces and DPoP-bound tokens', () => 
     requests = recordRequests(provider.server);
     app.mount(redis, options(app, provider.issuer), routes(provider.issuer));
     withPar.mount(redis, options(withPar, provider.issuer, { pushedAuthorizationRequests: true }), routes(provider.issuer));
+    const fetchUser: AuthOptions['fetchUser'] = async (_tokens, { fetch }) => (await fetch(`${provider.issuer}/me`)).json();
+    withUser.mount(redis, options(withUser, provider.issuer, { fetchUser }), (express) => {
+      routes(provider.issuer)(express);
+      express.get('/user', (req, res) => res.json(req.auth.user ?? null));
+    });
   });
 
   afterAll(async () => {
-    await Promise.all([app.listener.close(), withPar.listener.close()]);
+    await Promise.all([app.listener.close(), withPar.listener.close(), withUser.listener.close()]);
     await provider.close();
   });
 
@@ -170,6 +176,14 @@ describe('DPoP at a provider that requires nonces and DPoP-bound tokens', () => 
     const userinfo = await app.browser.request(`${app.url}/userinfo`, { headers: { accept: 'application/json' } });
     expect(userinfo.status).toBe(200);
     expect(JSON.parse(userinfo.body)).toMatchObject({ sub: 'alice' });
+  });
+
+  test("fetchUser's fetch sends the new DPoP-bound token with a proof of the login's key", async () => {
+    const result = await withUser.browser.login(`${withUser.url}/login?returnTo=/whoami`);
+
+    expect(result.status).toBe(200);
+    expect(JSON.parse(result.body)).toEqual({ isAuthenticated: true, tokenType: 'DPoP' });
+    expect(JSON.parse((await withUser.browser.request(`${withUser.url}/user`)).body)).toMatchObject({ sub: 'alice' });
   });
 
   test('with PAR the pushed request carries the proof, and the login is DPoP-bound', async () => {
