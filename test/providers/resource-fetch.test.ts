@@ -81,6 +81,14 @@ test('sends the token in the Authorization header only, with the method, headers
   expect(seen).toEqual([{ method: 'POST', path: '/orders?page=2', authorization: 'Bearer resource-test-token', contentType: 'application/json', body: '{"item":1}' }]);
 });
 
+test('a null body, as fetch takes it, is no body: a GET with one is sent', async () => {
+  seen = [];
+  const response = await fetchResource(runtime(), bearer, `${api.url}/orders`, { body: null });
+
+  expect(response.status).toBe(200);
+  expect(seen).toEqual([{ method: 'GET', path: '/orders', authorization: 'Bearer resource-test-token', contentType: undefined, body: '' }]);
+});
+
 test('a 401 challenge is returned to the caller, not thrown (the app decides: refresh or log in again)', async () => {
   const response = await fetchResource(runtime(), bearer, `${api.url}/expired`);
 
@@ -99,6 +107,7 @@ test.each([
   // The Fetch API's own refusal would quote the URL, password included, and toJSON() sends the message to clients.
   ['a URL with credentials', `http://user:${SECRET}@127.0.0.1:9/orders`, {}, /URL with credentials/],
   ['a URL with a user name only', `http://${SECRET}@127.0.0.1:9/orders`, {}, /URL with credentials/],
+  ['a URL with a password only', `http://:${SECRET}@127.0.0.1:9/orders`, {}, /URL with credentials/],
   ['a GET with a body', 'API', { body: 'x' }, /body for a GET request/],
   ['a HEAD with a body', 'API', { method: 'head', body: new URLSearchParams({ a: '1' }) }, /body for a HEAD request/],
   // The Fetch API's message quotes an invalid header value (here a header injection).

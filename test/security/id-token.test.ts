@@ -72,6 +72,16 @@ test('an unexpected alg (ES256 with a published key, while the server lists only
   await refusedWith((c) => stack.rogue.sign(c.claims(), { key: stack.rogue.keys.ec }));
 });
 
+test('a logout token in an unexpected alg (ES256 with a published key, while the server lists only RS256) is refused', async () => {
+  // openid-client checks an ID token's alg at the exchange too; a logout token has only the library's check.
+  const claims = () => logoutClaims(stack.rogue.issuer, { sub: 'nobody-logged-in' });
+  const refused = await sendLogoutToken(stack.appUrl, await stack.rogue.sign(claims(), { key: stack.rogue.keys.ec }));
+  expect(refused.status).toBe(400);
+  expect(await refused.json()).toMatchObject({ error: 'invalid_logout_token', error_description: expect.stringMatching(/"alg"/) });
+  // The same token signed with the RS256 key is accepted (control).
+  expect((await sendLogoutToken(stack.appUrl, await stack.rogue.sign(claims()))).status).toBe(200);
+});
+
 test('HS256 with the client secret as MAC key (algorithm confusion) is refused', async () => {
   await refusedWith((c) => stack.rogue.sign(c.claims(), { alg: 'HS256', kid: null, secret: new TextEncoder().encode(CLIENT_SECRET) }));
 });
