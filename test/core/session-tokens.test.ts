@@ -57,6 +57,9 @@ test('a value this library did not write unpacks to undefined, never to made-up 
     good.slice(0, -1),
     `${good}x`,
     good.replace('t1', 't2'),
+    `x${good}`,
+    // The format tag only counts at the start, not inside a value that merely contains one.
+    'abcde5:t1|||1:a--',
     good.replace('|10|', '|1e3|'),
     good.replace('|10|', '|-10|'),
     // More digits than the library writes, although the value is small.
@@ -111,4 +114,10 @@ test('a refresh response keeps what it left out from the previous set, and what 
   });
   const rotated = { access_token: 'new-at', token_type: 'bearer', scope: 'openid', id_token: 'new-id', refresh_token: 'new-rt' };
   expect(toStoredTokens(rotated as never, previous, 1000)).toMatchObject({ scope: 'openid', idToken: 'new-id', refreshToken: 'new-rt' });
+});
+
+test("req.auth.tokens is a frozen view with the set's scope and no refresh or ID token", () => {
+  const view = publicTokens(full);
+  expect(view).toEqual({ accessToken: full.accessToken, tokenType: 'Bearer', expiresAt: full.expiresAt, scope: full.scope });
+  expect(Object.isFrozen(view)).toBe(true);
 });

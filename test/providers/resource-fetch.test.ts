@@ -193,7 +193,22 @@ test('httpTimeout counts in milliseconds for req.auth.fetch(): 200 gives up well
 test('an unreachable resource server is resource_request_failed (502), a slow one 504 after httpTimeout', async () => {
   const down = await refusal(fetchResource(runtime(), bearer, `${closed.url}/orders`));
   expect([down.code, down.status]).toEqual(['resource_request_failed', 502]);
+  expect(down.message).toBe('The resource server could not be reached.');
 
   const slow = await refusal(fetchResource(runtime({ httpTimeout: 1000 }), bearer, `${api.url}/slow`));
   expect([slow.code, slow.status]).toEqual(['resource_request_failed', 504]);
+});
+
+test('a failure that quotes the access token (one fetch cannot put in a header) keeps it out of the error and its cause', async () => {
+  seen = [];
+  const odd: ResourceCredentials = { accessToken: 'token-a-server-issued\nwith-a-line-break', tokenType: 'Bearer' };
+  const err = await refusal(fetchResource(runtime(), odd, `${api.url}/orders`));
+
+  expect([err.code, err.status]).toEqual(['resource_request_failed', 502]);
+  for (const shown of [err.message, JSON.stringify(err), inspect(err, { depth: 10 })]) {
+    expect(shown).not.toContain('token-a-server-issued');
+    expect(shown).not.toContain('with-a-line-break');
+  }
+  expect(inspect(err, { depth: 10 })).toContain('[redacted]');
+  expect(seen).toEqual([]);
 });
