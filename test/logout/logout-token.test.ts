@@ -86,6 +86,8 @@ const refusals: Case[] = [
   ['no exp', (sub) => signLogoutToken(stack.provider, without(logoutClaims(stack.provider.issuer, { sub }), 'exp')), /missing required "exp"/],
   ['no jti', (sub) => signLogoutToken(stack.provider, without(logoutClaims(stack.provider.issuer, { sub }), 'jti')), /missing required "jti"/],
   ['neither sub nor sid', () => signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, {})), /"sub", "sid"/],
+  ['an empty sub', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), sub: '' }), /"sub" must be a non-empty string/],
+  ['a sid that is not a string', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), sid: 42 }), /"sid" must be a non-empty string/],
   ['a typ of another kind of JWT', (sub) => signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub }), { typ: 'at+jwt' }), /"typ"/],
   ['garbage instead of a JWT', async () => 'not.a.jwt', /JWS/],
 ];

@@ -99,6 +99,20 @@ test('a logout token signed with EdDSA (Ed25519) is accepted when the server lis
   }
 });
 
+test("a logout token while the issuer's key set cannot be fetched is 502 idp_unreachable, not a verdict on the token", async () => {
+  stack.rogue.keySetDown = true;
+  // A fresh app: no key set cached, so it must fetch one.
+  const fresh = await startRogueStack({ rogue: stack.rogue });
+  try {
+    const response = await sendLogoutToken(fresh.appUrl, await stack.rogue.sign(logoutClaims(stack.rogue.issuer, { sub: 'nobody-logged-in' })));
+    expect(response.status).toBe(502);
+    expect(await response.json()).toMatchObject({ error: 'idp_unreachable' });
+  } finally {
+    stack.rogue.reset();
+    await fresh.close();
+  }
+});
+
 test('HS256 with the client secret as MAC key (algorithm confusion) is refused', async () => {
   await refusedWith((c) => stack.rogue.sign(c.claims(), { alg: 'HS256', kid: null, secret: new TextEncoder().encode(CLIENT_SECRET) }));
 });
