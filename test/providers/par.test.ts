@@ -172,7 +172,8 @@ describe('a provider without PAR', () => {
 describe('a PAR endpoint that fails after a transaction is already pending', () => {
   let stub: Listener;
   let app: AppSlot;
-  let parAnswer: { status: number; body: unknown; headers?: Record<string, string> };
+  /** `hang` answers nothing (until well after httpTimeout); `drop` closes the connection without an answer. */
+  let parAnswer: { status: number; body: unknown; headers?: Record<string, string> } | 'hang' | 'drop';
   let pushed = 0;
 
   beforeAll(async () => {
@@ -182,6 +183,8 @@ describe('a PAR endpoint that fails after a transaction is already pending', () 
       req.resume();
       req.on('end', () => {
         pushed += 1;
+        if (parAnswer === 'drop') return req.socket.destroy();
+        if (parAnswer === 'hang') return void setTimeout(() => req.socket.destroy(), 3000);
         const { status, body, headers = { 'content-type': 'application/json' } } = parAnswer;
         res.writeHead(status, headers).end(typeof body === 'string' ? body : JSON.stringify(body));
       });
@@ -193,6 +196,7 @@ describe('a PAR endpoint that fails after a transaction is already pending', () 
         server: { authorizationEndpoint: `${stub.url}/authorize`, tokenEndpoint: `${stub.url}/token`, pushedAuthorizationRequestEndpoint: `${stub.url}/par` },
         scope: 'profile',
         pushedAuthorizationRequests: true,
+        httpTimeout: 1000,
       }),
     );
   });
@@ -214,6 +218,8 @@ describe('a PAR endpoint that fails after a transaction is already pending', () 
     // 429 is about the rate, not the request (RFC 6585 §4): transient, as at the token endpoint, body or not.
     ['turns it away (429, no JSON body)', { status: 429, body: 'Too Many Requests', headers: { 'content-type': 'text/plain', 'retry-after': '5' } }, 'idp_unreachable', 502],
     ['turns it away (429 with an OAuth error)', { status: 429, body: { error: 'slow_down' } }, 'idp_unreachable', 502],
+    ['drops the connection without an answer', 'drop' as const, 'idp_unreachable', 502],
+    ['does not answer within httpTimeout', 'hang' as const, 'idp_unreachable', 504],
   ])('when it %s, the session keeps only the earlier transaction', async (_case, failure, code, status) => {
     parAnswer = { status: 201, body: { request_uri: `urn:ietf:params:oauth:request_uri:${randomUUID()}`, expires_in: 60 } };
     const first = await app.browser.request(`${app.url}/login`);
