@@ -5,7 +5,7 @@ import type { Redis } from 'ioredis';
 import type { ClientMetadata } from 'oidc-provider';
 import { decodeProtectedHeader, importJWK, jwtVerify } from 'jose';
 import { AuthError, type AuthOptions } from '../../lib/index.js';
-import { clientAuthentication } from '../../lib/client-auth.js';
+import { checkClientAuthSupport, clientAuthentication } from '../../lib/client-auth.js';
 import { resolveOptions } from '../../lib/options.js';
 import { connectRedis, listen, type Listener } from '../helpers/app.js';
 import { inspectDeep } from '../helpers/security.js';
@@ -37,6 +37,7 @@ describe('every client authentication method against a provider that registered 
   let requests: string[];
   const slots: Record<string, AppSlot> = {};
   const names = ['basic', 'post', 'jwtRsa', 'jwtEcPem', 'public', 'wrongMethod', 'wrongSecret'] as const;
+  const tokenAuthorization: string[] = [];
 
   beforeAll(async () => {
     for (const name of names) slots[name] = await appSlot();
@@ -61,6 +62,10 @@ describe('every client authentication method against a provider that registered 
       ],
     });
     requests = recordRequests(provider.server);
+    // oidc-provider takes either way of sending a secret from a client registered for one: which was used is seen here.
+    provider.server.prependListener('request', (req) => {
+      if (req.method === 'POST' && req.url === '/token') tokenAuthorization.push(req.headers.authorization?.split(' ')[0] ?? 'none');
+    });
     slots.basic!.mount(redis, { ...base(slots.basic!, provider, 'basic'), clientSecret: SECRET }, whoami);
     slots.post!.mount(redis, { ...base(slots.post!, provider, 'post'), clientSecret: SECRET, clientAuthMethod: 'client_secret_post' }, whoami);
     // A JWK that carries its kid: private_key_jwt is the default when privateKey is set.
@@ -84,17 +89,19 @@ describe('every client authentication method against a provider that registered 
   });
 
   test.each([
-    ['client_secret_basic', 'basic'],
-    ['client_secret_post', 'post'],
-    ['private_key_jwt with an RSA JWK', 'jwtRsa'],
-    ['private_key_jwt with an EC PEM and the token endpoint as audience', 'jwtEcPem'],
-    ['none (public client, PKCE only)', 'public'],
-  ] as const)('%s logs in', async (_method, name) => {
+    ['client_secret_basic', 'basic', 'Basic'],
+    ['client_secret_post', 'post', 'none'],
+    ['private_key_jwt with an RSA JWK', 'jwtRsa', 'none'],
+    ['private_key_jwt with an EC PEM and the token endpoint as audience', 'jwtEcPem', 'none'],
+    ['none (public client, PKCE only)', 'public', 'none'],
+  ] as const)('%s logs in', async (_method, name, authorization) => {
     const slot = slots[name]!;
     const before = provider.count('grant.success');
+    tokenAuthorization.length = 0;
     const result = await slot.browser.login(`${slot.url}/login?returnTo=/whoami`);
 
     expect(result.status).toBe(200);
+    expect(tokenAuthorization).toEqual([authorization]);
     expect(JSON.parse(result.body)).toEqual({ isAuthenticated: true, sub: 'alice' });
     expect(provider.count('grant.success')).toBe(before + 1);
   });
@@ -186,6 +193,24 @@ describe('a method the server does not advertise fails at first use, naming the 
       expect(body.error).toBe('discovery_failed');
       expect(body.error_description).toMatch(/does not accept (RS256|PS256) client assertions; it accepts: ES256, EdDSA/);
     }
+  });
+});
+
+describe('the advertised methods, checked without a provider', () => {
+  const metadata = { issuer: 'https://idp.example.com', token_endpoint: 'https://idp.example.com/token' };
+  const config = (extra: Partial<AuthOptions>) => resolveOptions({ issuer: metadata.issuer, clientId: 'app', redirectUri: 'https://app.example.com/callback', ...extra });
+
+  test('a server that lists no methods supports client_secret_basic only (RFC 8414 §2)', () => {
+    expect(() => checkClientAuthSupport(config({ clientSecret: SECRET }), metadata)).not.toThrow();
+    expect(() => checkClientAuthSupport(config({ clientSecret: SECRET, clientAuthMethod: 'client_secret_post' }), metadata)).toThrow(
+      expect.objectContaining({ code: 'discovery_failed', message: expect.stringContaining('it supports: client_secret_basic.') }),
+    );
+  });
+
+  test('none is not checked: servers that take public clients often leave it out of their list', () => {
+    const listed = { ...metadata, token_endpoint_auth_methods_supported: ['client_secret_basic', 'private_key_jwt'] };
+    expect(() => checkClientAuthSupport(config({}), listed)).not.toThrow();
+    expect(() => checkClientAuthSupport(config({}), metadata)).not.toThrow();
   });
 });
 

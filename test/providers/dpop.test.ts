@@ -375,6 +375,13 @@ describe('DPoP handles, checks and downgrades, without a provider', () => {
     expect(await handle(second.jwk)).toBe(again);
   });
 
+  test("a stored key that cannot be read is the login's end (401 login_required), not a server error", async () => {
+    const { jwk } = await createDPoPKey(services());
+    const damaged = { ...jwk, d: 'not-the-key' };
+
+    await expect(dpopOptionsFor(services(), { dpopKey: damaged })).rejects.toMatchObject({ code: 'login_required', status: 401 });
+  });
+
   test('a handle that could not be made is not kept: the next request tries again', async () => {
     const { jwk } = await createDPoPKey(services());
     let calls = 0;
