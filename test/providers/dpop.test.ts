@@ -84,6 +84,8 @@ describe('DPoP at a provider that requires nonces and DPoP-bound tokens', () => 
   let app: AppSlot;
   let withPar: AppSlot;
   let withUser: AppSlot;
+  /** Whether each pushed authorization request carried a DPoP proof. */
+  const pushedProofs: boolean[] = [];
 
   beforeAll(async () => {
     [app, withPar, withUser] = await Promise.all([appSlot(), appSlot(), appSlot()]);
@@ -99,6 +101,9 @@ describe('DPoP at a provider that requires nonces and DPoP-bound tokens', () => 
       },
     });
     requests = recordRequests(provider.server);
+    provider.server.prependListener('request', (req) => {
+      if (req.method === 'POST' && req.url === '/request') pushedProofs.push(typeof req.headers.dpop === 'string');
+    });
     app.mount(redis, options(app, provider.issuer), routes(provider.issuer));
     withPar.mount(redis, options(withPar, provider.issuer, { pushedAuthorizationRequests: true }), routes(provider.issuer));
     const fetchUser: AuthOptions['fetchUser'] = async (_tokens, { fetch }) => (await fetch(`${provider.issuer}/me`)).json();
@@ -195,6 +200,9 @@ describe('DPoP at a provider that requires nonces and DPoP-bound tokens', () => 
     expect(result.status).toBe(200);
     expect(JSON.parse(result.body)).toEqual({ isAuthenticated: true, tokenType: 'DPoP' });
     expect([...new URL(result.steps[0]!.location!).searchParams.keys()].sort()).toEqual(['client_id', 'request_uri']);
+    // The proof on the pushed request binds the code to the key (RFC 9449 §10.1); the URL carries no dpop_jkt.
+    expect(pushedProofs.length).toBeGreaterThan(0);
+    expect(pushedProofs.every(Boolean)).toBe(true);
     const userinfo = await withPar.browser.request(`${withPar.url}/userinfo`, { headers: { accept: 'application/json' } });
     expect(JSON.parse(userinfo.body)).toMatchObject({ sub: 'alice' });
   });

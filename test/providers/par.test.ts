@@ -241,6 +241,8 @@ describe('a PAR endpoint that quotes the pushed request in its error', () => {
   let stub: Listener;
   let app: AppSlot;
   let pushedBody = new URLSearchParams();
+  /** Quote the client secret in `error` too, not only in `error_description`. */
+  let quoteInError = false;
   const reported: AuthError[] = [];
 
   beforeAll(async () => {
@@ -254,7 +256,8 @@ describe('a PAR endpoint that quotes the pushed request in its error', () => {
       req.on('end', () => {
         pushedBody = new URLSearchParams(raw);
         const quoted = [...pushedBody].map(([name, value]) => `${name}=${value}`).join(' ');
-        res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'invalid_request', error_description: `cannot accept ${quoted}` }));
+        const error = quoteInError ? `invalid_request:${pushedBody.get('client_secret') ?? ''}` : 'invalid_request';
+        res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error, error_description: `cannot accept ${quoted}` }));
       });
     });
     app.mount(
@@ -295,6 +298,22 @@ describe('a PAR endpoint that quotes the pushed request in its error', () => {
     for (const shown of [json.body, html.body, ...reported.map((err) => `${err.message} ${JSON.stringify(err)} ${inspect(err, { depth: 10 })}`)]) {
       expect(shown).not.toContain(SECRET);
       expect(shown).not.toContain(nonce);
+    }
+  });
+
+  test('nor the error code, should the server put the secret there', async () => {
+    quoteInError = true;
+    reported.length = 0;
+    try {
+      const json = await app.browser.request(`${app.url}/login`, { headers: { accept: 'application/json' } });
+
+      expect(pushedBody.get('client_secret')).toBe(SECRET);
+      expect(JSON.parse(json.body)).toMatchObject({ error: 'par_failed', upstream_error: 'invalid_request:[redacted]' });
+      for (const shown of [json.body, ...reported.map((err) => `${err.message} ${JSON.stringify(err)} ${inspect(err, { depth: 10 })}`)]) {
+        expect(shown).not.toContain(SECRET);
+      }
+    } finally {
+      quoteInError = false;
     }
   });
 });
