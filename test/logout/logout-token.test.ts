@@ -86,6 +86,17 @@ const refusals: Case[] = [
   ['no exp', (sub) => signLogoutToken(stack.provider, without(logoutClaims(stack.provider.issuer, { sub }), 'exp')), /missing required "exp"/],
   ['no jti', (sub) => signLogoutToken(stack.provider, without(logoutClaims(stack.provider.issuer, { sub }), 'jti')), /missing required "jti"/],
   ['neither sub nor sid', () => signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, {})), /"sub", "sid"/],
+  [
+    'an events member that is not an object',
+    (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), events: { [BCL_EVENT]: 'yes' } }),
+    /"events"/,
+  ],
+  ['an events member that is an array', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), events: { [BCL_EVENT]: [] } }), /"events"/],
+  ['an empty jti', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), jti: '' }), /"jti" must be a non-empty string/],
+  // Issued more than 10 minutes ago, though its exp is still ahead.
+  ['an iat 15 minutes ago', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), iat: now() - 900, exp: now() + 60 }), /"iat".*too far in the past/],
+  ['an empty sub', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), sub: '' }), /"sub" must be a non-empty string/],
+  ['a sid that is not a string', (sub) => signLogoutToken(stack.provider, { ...logoutClaims(stack.provider.issuer, { sub }), sid: 42 }), /"sid" must be a non-empty string/],
   ['a typ of another kind of JWT', (sub) => signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub }), { typ: 'at+jwt' }), /"typ"/],
   ['garbage instead of a JWT', async () => 'not.a.jwt', /JWS/],
 ];
@@ -182,6 +193,7 @@ describe('logout-token refusals (Back-Channel Logout 1.0 §2.6)', () => {
   test.each([
     ['no typ', null],
     ['typ "JWT"', 'JWT'],
+    ['typ "application/logout+jwt" (the media type in full)', 'application/logout+jwt'],
   ])('a token with %s is accepted (explicit typing is optional)', async (_name, typ) => {
     const target = await loggedInUser();
     const bystander = await loggedInUser();
@@ -190,6 +202,21 @@ describe('logout-token refusals (Back-Channel Logout 1.0 §2.6)', () => {
     expect((await me(target.browser, stack.appUrl)).status).toBe(401);
     expect((await me(bystander.browser, stack.appUrl)).status).toBe(200);
   });
+});
+
+test('a used jti is remembered until the token could no longer be accepted: 10 minutes after its iat plus the clock tolerance, though exp is later', async () => {
+  const { sub } = await loggedInUser();
+  const pattern = `${String(stack.authOptions.keyPrefix)}once:logout-jti:*`;
+  const before = new Set(await stack.redis.keys(pattern));
+  const claims = { ...logoutClaims(stack.provider.issuer, { sub }), exp: now() + 3600 };
+
+  expect((await sendLogoutToken(stack.appUrl, await signLogoutToken(stack.provider, claims))).status).toBe(200);
+  const added = (await stack.redis.keys(pattern)).filter((key) => !before.has(key));
+  expect(added).toHaveLength(1);
+  const ttl = await stack.redis.ttl(added[0]!);
+  const tolerance = stack.authOptions.clockTolerance ?? 30;
+  expect(ttl).toBeGreaterThan(600 + tolerance - 10);
+  expect(ttl).toBeLessThanOrEqual(600 + tolerance + 1);
 });
 
 describe('logins whose ID token carried no sid', () => {

@@ -1,12 +1,14 @@
 import { createPrivateKey, randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { ServerResponse } from 'node:http';
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from '@jest/globals';
 import type { Redis } from 'ioredis';
 import type { ClientMetadata } from 'oidc-provider';
 import { decodeProtectedHeader, importJWK, jwtVerify } from 'jose';
-import type { AuthOptions } from '../../lib/index.js';
-import { clientAuthentication } from '../../lib/client-auth.js';
+import { AuthError, type AuthOptions } from '../../lib/index.js';
+import { checkClientAuthSupport, clientAuthentication } from '../../lib/client-auth.js';
 import { resolveOptions } from '../../lib/options.js';
-import { connectRedis } from '../helpers/app.js';
+import { connectRedis, listen, type Listener } from '../helpers/app.js';
+import { inspectDeep } from '../helpers/security.js';
 import { startProvider, type TestProvider } from '../helpers/provider.js';
 import { appSlot, clientKeyPair, recordRequests, startProviderWithClientKeys, type AppSlot, whoami } from './support.js';
 
@@ -35,6 +37,7 @@ describe('every client authentication method against a provider that registered 
   let requests: string[];
   const slots: Record<string, AppSlot> = {};
   const names = ['basic', 'post', 'jwtRsa', 'jwtEcPem', 'public', 'wrongMethod', 'wrongSecret'] as const;
+  const tokenAuthorization: string[] = [];
 
   beforeAll(async () => {
     for (const name of names) slots[name] = await appSlot();
@@ -59,6 +62,10 @@ describe('every client authentication method against a provider that registered 
       ],
     });
     requests = recordRequests(provider.server);
+    // oidc-provider takes either way of sending a secret from a client registered for one: which was used is seen here.
+    provider.server.prependListener('request', (req) => {
+      if (req.method === 'POST' && req.url === '/token') tokenAuthorization.push(req.headers.authorization?.split(' ')[0] ?? 'none');
+    });
     slots.basic!.mount(redis, { ...base(slots.basic!, provider, 'basic'), clientSecret: SECRET }, whoami);
     slots.post!.mount(redis, { ...base(slots.post!, provider, 'post'), clientSecret: SECRET, clientAuthMethod: 'client_secret_post' }, whoami);
     // A JWK that carries its kid: private_key_jwt is the default when privateKey is set.
@@ -82,17 +89,19 @@ describe('every client authentication method against a provider that registered 
   });
 
   test.each([
-    ['client_secret_basic', 'basic'],
-    ['client_secret_post', 'post'],
-    ['private_key_jwt with an RSA JWK', 'jwtRsa'],
-    ['private_key_jwt with an EC PEM and the token endpoint as audience', 'jwtEcPem'],
-    ['none (public client, PKCE only)', 'public'],
-  ] as const)('%s logs in', async (_method, name) => {
+    ['client_secret_basic', 'basic', 'Basic'],
+    ['client_secret_post', 'post', 'none'],
+    ['private_key_jwt with an RSA JWK', 'jwtRsa', 'none'],
+    ['private_key_jwt with an EC PEM and the token endpoint as audience', 'jwtEcPem', 'none'],
+    ['none (public client, PKCE only)', 'public', 'none'],
+  ] as const)('%s logs in', async (_method, name, authorization) => {
     const slot = slots[name]!;
     const before = provider.count('grant.success');
+    tokenAuthorization.length = 0;
     const result = await slot.browser.login(`${slot.url}/login?returnTo=/whoami`);
 
     expect(result.status).toBe(200);
+    expect(tokenAuthorization).toEqual([authorization]);
     expect(JSON.parse(result.body)).toEqual({ isAuthenticated: true, sub: 'alice' });
     expect(provider.count('grant.success')).toBe(before + 1);
   });
@@ -187,6 +196,24 @@ describe('a method the server does not advertise fails at first use, naming the 
   });
 });
 
+describe('the advertised methods, checked without a provider', () => {
+  const metadata = { issuer: 'https://idp.example.com', token_endpoint: 'https://idp.example.com/token' };
+  const config = (extra: Partial<AuthOptions>) => resolveOptions({ issuer: metadata.issuer, clientId: 'app', redirectUri: 'https://app.example.com/callback', ...extra });
+
+  test('a server that lists no methods supports client_secret_basic only (RFC 8414 §2)', () => {
+    expect(() => checkClientAuthSupport(config({ clientSecret: SECRET }), metadata)).not.toThrow();
+    expect(() => checkClientAuthSupport(config({ clientSecret: SECRET, clientAuthMethod: 'client_secret_post' }), metadata)).toThrow(
+      expect.objectContaining({ code: 'discovery_failed', message: expect.stringContaining('it supports: client_secret_basic.') }),
+    );
+  });
+
+  test('none is not checked: servers that take public clients often leave it out of their list', () => {
+    const listed = { ...metadata, token_endpoint_auth_methods_supported: ['client_secret_basic', 'private_key_jwt'] };
+    expect(() => checkClientAuthSupport(config({}), listed)).not.toThrow();
+    expect(() => checkClientAuthSupport(config({}), metadata)).not.toThrow();
+  });
+});
+
 describe('the private_key_jwt assertion', () => {
   const as = {
     issuer: 'https://idp.example.com',
@@ -240,5 +267,129 @@ describe('the private_key_jwt assertion', () => {
 
     expect(decodeProtectedHeader(assertion)).toMatchObject({ alg: 'EdDSA', kid: 'ed-1' });
     await expect(jwtVerify(assertion, await importJWK(publicJwk, 'EdDSA'))).resolves.toBeDefined();
+  });
+});
+
+describe('a server that quotes the client assertion in its errors', () => {
+  // A server that misbehaves on purpose: it refuses what each test says, quoting the client_assertion it was sent in its
+  // error_description. An assertion is a credential until it expires (any holder can authenticate as the client with
+  // it), so it must be redacted like the client secret.
+  let stub: Listener;
+  let app: AppSlot;
+  let parApp: AppSlot;
+  let refuse: { exchange: boolean; refresh: boolean } = { exchange: false, refresh: false };
+  const sent: string[] = [];
+  const reported: AuthError[] = [];
+
+  function quoting(res: ServerResponse, assertion: string): void {
+    res.writeHead(400, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ error: 'invalid_request', error_description: `cannot accept client_assertion=${assertion} here` }));
+  }
+
+  beforeAll(async () => {
+    [stub, app, parApp] = await Promise.all([listen(), appSlot(), appSlot()]);
+    stub.handle((req, res) => {
+      const url = new URL(req.url ?? '/', stub.url);
+      if (req.method === 'GET' && url.pathname === '/authorize') {
+        const back = new URL(url.searchParams.get('redirect_uri') ?? '');
+        back.searchParams.set('code', `stub-code-${randomUUID()}`);
+        back.searchParams.set('state', url.searchParams.get('state') ?? '');
+        res.writeHead(302, { location: back.href }).end();
+        return;
+      }
+      let raw = '';
+      req.on('data', (chunk: Buffer) => (raw += chunk.toString()));
+      req.on('end', () => {
+        const form = new URLSearchParams(raw);
+        const assertion = form.get('client_assertion') ?? '';
+        sent.push(assertion);
+        const grant = form.get('grant_type');
+        if (url.pathname === '/par' || (grant === 'authorization_code' && refuse.exchange) || (grant === 'refresh_token' && refuse.refresh)) {
+          return quoting(res, assertion);
+        }
+        res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+        res.end(JSON.stringify({ access_token: `stub-at-${randomUUID()}`, token_type: 'bearer', expires_in: 3600, refresh_token: `stub-rt-${randomUUID()}` }));
+      });
+    });
+    const { privateJwk } = await clientKeyPair('ES256', 'stub-key');
+    const options = (slot: AppSlot, extra: Partial<AuthOptions> = {}): AuthOptions => ({
+      server: { authorizationEndpoint: `${stub.url}/authorize`, tokenEndpoint: `${stub.url}/token`, pushedAuthorizationRequestEndpoint: `${stub.url}/par` },
+      clientId: 'stub-client',
+      privateKey: privateJwk,
+      redirectUri: slot.redirectUri,
+      scope: 'repo',
+      allowInsecureRequests: true,
+      redis,
+      keyPrefix: `test:${randomUUID()}:`,
+      onError: (err) => reported.push(err),
+      ...extra,
+    });
+    app.mount(redis, options(app), (express) => {
+      whoami(express);
+      express.get('/api/refresh', async (req, res) => {
+        try {
+          res.json(await req.auth.refresh());
+        } catch (err) {
+          if (!(err instanceof AuthError)) throw err;
+          res.status(err.status).json({ ...err.toJSON(), printed: inspectDeep(err) });
+        }
+      });
+    });
+    parApp.mount(redis, options(parApp, { pushedAuthorizationRequests: true }));
+  });
+
+  afterAll(async () => {
+    await Promise.all([stub.close(), app.listener.close(), parApp.listener.close()]);
+  });
+
+  function expectRedacted(shown: string[], description: unknown): void {
+    // The stub really was sent an assertion, and quoted it; the rest of its description still reaches the page.
+    expect(sent.length).toBeGreaterThan(0);
+    for (const assertion of sent) expect(assertion).toMatch(/^eyJ[\w-]+\.[\w-]+\.[\w-]+$/);
+    expect(description).toBe('cannot accept client_assertion=[redacted] here');
+    const printed = [...shown, ...reported.map((err) => `${err.message} ${JSON.stringify(err)} ${inspectDeep(err)}`)];
+    for (const text of printed) for (const assertion of sent) expect(text).not.toContain(assertion);
+  }
+
+  beforeEach(() => {
+    sent.length = 0;
+    reported.length = 0;
+    refuse = { exchange: false, refresh: false };
+    app.browser.jar.clear();
+  });
+
+  test('at the code exchange', async () => {
+    refuse.exchange = true;
+    const toCallback = await app.browser.follow(`${app.url}/login`, { stopBefore: (url) => url.pathname === '/callback' });
+    const response = await app.browser.request(toCallback.steps.at(-1)!.location!, { headers: { accept: 'application/json' } });
+
+    expect(response.status).toBe(400);
+    const body = JSON.parse(response.body) as Record<string, unknown>;
+    expect(body).toMatchObject({ error: 'token_exchange_failed', upstream_error: 'invalid_request' });
+    expect(reported).toHaveLength(1);
+    expectRedacted([response.body], body.upstream_error_description);
+  });
+
+  test('at a refresh', async () => {
+    const login = await app.browser.follow(`${app.url}/login?returnTo=/whoami`);
+    expect(JSON.parse(login.body)).toMatchObject({ isAuthenticated: true });
+    sent.length = 0;
+    refuse.refresh = true;
+    const response = await app.browser.request(`${app.url}/api/refresh`, { headers: { accept: 'application/json' } });
+
+    expect(response.status).toBe(502);
+    const body = JSON.parse(response.body) as Record<string, unknown>;
+    expect(body).toMatchObject({ error: 'refresh_failed', upstream_error: 'invalid_request' });
+    expectRedacted([response.body], body.upstream_error_description);
+  });
+
+  test('at the pushed authorization request', async () => {
+    const response = await parApp.browser.request(`${parApp.url}/login`, { headers: { accept: 'application/json' } });
+
+    expect(response.status).toBe(502);
+    const body = JSON.parse(response.body) as Record<string, unknown>;
+    expect(body).toMatchObject({ error: 'par_failed', upstream_error: 'invalid_request' });
+    expect(reported).toHaveLength(1);
+    expectRedacted([response.body], body.upstream_error_description);
   });
 });

@@ -3,7 +3,10 @@ import { afterAll, beforeAll, beforeEach, describe, expect, test } from '@jest/g
 import type { Express } from 'express';
 import type { Redis } from 'ioredis';
 import { calculateJwkThumbprint, type JWK } from 'jose';
+import * as oidc from 'openid-client';
+import { checkDPoPSupport, createDPoPKey, dpopDowngrade, dpopOptionsFor } from '../../lib/dpop.js';
 import type { AuthOptions } from '../../lib/index.js';
+import { resolveOptions } from '../../lib/options.js';
 import { connectRedis } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import { logRevocations, startProvider, tokenResponses, type RevocationLog, type TestProvider } from '../helpers/provider.js';
@@ -80,11 +83,14 @@ describe('DPoP at a provider that requires nonces and DPoP-bound tokens', () => 
   let requests: string[];
   let app: AppSlot;
   let withPar: AppSlot;
+  let withUser: AppSlot;
+  /** Whether each pushed authorization request carried a DPoP proof. */
+  const pushedProofs: boolean[] = [];
 
   beforeAll(async () => {
-    [app, withPar] = await Promise.all([appSlot(), appSlot()]);
+    [app, withPar, withUser] = await Promise.all([appSlot(), appSlot(), appSlot()]);
     provider = await startProvider({
-      clients: [client('dpop-app', [app.redirectUri, withPar.redirectUri], { dpop_bound_access_tokens: true })],
+      clients: [client('dpop-app', [app.redirectUri, withPar.redirectUri, withUser.redirectUri], { dpop_bound_access_tokens: true })],
       configuration: {
         features: {
           devInteractions: { enabled: true },
@@ -95,12 +101,20 @@ describe('DPoP at a provider that requires nonces and DPoP-bound tokens', () => 
       },
     });
     requests = recordRequests(provider.server);
+    provider.server.prependListener('request', (req) => {
+      if (req.method === 'POST' && req.url === '/request') pushedProofs.push(typeof req.headers.dpop === 'string');
+    });
     app.mount(redis, options(app, provider.issuer), routes(provider.issuer));
     withPar.mount(redis, options(withPar, provider.issuer, { pushedAuthorizationRequests: true }), routes(provider.issuer));
+    const fetchUser: AuthOptions['fetchUser'] = async (_tokens, { fetch }) => (await fetch(`${provider.issuer}/me`)).json();
+    withUser.mount(redis, options(withUser, provider.issuer, { fetchUser }), (express) => {
+      routes(provider.issuer)(express);
+      express.get('/user', (req, res) => res.json(req.auth.user ?? null));
+    });
   });
 
   afterAll(async () => {
-    await Promise.all([app.listener.close(), withPar.listener.close()]);
+    await Promise.all([app.listener.close(), withPar.listener.close(), withUser.listener.close()]);
     await provider.close();
   });
 
@@ -172,12 +186,23 @@ describe('DPoP at a provider that requires nonces and DPoP-bound tokens', () => 
     expect(JSON.parse(userinfo.body)).toMatchObject({ sub: 'alice' });
   });
 
+  test("fetchUser's fetch sends the new DPoP-bound token with a proof of the login's key", async () => {
+    const result = await withUser.browser.login(`${withUser.url}/login?returnTo=/whoami`);
+
+    expect(result.status).toBe(200);
+    expect(JSON.parse(result.body)).toEqual({ isAuthenticated: true, tokenType: 'DPoP' });
+    expect(JSON.parse((await withUser.browser.request(`${withUser.url}/user`)).body)).toMatchObject({ sub: 'alice' });
+  });
+
   test('with PAR the pushed request carries the proof, and the login is DPoP-bound', async () => {
     const result = await withPar.browser.login(`${withPar.url}/login?returnTo=/whoami`);
 
     expect(result.status).toBe(200);
     expect(JSON.parse(result.body)).toEqual({ isAuthenticated: true, tokenType: 'DPoP' });
     expect([...new URL(result.steps[0]!.location!).searchParams.keys()].sort()).toEqual(['client_id', 'request_uri']);
+    // The proof on the pushed request binds the code to the key (RFC 9449 §10.1); the URL carries no dpop_jkt.
+    expect(pushedProofs.length).toBeGreaterThan(0);
+    expect(pushedProofs.every(Boolean)).toBe(true);
     const userinfo = await withPar.browser.request(`${withPar.url}/userinfo`, { headers: { accept: 'application/json' } });
     expect(JSON.parse(userinfo.body)).toMatchObject({ sub: 'alice' });
   });
@@ -315,5 +340,66 @@ describe('turning dpop on or off for an app with logged-in users', () => {
     const userinfo = await getJson('/userinfo');
     expect(userinfo.status).toBe(200);
     expect(JSON.parse(userinfo.body)).toMatchObject({ sub: 'alice' });
+  });
+});
+
+describe('DPoP handles, checks and downgrades, without a provider', () => {
+  const metadata = { issuer: 'https://idp.example.com', token_endpoint: 'https://idp.example.com/token' };
+  const configuration = new oidc.Configuration(metadata, 'dpop-app');
+  /** A runtime of its own per test: the handle cache is per server resolver. */
+  const services = (server: () => Promise<oidc.Configuration> = async () => configuration) => ({ server });
+  const config = (dpop: boolean) => resolveOptions({ issuer: metadata.issuer, clientId: 'dpop-app', redirectUri: 'https://app.example.com/callback', dpop });
+
+  test('the server must accept ES256 proofs when it lists what it accepts, and only when dpop is on', () => {
+    const es256Refused = { ...metadata, dpop_signing_alg_values_supported: ['PS256', 'EdDSA'] };
+    expect(() => checkDPoPSupport(config(true), es256Refused)).toThrow(expect.objectContaining({ code: 'discovery_failed', status: 502 }));
+    expect(() => checkDPoPSupport(config(true), { ...metadata, dpop_signing_alg_values_supported: ['PS256', 'ES256'] })).not.toThrow();
+    expect(() => checkDPoPSupport(config(true), metadata)).not.toThrow();
+    expect(() => checkDPoPSupport(config(false), es256Refused)).not.toThrow();
+  });
+
+  test('a Bearer token is a downgrade only with dpop on, for a login that has a key', async () => {
+    const { jwk } = await createDPoPKey(services());
+    expect(dpopDowngrade(config(true), { dpopKey: jwk }, { token_type: 'bearer' })).toMatch(/issued a Bearer token instead of a DPoP-bound one/);
+    expect(dpopDowngrade(config(true), { dpopKey: jwk }, { token_type: 'DPoP' })).toBeUndefined();
+    expect(dpopDowngrade(config(true), {}, { token_type: 'bearer' })).toBeUndefined();
+    // Turned off: the server may go back to Bearer for logins made while it was on, as the app now asks nothing else.
+    expect(dpopDowngrade(config(false), { dpopKey: jwk }, { token_type: 'bearer' })).toBeUndefined();
+  });
+
+  test('handles are kept per key for the most recently used 1000 keys', async () => {
+    const runtime = services();
+    const handle = async (jwk: JWK) => (await dpopOptionsFor(runtime, { dpopKey: jwk }))!.DPoP;
+    const first = await createDPoPKey(runtime);
+    const second = await createDPoPKey(runtime);
+    for (let i = 0; i < 998; i++) await createDPoPKey(runtime);
+    // 1000 keys held. Using the first makes it the most recent, so the next key pushes out the second instead.
+    expect(await handle(first.jwk)).toBe(first.handle);
+    await createDPoPKey(runtime);
+
+    expect(await handle(first.jwk)).toBe(first.handle);
+    const again = await handle(second.jwk);
+    expect(again).not.toBe(second.handle);
+    expect(await handle(second.jwk)).toBe(again);
+  });
+
+  test("a stored key that cannot be read is the login's end (401 login_required), not a server error", async () => {
+    const { jwk } = await createDPoPKey(services());
+    const damaged = { ...jwk, d: 'not-the-key' };
+
+    await expect(dpopOptionsFor(services(), { dpopKey: damaged })).rejects.toMatchObject({ code: 'login_required', status: 401 });
+  });
+
+  test('a handle that could not be made is not kept: the next request tries again', async () => {
+    const { jwk } = await createDPoPKey(services());
+    let calls = 0;
+    const runtime = services(async () => {
+      calls += 1;
+      if (calls === 1) throw new Error('discovery failed this once');
+      return configuration;
+    });
+
+    await expect(dpopOptionsFor(runtime, { dpopKey: jwk })).rejects.toThrow('discovery failed this once');
+    await expect(dpopOptionsFor(runtime, { dpopKey: jwk })).resolves.toEqual({ DPoP: expect.anything() });
   });
 });

@@ -172,7 +172,8 @@ describe('a provider without PAR', () => {
 describe('a PAR endpoint that fails after a transaction is already pending', () => {
   let stub: Listener;
   let app: AppSlot;
-  let parAnswer: { status: number; body: unknown; headers?: Record<string, string> };
+  /** `hang` answers nothing (until well after httpTimeout); `drop` closes the connection without an answer. */
+  let parAnswer: { status: number; body: unknown; headers?: Record<string, string> } | 'hang' | 'drop';
   let pushed = 0;
 
   beforeAll(async () => {
@@ -182,6 +183,8 @@ describe('a PAR endpoint that fails after a transaction is already pending', () 
       req.resume();
       req.on('end', () => {
         pushed += 1;
+        if (parAnswer === 'drop') return req.socket.destroy();
+        if (parAnswer === 'hang') return void setTimeout(() => req.socket.destroy(), 3000);
         const { status, body, headers = { 'content-type': 'application/json' } } = parAnswer;
         res.writeHead(status, headers).end(typeof body === 'string' ? body : JSON.stringify(body));
       });
@@ -193,6 +196,7 @@ describe('a PAR endpoint that fails after a transaction is already pending', () 
         server: { authorizationEndpoint: `${stub.url}/authorize`, tokenEndpoint: `${stub.url}/token`, pushedAuthorizationRequestEndpoint: `${stub.url}/par` },
         scope: 'profile',
         pushedAuthorizationRequests: true,
+        httpTimeout: 1000,
       }),
     );
   });
@@ -214,6 +218,8 @@ describe('a PAR endpoint that fails after a transaction is already pending', () 
     // 429 is about the rate, not the request (RFC 6585 §4): transient, as at the token endpoint, body or not.
     ['turns it away (429, no JSON body)', { status: 429, body: 'Too Many Requests', headers: { 'content-type': 'text/plain', 'retry-after': '5' } }, 'idp_unreachable', 502],
     ['turns it away (429 with an OAuth error)', { status: 429, body: { error: 'slow_down' } }, 'idp_unreachable', 502],
+    ['drops the connection without an answer', 'drop' as const, 'idp_unreachable', 502],
+    ['does not answer within httpTimeout', 'hang' as const, 'idp_unreachable', 504],
   ])('when it %s, the session keeps only the earlier transaction', async (_case, failure, code, status) => {
     parAnswer = { status: 201, body: { request_uri: `urn:ietf:params:oauth:request_uri:${randomUUID()}`, expires_in: 60 } };
     const first = await app.browser.request(`${app.url}/login`);
@@ -235,6 +241,8 @@ describe('a PAR endpoint that quotes the pushed request in its error', () => {
   let stub: Listener;
   let app: AppSlot;
   let pushedBody = new URLSearchParams();
+  /** Quote the client secret in `error` too, not only in `error_description`. */
+  let quoteInError = false;
   const reported: AuthError[] = [];
 
   beforeAll(async () => {
@@ -248,7 +256,8 @@ describe('a PAR endpoint that quotes the pushed request in its error', () => {
       req.on('end', () => {
         pushedBody = new URLSearchParams(raw);
         const quoted = [...pushedBody].map(([name, value]) => `${name}=${value}`).join(' ');
-        res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'invalid_request', error_description: `cannot accept ${quoted}` }));
+        const error = quoteInError ? `invalid_request:${pushedBody.get('client_secret') ?? ''}` : 'invalid_request';
+        res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error, error_description: `cannot accept ${quoted}` }));
       });
     });
     app.mount(
@@ -289,6 +298,22 @@ describe('a PAR endpoint that quotes the pushed request in its error', () => {
     for (const shown of [json.body, html.body, ...reported.map((err) => `${err.message} ${JSON.stringify(err)} ${inspect(err, { depth: 10 })}`)]) {
       expect(shown).not.toContain(SECRET);
       expect(shown).not.toContain(nonce);
+    }
+  });
+
+  test('nor the error code, should the server put the secret there', async () => {
+    quoteInError = true;
+    reported.length = 0;
+    try {
+      const json = await app.browser.request(`${app.url}/login`, { headers: { accept: 'application/json' } });
+
+      expect(pushedBody.get('client_secret')).toBe(SECRET);
+      expect(JSON.parse(json.body)).toMatchObject({ error: 'par_failed', upstream_error: 'invalid_request:[redacted]' });
+      for (const shown of [json.body, ...reported.map((err) => `${err.message} ${JSON.stringify(err)} ${inspect(err, { depth: 10 })}`)]) {
+        expect(shown).not.toContain(SECRET);
+      }
+    } finally {
+      quoteInError = false;
     }
   });
 });

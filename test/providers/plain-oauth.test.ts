@@ -2,8 +2,9 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import type { Express } from 'express';
 import type { Redis } from 'ioredis';
-import type { AuthOptions } from '../../lib/index.js';
+import type { AuthError, AuthOptions } from '../../lib/index.js';
 import { connectRedis } from '../helpers/app.js';
+import { inspectDeep } from '../helpers/security.js';
 import { startProvider, type TestProvider } from '../helpers/provider.js';
 import { resourceRoutes } from './resource-server.js';
 import { appSlot, recordRequests, storedSessions, type AppSlot } from './support.js';
@@ -19,6 +20,7 @@ let oauth2Discovery: AppSlot;
 let failing: AppSlot;
 let noIssuer: AppSlot;
 let hook: NonNullable<AuthOptions['fetchUser']> = async () => ({});
+const reported: AuthError[] = [];
 
 /** Routes every app here gets: the resource server, plus what req.auth says and a call through req.auth.fetch. */
 function routes(slot: AppSlot) {
@@ -86,7 +88,11 @@ beforeAll(async () => {
     routes(byHand),
   );
   oauth2Discovery.mount(redis, options(oauth2Discovery, { issuer: provider.issuer, discovery: 'oauth2' }), routes(oauth2Discovery));
-  failing.mount(redis, options(failing, { server: endpoints, fetchUser: (tokens, tools) => hook(tokens, tools) }), routes(failing));
+  failing.mount(
+    redis,
+    options(failing, { server: endpoints, fetchUser: (tokens, tools) => hook(tokens, tools), onError: (err) => reported.push(err) }),
+    routes(failing),
+  );
   const { issuer: _issuer, ...withoutIssuer } = endpoints;
   noIssuer.mount(redis, options(noIssuer, { server: withoutIssuer }), routes(noIssuer));
 });
@@ -167,6 +173,33 @@ test.each([
   expect(JSON.parse(after.body)).toMatchObject({ isAuthenticated: false, user: null });
   const sessions = await storedSessions(redis, failing.sessionPrefix);
   expect(sessions.filter((s) => (s.oauth as { login?: unknown } | undefined)?.login !== undefined)).toEqual([]);
+});
+
+test('a fetchUser that resolves to an object without a prototype (Object.create(null)) logs in with that user', async () => {
+  hook = async () => Object.assign(Object.create(null) as Record<string, unknown>, { sub: 'alice', name: 'Alice' });
+  failing.browser.jar.clear();
+  const result = await failing.browser.login(`${failing.url}/login?returnTo=/whoami`);
+
+  expect(result.status).toBe(200);
+  expect(JSON.parse(result.body)).toMatchObject({ isAuthenticated: true, user: { sub: 'alice', name: 'Alice' } });
+});
+
+test("a fetchUser error that quotes the login's tokens keeps them out of the reported error and its cause", async () => {
+  let quoted = '';
+  hook = async (tokens) => {
+    quoted = tokens.accessToken;
+    throw new Error(`the user API refused ${tokens.accessToken}`);
+  };
+  reported.length = 0;
+  failing.browser.jar.clear();
+  const result = await failing.browser.login(`${failing.url}/login?returnTo=/whoami`);
+
+  expect(result.status).toBe(502);
+  expect(quoted.length).toBeGreaterThan(8);
+  expect(reported).toHaveLength(1);
+  const printed = inspectDeep(reported[0]);
+  expect(printed).toContain('the user API refused [redacted]');
+  expect(printed).not.toContain(quoted);
 });
 
 test('a server that sends `iss` (RFC 9207) needs `server.issuer`: without it the response is refused, naming the fix', async () => {

@@ -81,6 +81,14 @@ test('sends the token in the Authorization header only, with the method, headers
   expect(seen).toEqual([{ method: 'POST', path: '/orders?page=2', authorization: 'Bearer resource-test-token', contentType: 'application/json', body: '{"item":1}' }]);
 });
 
+test('a null body, as fetch takes it, is no body: a GET with one is sent', async () => {
+  seen = [];
+  const response = await fetchResource(runtime(), bearer, `${api.url}/orders`, { body: null });
+
+  expect(response.status).toBe(200);
+  expect(seen).toEqual([{ method: 'GET', path: '/orders', authorization: 'Bearer resource-test-token', contentType: undefined, body: '' }]);
+});
+
 test('a 401 challenge is returned to the caller, not thrown (the app decides: refresh or log in again)', async () => {
   const response = await fetchResource(runtime(), bearer, `${api.url}/expired`);
 
@@ -99,6 +107,7 @@ test.each([
   // The Fetch API's own refusal would quote the URL, password included, and toJSON() sends the message to clients.
   ['a URL with credentials', `http://user:${SECRET}@127.0.0.1:9/orders`, {}, /URL with credentials/],
   ['a URL with a user name only', `http://${SECRET}@127.0.0.1:9/orders`, {}, /URL with credentials/],
+  ['a URL with a password only', `http://:${SECRET}@127.0.0.1:9/orders`, {}, /URL with credentials/],
   ['a GET with a body', 'API', { body: 'x' }, /body for a GET request/],
   ['a HEAD with a body', 'API', { method: 'head', body: new URLSearchParams({ a: '1' }) }, /body for a HEAD request/],
   // The Fetch API's message quotes an invalid header value (here a header injection).
@@ -184,7 +193,22 @@ test('httpTimeout counts in milliseconds for req.auth.fetch(): 200 gives up well
 test('an unreachable resource server is resource_request_failed (502), a slow one 504 after httpTimeout', async () => {
   const down = await refusal(fetchResource(runtime(), bearer, `${closed.url}/orders`));
   expect([down.code, down.status]).toEqual(['resource_request_failed', 502]);
+  expect(down.message).toBe('The resource server could not be reached.');
 
   const slow = await refusal(fetchResource(runtime({ httpTimeout: 1000 }), bearer, `${api.url}/slow`));
   expect([slow.code, slow.status]).toEqual(['resource_request_failed', 504]);
+});
+
+test('a failure that quotes the access token (one fetch cannot put in a header) keeps it out of the error and its cause', async () => {
+  seen = [];
+  const odd: ResourceCredentials = { accessToken: 'token-a-server-issued\nwith-a-line-break', tokenType: 'Bearer' };
+  const err = await refusal(fetchResource(runtime(), odd, `${api.url}/orders`));
+
+  expect([err.code, err.status]).toEqual(['resource_request_failed', 502]);
+  for (const shown of [err.message, JSON.stringify(err), inspect(err, { depth: 10 })]) {
+    expect(shown).not.toContain('token-a-server-issued');
+    expect(shown).not.toContain('with-a-line-break');
+  }
+  expect(inspect(err, { depth: 10 })).toContain('[redacted]');
+  expect(seen).toEqual([]);
 });

@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
-import type { Stack } from '../helpers/app.js';
+import { createIssuerKeys, KeySetUnavailable } from '../../lib/keys.js';
+import { resolveOptions } from '../../lib/options.js';
+import { listen, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import {
   expectLastRefreshRevoked,
@@ -105,4 +107,21 @@ test('with the key set down, a refreshed ID token naming another user still ends
   // Unverifiable, but claims naming someone else are reason enough not to keep this response (§12.2).
   await expectLoginEnded(stack, browser, before.id, answer, /sub/);
   await expectLastRefreshRevoked(stack.provider);
+});
+
+test('a key-set fetch gives up after httpTimeout, in milliseconds as given, and says the keys are unavailable', async () => {
+  const silent = await listen();
+  silent.handle(() => undefined);
+  try {
+    const config = resolveOptions({ issuer: silent.url, clientId: 'app', redirectUri: 'http://127.0.0.1/callback', allowInsecureRequests: true, httpTimeout: 300 });
+    const getKey = createIssuerKeys(config)(`${silent.url}/jwks`);
+    const started = performance.now();
+    const failure = await Promise.resolve(getKey({ alg: 'RS256', kid: 'k' }, { payload: '', signature: '' } as never)).catch((err: unknown) => err);
+
+    expect(failure).toBeInstanceOf(KeySetUnavailable);
+    expect(performance.now() - started).toBeLessThan(2000);
+  } finally {
+    silent.server.closeAllConnections();
+    await silent.close();
+  }
 });

@@ -3,6 +3,7 @@
  * each test tells it to. Every failure is `invalid_id_token` (400) after exactly one token request, and no login.
  */
 import { afterAll, beforeAll, expect, jest, test } from '@jest/globals';
+import { exportJWK, generateKeyPair } from 'jose';
 import { CLIENT_ID, CLIENT_SECRET } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import { startRogueStack, type RogueKey, type RogueStack, type TokenContext } from '../helpers/rogue-provider.js';
@@ -70,6 +71,46 @@ test('alg "none" (unsigned) is refused', async () => {
 
 test('an unexpected alg (ES256 with a published key, while the server lists only RS256) is refused', async () => {
   await refusedWith((c) => stack.rogue.sign(c.claims(), { key: stack.rogue.keys.ec }));
+});
+
+test('a logout token in an unexpected alg (ES256 with a published key, while the server lists only RS256) is refused', async () => {
+  // openid-client checks an ID token's alg at the exchange too; a logout token has only the library's check.
+  const claims = () => logoutClaims(stack.rogue.issuer, { sub: 'nobody-logged-in' });
+  const refused = await sendLogoutToken(stack.appUrl, await stack.rogue.sign(claims(), { key: stack.rogue.keys.ec }));
+  expect(refused.status).toBe(400);
+  expect(await refused.json()).toMatchObject({ error: 'invalid_logout_token', error_description: expect.stringMatching(/"alg"/) });
+  // The same token signed with the RS256 key is accepted (control).
+  expect((await sendLogoutToken(stack.appUrl, await stack.rogue.sign(claims()))).status).toBe(200);
+});
+
+test('a logout token signed with EdDSA (Ed25519) is accepted when the server lists EdDSA', async () => {
+  const { privateKey, publicKey } = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
+  const ed: RogueKey = { kid: 'rogue-ed-1', alg: 'EdDSA', privateKey, publicJwk: { ...(await exportJWK(publicKey)), kid: 'rogue-ed-1', alg: 'EdDSA', use: 'sig' } };
+  stack.rogue.published = [...stack.rogue.published, ed];
+  stack.rogue.metadata.id_token_signing_alg_values_supported = ['RS256', 'EdDSA'];
+  // A fresh app: nothing cached, so it reads the set and metadata above.
+  const fresh = await startRogueStack({ rogue: stack.rogue });
+  try {
+    const token = await stack.rogue.sign(logoutClaims(stack.rogue.issuer, { sub: 'nobody-logged-in' }), { key: ed });
+    expect((await sendLogoutToken(fresh.appUrl, token)).status).toBe(200);
+  } finally {
+    stack.rogue.reset();
+    await fresh.close();
+  }
+});
+
+test("a logout token while the issuer's key set cannot be fetched is 502 idp_unreachable, not a verdict on the token", async () => {
+  stack.rogue.keySetDown = true;
+  // A fresh app: no key set cached, so it must fetch one.
+  const fresh = await startRogueStack({ rogue: stack.rogue });
+  try {
+    const response = await sendLogoutToken(fresh.appUrl, await stack.rogue.sign(logoutClaims(stack.rogue.issuer, { sub: 'nobody-logged-in' })));
+    expect(response.status).toBe(502);
+    expect(await response.json()).toMatchObject({ error: 'idp_unreachable' });
+  } finally {
+    stack.rogue.reset();
+    await fresh.close();
+  }
 });
 
 test('HS256 with the client secret as MAC key (algorithm confusion) is refused', async () => {
