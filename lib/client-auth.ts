@@ -1,4 +1,3 @@
-import { AsyncLocalStorage } from 'node:async_hooks';
 import { importJWK } from 'jose';
 import * as client from 'openid-client';
 import { AuthError, AuthErrorCode } from './errors.js';
@@ -25,19 +24,6 @@ export async function clientAuthentication(config: ResolvedConfig): Promise<clie
   }
 }
 
-// The assertions signed for the requests of the current async context, when a caller asked for them.
-const signedAssertions = new AsyncLocalStorage<string[]>();
-
-/**
- * Runs `request` (openid-client calls that authenticate the client) and adds to `signed` every `private_key_jwt`
- * assertion made for it, retries included. An assertion is a credential until it expires: whoever holds it can
- * authenticate as the client, and a server may quote it in its `error_description` as it may quote the client
- * secret. The caller redacts both from the errors it reports. Nothing is added for the other methods.
- */
-export function collectingAssertions<T>(signed: string[], request: () => Promise<T>): Promise<T> {
-  return signedAssertions.run(signed, request);
-}
-
 /**
  * The URL the authenticated request goes to, for `audience: 'token_endpoint'`. RFC 7523 §3 allows the token endpoint
  * as audience, Entra ID and Okta require an endpoint URL, and Okta requires exactly the one called: so the revocation
@@ -61,7 +47,7 @@ async function privateKeyJwt(privateKey: ResolvedPrivateKey): Promise<client.Cli
     // options.ts already read the key with node:crypto; WebCrypto may still refuse a combination it does not support.
     throw new AuthError(AuthErrorCode.MISCONFIGURED, 500, `The privateKey could not be imported for ${privateKey.alg}.`, { cause: sanitisedCause(err) });
   }
-  return async (as, metadata, body, headers) => {
+  return (as, metadata, body, headers) => {
     const sign = client.PrivateKeyJwt(
       { key, kid: privateKey.kid },
       {
@@ -75,9 +61,7 @@ async function privateKeyJwt(privateKey: ResolvedPrivateKey): Promise<client.Cli
         },
       },
     );
-    await sign(as, metadata, body, headers);
-    const assertion = body.get('client_assertion');
-    if (assertion !== null) signedAssertions.getStore()?.push(assertion);
+    return sign(as, metadata, body, headers);
   };
 }
 

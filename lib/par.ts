@@ -1,5 +1,4 @@
 import * as client from 'openid-client';
-import { collectingAssertions } from './client-auth.js';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { ResolvedConfig } from './options.js';
 import { describe, isNetworkError, isTimeout, isTransient, redactor, sanitisedCause, transientStatus } from './upstream.js';
@@ -31,7 +30,7 @@ function unusableEndpoint(err: unknown): AuthError | undefined {
 
 /**
  * `secrets` are what the pushed request carried that must not be shown (the client secret with `client_secret_post`,
- * the `private_key_jwt` assertion, the nonce): redacted from whatever the server echoed, as at the token endpoint.
+ * the nonce): redacted from whatever the server echoed, as at the token endpoint.
  */
 function parError(err: unknown, secrets: ReadonlyArray<string | undefined>): AuthError {
   const endpoint = unusableEndpoint(err);
@@ -80,12 +79,9 @@ export async function authorizationUrl(
       throw unusableEndpoint(err) ?? err;
     }
   }
-  const assertions: string[] = [];
   try {
-    return await collectingAssertions(assertions, () =>
-      client.buildAuthorizationUrlWithPAR(configuration, parameters, dpop === undefined ? undefined : { DPoP: dpop }),
-    );
+    return await client.buildAuthorizationUrlWithPAR(configuration, parameters, dpop === undefined ? undefined : { DPoP: dpop });
   } catch (err) {
-    throw parError(err, [config.clientSecret, parameters.nonce, ...assertions]);
+    throw parError(err, [config.clientSecret, parameters.nonce]);
   }
 }

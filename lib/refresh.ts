@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as client from 'openid-client';
-import { collectingAssertions } from './client-auth.js';
 import { dpopDowngrade, dpopOptionsFor } from './dpop.js';
 import { AuthError, AuthErrorCode } from './errors.js';
 import { withIssuedTokens } from './issued.js';
@@ -224,14 +223,13 @@ export function createRefresher(runtime: RefreshServices): Refresher {
     let response: RefreshResponse;
     // Tokens of an answer openid-client refused inside the grant (its ID token's claims): the server has rotated already.
     let issued: RevocableTokens | undefined;
-    const assertions: string[] = [];
     try {
       response = await withIssuedTokens(
-        () => collectingAssertions(assertions, () => requestRefresh(runtime, login, refreshToken)),
+        () => requestRefresh(runtime, login, refreshToken),
         (tokens) => (issued = { accessToken: tokens.accessToken, refreshToken: tokens.refreshToken ?? refreshToken }),
       );
     } catch (caught) {
-      const err = refreshError(caught, [refreshToken, record.tokens.accessToken, config.clientSecret, ...assertions]);
+      const err = refreshError(caught, [refreshToken, record.tokens.accessToken, config.clientSecret]);
       if (err.code !== AuthErrorCode.LOGIN_REQUIRED) throw err;
       const ended = endsLoginError(err);
       if (isDeadRefreshToken(err.error) && rereadAllowed) {

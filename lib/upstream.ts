@@ -63,10 +63,21 @@ export function isTimeout(err: unknown): boolean {
   return chain(err).some((e) => e.code === 'OAUTH_TIMEOUT' || e.name === 'TimeoutError');
 }
 
-/** Replaces every occurrence of the `secrets` (codes, verifiers, tokens, the client secret) in `text`. */
+/**
+ * A JWT in compact form (JWS: three parts, JWE: five), whose header always starts `{"`, base64url `eyJ`. The library
+ * does not hold every JWT a server may quote: the `private_key_jwt` client assertions are signed inside openid-client
+ * (a fresh one per request), and an ID token or JWT access token may come back in an error. Each is a credential or
+ * personal data until it expires, and none is worth showing in an error.
+ */
+const COMPACT_JWT = /eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){2,4}/g;
+
+/**
+ * Replaces every occurrence of the `secrets` (codes, verifiers, tokens, the client secret), and every compact JWT, in
+ * `text`.
+ */
 export function redactor(secrets: ReadonlyArray<string | undefined>): (text: string) => string {
   const values = secrets.filter((s): s is string => typeof s === 'string' && s.length >= 8);
-  return (text) => values.reduce((result, secret) => result.split(secret).join('[redacted]'), text);
+  return (text) => values.reduce((result, secret) => result.split(secret).join('[redacted]'), text).replace(COMPACT_JWT, '[redacted]');
 }
 
 /** Own properties of openid-client / oauth4webapi errors that are plain facts, never token material. */

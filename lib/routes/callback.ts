@@ -1,6 +1,5 @@
 import type { NextFunction, Request, Response } from 'express';
 import * as client from 'openid-client';
-import { collectingAssertions } from '../client-auth.js';
 import { dpopOptionsFor } from '../dpop.js';
 import { AuthError, AuthErrorCode } from '../errors.js';
 import { withIssuedTokens } from '../issued.js';
@@ -103,31 +102,28 @@ export function callbackRoute(runtime: Runtime) {
     const dpop = await dpopOptionsFor(runtime, transaction);
     let response: Awaited<ReturnType<typeof client.authorizationCodeGrant>>;
     const exchangedAt = Date.now();
-    const assertions: string[] = [];
     try {
       // An answer refused inside the grant (its ID token's claims) still carried tokens: revoked, as below.
       response = await withIssuedTokens(
         () =>
-          collectingAssertions(assertions, () =>
-            client.authorizationCodeGrant(
-              configuration,
-              currentUrl,
-              {
-                pkceCodeVerifier: transaction.verifier,
-                expectedState: stateValue,
-                ...(transaction.nonce === undefined ? {} : { expectedNonce: transaction.nonce }),
-                // Without it openid-client skips `auth_time` entirely: a server that ignored max_age would go unnoticed.
-                ...(transaction.maxAge === undefined ? {} : { maxAge: transaction.maxAge }),
-                idTokenExpected: config.openid,
-              },
-              undefined,
-              dpop,
-            ),
+          client.authorizationCodeGrant(
+            configuration,
+            currentUrl,
+            {
+              pkceCodeVerifier: transaction.verifier,
+              expectedState: stateValue,
+              ...(transaction.nonce === undefined ? {} : { expectedNonce: transaction.nonce }),
+              // Without it openid-client skips `auth_time` entirely: a server that ignored max_age would go unnoticed.
+              ...(transaction.maxAge === undefined ? {} : { maxAge: transaction.maxAge }),
+              idTokenExpected: config.openid,
+            },
+            undefined,
+            dpop,
           ),
         (issued) => void revokeUnused(configuration, issued),
       );
     } catch (err) {
-      throw exchangeError(err, [params.get('code') ?? undefined, transaction.verifier, transaction.nonce, config.clientSecret, ...assertions]);
+      throw exchangeError(err, [params.get('code') ?? undefined, transaction.verifier, transaction.nonce, config.clientSecret]);
     }
     const tokens = toStoredTokens(response);
     let created: NewLogin | undefined;
