@@ -164,6 +164,7 @@ beforeAll(() => {
     ['none-capitalised', 'development'],
     ['strict-capitalised', 'development'],
     ['insecure', 'production'],
+    ['httponly-unset', 'development'],
     ['strict-as-true-then-none', 'development'],
     ['development-defaults', 'development'],
     ['app-env-production', 'development'],
@@ -230,6 +231,11 @@ test.each([
   expect(cookieAttributes((await report(scenario)).setCookies).sameSite).toBe(sent);
   expect(await codes(scenario)).toEqual(['EXPRESS_OAUTH_PKCE_COOKIE_SAMESITE']);
   expect((await report(scenario)).warnings.map((w) => w.message).join('\n')).toMatch(message);
+});
+
+test('httpOnly left undefined sends the cookie without HttpOnly: warned as httpOnly: false is', async () => {
+  expect(cookieAttributes((await report('httponly-unset')).setCookies).httpOnly).toBe(false);
+  expect(await codes('httponly-unset')).toEqual(['EXPRESS_OAUTH_PKCE_COOKIE_NOT_HTTPONLY']);
 });
 
 test("sameSite: true is express-session's Strict and warns as such; another app's SameSite=None in the same process still warns", async () => {
