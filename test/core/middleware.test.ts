@@ -40,6 +40,8 @@ function guarded(app: Express): void {
     throw new Error('check failed');
   });
   app.get('/after-auth', (req, res) => void res.json({ authenticated: req.auth.isAuthenticated }));
+  // The app's own answer to a request target that names no path (no route can match it), reading req.auth as any route may.
+  app.use((req, res, next) => (req.path.startsWith('/') ? next() : void res.status(404).json({ authenticated: req.auth.isAuthenticated })));
   app.use(appErrorHandler);
 }
 
@@ -77,7 +79,7 @@ describe('auth() renders its own errors', () => {
     ['GET', '*'],
     // Absolute-form with a host url.parse() folds into the path: its path is "%zz/login", without the leading slash.
     ['GET', 'http://%zz/login'],
-  ])('a request target that names no path (%s %s), which express-session leaves without a session, goes on to the app: no 500, nothing logged', async (method, path) => {
+  ])('a request target that names no path (%s %s), which express-session leaves without a session, goes on to the app with an anonymous req.auth: no 500, nothing logged', async (method, path) => {
     // fetch cannot send a request target that is not a path; node:http sends it as given.
     const send = () =>
       new Promise<{ status: number; body: string }>((resolve, reject) => {
@@ -98,9 +100,9 @@ describe('auth() renders its own errors', () => {
       output.restore();
     }
 
-    // The app has no route for it: Express's own 404.
+    // The app's answer, with a usable req.auth (anonymous: no session).
     expect(response.status).toBe(404);
-    expect(response.body).not.toContain('session_missing');
+    expect(JSON.parse(response.body)).toEqual({ authenticated: false });
     expect(output.text()).not.toContain('express-oauth-pkce');
   });
 
@@ -182,6 +184,27 @@ describe('auth() without a reachable authorization server or session', () => {
 
     expect(response.status).toBe(500);
     expect(await response.json()).toMatchObject({ error: 'session_missing' });
+  });
+
+  test('a req.session set to null (no session, as cookie-session spells it) is session_missing too, not a crash later', async () => {
+    const app = express();
+    app.use((req, _res, next) => {
+      (req as unknown as { session: null }).session = null;
+      next();
+    });
+    const nulled = await listen();
+    try {
+      app.use(auth({ issuer: 'http://127.0.0.1:9', clientId: 'c', clientSecret: 's', redirectUri: `${nulled.url}/callback`, allowInsecureRequests: true }));
+      app.get('/anything', (req, res) => void res.json({ authenticated: req.auth.isAuthenticated }));
+      app.use(appErrorHandler);
+      nulled.handle(app);
+      const response = await fetch(`${nulled.url}/anything`, { headers: { accept: 'application/json' } });
+
+      expect(response.status).toBe(500);
+      expect(await response.json()).toMatchObject({ error: 'session_missing' });
+    } finally {
+      await nulled.close();
+    }
   });
 });
 
