@@ -106,6 +106,27 @@ describe('auth() renders its own errors', () => {
     expect(output.text()).not.toContain('express-oauth-pkce');
   });
 
+  test.each([
+    ['POST', '/login'],
+    ['POST', '/callback?code=x&state=y'],
+  ])('%s %s, a method its route does not take, goes on to the app (here its 404)', async (method, path) => {
+    const response = await fetch(`${stack.appUrl}${path}`, { method, redirect: 'manual', headers: { accept: 'application/json', cookie } });
+
+    expect(response.status).toBe(404);
+  });
+
+  test.each([
+    ['PUT', '/logout'],
+    ['DELETE', '/logout'],
+    ['PUT', '/backchannel-logout'],
+  ])('%s %s is refused with 405 and Allow: POST, not run as the POST route', async (method, path) => {
+    const response = await fetch(`${stack.appUrl}${path}`, { method, redirect: 'manual', headers: { accept: 'application/json', cookie } });
+
+    expect(response.status).toBe(405);
+    expect(response.headers.get('allow')).toBe('POST');
+    expect(await response.json()).toMatchObject({ error: 'method_not_allowed' });
+  });
+
   test('other requests go on to the app with req.auth set', async () => {
     expect(await get('/after-auth')).toMatchObject({ status: 200, body: { authenticated: true } });
     expect(await get('/after-auth', { cookie: '' })).toMatchObject({ status: 200, body: { authenticated: false } });
@@ -116,7 +137,14 @@ describe('auth() is an Express Router', () => {
   test('it is a Router, and routes an app adds to it run after the library dispatch, with req.auth', async () => {
     const listener = await listen();
     try {
-      const router = auth({ ...stack.authOptions, redirectUri: `${listener.url}/callback` });
+      const router = auth({
+        ...stack.authOptions,
+        redirectUri: `${listener.url}/callback`,
+        // An error that is not the library's: it goes to the app's error handler, not past it to the router's routes.
+        loginParams: () => {
+          throw new Error('a broken hook');
+        },
+      });
       const routerPrototype = (r: object) => Object.getPrototypeOf(Object.getPrototypeOf(r));
       expect(routerPrototype(router)).toBe(routerPrototype(express.Router()));
       expect(typeof router.get).toBe('function');
@@ -136,6 +164,8 @@ describe('auth() is an Express Router', () => {
       expect(await (await fetch(`${listener.url}/app`)).json()).toEqual({ app: true });
       const logout = await fetch(`${listener.url}/logout`, { headers: { accept: 'application/json' } });
       expect(logout.status).toBe(405);
+      const login = await fetch(`${listener.url}/login`, { redirect: 'manual', headers: { accept: 'application/json' } });
+      expect({ status: login.status, body: await login.json() }).toEqual({ status: 599, body: { reachedApp: true } });
     } finally {
       await listener.close();
     }
