@@ -331,6 +331,32 @@ describe('auth() mounted under a path', () => {
     expect(body.error_description).toContain('app.use(auth({ ... }))');
   });
 
+  test('a mount path with a parameter reflects the request in the message: the error page escapes it', async () => {
+    const tenant = await listen();
+    try {
+      const app = express();
+      app.use(standInSession);
+      app.use('/:tenant', auth({ issuer: 'http://127.0.0.1:9', clientId: 'c', clientSecret: 's', redirectUri: `${tenant.url}/t/callback`, allowInsecureRequests: true, onError: () => undefined }));
+      tenant.handle(app);
+      // Browsers percent-encode markup in a URL; other clients need not, and Node takes it as sent.
+      const { hostname, port } = new URL(tenant.url);
+      const page = await new Promise<string>((resolve, reject) => {
+        const request = httpRequest({ host: hostname, port, path: '/<script>alert(1)<%2Fscript>/login', headers: { accept: 'text/html' } }, (response) => {
+          let body = '';
+          response.on('data', (chunk: Buffer) => (body += chunk.toString('utf8')));
+          response.on('end', () => resolve(body));
+        });
+        request.on('error', reject);
+        request.end();
+      });
+
+      expect(page).toContain('mounted under &quot;/&lt;script&gt;alert(1)&lt;%2Fscript&gt;&quot;');
+      expect(page).not.toContain('<script>');
+    } finally {
+      await tenant.close();
+    }
+  });
+
   test('the default log line names the path as requested, prefix included', async () => {
     const output = captureOutput();
     try {
