@@ -109,7 +109,11 @@ describe('auth() renders its own errors', () => {
   test.each([
     ['POST', '/login'],
     ['POST', '/callback?code=x&state=y'],
-  ])('%s %s, a method its route does not take, goes on to the app (here its 404)', async (method, path) => {
+    // Paths are matched literally: not as a prefix, not without case, not with a trailing slash.
+    ['GET', '/login/'],
+    ['GET', '/loginx'],
+    ['GET', '/LOGIN'],
+  ])('%s %s, which no route takes, goes on to the app (here its 404)', async (method, path) => {
     const response = await fetch(`${stack.appUrl}${path}`, { method, redirect: 'manual', headers: { accept: 'application/json', cookie } });
 
     expect(response.status).toBe(404);
