@@ -228,7 +228,7 @@ describe('auth() without a reachable authorization server or session', () => {
     });
     const nulled = await listen();
     try {
-      app.use(auth({ issuer: 'http://127.0.0.1:9', clientId: 'c', clientSecret: 's', redirectUri: `${nulled.url}/callback`, allowInsecureRequests: true }));
+      app.use(auth({ issuer: 'http://127.0.0.1:9', clientId: 'c', clientSecret: 's', redirectUri: `${nulled.url}/callback`, allowInsecureRequests: true, onError: () => undefined }));
       app.get('/anything', (req, res) => void res.json({ authenticated: req.auth.isAuthenticated }));
       app.use(appErrorHandler);
       nulled.handle(app);
