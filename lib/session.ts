@@ -67,7 +67,7 @@ function storeError(operation: string, err: unknown): AuthError {
 }
 
 // express-session's callback methods, promise-wrapped once. A store failure becomes a 503: nobody is let in.
-function wrap(operation: string, method: 'save' | 'regenerate' | 'destroy' | 'reload') {
+function wrap(operation: string, method: 'save' | 'regenerate' | 'destroy') {
   return function run(session: Session): Promise<void> {
     return new Promise((resolve, reject) => {
       session[method]((err?: unknown) => (err ? reject(storeError(operation, err)) : resolve()));
@@ -77,7 +77,6 @@ function wrap(operation: string, method: 'save' | 'regenerate' | 'destroy' | 're
 
 export const saveSession = wrap('save', 'save');
 export const destroySession = wrap('destroy', 'destroy');
-export const reloadSession = wrap('reload', 'reload');
 
 /** Destroys a session in the store by id (another browser's session: `req.session` is not it). */
 export function destroyStoredSession(store: Store, id: string): Promise<void> {

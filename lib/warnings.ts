@@ -61,8 +61,9 @@ export function checkSessionCookie(req: Request): void {
   if (cookie === undefined) return;
   const production = isProduction(req);
 
-  if (cookie.httpOnly === false) {
-    warn(WarningCode.COOKIE_NOT_HTTPONLY, `the session cookie has httpOnly: false, so any injected script can read it and take over logins. Use ${RECOMMENDED}.`);
+  // As the cookie carries it: express-session takes `httpOnly: undefined` written out over its default, and sends no HttpOnly.
+  if (!cookie.httpOnly) {
+    warn(WarningCode.COOKIE_NOT_HTTPONLY, `the session cookie is sent without HttpOnly (httpOnly: false, or undefined), so any injected script can read it and take over logins. Use ${RECOMMENDED}.`);
   }
   // Compared as the cookie carries it: `sameSite: 'None'` is `SameSite=None` all the same.
   const sameSite = cookie.sameSite === true ? 'strict' : typeof cookie.sameSite === 'string' ? cookie.sameSite.toLowerCase() : cookie.sameSite;

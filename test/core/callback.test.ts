@@ -169,7 +169,8 @@ describe('GET /callback', () => {
     const res = await browser.request(callback);
     expect(res.status).toBe(400);
     expect(res.headers.get('content-type')).toMatch(/text\/html/);
-    expect(res.body).toContain('interaction_required');
+    // The server's own code, said as such, also without an error_description.
+    expect(res.body).toContain('The authorization server said: <code>interaction_required</code></p>');
     expect(res.body).toContain('authorization_error');
     expect(res.body).not.toMatch(/at .*\.(ts|js):\d+/);
   });

@@ -83,13 +83,15 @@ describe('requireAuth()', () => {
     expect(landed.url).toBe(`${stack.appUrl}/`);
   });
 
-  test('an API client gets 401 with a JSON body', async () => {
-    for (const accept of ['application/json', '*/*', undefined]) {
+  test('an API client gets 401 with a JSON body, not cached', async () => {
+    // text/plain names neither answer: JSON, as for any client that does not prefer HTML.
+    for (const accept of ['application/json', '*/*', 'text/plain', undefined]) {
       const browser = new Browser();
       browser.headers = accept ? { accept } : {};
       const res = await browser.request(`${stack.appUrl}/me`);
       expect(res.status).toBe(401);
       expect(res.headers.get('content-type')).toMatch(/application\/json/);
+      expect(res.headers.get('cache-control')).toBe('no-store');
       expect(JSON.parse(res.body)).toMatchObject({ error: 'unauthorized' });
     }
   });

@@ -40,6 +40,8 @@ function guarded(app: Express): void {
     throw new Error('check failed');
   });
   app.get('/after-auth', (req, res) => void res.json({ authenticated: req.auth.isAuthenticated }));
+  // The app's own answer to a request target that names no path (no route can match it), reading req.auth as any route may.
+  app.use((req, res, next) => (req.path.startsWith('/') ? next() : void res.status(404).json({ authenticated: req.auth.isAuthenticated })));
   app.use(appErrorHandler);
 }
 
@@ -77,7 +79,7 @@ describe('auth() renders its own errors', () => {
     ['GET', '*'],
     // Absolute-form with a host url.parse() folds into the path: its path is "%zz/login", without the leading slash.
     ['GET', 'http://%zz/login'],
-  ])('a request target that names no path (%s %s), which express-session leaves without a session, goes on to the app: no 500, nothing logged', async (method, path) => {
+  ])('a request target that names no path (%s %s), which express-session leaves without a session, goes on to the app with an anonymous req.auth: no 500, nothing logged', async (method, path) => {
     // fetch cannot send a request target that is not a path; node:http sends it as given.
     const send = () =>
       new Promise<{ status: number; body: string }>((resolve, reject) => {
@@ -98,10 +100,35 @@ describe('auth() renders its own errors', () => {
       output.restore();
     }
 
-    // The app has no route for it: Express's own 404.
+    // The app's answer, with a usable req.auth (anonymous: no session).
     expect(response.status).toBe(404);
-    expect(response.body).not.toContain('session_missing');
+    expect(JSON.parse(response.body)).toEqual({ authenticated: false });
     expect(output.text()).not.toContain('express-oauth-pkce');
+  });
+
+  test.each([
+    ['POST', '/login'],
+    ['POST', '/callback?code=x&state=y'],
+    // Paths are matched literally: not as a prefix, not without case, not with a trailing slash.
+    ['GET', '/login/'],
+    ['GET', '/loginx'],
+    ['GET', '/LOGIN'],
+  ])('%s %s, which no route takes, goes on to the app (here its 404)', async (method, path) => {
+    const response = await fetch(`${stack.appUrl}${path}`, { method, redirect: 'manual', headers: { accept: 'application/json', cookie } });
+
+    expect(response.status).toBe(404);
+  });
+
+  test.each([
+    ['PUT', '/logout'],
+    ['DELETE', '/logout'],
+    ['PUT', '/backchannel-logout'],
+  ])('%s %s is refused with 405 and Allow: POST, not run as the POST route', async (method, path) => {
+    const response = await fetch(`${stack.appUrl}${path}`, { method, redirect: 'manual', headers: { accept: 'application/json', cookie } });
+
+    expect(response.status).toBe(405);
+    expect(response.headers.get('allow')).toBe('POST');
+    expect(await response.json()).toMatchObject({ error: 'method_not_allowed' });
   });
 
   test('other requests go on to the app with req.auth set', async () => {
@@ -114,7 +141,14 @@ describe('auth() is an Express Router', () => {
   test('it is a Router, and routes an app adds to it run after the library dispatch, with req.auth', async () => {
     const listener = await listen();
     try {
-      const router = auth({ ...stack.authOptions, redirectUri: `${listener.url}/callback` });
+      const router = auth({
+        ...stack.authOptions,
+        redirectUri: `${listener.url}/callback`,
+        // An error that is not the library's: it goes to the app's error handler, not past it to the router's routes.
+        loginParams: () => {
+          throw new Error('a broken hook');
+        },
+      });
       const routerPrototype = (r: object) => Object.getPrototypeOf(Object.getPrototypeOf(r));
       expect(routerPrototype(router)).toBe(routerPrototype(express.Router()));
       expect(typeof router.get).toBe('function');
@@ -134,6 +168,8 @@ describe('auth() is an Express Router', () => {
       expect(await (await fetch(`${listener.url}/app`)).json()).toEqual({ app: true });
       const logout = await fetch(`${listener.url}/logout`, { headers: { accept: 'application/json' } });
       expect(logout.status).toBe(405);
+      const login = await fetch(`${listener.url}/login`, { redirect: 'manual', headers: { accept: 'application/json' } });
+      expect({ status: login.status, body: await login.json() }).toEqual({ status: 599, body: { reachedApp: true } });
     } finally {
       await listener.close();
     }
@@ -182,6 +218,27 @@ describe('auth() without a reachable authorization server or session', () => {
 
     expect(response.status).toBe(500);
     expect(await response.json()).toMatchObject({ error: 'session_missing' });
+  });
+
+  test('a req.session set to null (no session, as cookie-session spells it) is session_missing too, not a crash later', async () => {
+    const app = express();
+    app.use((req, _res, next) => {
+      (req as unknown as { session: null }).session = null;
+      next();
+    });
+    const nulled = await listen();
+    try {
+      app.use(auth({ issuer: 'http://127.0.0.1:9', clientId: 'c', clientSecret: 's', redirectUri: `${nulled.url}/callback`, allowInsecureRequests: true, onError: () => undefined }));
+      app.get('/anything', (req, res) => void res.json({ authenticated: req.auth.isAuthenticated }));
+      app.use(appErrorHandler);
+      nulled.handle(app);
+      const response = await fetch(`${nulled.url}/anything`, { headers: { accept: 'application/json' } });
+
+      expect(response.status).toBe(500);
+      expect(await response.json()).toMatchObject({ error: 'session_missing' });
+    } finally {
+      await nulled.close();
+    }
   });
 });
 
@@ -276,6 +333,32 @@ describe('auth() mounted under a path', () => {
     expect(body).toMatchObject({ error: 'misconfigured' });
     expect(body.error_description).toContain('mounted under "/auth"');
     expect(body.error_description).toContain('app.use(auth({ ... }))');
+  });
+
+  test('a mount path with a parameter reflects the request in the message: the error page escapes it', async () => {
+    const tenant = await listen();
+    try {
+      const app = express();
+      app.use(standInSession);
+      app.use('/:tenant', auth({ issuer: 'http://127.0.0.1:9', clientId: 'c', clientSecret: 's', redirectUri: `${tenant.url}/t/callback`, allowInsecureRequests: true, onError: () => undefined }));
+      tenant.handle(app);
+      // Browsers percent-encode markup in a URL; other clients need not, and Node takes it as sent.
+      const { hostname, port } = new URL(tenant.url);
+      const page = await new Promise<string>((resolve, reject) => {
+        const request = httpRequest({ host: hostname, port, path: '/<script>alert(1)<%2Fscript>/login', headers: { accept: 'text/html' } }, (response) => {
+          let body = '';
+          response.on('data', (chunk: Buffer) => (body += chunk.toString('utf8')));
+          response.on('end', () => resolve(body));
+        });
+        request.on('error', reject);
+        request.end();
+      });
+
+      expect(page).toContain('mounted under &quot;/&lt;script&gt;alert(1)&lt;%2Fscript&gt;&quot;');
+      expect(page).not.toContain('<script>');
+    } finally {
+      await tenant.close();
+    }
   });
 
   test('the default log line names the path as requested, prefix included', async () => {

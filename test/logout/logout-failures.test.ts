@@ -193,7 +193,7 @@ describe('logouts when the session store fails', () => {
   }
 
   /** Makes the next call of one Redis command fail when `applies` says so; returns a counter and the undo. */
-  function failOnce(command: 'smembers' | 'set' | 'srem', applies: (args: unknown[]) => boolean) {
+  function failOnce(command: 'smembers' | 'set' | 'srem' | 'del', applies: (args: unknown[]) => boolean) {
     const redis = stack.redis as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
     const original = redis[command]!.bind(redis);
     const seen = { failures: 0 };
@@ -210,6 +210,8 @@ describe('logouts when the session store fails', () => {
   test.each([
     ['looking up the sessions to end', 'smembers' as const, () => true],
     ['claiming the jti', 'set' as const, (args: unknown[]) => String(args[0]).includes('once:logout-jti:')],
+    // connect-redis destroys a session with DEL.
+    ['destroying the sessions', 'del' as const, (args: unknown[]) => String(args[0]).startsWith(stack.sessionPrefix)],
   ])('a back-channel logout that failed in %s succeeds when the server retries the same token', async (_step, command, applies) => {
     const { browser, token } = await loggedInWithLogoutToken();
     const failing = failOnce(command, applies);
@@ -329,6 +331,32 @@ describe('logouts when the session store fails', () => {
     expect(replay.status).toBe(400);
     expect(await replay.json()).toMatchObject({ error: 'invalid_logout_token' });
     expect((await me(later.browser, stack.appUrl)).status).toBe(200);
+  });
+
+  test("a Redis failure in a new login's last logout check (after the response) is swallowed: no unhandled rejection, which would end the process", async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => void unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    // The callback checks the session's logout mark twice: after its own save, and after express-session's last one.
+    const redis = stack.redis as unknown as { exists: (...args: unknown[]) => Promise<unknown> };
+    const exists = redis.exists.bind(redis);
+    let checks = 0;
+    redis.exists = async (...args: unknown[]) => {
+      if (String(args[0]).includes('logout:ended:') && ++checks === 2) throw new Error('Connection is closed.');
+      return exists(...args);
+    };
+    const browser = new Browser();
+    try {
+      expect((await browser.login(`${stack.appUrl}/login?returnTo=/me`)).status).toBe(200);
+      for (let waited = 0; checks < 2 && waited < 2000; waited += 10) await new Promise((resolve) => setTimeout(resolve, 10));
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    } finally {
+      redis.exists = exists;
+      process.off('unhandledRejection', onUnhandled);
+    }
+    expect(checks).toBe(2);
+    expect(unhandled).toEqual([]);
+    expect((await me(browser, stack.appUrl)).status).toBe(200);
   });
 
   test('a session that could not be destroyed stays findable by back-channel logout', async () => {

@@ -130,6 +130,14 @@ describe('RP-initiated logout (idpLogout: true)', () => {
     expect(again.body).toContain('name="login"');
   });
 
+  test('only a GET is the return: a POST there goes on to the app (its 404) and spends nothing', async () => {
+    const { browser, endSession } = await startLogout();
+    const back = await confirmAtProvider(browser, endSession);
+
+    expect((await browser.request(back, { method: 'POST' })).status).toBe(404);
+    expect((await browser.request(back)).status).toBe(303);
+  });
+
   test('the return is one-time: replaying it is refused', async () => {
     const { browser, endSession } = await startLogout();
     const back = await confirmAtProvider(browser, endSession);

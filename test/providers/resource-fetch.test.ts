@@ -34,6 +34,8 @@ async function refusal(promise: Promise<unknown>): Promise<AuthError> {
     (e: unknown) => e,
   );
   expect(err).toBeInstanceOf(AuthError);
+  // What String(err), a stack trace and util.inspect print first.
+  expect(String(err)).toMatch(/^AuthError: /);
   return err as AuthError;
 }
 

@@ -82,7 +82,7 @@ test('the error page escapes what the authorization response says (no reflected 
     state: started.state,
     iss: stack.provider.issuer,
     error: '<script>alert(1)</script>',
-    error_description: '"><img src=x onerror=alert(2)>',
+    error_description: `"><img src=x onerror=alert(2)> &lt;b&gt; 'quoted'`,
   });
 
   const refused = await expectRefusal(observed, () => other.request(callbackWith(query.toString())), {
@@ -94,7 +94,8 @@ test('the error page escapes what the authorization response says (no reflected 
   expect(refused.headers.get('content-type')).toMatch(/^text\/html/);
   expect(refused.body).not.toMatch(/<script|<img/i);
   expect(refused.body).toContain('&lt;script&gt;alert(1)&lt;/script&gt;');
-  expect(refused.body).toContain('&quot;&gt;&lt;img src=x onerror=alert(2)&gt;');
+  // Every character that HTML gives a meaning, an ampersand included: the page shows the text as sent, entities and all.
+  expect(refused.body).toContain('&quot;&gt;&lt;img src=x onerror=alert(2)&gt; &amp;lt;b&amp;gt; &#39;quoted&#39;');
 });
 
 test('API clients get the same refusals as JSON with the stable code', async () => {

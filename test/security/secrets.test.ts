@@ -133,9 +133,10 @@ test.each(RAW_FAILURES)('the AuthError when %s: no secret in message, JSON or ut
   for (const secret of secrets) expect(rendered.includes(secret) ? `leaks ${secret}` : 'clean').toBe('clean');
   // What is kept still explains the failure.
   expect(err.cause).toBeInstanceOf(Error);
-  expect(Object.keys(JSON.parse(JSON.stringify(err)) as object).sort()).toEqual(
-    ['error', 'error_description', 'status', ...(err.error === undefined ? [] : ['upstream_error']), ...(err.errorDescription === undefined ? [] : ['upstream_error_description'])].sort(),
-  );
+  const expectedKeys = ['error', 'error_description', 'status', ...(err.error === undefined ? [] : ['upstream_error']), ...(err.errorDescription === undefined ? [] : ['upstream_error_description'])].sort();
+  expect(Object.keys(JSON.parse(JSON.stringify(err)) as object).sort()).toEqual(expectedKeys);
+  // toJSON() itself, as an app that reads or spreads it sees it: no key left undefined.
+  expect(Object.keys(err.toJSON()).sort()).toEqual(expectedKeys);
 });
 
 test('the raw openid-client error of a token response without an ID token does carry the tokens (why the cause is sanitised)', async () => {

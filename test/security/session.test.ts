@@ -164,6 +164,12 @@ beforeAll(() => {
     ['none-capitalised', 'development'],
     ['strict-capitalised', 'development'],
     ['insecure', 'production'],
+    ['httponly-unset', 'development'],
+    ['strict-as-true-then-none', 'development'],
+    ['development-defaults', 'development'],
+    ['app-env-production', 'development'],
+    ['app-uses-session', 'production'],
+    ['returning-browser', 'development'],
   ] as const) {
     const running = runScenario(scenario, env);
     running.catch(() => undefined); // reported by the test that awaits it
@@ -225,4 +231,39 @@ test.each([
   expect(cookieAttributes((await report(scenario)).setCookies).sameSite).toBe(sent);
   expect(await codes(scenario)).toEqual(['EXPRESS_OAUTH_PKCE_COOKIE_SAMESITE']);
   expect((await report(scenario)).warnings.map((w) => w.message).join('\n')).toMatch(message);
+});
+
+test('httpOnly left undefined sends the cookie without HttpOnly: warned as httpOnly: false is', async () => {
+  expect(cookieAttributes((await report('httponly-unset')).setCookies).httpOnly).toBe(false);
+  expect(await codes('httponly-unset')).toEqual(['EXPRESS_OAUTH_PKCE_COOKIE_NOT_HTTPONLY']);
+});
+
+test("sameSite: true is express-session's Strict and warns as such; another app's SameSite=None in the same process still warns", async () => {
+  expect(cookieAttributes((await report('strict-as-true-then-none')).setCookies).sameSite).toBe('strict');
+  const warnings = (await report('strict-as-true-then-none')).warnings.filter((w) => w.code === 'EXPRESS_OAUTH_PKCE_COOKIE_SAMESITE');
+  // One warning per kind of problem, not one per code: the second app's None is not hidden by the first app's Strict.
+  expect(warnings.map((w) => w.message)).toEqual([expect.stringMatching(/SameSite=Strict/), expect.stringMatching(/SameSite=None/)]);
+});
+
+test('in development the MemoryStore, no Secure and no SameSite warn about nothing', async () => {
+  expect(await codes('development-defaults')).toEqual([]);
+});
+
+test("production is what the app's env setting says, not only NODE_ENV; sameSite: false is no SameSite attribute", async () => {
+  expect(cookieAttributes((await report('app-env-production')).setCookies).sameSite).toBeUndefined();
+  expect(await codes('app-env-production')).toEqual(['EXPRESS_OAUTH_PKCE_COOKIE_SAMESITE']);
+  expect((await report('app-env-production')).warnings.map((w) => w.message).join('\n')).toMatch(/no SameSite attribute/);
+});
+
+test("with saveUninitialized: false, new sessions the app writes to or destroys, and the app's own cookies, are not taken for saveUninitialized: true", async () => {
+  // The app's write gave the new visitor a session cookie; the other cookie is the app's own.
+  const { setCookies } = await report('app-uses-session');
+  expect(setCookies.some((c) => c.startsWith('connect.sid='))).toBe(true);
+  expect(setCookies.some((c) => c.startsWith('theme='))).toBe(true);
+  expect(await codes('app-uses-session')).toEqual([]);
+});
+
+test("saveUninitialized: true is still seen after a returning browser's request that left its session untouched-looking", async () => {
+  // That request carried its cookie and emptied its session: it says nothing about new sessions, the next one does.
+  expect(await codes('returning-browser')).toEqual(['EXPRESS_OAUTH_PKCE_SAVE_UNINITIALIZED']);
 });

@@ -19,8 +19,10 @@ beforeAll(async () => {
 afterAll(async () => stack.close());
 
 function expectNoStore(response: BrowserResponse): void {
-  expect({ cache: response.headers.get('cache-control'), referrer: response.headers.get('referrer-policy') }).toEqual({
+  // Pragma for HTTP/1.0 caches, which do not know Cache-Control.
+  expect({ cache: response.headers.get('cache-control'), pragma: response.headers.get('pragma'), referrer: response.headers.get('referrer-policy') }).toEqual({
     cache: 'no-store',
+    pragma: 'no-cache',
     referrer: 'no-referrer',
   });
 }
