@@ -62,6 +62,11 @@ test.each([
   ['a repeated code', () => `${real()}&code=other-code-value`],
   ['a repeated iss', () => `${real()}&iss=${encodeURIComponent(stack.provider.issuer)}`],
   ['a repeated error', () => `${real()}&error=a&error=b`],
+  // The other parameters an authorization response may carry: one value each too, whichever one the library reads.
+  ...['error_description', 'error_uri', 'session_state', 'response', 'id_token'].map((name): [string, () => string] => [
+    `a repeated ${name}`,
+    () => `${real()}&${name}=a&${name}=b`,
+  ]),
   ['state as an array', () => `code=${pending.code}&state[]=${pending.state}&iss=${encodeURIComponent(stack.provider.issuer)}`],
   ['state as an object', () => `code=${pending.code}&state[a]=${pending.state}&iss=${encodeURIComponent(stack.provider.issuer)}`],
   ['code as an array', () => `code[]=${pending.code}&state=${pending.state}&iss=${encodeURIComponent(stack.provider.issuer)}`],
