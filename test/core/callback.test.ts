@@ -104,6 +104,18 @@ describe('GET /callback', () => {
     expect(tokenGrants()).toBe(grants);
   });
 
+  test('the state is marked used in Redis, under its whole value, for as long as a transaction lives (10 minutes)', async () => {
+    // The mark is what stops a second process, or a request that loaded the session before this one saved it, from
+    // redeeming the code again: it must name this state exactly and outlive any copy of the transaction.
+    const browser = json(new Browser());
+    const callback = await authorize(browser);
+    const state = callback.searchParams.get('state')!;
+    expect((await browser.request(callback)).status).toBe(302);
+    const ttl = await stack.redis.pttl(`${stack.authOptions.keyPrefix}once:state:${state}`);
+    expect(ttl).toBeGreaterThan(9 * 60 * 1000);
+    expect(ttl).toBeLessThanOrEqual(10 * 60 * 1000);
+  });
+
   test('two concurrent callbacks with the same state redeem the code once', async () => {
     const browser = json(new Browser());
     const callback = await authorize(browser);
@@ -179,11 +191,15 @@ describe('GET /callback', () => {
     const callback = await authorize(browser);
     callback.searchParams.delete('code');
     callback.searchParams.set('error', `server_error\r\nforged log line ${'x'.repeat(1_000)}`);
+    callback.searchParams.set('error_description', 'd'.repeat(2_000));
     const res = await browser.request(callback);
     expect(res.status).toBe(400);
-    const message = String((JSON.parse(res.body) as { error_description: unknown }).error_description);
+    const body = JSON.parse(res.body) as { error_description: unknown; upstream_error_description: unknown };
+    const message = String(body.error_description);
     expect(message).toMatch(/^The authorization server refused the sign-in: server_error\?\?forged log line x+\.$/);
     expect(message.length).toBeLessThan(200);
+    // The server's description is kept, cut to 500 characters.
+    expect(body.upstream_error_description).toBe('d'.repeat(500));
   });
 
   test('a wrong or missing iss is refused before the token endpoint (RFC 9207)', async () => {
@@ -194,6 +210,16 @@ describe('GET /callback', () => {
   test.each([
     ['a JWT response (JARM)', (u: URL) => u.searchParams.set('response', 'eyJhbGciOiJub25lIn0.e30.'), /JARM/],
     ['an ID token next to the code (hybrid flow)', (u: URL) => u.searchParams.set('id_token', 'eyJhbGciOiJub25lIn0.e30.'), /ID token \(implicit or hybrid flow\)/],
+    // Not shown as the server's refusal either: an answer of the wrong shape says nothing reliable, its error included.
+    [
+      'a JWT response next to an error',
+      (u: URL) => {
+        u.searchParams.delete('code');
+        u.searchParams.set('error', 'access_denied');
+        u.searchParams.set('response', 'eyJhbGciOiJub25lIn0.e30.');
+      },
+      /JARM/,
+    ],
   ])('an authorization response with %s is 400 invalid_response, not taken for an ID-token or token-endpoint failure', async (_name, tamper, message) => {
     await expectRefusedCallback(tamper, 400, 'invalid_response');
     const browser = json(new Browser());
