@@ -273,6 +273,20 @@ describe('loginParams: authorization parameters for one login', () => {
     expect(browser.cookie('127.0.0.1', 'connect.sid')).toBeUndefined();
   });
 
+  test('a max_age it returns without openid in the scope is 500 misconfigured: there is no ID token to check it against', async () => {
+    const plain = await startStack({ auth: { scope: 'profile', loginParams: async () => ({ max_age: '0' }) } });
+    try {
+      const browser = new Browser();
+      browser.headers = { accept: 'application/json' };
+      const res = await browser.request(`${plain.appUrl}/login`);
+      expect(res.status).toBe(500);
+      expect(JSON.parse(res.body)).toMatchObject({ error: 'misconfigured', error_description: expect.stringMatching(/`loginParams\(req\)\.max_age` .*without 'openid'/) });
+      expect(res.headers.get('location')).toBeNull();
+    } finally {
+      await plain.close();
+    }
+  });
+
   test("an error it throws is the app's: it reaches the app's error handler, and nothing is stored", async () => {
     const browser = new Browser();
     const res = await browser.request(`${custom.appUrl}/login?kind=throws`);
