@@ -276,6 +276,14 @@ describe('code exchange', () => {
     expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toMatch(new RegExp(`^The token endpoint refused this client \\(${error}\\)`));
   });
 
+  test("a body that is not JSON is not taken for an ID-token failure when the text JSON.parse quotes reads like one", async () => {
+    const result = await exchange({ status: 200, type: 'application/json', body: '{"access_token":"stub-at","token_type":"bearer","note":JWT signature ID Token}' });
+
+    expect(result.status).toBe(400);
+    expect(result.body).toContain('<code>token_exchange_failed</code>');
+    expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toBe('The token response was refused: it is not JSON.');
+  });
+
   test('an ID token whose payload is not JSON is invalid_id_token, without quoting the payload', async () => {
     const result = await exchange(idTokenPayloadNotJson());
 
