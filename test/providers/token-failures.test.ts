@@ -316,6 +316,20 @@ test.each([
   }
 });
 
+test("the sanitised cause of an OAuth error answer keeps its plain facts: name, code, HTTP status, error and description", async () => {
+  refreshAnswer = json(400, { error: 'invalid_grant', error_description: 'the grant is gone' });
+  const configuration = new client.Configuration({ issuer: stub.url, token_endpoint: `${stub.url}/token` }, 'stub-client', undefined, client.ClientSecretPost('stub-secret'));
+  client.allowInsecureRequests(configuration);
+  const raw = await client.refreshTokenGrant(configuration, 'stub-rt').then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+
+  for (const err of [exchangeError(raw), refreshError(raw)]) {
+    expect(err.cause).toMatchObject({ name: 'ResponseBodyError', code: 'OAUTH_RESPONSE_BODY_ERROR', status: 400, error: 'invalid_grant', error_description: 'the grant is gone' });
+  }
+});
+
 test('a SyntaxError that is not a JSON.parse failure (WebCrypto refusing a key) keeps its message in the sanitised cause', async () => {
   const { privateKey } = await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify']);
   const jwk = await crypto.subtle.exportKey('jwk', privateKey);

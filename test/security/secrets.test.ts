@@ -51,7 +51,8 @@ const echoing = async (c: TokenContext): Promise<TokenReply> => ({
   body: {
     error: 'invalid_grant',
     // The nonce was never sent to the token endpoint, but the server knows it: it was in the authorization request.
-    error_description: `code ${c.form.get('code')} with verifier ${c.form.get('code_verifier')}, nonce ${String(c.claims().nonce)} and ${CLIENT_SECRET} refused`,
+    // The code twice: every occurrence must go, not only the first.
+    error_description: `code ${c.form.get('code')} with verifier ${c.form.get('code_verifier')}, nonce ${String(c.claims().nonce)} and ${CLIENT_SECRET} refused (code ${c.form.get('code')})`,
   },
 });
 
