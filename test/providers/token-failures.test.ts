@@ -330,6 +330,15 @@ test("the sanitised cause of an OAuth error answer keeps its plain facts: name, 
   }
 });
 
+test('the sanitised cause has the secrets redacted from the message and stack of every error in the chain', () => {
+  const secret = 'echoed-secret-value';
+  const cause = sanitisedCause(new Error(`outer ${secret}`, { cause: new Error(`inner ${secret}`) }), [secret]);
+
+  expect(cause?.message).toBe('outer [redacted]');
+  expect((cause?.cause as Error | undefined)?.message).toBe('inner [redacted]');
+  expect(inspectDeep(cause)).not.toContain(secret);
+});
+
 test('a SyntaxError that is not a JSON.parse failure (WebCrypto refusing a key) keeps its message in the sanitised cause', async () => {
   const { privateKey } = await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify']);
   const jwk = await crypto.subtle.exportKey('jwk', privateKey);
