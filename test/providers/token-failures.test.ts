@@ -166,6 +166,14 @@ describe('refresh', () => {
     expect(await whoami()).toEqual({ isAuthenticated: true });
   });
 
+  test('a 200 answer with an oversized error keeps it cut short: 100 characters of error, 500 of description', async () => {
+    const answer = await refresh(json(200, { error: 'e'.repeat(1_000), error_description: 'd'.repeat(2_000) }));
+
+    expect(answer.status).toBe(502);
+    expect(answer.body).toMatchObject({ error: 'refresh_failed', upstream_error: 'e'.repeat(100), upstream_error_description: 'd'.repeat(500) });
+    expect(await whoami()).toEqual({ isAuthenticated: true });
+  });
+
   test("GitHub's wrong-credentials answer (200 incorrect_client_credentials) is the client refused, the login kept", async () => {
     const answer = await refresh(json(200, { error: 'incorrect_client_credentials', error_description: 'The client_id and/or client_secret passed are incorrect.' }));
 
