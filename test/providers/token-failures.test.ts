@@ -276,7 +276,7 @@ describe('code exchange', () => {
     expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toBe('The token endpoint failed (HTTP 429).');
   });
 
-  test.each(['invalid_client', 'incorrect_client_credentials'])('%s sent with HTTP 200 is the client refused (502), as with its own status', async (error) => {
+  test.each(['invalid_client', 'unauthorized_client', 'unsupported_grant_type', 'incorrect_client_credentials'])('%s sent with HTTP 200 is the client refused (502), as with its own status', async (error) => {
     const result = await exchange(json(200, { error }));
 
     expect(result.status).toBe(502);
