@@ -92,17 +92,20 @@ export async function createLogin(
 /**
  * Ends the login a new one replaced in the same browser (signing in again, perhaps as someone else): a tombstone in the
  * token store, for as long as the old session could be saved back by a request in flight, so that such a copy can never
- * be refreshed. Its tokens are revoked only when the new login is another user's: a server may put a second login of
- * the same user on the same grant (oidc-provider does), and revoking the old refresh token would end the new login
- * with it. Best effort and not waited for beyond the tombstone: the new login stands either way.
+ * be refreshed. Its tokens are revoked only when the new login is another user's (by the ID tokens' `sub`): a server
+ * may put a second login of the same user on the same grant (oidc-provider does), and revoking the old refresh token
+ * would end the new login with it; a login without claims may be either, so it is left alone too. When the tombstone
+ * cannot be written they are still revoked, from the session's copy: the old session is gone either way. Best effort
+ * and not waited for beyond the tombstone: the new login stands either way.
  */
 export async function endReplacedLogin(runtime: Runtime, req: Request, configuration: client.Configuration, { login, replaced }: NewLogin): Promise<void> {
   if (replaced === undefined || replaced.id === login.id) return;
-  let entry: Awaited<ReturnType<Runtime['tokenStore']['end']>>;
+  let entry: Awaited<ReturnType<Runtime['tokenStore']['end']>> | undefined;
   try {
     entry = await runtime.tokenStore.end(replaced.id, sessionTtlSeconds(req));
   } catch {
-    return;
+    // The old session is gone whether or not its tombstone is written: another user's tokens are held by nobody now.
+    entry = undefined;
   }
   const before = subjectOf(replaced.claims).sub;
   const now = subjectOf(login.claims).sub;

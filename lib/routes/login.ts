@@ -61,8 +61,9 @@ export function loginRoute(runtime: Runtime) {
     try {
       await saveSession(session);
     } catch (err) {
-      // Put back as it was: a session left changed would be saved once more by express-session (failing again), and
-      // a new one would get a cookie naming a session that was never stored.
+      // Put back as it was: express-session counts a save as done once it is asked for, failed or not, so a new
+      // session left changed would get a cookie naming a session that was never stored; and the app's error handler
+      // would find a transaction whose authorization request was never sent.
       if (!hadState) delete session[SESSION_KEY];
       else if (existing === undefined) delete sessionState.tx;
       else sessionState.tx = existing;

@@ -3,7 +3,7 @@ import { mountApp, startStack, type Stack } from '../helpers/app.js';
 import { unpackTokens } from '../../lib/tokens.js';
 import { Browser } from '../helpers/browser.js';
 import { logRevocations, tokenResponses, type RevocationLog } from '../helpers/provider.js';
-import { browserSessionId, plantTransaction } from '../helpers/security.js';
+import { browserSessionId, editSession, plantTransaction, readSession } from '../helpers/security.js';
 import { tryRefresh, userinfoStatus } from '../logout/support.js';
 import { inMode, installTokenStub, type TokenStub } from '../refresh/support.js';
 
@@ -104,6 +104,18 @@ describe('GET /callback', () => {
     expect(tokenGrants()).toBe(grants);
   });
 
+  test('the state is marked used in Redis, under its whole value, for as long as a transaction lives (10 minutes)', async () => {
+    // The mark is what stops a second process, or a request that loaded the session before this one saved it, from
+    // redeeming the code again: it must name this state exactly and outlive any copy of the transaction.
+    const browser = json(new Browser());
+    const callback = await authorize(browser);
+    const state = callback.searchParams.get('state')!;
+    expect((await browser.request(callback)).status).toBe(302);
+    const ttl = await stack.redis.pttl(`${stack.authOptions.keyPrefix}once:state:${state}`);
+    expect(ttl).toBeGreaterThan(9 * 60 * 1000);
+    expect(ttl).toBeLessThanOrEqual(10 * 60 * 1000);
+  });
+
   test('two concurrent callbacks with the same state redeem the code once', async () => {
     const browser = json(new Browser());
     const callback = await authorize(browser);
@@ -180,11 +192,15 @@ describe('GET /callback', () => {
     const callback = await authorize(browser);
     callback.searchParams.delete('code');
     callback.searchParams.set('error', `server_error\r\nforged log line ${'x'.repeat(1_000)}`);
+    callback.searchParams.set('error_description', 'd'.repeat(2_000));
     const res = await browser.request(callback);
     expect(res.status).toBe(400);
-    const message = String((JSON.parse(res.body) as { error_description: unknown }).error_description);
+    const body = JSON.parse(res.body) as { error_description: unknown; upstream_error_description: unknown };
+    const message = String(body.error_description);
     expect(message).toMatch(/^The authorization server refused the sign-in: server_error\?\?forged log line x+\.$/);
     expect(message.length).toBeLessThan(200);
+    // The server's description is kept, cut to 500 characters.
+    expect(body.upstream_error_description).toBe('d'.repeat(500));
   });
 
   test('a wrong or missing iss is refused before the token endpoint (RFC 9207)', async () => {
@@ -195,6 +211,16 @@ describe('GET /callback', () => {
   test.each([
     ['a JWT response (JARM)', (u: URL) => u.searchParams.set('response', 'eyJhbGciOiJub25lIn0.e30.'), /JARM/],
     ['an ID token next to the code (hybrid flow)', (u: URL) => u.searchParams.set('id_token', 'eyJhbGciOiJub25lIn0.e30.'), /ID token \(implicit or hybrid flow\)/],
+    // Not shown as the server's refusal either: an answer of the wrong shape says nothing reliable, its error included.
+    [
+      'a JWT response next to an error',
+      (u: URL) => {
+        u.searchParams.delete('code');
+        u.searchParams.set('error', 'access_denied');
+        u.searchParams.set('response', 'eyJhbGciOiJub25lIn0.e30.');
+      },
+      /JARM/,
+    ],
   ])('an authorization response with %s is 400 invalid_response, not taken for an ID-token or token-endpoint failure', async (_name, tamper, message) => {
     await expectRefusedCallback(tamper, 400, 'invalid_response');
     const browser = json(new Browser());
@@ -323,6 +349,27 @@ describe('a callback that fails after the code exchange revokes the tokens it go
     } finally {
       user = async () => ({ name: 'Alice' });
     }
+  });
+
+  test('fetchUser fails: the session keeps its id and its other pending logins', async () => {
+    const browser = json(new Browser());
+    const first = await browser.login(`${failing.appUrl}/login?returnTo=/first`, { stopAtCallback: isCallback });
+    const second = new URL((await browser.login(`${failing.appUrl}/login?returnTo=/second`, { stopAtCallback: isCallback })).steps.at(-1)!.location!);
+    const sid = browserSessionId(browser, failing.appUrl)!;
+    user = () => Promise.reject(new Error('user API down'));
+    try {
+      const res = await browser.request(first.steps.at(-1)!.location!);
+      expect(res.status).toBe(502);
+      expect(JSON.parse(res.body)).toMatchObject({ error: 'user_fetch_failed' });
+    } finally {
+      user = async () => ({ name: 'Alice' });
+    }
+    // The hook runs before the session id rotates: nothing of the session changed but the spent transaction. (The
+    // other tab's code cannot be redeemed here: revoking the first tokens ends the provider's grant, which both share.)
+    expect(browserSessionId(browser, failing.appUrl)).toBe(sid);
+    const session = await readSession(failing.redis, failing.sessionPrefix, sid);
+    expect(Object.keys(session?.oauth?.tx ?? {})).toEqual([second.searchParams.get('state')]);
+    expect(session?.oauth?.tx?.[second.searchParams.get('state')!]).toMatchObject({ returnTo: '/second' });
   });
 
   test('an ID token whose signature does not verify: 400 invalid_id_token, and the tokens are revoked', async () => {
@@ -520,6 +567,73 @@ describe('signing in again over a login', () => {
     expect(await tokenRecord(before.id)).toEqual({ v: Number.MAX_SAFE_INTEGER, ended: true });
     expect(await eventually(async () => (await userinfoStatus(stack.provider.issuer, oldToken)) === 401)).toBe(true);
     expect(await userinfoStatus(stack.provider.issuer, unpackTokens(after.tokens)!.accessToken)).toBe(200);
+  });
+
+  test('as another user over a login refreshed since its session was saved: the token store\'s newer tokens are revoked', async () => {
+    const browser = new Browser();
+    await signInAgain(browser, 'vera');
+    const before = await loginOf(browser);
+    // Another process refreshed the login and its session save was lost: the store holds version 2, with other tokens
+    // (here those of a second login), while the session still holds version 1.
+    const other = new Browser();
+    await signInAgain(other, 'vera');
+    const newer = JSON.parse((await stack.redis.get(`${stack.authOptions.keyPrefix}tokens:${(await loginOf(other)).id}`))!) as { v: number };
+    await stack.redis.set(`${stack.authOptions.keyPrefix}tokens:${before.id}`, JSON.stringify({ ...newer, v: 2 }), 'KEEPTTL');
+    const newerToken = unpackTokens((await loginOf(other)).tokens)!.accessToken;
+    expect(await userinfoStatus(stack.provider.issuer, newerToken)).toBe(200);
+
+    await signInAgain(browser, 'walt');
+
+    expect(await eventually(async () => (await userinfoStatus(stack.provider.issuer, newerToken)) === 401)).toBe(true);
+  });
+
+  test("as another user while Redis fails to end the old login: its tokens are revoked all the same; the new one works", async () => {
+    const browser = new Browser();
+    await signInAgain(browser, 'rosa');
+    const before = await loginOf(browser);
+    const oldToken = unpackTokens(before.tokens)!.accessToken;
+    expect(await userinfoStatus(stack.provider.issuer, oldToken)).toBe(200);
+    // The tombstone's write (a script on the old login's token key) fails once.
+    const redis = stack.redis as unknown as { eval: (...args: unknown[]) => Promise<unknown> };
+    const original = redis.eval;
+    let failures = 0;
+    redis.eval = async (...args: unknown[]) => {
+      if (failures === 0 && String(args[2]).endsWith(`tokens:${before.id}`)) {
+        failures++;
+        throw new Error('Connection is closed.');
+      }
+      return original.apply(stack.redis, args);
+    };
+    try {
+      await signInAgain(browser, 'sven');
+    } finally {
+      redis.eval = original;
+    }
+
+    expect(failures).toBe(1);
+    const after = await loginOf(browser);
+    expect(after.claims.sub).toBe('sven');
+    expect(await eventually(async () => (await userinfoStatus(stack.provider.issuer, oldToken)) === 401)).toBe(true);
+    expect(await userinfoStatus(stack.provider.issuer, unpackTokens(after.tokens)!.accessToken)).toBe(200);
+  });
+
+  test('over a login whose user is unknown (no ID-token claims, as with plain OAuth): its tokens are left alone', async () => {
+    // Whether the new login is another user's cannot be told, and the two may share a grant at the server.
+    const browser = new Browser();
+    await signInAgain(browser, 'tara');
+    const before = await loginOf(browser);
+    await editSession(stack.redis, stack.sessionPrefix, browserSessionId(browser, stack.appUrl)!, (session) => {
+      delete (session.oauth!.login as { claims?: unknown }).claims;
+    });
+    const revoked = stack.provider.count('grant.revoked');
+
+    await signInAgain(browser, 'ugo');
+
+    expect((await loginOf(browser)).claims.sub).toBe('ugo');
+    expect(await tokenRecord(before.id)).toEqual({ v: Number.MAX_SAFE_INTEGER, ended: true });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(stack.provider.count('grant.revoked')).toBe(revoked);
+    expect(await userinfoStatus(stack.provider.issuer, unpackTokens(before.tokens)!.accessToken)).toBe(200);
   });
 
   test('as the same user: the old login ends in the token store, its tokens are left alone (the server may share the grant)', async () => {

@@ -112,6 +112,61 @@ describe('GET /login', () => {
     expect(browser.cookie('127.0.0.1', 'connect.sid')).toBeUndefined();
   });
 
+  /** Makes the next session write (a Redis SET of a session key) fail, once. */
+  function failNextSessionWrite(): { undo(): void; failures(): number } {
+    const redis = stack.redis as unknown as { set: (...args: unknown[]) => Promise<unknown> };
+    const original = redis.set;
+    let failures = 0;
+    redis.set = async (...args: unknown[]) => {
+      if (failures === 0 && String(args[0]).startsWith(stack.sessionPrefix)) {
+        failures++;
+        throw new Error('Connection is closed.');
+      }
+      return original.apply(stack.redis, args);
+    };
+    return { undo: () => void (redis.set = original), failures: () => failures };
+  }
+
+  test.each([
+    ['a signed-in session without a pending login', async (browser: Browser) => void (await browser.login(`${stack.appUrl}/login?returnTo=/me`))],
+    ['a session with a pending login', async (browser: Browser) => void (await browser.request(`${stack.appUrl}/login?returnTo=/first`))],
+  ])('a login whose session cannot be saved leaves %s as it was', async (_name, prepare) => {
+    const browser = new Browser();
+    await prepare(browser);
+    const before = await sessionOf(browser);
+    expect(before?.oauth).toBeDefined();
+
+    const failure = failNextSessionWrite();
+    let res: Awaited<ReturnType<Browser['request']>>;
+    try {
+      res = await browser.request(`${stack.appUrl}/login?returnTo=/second`, { headers: { accept: 'application/json' } });
+    } finally {
+      failure.undo();
+    }
+
+    expect(failure.failures()).toBe(1);
+    expect(res.status).toBe(503);
+    expect(JSON.parse(res.body)).toMatchObject({ error: 'session_unavailable' });
+    expect(res.headers.get('location')).toBeNull();
+    expect((await sessionOf(browser))?.oauth).toEqual(before?.oauth);
+  });
+
+  test('a first login whose session cannot be saved sets no cookie: it would name a session that was never stored', async () => {
+    const browser = new Browser();
+    const failure = failNextSessionWrite();
+    let res: Awaited<ReturnType<Browser['request']>>;
+    try {
+      res = await browser.request(`${stack.appUrl}/login?returnTo=/me`, { headers: { accept: 'application/json' } });
+    } finally {
+      failure.undo();
+    }
+
+    expect(failure.failures()).toBe(1);
+    expect(res.status).toBe(503);
+    expect(res.headers.getSetCookie()).toEqual([]);
+    expect(browser.cookie('127.0.0.1', 'connect.sid')).toBeUndefined();
+  });
+
   test('sessions hold no tokens before login completes', async () => {
     const browser = new Browser();
     const started = await browser.request(`${stack.appUrl}/login?returnTo=/me`);
@@ -216,6 +271,20 @@ describe('loginParams: authorization parameters for one login', () => {
     expect(JSON.parse(res.body)).toMatchObject({ error: 'misconfigured', error_description: expect.stringMatching(message) });
     expect(res.headers.get('location')).toBeNull();
     expect(browser.cookie('127.0.0.1', 'connect.sid')).toBeUndefined();
+  });
+
+  test('a max_age it returns without openid in the scope is 500 misconfigured: there is no ID token to check it against', async () => {
+    const plain = await startStack({ auth: { scope: 'profile', loginParams: async () => ({ max_age: '0' }) } });
+    try {
+      const browser = new Browser();
+      browser.headers = { accept: 'application/json' };
+      const res = await browser.request(`${plain.appUrl}/login`);
+      expect(res.status).toBe(500);
+      expect(JSON.parse(res.body)).toMatchObject({ error: 'misconfigured', error_description: expect.stringMatching(/`loginParams\(req\)\.max_age` .*without 'openid'/) });
+      expect(res.headers.get('location')).toBeNull();
+    } finally {
+      await plain.close();
+    }
   });
 
   test("an error it throws is the app's: it reaches the app's error handler, and nothing is stored", async () => {

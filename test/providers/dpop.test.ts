@@ -11,6 +11,7 @@ import { connectRedis } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import { logRevocations, startProvider, tokenResponses, type RevocationLog, type TestProvider } from '../helpers/provider.js';
 import { tryRefresh, userinfoStatus } from '../logout/support.js';
+import { installTokenStub, inMode, type TokenStub } from '../refresh/support.js';
 import { appSlot, recordRequests, storedSessions, type AppSlot } from './support.js';
 
 const SECRET = 'dpop-secret-not-for-production';
@@ -205,6 +206,45 @@ describe('DPoP at a provider that requires nonces and DPoP-bound tokens', () => 
     expect(pushedProofs.every(Boolean)).toBe(true);
     const userinfo = await withPar.browser.request(`${withPar.url}/userinfo`, { headers: { accept: 'application/json' } });
     expect(JSON.parse(userinfo.body)).toMatchObject({ sub: 'alice' });
+  });
+});
+
+describe('an ID token refused inside the exchange at a provider that requires DPoP nonces', () => {
+  let provider: TestProvider;
+  let app: AppSlot;
+  let revocations: RevocationLog;
+  let stub: TokenStub;
+
+  beforeAll(async () => {
+    app = await appSlot();
+    provider = await startProvider({
+      clients: [client('dpop-app', [app.redirectUri], { dpop_bound_access_tokens: true })],
+      configuration: {
+        features: { devInteractions: { enabled: true }, revocation: { enabled: true }, dPoP: { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => true } },
+      },
+    });
+    stub = installTokenStub(provider);
+    revocations = logRevocations(provider);
+    app.mount(redis, options(app, provider.issuer), routes(provider.issuer));
+  });
+
+  afterAll(async () => {
+    await app.listener.close();
+    await provider.close();
+  });
+
+  test('the tokens of the answer that follows the use_dpop_nonce refusal are the ones revoked', async () => {
+    // The first token request is refused for its missing nonce; what the second one got is what nobody holds.
+    stub.reclaim = (claims) => ({ ...claims, nonce: 'not-the-nonce' });
+    const before = revocations.answered;
+    const result = await inMode(stub, 'reclaim', () => app.browser.login(`${app.url}/login?returnTo=/whoami`));
+    expect(result.status).toBe(400);
+    expect(result.body).toContain('invalid_id_token');
+    const [issued] = tokenResponses(provider).slice(-1);
+    expect(issued!.refresh_token).toEqual(expect.any(String));
+
+    await revocations.answeredAtLeast(before + 2);
+    expect(await tryRefresh(provider.issuer, issued!.refresh_token!, { id: 'dpop-app', secret: SECRET })).toEqual({ status: 400, error: 'invalid_grant' });
   });
 });
 

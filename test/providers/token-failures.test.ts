@@ -166,6 +166,14 @@ describe('refresh', () => {
     expect(await whoami()).toEqual({ isAuthenticated: true });
   });
 
+  test('a 200 answer with an oversized error keeps it cut short: 100 characters of error, 500 of description', async () => {
+    const answer = await refresh(json(200, { error: 'e'.repeat(1_000), error_description: 'd'.repeat(2_000) }));
+
+    expect(answer.status).toBe(502);
+    expect(answer.body).toMatchObject({ error: 'refresh_failed', upstream_error: 'e'.repeat(100), upstream_error_description: 'd'.repeat(500) });
+    expect(await whoami()).toEqual({ isAuthenticated: true });
+  });
+
   test("GitHub's wrong-credentials answer (200 incorrect_client_credentials) is the client refused, the login kept", async () => {
     const answer = await refresh(json(200, { error: 'incorrect_client_credentials', error_description: 'The client_id and/or client_secret passed are incorrect.' }));
 
@@ -268,12 +276,20 @@ describe('code exchange', () => {
     expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toBe('The token endpoint failed (HTTP 429).');
   });
 
-  test.each(['invalid_client', 'incorrect_client_credentials'])('%s sent with HTTP 200 is the client refused (502), as with its own status', async (error) => {
+  test.each(['invalid_client', 'unauthorized_client', 'unsupported_grant_type', 'incorrect_client_credentials'])('%s sent with HTTP 200 is the client refused (502), as with its own status', async (error) => {
     const result = await exchange(json(200, { error }));
 
     expect(result.status).toBe(502);
     expect(result.body).toContain('<code>token_exchange_failed</code>');
     expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toMatch(new RegExp(`^The token endpoint refused this client \\(${error}\\)`));
+  });
+
+  test("a body that is not JSON is not taken for an ID-token failure when the text JSON.parse quotes reads like one", async () => {
+    const result = await exchange({ status: 200, type: 'application/json', body: '{"access_token":"stub-at","token_type":"bearer","note":JWT signature ID Token}' });
+
+    expect(result.status).toBe(400);
+    expect(result.body).toContain('<code>token_exchange_failed</code>');
+    expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toBe('The token response was refused: it is not JSON.');
   });
 
   test('an ID token whose payload is not JSON is invalid_id_token, without quoting the payload', async () => {
@@ -306,6 +322,29 @@ test.each([
     expect(printed).not.toContain(LEAK);
     expect(printed).toContain('SyntaxError: invalid JSON');
   }
+});
+
+test("the sanitised cause of an OAuth error answer keeps its plain facts: name, code, HTTP status, error and description", async () => {
+  refreshAnswer = json(400, { error: 'invalid_grant', error_description: 'the grant is gone' });
+  const configuration = new client.Configuration({ issuer: stub.url, token_endpoint: `${stub.url}/token` }, 'stub-client', undefined, client.ClientSecretPost('stub-secret'));
+  client.allowInsecureRequests(configuration);
+  const raw = await client.refreshTokenGrant(configuration, 'stub-rt').then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+
+  for (const err of [exchangeError(raw), refreshError(raw)]) {
+    expect(err.cause).toMatchObject({ name: 'ResponseBodyError', code: 'OAUTH_RESPONSE_BODY_ERROR', status: 400, error: 'invalid_grant', error_description: 'the grant is gone' });
+  }
+});
+
+test('the sanitised cause has the secrets redacted from the message and stack of every error in the chain', () => {
+  const secret = 'echoed-secret-value';
+  const cause = sanitisedCause(new Error(`outer ${secret}`, { cause: new Error(`inner ${secret}`) }), [secret]);
+
+  expect(cause?.message).toBe('outer [redacted]');
+  expect((cause?.cause as Error | undefined)?.message).toBe('inner [redacted]');
+  expect(inspectDeep(cause)).not.toContain(secret);
 });
 
 test('a SyntaxError that is not a JSON.parse failure (WebCrypto refusing a key) keeps its message in the sanitised cause', async () => {

@@ -75,6 +75,9 @@ test.each([
   ['JSON without access_token', json({ token_type: 'bearer', expires_in: 3600 }), 'its access_token is missing or malformed'],
   ['JSON without token_type', json({ access_token: SECRET_TOKEN }), 'its token_type is missing or malformed'],
   ['token_type mac', json({ access_token: SECRET_TOKEN, token_type: 'mac' }), 'its token_type is neither Bearer nor DPoP'],
+  ['an expires_in that is not a number', json({ access_token: SECRET_TOKEN, token_type: 'bearer', expires_in: 'soon' }), 'its expires_in is missing or malformed'],
+  ['a refresh_token that is not a string', json({ access_token: SECRET_TOKEN, token_type: 'bearer', refresh_token: 42 }), 'its refresh_token is missing or malformed'],
+  ['a scope that is not a string', json({ access_token: SECRET_TOKEN, token_type: 'bearer', scope: 7 }), 'its scope is missing or malformed'],
   [
     'an error object with HTTP 200 (as GitHub answers)',
     json({ error: 'bad_verification_code', error_description: 'The code passed is incorrect or expired.' }),

@@ -96,6 +96,16 @@ describe('the token-store key lives as long as the session will after this reque
   });
   afterAll(async () => stack.close());
 
+  test('at login the key gets the session\'s maxAge, not a default day', async () => {
+    const browser = new Browser();
+    await browser.login(`${stack.appUrl}/login?returnTo=/me`);
+    const { id } = await readLogin(stack, browser);
+
+    const ttl = await stack.redis.ttl(tokenKey(stack, id));
+    expect(ttl).toBeGreaterThanOrEqual(MAX_AGE_S - 2);
+    expect(ttl).toBeLessThanOrEqual(MAX_AGE_S);
+  });
+
   test('after a refresh and after logout (the tombstone), the key gets the full maxAge', async () => {
     const browser = new Browser();
     await browser.login(`${stack.appUrl}/login?returnTo=/me`);

@@ -41,6 +41,26 @@ test.each([...BAD_QUERIES, ['a repeated returnTo', 'returnTo=/a&returnTo=/b'], [
   },
 );
 
+test('the length limit is the documented 4096 characters: a query that long is read, one more is refused', async () => {
+  const query = (length: number) => `padding=${'a'.repeat(length - 'padding='.length)}`;
+  const started = await new Browser().request(`${stack.appUrl}/login?${query(4096)}`);
+  expect(started.status).toBe(302);
+
+  await expectRefusal(observed, () => new Browser().request(`${stack.appUrl}/login?${query(4097)}`), { status: 400, code: 'invalid_request' });
+});
+
+test('parameters the library does not read may take any form: only its own are held to one plain value', async () => {
+  const started = await new Browser().request(`${stack.appUrl}/login?returnTo=/a&utm[source]=x&tags[]=1&tags[]=2`);
+  expect(started.status).toBe(302);
+});
+
+test.each(['returnTo=%zz', 'returnTo=/x%4', 'returnTo=/%E0%A4%A'])('a bad percent-escape (%s) is named as such, not as invalid UTF-8', async (query) => {
+  const refused = await new Browser().request(`${stack.appUrl}/login?${query}`, { headers: { accept: 'application/json' } });
+
+  expect(refused.status).toBe(400);
+  expect(JSON.parse(refused.body)).toMatchObject({ error: 'invalid_request', error_description: 'The query string has an invalid percent-encoding.' });
+});
+
 let pending: PendingLogin;
 let browser: Browser;
 
@@ -62,6 +82,11 @@ test.each([
   ['a repeated code', () => `${real()}&code=other-code-value`],
   ['a repeated iss', () => `${real()}&iss=${encodeURIComponent(stack.provider.issuer)}`],
   ['a repeated error', () => `${real()}&error=a&error=b`],
+  // The other parameters an authorization response may carry: one value each too, whichever one the library reads.
+  ...['error_description', 'error_uri', 'session_state', 'response', 'id_token'].map((name): [string, () => string] => [
+    `a repeated ${name}`,
+    () => `${real()}&${name}=a&${name}=b`,
+  ]),
   ['state as an array', () => `code=${pending.code}&state[]=${pending.state}&iss=${encodeURIComponent(stack.provider.issuer)}`],
   ['state as an object', () => `code=${pending.code}&state[a]=${pending.state}&iss=${encodeURIComponent(stack.provider.issuer)}`],
   ['code as an array', () => `code[]=${pending.code}&state=${pending.state}&iss=${encodeURIComponent(stack.provider.issuer)}`],

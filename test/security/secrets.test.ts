@@ -48,7 +48,12 @@ afterAll(async () => {
 /** A token endpoint that echoes everything it was sent in its error description (a careless or hostile server). */
 const echoing = async (c: TokenContext): Promise<TokenReply> => ({
   status: 400,
-  body: { error: 'invalid_grant', error_description: `code ${c.form.get('code')} with verifier ${c.form.get('code_verifier')} and ${CLIENT_SECRET} refused` },
+  body: {
+    error: 'invalid_grant',
+    // The nonce was never sent to the token endpoint, but the server knows it: it was in the authorization request.
+    // The code twice: every occurrence must go, not only the first.
+    error_description: `code ${c.form.get('code')} with verifier ${c.form.get('code_verifier')}, nonce ${String(c.claims().nonce)} and ${CLIENT_SECRET} refused (code ${c.form.get('code')})`,
+  },
 });
 
 async function badSignature(c: TokenContext): Promise<TokenReply> {
@@ -56,7 +61,7 @@ async function badSignature(c: TokenContext): Promise<TokenReply> {
 }
 
 const FAILURES: Array<[string, (c: TokenContext) => Promise<TokenReply>, number, string]> = [
-  ['the token endpoint echoes the code, verifier and client secret', echoing, 400, 'token_exchange_failed'],
+  ['the token endpoint echoes the code, verifier, nonce and client secret', echoing, 400, 'token_exchange_failed'],
   ['the ID token signature is bad', badSignature, 400, 'invalid_id_token'],
   ['the token response lacks the ID token', async (c) => c.respond(null), 400, 'invalid_id_token'],
   ['the ID token is not a JWT', async (c) => c.respond('not-a-jwt-but-secret-ish'), 400, 'invalid_id_token'],

@@ -48,22 +48,26 @@ test('a callback without state is refused', async () => {
   const browser = new Browser();
   const pending = await loginUntilCallback(stack, browser);
 
-  await expectRefusal(observed, () => browser.request(withParams(pending.callbackUrl, { state: undefined })), {
+  const refused = await expectRefusal(observed, () => browser.request(withParams(pending.callbackUrl, { state: undefined })), {
     status: 400,
     code: 'invalid_state',
     secrets: pending.secrets,
   });
+  // Told that the state is missing, not that the sign-in link is unknown or used.
+  expect(refused.body).toMatch(/The callback has no (&quot;|")state/);
 });
 
 test('a callback with an empty state is refused', async () => {
   const browser = new Browser();
   const pending = await loginUntilCallback(stack, browser);
 
-  await expectRefusal(observed, () => browser.request(withParams(pending.callbackUrl, { state: '' })), {
+  const refused = await expectRefusal(observed, () => browser.request(withParams(pending.callbackUrl, { state: '' })), {
     status: 400,
     code: 'invalid_state',
     secrets: pending.secrets,
   });
+  // Told that the state is missing, not that the sign-in link is unknown or used.
+  expect(refused.body).toMatch(/The callback has no (&quot;|")state/);
 });
 
 test('a state of the wrong shape is refused without a lookup', async () => {
@@ -123,6 +127,8 @@ test('state is deleted on first use even when that use is an error response', as
   const session = await readSession(stack.redis, stack.sessionPrefix, pending.sid);
   expect(session).toBeDefined();
   expect(session?.oauth?.tx?.[pending.state]).toBeUndefined();
+  // It was the only pending login: no empty container is left behind either.
+  expect(session?.oauth).not.toHaveProperty('tx');
   // The real code for the same state arrives afterwards (an attacker racing the user): the state is gone.
   await expectRefusal(observed, () => browser.request(pending.callbackUrl), { status: 400, code: 'invalid_state', secrets: pending.secrets });
 
