@@ -1,4 +1,3 @@
-import { AsyncLocalStorage } from 'node:async_hooks';
 import type * as client from 'openid-client';
 import type { RevocableTokens } from './revocation.js';
 
@@ -8,37 +7,68 @@ import type { RevocableTokens } from './revocation.js';
  * its error does not carry them. What each grant run inside {@link withIssuedTokens} received is kept aside here, so
  * that a login that fails that way can still revoke them (RFC 7009): a refresh token nobody holds must not stay a
  * live grant.
+ *
+ * The grants are told apart by the credential their token request carries (the code, or the refresh token), not by
+ * an AsyncLocalStorage: on Node 20 one `AsyncLocalStorage.run()` turns on a hook that every promise and async resource
+ * of the process pays for from then on, every authenticated request included (about 3 % of case 1's throughput in
+ * `npm run bench:ab`, bench/FIXES.md §8).
  */
-const received = new AsyncLocalStorage<{ body?: Promise<unknown> }>();
+interface Slot {
+  body?: Promise<unknown>;
+}
+
+/** The grants running inside {@link withIssuedTokens}, by the credential their token request carries. */
+const running = new Map<string, Slot>();
+
+/** The code of an authorization-code grant's request body, or the refresh token of a refresh grant's. */
+function grantCredential(body: unknown): string | undefined {
+  const parameters = body instanceof URLSearchParams ? body : typeof body === 'string' ? new URLSearchParams(body) : undefined;
+  switch (parameters?.get('grant_type')) {
+    case 'authorization_code':
+      return parameters.get('code') ?? undefined;
+    case 'refresh_token':
+      return parameters.get('refresh_token') ?? undefined;
+    default:
+      return undefined;
+  }
+}
 
 /**
- * The configuration's fetch: Node's own, plus, inside {@link withIssuedTokens}, a copy of the token answer's JSON body, read from a clone alongside the grant's own reading (not before it: a body that stalls must still fail
- * the grant as a timeout).
+ * The configuration's fetch: Node's own, plus, for a grant running inside {@link withIssuedTokens}, a copy of the token
+ * answer's JSON body, read from a clone alongside the grant's own reading (not before it: a body that stalls must still
+ * fail the grant as a timeout).
  */
 export const recordingFetch: client.CustomFetch = async (url, options) => {
   // openid-client types the body with Uint8Array<ArrayBufferLike>, the DOM lib's BodyInit wants ArrayBuffer-backed views: the same values at run time.
   const response = await fetch(url, { ...options, body: options.body as BodyInit | null });
-  const slot = received.getStore();
-  // The token endpoint's answer: the first successful POST (a DPoP nonce retry follows a refused one; key sets are GETs).
-  if (slot !== undefined && slot.body === undefined && response.ok && options.method === 'POST') {
-    slot.body = response.clone().json().catch(() => undefined);
+  // The token endpoint's answer: the first successful POST of the grant (a DPoP nonce retry follows a refused one).
+  if (running.size > 0 && response.ok && options.method === 'POST') {
+    const credential = grantCredential(options.body);
+    const slot = credential === undefined ? undefined : running.get(credential);
+    if (slot !== undefined && slot.body === undefined) slot.body = response.clone().json().catch(() => undefined);
   }
   return response;
 };
 
 /**
- * Runs a grant; when it rejects, `onIssued` gets the tokens the server's answer carried, if it carried any, before the
- * error goes on.
+ * Runs a grant whose token request carries `credential` (the authorization code, or the refresh token); when it
+ * rejects, `onIssued` gets the tokens the server's answer carried, if it carried any, before the error goes on.
  */
-export async function withIssuedTokens<T>(grant: () => Promise<T>, onIssued: (tokens: RevocableTokens) => void): Promise<T> {
-  const slot: { body?: Promise<unknown> } = {};
+export async function withIssuedTokens<T>(credential: string, grant: () => Promise<T>, onIssued: (tokens: RevocableTokens) => void): Promise<T> {
+  // A second grant with the same credential at once (a code replayed into another callback) records nothing: the
+  // answer it would see is the first grant's, whose tokens that grant handles.
+  if (running.has(credential)) return grant();
+  const slot: Slot = {};
+  running.set(credential, slot);
   try {
-    return await received.run(slot, grant);
+    return await grant();
   } catch (err) {
     const body = (await slot.body) as { access_token?: unknown; refresh_token?: unknown } | undefined;
     if (typeof body?.access_token === 'string') {
       onIssued({ accessToken: body.access_token, ...(typeof body.refresh_token === 'string' ? { refreshToken: body.refresh_token } : {}) });
     }
     throw err;
+  } finally {
+    running.delete(credential);
   }
 }

@@ -225,6 +225,7 @@ export function createRefresher(runtime: RefreshServices): Refresher {
     let issued: RevocableTokens | undefined;
     try {
       response = await withIssuedTokens(
+        refreshToken,
         () => requestRefresh(runtime, login, refreshToken),
         (tokens) => (issued = { accessToken: tokens.accessToken, refreshToken: tokens.refreshToken ?? refreshToken }),
       );

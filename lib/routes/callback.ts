@@ -96,7 +96,8 @@ export function callbackRoute(runtime: Runtime) {
     checkIssuer(params, metadata, config.issuer !== undefined);
     checkResponseShape(params);
     if (params.has('error')) throw authorizationResponseError(params);
-    if (!params.get('code')) throw new AuthError(AuthErrorCode.INVALID_REQUEST, 400, 'The callback has no authorization "code".');
+    const code = params.get('code');
+    if (!code) throw new AuthError(AuthErrorCode.INVALID_REQUEST, 400, 'The callback has no authorization "code".');
 
     const currentUrl = new URL(`${callbackBase}?${rawQuery(req)}`);
     const dpop = await dpopOptionsFor(runtime, transaction);
@@ -105,6 +106,7 @@ export function callbackRoute(runtime: Runtime) {
     try {
       // An answer refused inside the grant (its ID token's claims) still carried tokens: revoked, as below.
       response = await withIssuedTokens(
+        code,
         () =>
           client.authorizationCodeGrant(
             configuration,
@@ -123,7 +125,7 @@ export function callbackRoute(runtime: Runtime) {
         (issued) => void revokeUnused(configuration, issued),
       );
     } catch (err) {
-      throw exchangeError(err, [params.get('code') ?? undefined, transaction.verifier, transaction.nonce, config.clientSecret]);
+      throw exchangeError(err, [code, transaction.verifier, transaction.nonce, config.clientSecret]);
     }
     const tokens = toStoredTokens(response);
     let created: NewLogin | undefined;
