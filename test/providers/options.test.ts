@@ -102,6 +102,17 @@ describe('privateKey', () => {
       expect(message).not.toContain(privateJwk.n);
     }
   });
+
+  test('an empty kid, a key that cannot sign, and a key in an array are refused', async () => {
+    const { privateJwk } = await clientKeyPair('ES256', 'k1');
+    const options = { ...base, issuer: 'https://idp.example.com' };
+    expect(failure({ ...options, privateKey: { key: privateJwk, kid: '' } })).toMatch(/`privateKey` needs a `kid`/);
+    // X25519 is a key-agreement key: it has no signature algorithm for a client assertion.
+    const x25519 = generateKeyPairSync('x25519').privateKey.export({ format: 'jwk' });
+    expect(failure({ ...options, privateKey: { ...x25519, kid: 'x' } })).toMatch(/`privateKey` must be an RSA, EC \(P-256, P-384, P-521\) or Ed25519 key/);
+    const pem = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'pem', type: 'pkcs8' }).toString();
+    expect(failure({ ...options, privateKey: { key: [pem], kid: 'x' } })).toMatch(/not a readable unencrypted private key/);
+  });
 });
 
 describe('PAR, DPoP and fetchUser options', () => {
