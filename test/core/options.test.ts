@@ -264,6 +264,17 @@ describe('auth() options: unsafe or broken values that must not start', () => {
     expect(attempt(overrides, remove)).toThrow(message);
   });
 
+  // client_id would start another client's login; request and request_uri would carry a request object the library
+  // did not write (its own state, nonce, PKCE and redirect_uri, RFC 9101 §6.3); the others are what PKCE, state and
+  // nonce are made of (row 30 of SECURITY.md tests those at a real server).
+  test.each(['client_id', 'request', 'request_uri', 'response_mode', 'redirect_uri', 'code_challenge', 'code_challenge_method', 'nonce', 'state', 'response_type', 'dpop_jkt'])(
+    'authorizationParams.%s is refused at startup',
+    (name) => {
+      expect(attempt({ authorizationParams: { [name]: 'x' } })).toThrow(TypeError);
+      expect(attempt({ authorizationParams: { [name]: 'x' } })).toThrow(`\`authorizationParams.${name}\` is set by the library itself; remove it.`);
+    },
+  );
+
   test('loopback redirect URIs may use http:, and with allowInsecureRequests any host may', () => {
     for (const redirectUri of ['http://localhost:3000/callback', 'http://[::1]:3000/callback', 'http://127.1.2.3/callback']) {
       expect(resolveOptions({ ...valid, redirectUri }).redirectUri.href).toBe(redirectUri);
