@@ -1,6 +1,7 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { describe, expect, test } from '@jest/globals';
 import { resolveOptions } from '../../lib/options.js';
+import { createServerResolver } from '../../lib/server.js';
 import { clientKeyPair } from './support.js';
 
 const base = { clientId: 'app', redirectUri: 'https://app.example.com/callback' };
@@ -135,5 +136,20 @@ describe('PAR, DPoP and fetchUser options', () => {
     expect(failure({ ...base, scope: 'repo', server, pushedAuthorizationRequests: true })).toMatch(
       /`pushedAuthorizationRequests: true` needs `server.pushedAuthorizationRequestEndpoint`/,
     );
+  });
+});
+
+// openid-client takes whole seconds; rounding down would cut every request to the server short of what was configured
+// (1500 ms would be 1 s), and 0 would mean no time at all.
+describe('httpTimeout, as the requests to the authorization server get it', () => {
+  test.each([
+    [200, 1],
+    [1000, 1],
+    [1500, 2],
+    [5000, 5],
+  ])('%i ms is %i s', async (httpTimeout, seconds) => {
+    const config = resolveOptions({ ...base, clientSecret: 'secret', scope: 'repo', server, httpTimeout });
+    const configuration = await createServerResolver(config)();
+    expect(configuration.timeout).toBe(seconds);
   });
 });
