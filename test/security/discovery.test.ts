@@ -250,3 +250,15 @@ test('a metadata request that is never answered times out after httpTimeout: 504
     await new Promise<void>((resolve) => silent.close(() => resolve()));
   }
 });
+
+// checkDPoPSupport has tests of its own (providers/dpop); this one is that discovery runs it.
+test('dpop on, and metadata listing DPoP proof algorithms without ES256, is refused at discovery: 502 discovery_failed', async () => {
+  rogue.metadata.dpop_signing_alg_values_supported = ['PS256'];
+  try {
+    const failure = await discoveryFailure({ issuer: rogue.issuer, dpop: true });
+    expect([failure.code, failure.status]).toEqual(['discovery_failed', 502]);
+    expect(failure.message).toMatch(/does not accept ES256 DPoP proofs; it accepts: PS256/);
+  } finally {
+    rogue.reset();
+  }
+});
