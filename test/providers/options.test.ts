@@ -153,3 +153,29 @@ describe('httpTimeout, as the requests to the authorization server get it', () =
     expect(configuration.timeout).toBe(seconds);
   });
 });
+
+// What openid-client is given is all it knows of a server by hand: an endpoint left out would be a feature silently
+// off (no RP-initiated logout, no revocation, no userinfo), not an error.
+test('a server by hand: every endpoint given reaches the metadata openid-client uses', async () => {
+  const endpoints = {
+    issuer: 'https://idp.example.com',
+    authorizationEndpoint: 'https://idp.example.com/authorize',
+    tokenEndpoint: 'https://idp.example.com/token',
+    revocationEndpoint: 'https://idp.example.com/revoke',
+    userinfoEndpoint: 'https://idp.example.com/userinfo',
+    jwksUri: 'https://idp.example.com/jwks',
+    endSessionEndpoint: 'https://idp.example.com/logout',
+    pushedAuthorizationRequestEndpoint: 'https://idp.example.com/par',
+  };
+  const configuration = await createServerResolver(resolveOptions({ ...base, clientSecret: 'secret', server: endpoints }))();
+  expect(configuration.serverMetadata()).toMatchObject({
+    issuer: endpoints.issuer,
+    authorization_endpoint: endpoints.authorizationEndpoint,
+    token_endpoint: endpoints.tokenEndpoint,
+    revocation_endpoint: endpoints.revocationEndpoint,
+    userinfo_endpoint: endpoints.userinfoEndpoint,
+    jwks_uri: endpoints.jwksUri,
+    end_session_endpoint: endpoints.endSessionEndpoint,
+    pushed_authorization_request_endpoint: endpoints.pushedAuthorizationRequestEndpoint,
+  });
+});
