@@ -161,6 +161,7 @@ export interface AuthOptions {
    * Discovery compares the two as URL hrefs: for a bare origin a trailing '/' (which a `URL` object always adds) does not
    * matter, but with a path it does (`'https://idp.example.com/realms/app/'` is not `'https://idp.example.com/realms/app'`):
    * write it as the metadata's `issuer` does. ID tokens are then checked against the `issuer` the metadata names, exactly.
+   * No query or fragment (RFC 8414 §2), not even a bare '?' or '#'.
    */
   issuer?: string | URL;
   /** The server's endpoints, for a server without discovery. Give either `issuer` or `server`. */

@@ -528,7 +528,9 @@ function httpsUnlessAllowed(url: URL, given: unknown, name: string, allowInsecur
 
 function parseIssuer(value: unknown, name: string, allowInsecureRequests: boolean): URL {
   const issuer = httpsUnlessAllowed(parseUrl(value, name, 'https://idp.example.com'), value, name, allowInsecureRequests);
-  if (issuer.search !== '' || issuer.hash !== '') fail(`\`${name}\` must not have a query or fragment (RFC 8414 §2).`);
+  // `href`, not `search`/`hash`: a bare '?' or '#' leaves those empty but stays in the identifier that is compared
+  // with the metadata's `issuer` and with `iss`, so every login would fail far from here.
+  if (issuer.href.includes('?') || issuer.href.includes('#')) fail(`\`${name}\` must not have a query or fragment (RFC 8414 §2).`);
   // openid-client takes a URL with '/.well-known/' in it for the metadata document itself, fetches it as is, and then
   // skips the comparison of the metadata's `issuer` with the configured one (RFC 8414 §3.3): metadata naming any
   // issuer would be accepted. An issuer identifier never contains it, so this is the document URL given by mistake.
@@ -597,7 +599,7 @@ function resolveServerOptions(
     const value = input[name];
     if (value === undefined && !required) continue;
     const url = httpsUnlessAllowed(parseUrl(value, `server.${name}`, `https://idp.example.com/${name}`), value, `server.${name}`, allowInsecureRequests);
-    if (url.hash !== '') fail(`\`server.${name}\` must not have a fragment.`);
+    if (url.href.includes('#')) fail(`\`server.${name}\` must not have a fragment.`);
     endpoints[name] = url;
   }
   const issuer = input.issuer === undefined ? undefined : parseIssuer(input.issuer, 'server.issuer', allowInsecureRequests);

@@ -335,6 +335,21 @@ describe('auth() mounted under a path', () => {
     expect(body.error_description).toContain('app.use(auth({ ... }))');
   });
 
+  // 500 is the lowest status the default onError logs: a misconfiguration is the app's to fix, and only the log says so.
+  test('the default onError logs a 500 misconfigured', async () => {
+    const output = captureOutput();
+    let response;
+    try {
+      response = await fetch(`${listener.url}/auth/login`, { redirect: 'manual', headers: { accept: 'application/json' } });
+      await response.arrayBuffer();
+    } finally {
+      output.restore();
+    }
+    expect(response.status).toBe(500);
+    const lines = output.text().split('\n').filter((line) => line.includes('express-oauth-pkce:'));
+    expect(lines).toEqual([expect.stringMatching(/^express-oauth-pkce: GET \/auth\/login: misconfigured \(500\): .*mounted under "\/auth"/)]);
+  });
+
   test('a mount path with a parameter reflects the request in the message: the error page escapes it', async () => {
     const tenant = await listen();
     try {

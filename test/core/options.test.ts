@@ -218,3 +218,100 @@ describe('auth() options', () => {
     expect(typeof auth({ ...valid, issuer: 'http://localhost:4000', allowInsecureRequests: true })).toBe('function');
   });
 });
+
+// Each of these configurations would start and then leak or misroute something, or fail far from its cause; the
+// startup check is the only place they are caught.
+describe('auth() options: unsafe or broken values that must not start', () => {
+  const byHand = { authorizationEndpoint: 'https://idp.example.com/auth', tokenEndpoint: 'https://idp.example.com/token' };
+
+  test.each<[string, Record<string, unknown>, string[], RegExp]>([
+    // Codes and tokens would go to something other than an http(s) server.
+    ['an issuer with another scheme', { issuer: 'ftp://idp.example.com' }, [], /`issuer` must be an http\(s\) URL, got 'ftp:'/],
+    ['a redirectUri with another scheme', { redirectUri: 'javascript://app.example.com/callback' }, [], /`redirectUri` must be an http\(s\) URL, got 'javascript:'/],
+    ['a server endpoint with another scheme', { server: { ...byHand, tokenEndpoint: 'file:///etc/token' }, scope: 'read' }, ['issuer'], /`server.tokenEndpoint` must be an http\(s\) URL/],
+    // Credentials in a URL end up in logs, error messages and Referer headers.
+    ['an issuer with a user and password', { issuer: 'https://user:pass@idp.example.com' }, [], /`issuer` must not contain credentials/],
+    ['an issuer with only a password', { issuer: 'https://:pass@idp.example.com' }, [], /`issuer` must not contain credentials/],
+    ['a redirectUri with credentials', { redirectUri: 'https://user@app.example.com/callback' }, [], /`redirectUri` must not contain credentials/],
+    ['an empty redirectUri (an unset variable)', { redirectUri: '' }, [], /`redirectUri` is required/],
+    ['an empty issuer', { issuer: '' }, [], /`issuer` is required/],
+    ['an issuer with a fragment', { issuer: 'https://idp.example.com/#tenant' }, [], /`issuer` must not have a query or fragment/],
+    ['a server endpoint with a fragment', { server: { ...byHand, tokenEndpoint: 'https://idp.example.com/token#x' }, scope: 'read' }, ['issuer'], /`server.tokenEndpoint` must not have a fragment/],
+    // A bare '?' or '#' leaves URL's `search`/`hash` empty but stays in the href: the issuer compared with the
+    // metadata's (and with `iss`) would carry it, and no server's does.
+    ['an issuer with an empty query', { issuer: 'https://idp.example.com?' }, [], /`issuer` must not have a query or fragment/],
+    ['an issuer with an empty fragment', { issuer: 'https://idp.example.com/realms/app#' }, [], /`issuer` must not have a query or fragment/],
+    ['a server.issuer with an empty query', { server: { ...byHand, issuer: 'https://idp.example.com/?', jwksUri: 'https://idp.example.com/jwks' } }, ['issuer'], /`server.issuer` must not have a query or fragment/],
+    ['a server endpoint with an empty fragment', { server: { ...byHand, authorizationEndpoint: 'https://idp.example.com/auth#' }, scope: 'read' }, ['issuer'], /`server.authorizationEndpoint` must not have a fragment/],
+    ['a server without its authorization endpoint', { server: { tokenEndpoint: byHand.tokenEndpoint }, scope: 'read' }, ['issuer'], /`server.authorizationEndpoint` is required/],
+    // 'false' from an environment variable is truthy: taken as true it would let http: through.
+    ['allowInsecureRequests as a string', { allowInsecureRequests: 'false', issuer: 'http://idp.example.com' }, [], /`allowInsecureRequests` must be a boolean/],
+    // Hosts that only look like loopback: http: there goes over the network.
+    ['an http redirectUri on a host starting with a loopback address', { redirectUri: 'http://127.0.0.1.evil.example/callback' }, [], /`redirectUri` 'http:\/\/127\.0\.0\.1\.evil\.example\/callback' uses http:/],
+    ['an http redirectUri on a host starting with 127', { redirectUri: 'http://127.evil.example/callback' }, [], /uses http:/],
+    ['an http redirectUri on a host starting with localhost', { redirectUri: 'http://localhost.evil.example/callback' }, [], /uses http:/],
+    ['a clientSecret that is not a string', { clientSecret: 12345 }, [], /`clientSecret` must be a non-empty string/],
+    ['an httpTimeout of 0', { httpTimeout: 0 }, [], /`httpTimeout` must be at least 1 millisecond/],
+    ['an infinite httpTimeout', { httpTimeout: Number.POSITIVE_INFINITY }, [], /`httpTimeout` must be a non-negative number of milliseconds/],
+    ['a clockTolerance that is NaN', { clockTolerance: Number.NaN }, [], /`clockTolerance` must be a non-negative number of seconds/],
+    ['a keyPrefix that is not a string', { keyPrefix: 7 }, [], /`keyPrefix` must be a string/],
+    ['routes as an array', { routes: ['/login'] }, [], /`routes` must be an object/],
+    ['authorizationParams as an array', { authorizationParams: [['prompt', 'login']] }, [], /`authorizationParams` must be an object of string values/],
+    ['a max_age too large to compare', { authorizationParams: { max_age: '9'.repeat(20) } }, [], /max_age` must be a whole number of seconds/],
+    ['max_age 0 as a number', { authorizationParams: { max_age: 0 } }, [], /write '0' instead of 0/],
+  ])('%s → TypeError naming the fix', (_name, overrides, remove, message) => {
+    expect(attempt(overrides, remove)).toThrow(TypeError);
+    expect(attempt(overrides, remove)).toThrow(message);
+  });
+
+  // client_id would start another client's login; request and request_uri would carry a request object the library
+  // did not write (its own state, nonce, PKCE and redirect_uri, RFC 9101 §6.3); the others are what PKCE, state and
+  // nonce are made of (row 30 of SECURITY.md tests those at a real server).
+  test.each(['client_id', 'request', 'request_uri', 'response_mode', 'redirect_uri', 'code_challenge', 'code_challenge_method', 'nonce', 'state', 'response_type', 'dpop_jkt'])(
+    'authorizationParams.%s is refused at startup',
+    (name) => {
+      expect(attempt({ authorizationParams: { [name]: 'x' } })).toThrow(TypeError);
+      expect(attempt({ authorizationParams: { [name]: 'x' } })).toThrow(`\`authorizationParams.${name}\` is set by the library itself; remove it.`);
+    },
+  );
+
+  test('loopback redirect URIs may use http:, and with allowInsecureRequests any host may', () => {
+    for (const redirectUri of ['http://localhost:3000/callback', 'http://[::1]:3000/callback', 'http://127.1.2.3/callback']) {
+      expect(resolveOptions({ ...valid, redirectUri }).redirectUri.href).toBe(redirectUri);
+    }
+    expect(resolveOptions({ ...valid, redirectUri: 'http://app.example.com/callback', allowInsecureRequests: true }).redirectUri.protocol).toBe('http:');
+  });
+
+  // The library calls all of these; an object missing even one would fail only when that call comes.
+  test.each(['defineCommand', 'smembers'])('redis: an object missing only %s is refused', (name) => {
+    const fn = () => undefined;
+    const almost: Record<string, unknown> = { defineCommand: fn, set: fn, get: fn, del: fn, eval: fn, multi: fn, sadd: fn, srem: fn, smembers: fn };
+    delete almost[name];
+    expect(attempt({ redis: almost })).toThrow(new RegExp(`must be an ioredis client.*This object has no ${name}\\.`));
+  });
+
+  test("'openid' counts as a scope token only on its own", () => {
+    expect(resolveOptions({ ...valid, scope: 'openid email' }).openid).toBe(true);
+    expect(resolveOptions({ ...valid, scope: 'notopenid email' }).openid).toBe(false);
+  });
+
+  test('the documented defaults', () => {
+    expect(resolveOptions(valid)).toMatchObject({
+      discovery: 'oidc',
+      clientAuthMethod: 'client_secret_basic',
+      scope: 'openid',
+      openid: true,
+      allowInsecureRequests: false,
+      pushedAuthorizationRequests: false,
+      dpop: false,
+      keyPrefix: 'oauth-pkce:',
+      loginPath: '/login',
+      logoutPath: '/logout',
+      callbackPath: '/callback',
+      httpTimeout: 5000,
+      clockTolerance: 30,
+      refreshSkew: 60,
+      authorizationParams: {},
+    });
+  });
+});

@@ -56,6 +56,20 @@ describe('logout options', () => {
     expect(resolveOptions({ ...base, idpLogout: true }).idpLogout).toBe(true);
   });
 
+  // The index entries must outlive the sessions they point to for a while; below a minute, or a fraction of a second
+  // that Redis would round, is refused, and the bound itself is allowed.
+  test('sessionIndexTtl: whole seconds, at least 60', () => {
+    expect(resolveOptions({ ...base, sessionIndexTtl: 60 }).sessionIndexTtl).toBe(60);
+    for (const sessionIndexTtl of [59, 60.5]) {
+      expect(() => resolveOptions({ ...base, sessionIndexTtl })).toThrow('`sessionIndexTtl` must be a whole number of seconds, at least 60.');
+    }
+  });
+
+  // Without 'openid' there are no ID tokens, so no sid/sub to index: the route would be silently left unmounted.
+  test('routes.backchannelLogout with redis but without openid in scope is refused', () => {
+    expect(() => resolveOptions({ ...base, redis, scope: 'email', routes: { backchannelLogout: '/bcl' } })).toThrow(/routes\.backchannelLogout.*an `openid` scope/);
+  });
+
   test.each([
     ['postLogoutRedirect to another origin', { postLogoutRedirect: 'https://evil.example/' }, /postLogoutRedirect.*same-origin path/],
     ['a protocol-relative postLogoutRedirect', { postLogoutRedirect: '//evil.example' }, /postLogoutRedirect/],

@@ -7,6 +7,7 @@ import { decodeProtectedHeader, importJWK, jwtVerify } from 'jose';
 import { AuthError, type AuthOptions } from '../../lib/index.js';
 import { checkClientAuthSupport, clientAuthentication } from '../../lib/client-auth.js';
 import { resolveOptions } from '../../lib/options.js';
+import { createServerResolver } from '../../lib/server.js';
 import { connectRedis, listen, type Listener } from '../helpers/app.js';
 import { inspectDeep } from '../helpers/security.js';
 import { startProvider, type TestProvider } from '../helpers/provider.js';
@@ -259,6 +260,18 @@ describe('the private_key_jwt assertion', () => {
     // The default names the issuer whatever the endpoint.
     const byIssuer = await assertionOf({ key: privateJwk }, request);
     await expect(jwtVerify(byIssuer, await importJWK(publicJwk, 'RS256'), { audience: as.issuer })).resolves.toBeDefined();
+  });
+
+  // RFC 7523 §3 allows the token endpoint as audience; a server configured by hand without an issuer has nothing else.
+  test("a server by hand without an issuer: the default audience 'issuer' names the token endpoint", async () => {
+    const { privateJwk, publicJwk } = await clientKeyPair('RS256', 'kid-1');
+    const server = { authorizationEndpoint: 'https://idp.example.com/oauth2/authorize', tokenEndpoint: as.token_endpoint };
+    const config = resolveOptions({ server, scope: 'read', clientId: 'app', redirectUri: 'https://app.example.com/callback', privateKey: privateJwk });
+    const configuration = await createServerResolver(config)();
+    const body = new URLSearchParams(TOKEN_REQUEST);
+    await (await clientAuthentication(config))(configuration.serverMetadata(), { client_id: 'app' }, body, new Headers());
+
+    await expect(jwtVerify(body.get('client_assertion')!, await importJWK(publicJwk, 'RS256'), { audience: as.token_endpoint })).resolves.toBeDefined();
   });
 
   test('an Ed25519 key signs as EdDSA', async () => {

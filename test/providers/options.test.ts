@@ -1,6 +1,7 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { describe, expect, test } from '@jest/globals';
 import { resolveOptions } from '../../lib/options.js';
+import { createServerResolver } from '../../lib/server.js';
 import { clientKeyPair } from './support.js';
 
 const base = { clientId: 'app', redirectUri: 'https://app.example.com/callback' };
@@ -102,6 +103,17 @@ describe('privateKey', () => {
       expect(message).not.toContain(privateJwk.n);
     }
   });
+
+  test('an empty kid, a key that cannot sign, and a key in an array are refused', async () => {
+    const { privateJwk } = await clientKeyPair('ES256', 'k1');
+    const options = { ...base, issuer: 'https://idp.example.com' };
+    expect(failure({ ...options, privateKey: { key: privateJwk, kid: '' } })).toMatch(/`privateKey` needs a `kid`/);
+    // X25519 is a key-agreement key: it has no signature algorithm for a client assertion.
+    const x25519 = generateKeyPairSync('x25519').privateKey.export({ format: 'jwk' });
+    expect(failure({ ...options, privateKey: { ...x25519, kid: 'x' } })).toMatch(/`privateKey` must be an RSA, EC \(P-256, P-384, P-521\) or Ed25519 key/);
+    const pem = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'pem', type: 'pkcs8' }).toString();
+    expect(failure({ ...options, privateKey: { key: [pem], kid: 'x' } })).toMatch(/not a readable unencrypted private key/);
+  });
 });
 
 describe('PAR, DPoP and fetchUser options', () => {
@@ -124,5 +136,46 @@ describe('PAR, DPoP and fetchUser options', () => {
     expect(failure({ ...base, scope: 'repo', server, pushedAuthorizationRequests: true })).toMatch(
       /`pushedAuthorizationRequests: true` needs `server.pushedAuthorizationRequestEndpoint`/,
     );
+  });
+});
+
+// openid-client takes whole seconds; rounding down would cut every request to the server short of what was configured
+// (1500 ms would be 1 s), and 0 would mean no time at all.
+describe('httpTimeout, as the requests to the authorization server get it', () => {
+  test.each([
+    [200, 1],
+    [1000, 1],
+    [1500, 2],
+    [5000, 5],
+  ])('%i ms is %i s', async (httpTimeout, seconds) => {
+    const config = resolveOptions({ ...base, clientSecret: 'secret', scope: 'repo', server, httpTimeout });
+    const configuration = await createServerResolver(config)();
+    expect(configuration.timeout).toBe(seconds);
+  });
+});
+
+// What openid-client is given is all it knows of a server by hand: an endpoint left out would be a feature silently
+// off (no RP-initiated logout, no revocation, no userinfo), not an error.
+test('a server by hand: every endpoint given reaches the metadata openid-client uses', async () => {
+  const endpoints = {
+    issuer: 'https://idp.example.com',
+    authorizationEndpoint: 'https://idp.example.com/authorize',
+    tokenEndpoint: 'https://idp.example.com/token',
+    revocationEndpoint: 'https://idp.example.com/revoke',
+    userinfoEndpoint: 'https://idp.example.com/userinfo',
+    jwksUri: 'https://idp.example.com/jwks',
+    endSessionEndpoint: 'https://idp.example.com/logout',
+    pushedAuthorizationRequestEndpoint: 'https://idp.example.com/par',
+  };
+  const configuration = await createServerResolver(resolveOptions({ ...base, clientSecret: 'secret', server: endpoints }))();
+  expect(configuration.serverMetadata()).toMatchObject({
+    issuer: endpoints.issuer,
+    authorization_endpoint: endpoints.authorizationEndpoint,
+    token_endpoint: endpoints.tokenEndpoint,
+    revocation_endpoint: endpoints.revocationEndpoint,
+    userinfo_endpoint: endpoints.userinfoEndpoint,
+    jwks_uri: endpoints.jwksUri,
+    end_session_endpoint: endpoints.endSessionEndpoint,
+    pushed_authorization_request_endpoint: endpoints.pushedAuthorizationRequestEndpoint,
   });
 });

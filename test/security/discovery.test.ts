@@ -3,6 +3,8 @@
  * library needs; anything else is refused when the first login starts — before any authorization request, without a
  * session — and retried on the next login rather than cached (fail closed, recover without a restart).
  */
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import * as client from 'openid-client';
 import { AuthError, type AuthOptions } from '../../lib/index.js';
@@ -228,3 +230,35 @@ function captured(action: () => void): unknown {
     return err;
   }
 }
+
+// Discovery is bounded by httpTimeout like every other request: without it, openid-client's own 30 s default would
+// hold every first login that long while the server does not answer.
+test('a metadata request that is never answered times out after httpTimeout: 504 idp_unreachable', async () => {
+  const silent = createServer((_req, res) => void setTimeout(() => res.destroy(), 4000));
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  try {
+    const { port } = silent.address() as AddressInfo;
+    const config = resolveOptions({ issuer: `http://127.0.0.1:${port}`, clientId: 'app', clientSecret: 'secret', redirectUri: 'http://127.0.0.1/callback', allowInsecureRequests: true, httpTimeout: 1000 });
+    const started = Date.now();
+    const err = await createServerResolver(config)().then(() => undefined, (e: unknown) => e);
+
+    expect(err).toBeInstanceOf(AuthError);
+    expect([(err as AuthError).code, (err as AuthError).status]).toEqual(['idp_unreachable', 504]);
+    expect(Date.now() - started).toBeLessThan(3000);
+  } finally {
+    silent.closeAllConnections();
+    await new Promise<void>((resolve) => silent.close(() => resolve()));
+  }
+});
+
+// checkDPoPSupport has tests of its own (providers/dpop); this one is that discovery runs it.
+test('dpop on, and metadata listing DPoP proof algorithms without ES256, is refused at discovery: 502 discovery_failed', async () => {
+  rogue.metadata.dpop_signing_alg_values_supported = ['PS256'];
+  try {
+    const failure = await discoveryFailure({ issuer: rogue.issuer, dpop: true });
+    expect([failure.code, failure.status]).toEqual(['discovery_failed', 502]);
+    expect(failure.message).toMatch(/does not accept ES256 DPoP proofs; it accepts: PS256/);
+  } finally {
+    rogue.reset();
+  }
+});

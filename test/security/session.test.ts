@@ -170,6 +170,7 @@ beforeAll(() => {
     ['app-env-production', 'development'],
     ['app-uses-session', 'production'],
     ['returning-browser', 'development'],
+    ['insecure-by-hand', 'production'],
   ] as const) {
     const running = runScenario(scenario, env);
     running.catch(() => undefined); // reported by the test that awaits it
@@ -207,6 +208,10 @@ test('allowInsecureRequests: true in production warns at startup, once per proce
   expect(insecure).toHaveLength(1);
   expect(insecure[0]!.message).toMatch(/`allowInsecureRequests: true` with NODE_ENV=production.*plain http.*\(http: here: http:\/\/localhost:\d+\/, http:\/\/127\.0\.0\.1:\d+\/callback\).*remove `allowInsecureRequests`/);
   expect((await report('recommended')).warnings.map((w) => w.code)).toContain(INSECURE_REQUESTS);
+  // A server by hand has no issuer to name: its endpoints are what travel over http.
+  const byHand = (await report('insecure-by-hand')).warnings.filter((w) => w.code === INSECURE_REQUESTS);
+  expect(byHand).toHaveLength(1);
+  expect(byHand[0]!.message).toMatch(/\(http: here: http:\/\/localhost:\d+\/auth, http:\/\/localhost:\d+\/token, http:\/\/127\.0\.0\.1:\d+\/callback\)/);
   expect((await report('strict')).warnings.map((w) => w.code)).not.toContain(INSECURE_REQUESTS);
   expect((await report('script-readable-cross-site')).warnings.map((w) => w.code)).not.toContain(INSECURE_REQUESTS);
 });
