@@ -80,6 +80,23 @@ describe('a logout while a request whose refresh is done is still at work', () =
   beforeAll(async () => {
     stack = await startRefreshStack({}, { afterToken: async () => (gate.enter(), gate.opened) });
   });
+  /**
+   * A logged-in browser whose request to `/api/token-then-slow` has refreshed its login (version 2 is stored, and in the
+   * request's copy of the session) and is held calling an API with the token, until `gate.open()`.
+   */
+  async function refreshedAndAtWork() {
+    newGate();
+    const browser = new Browser();
+    await browser.login(`${stack.appUrl}/login?returnTo=/me`);
+    const cookie = sessionCookie(browser, stack.appUrl)!;
+    const before = await readLogin(stack, browser);
+    await waitUntilDue(before.tokens);
+    const slow = getJson(browser, `${stack.appUrl}/api/token-then-slow`);
+    await gate.entered;
+    const refreshed = await readRecord(stack.redis, tokenKey(stack, before.id));
+    expect(refreshed).toMatchObject({ v: 2 });
+    return { browser, cookie, before, slow, refreshed: refreshed! };
+  }
   afterAll(async () => {
     gate?.open();
     await stack.close();
@@ -96,17 +113,7 @@ describe('a logout while a request whose refresh is done is still at work', () =
       },
     ],
   ])('%s: the refreshed copy that request saves at its end does not bring the login back', async (_how, logout) => {
-    newGate();
-    const browser = new Browser();
-    await browser.login(`${stack.appUrl}/login?returnTo=/me`);
-    const cookie = sessionCookie(browser, stack.appUrl)!;
-    const before = await readLogin(stack, browser);
-    await waitUntilDue(before.tokens);
-
-    // The request has refreshed (version 2 is stored, and in its copy of the session) and calls an API with the token.
-    const slow = getJson(browser, `${stack.appUrl}/api/token-then-slow`);
-    await gate.entered;
-    expect(await readRecord(stack.redis, tokenKey(stack, before.id))).toMatchObject({ v: 2 });
+    const { browser, cookie, before, slow } = await refreshedAndAtWork();
     await logout(browser);
     expect(await storedSession(stack.redis, stack.sessionPrefix, cookie)).toBeNull();
 
@@ -123,28 +130,18 @@ describe('a logout while a request whose refresh is done is still at work', () =
   });
 
   test('a login ended by a refused refresh meanwhile (not a logout) keeps its session: only a final tombstone destroys it', async () => {
-    newGate();
-    const browser = new Browser();
-    await browser.login(`${stack.appUrl}/login?returnTo=/me`);
-    const cookie = sessionCookie(browser, stack.appUrl)!;
-    const before = await readLogin(stack, browser);
-    await waitUntilDue(before.tokens);
-
     // Request A has refreshed (version 2) and is still at work when its session is saved.
-    const slow = getJson(browser, `${stack.appUrl}/api/token-then-slow`);
-    await gate.entered;
-    const refreshed = await readRecord(stack.redis, tokenKey(stack, before.id));
-    expect(refreshed).toMatchObject({ v: 2 });
+    const { browser, cookie, before, slow, refreshed } = await refreshedAndAtWork();
     // The server revokes the grant; request B finds version 2 due, and its refresh is refused: the login ends with a
     // tombstone of the next version, which is not a logout's (the session, and whatever the app keeps in it, stays).
-    await waitUntilDue(refreshed!.tokens!);
+    await waitUntilDue(refreshed.tokens!);
     const revoked = await fetch(`${stack.provider.issuer}/token/revocation`, {
       method: 'POST',
       headers: {
         'content-type': 'application/x-www-form-urlencoded',
         authorization: `Basic ${Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString('base64')}`,
       },
-      body: new URLSearchParams({ token: refreshed!.tokens!.refreshToken!, token_type_hint: 'refresh_token' }).toString(),
+      body: new URLSearchParams({ token: refreshed.tokens!.refreshToken!, token_type_hint: 'refresh_token' }).toString(),
     });
     expect(revoked.status).toBe(200);
     const refused = await getJson(browser, `${stack.appUrl}/api/token`);

@@ -8,10 +8,10 @@ import { AuthError, type AuthOptions } from '../../lib/index.js';
 import { checkClientAuthSupport, clientAuthentication } from '../../lib/client-auth.js';
 import { resolveOptions } from '../../lib/options.js';
 import { createServerResolver } from '../../lib/server.js';
-import { connectRedis, listen, type Listener } from '../helpers/app.js';
+import { connectRedis, type Listener } from '../helpers/app.js';
 import { inspectDeep } from '../helpers/security.js';
 import { startProvider, type TestProvider } from '../helpers/provider.js';
-import { appSlot, clientKeyPair, recordRequests, startProviderWithClientKeys, type AppSlot, whoami } from './support.js';
+import { appSlot, clientKeyPair, recordRequests, startProviderWithClientKeys, startStubServer, type AppSlot, whoami } from './support.js';
 
 const SECRET = 'client-auth-secret-not-for-production';
 
@@ -300,30 +300,20 @@ describe('a server that quotes the client assertion in its errors', () => {
   }
 
   beforeAll(async () => {
-    [stub, app, parApp] = await Promise.all([listen(), appSlot(), appSlot()]);
-    stub.handle((req, res) => {
-      const url = new URL(req.url ?? '/', stub.url);
-      if (req.method === 'GET' && url.pathname === '/authorize') {
-        const back = new URL(url.searchParams.get('redirect_uri') ?? '');
-        back.searchParams.set('code', `stub-code-${randomUUID()}`);
-        back.searchParams.set('state', url.searchParams.get('state') ?? '');
-        res.writeHead(302, { location: back.href }).end();
-        return;
-      }
-      let raw = '';
-      req.on('data', (chunk: Buffer) => (raw += chunk.toString()));
-      req.on('end', () => {
-        const form = new URLSearchParams(raw);
+    [stub, app, parApp] = await Promise.all([
+      startStubServer((form, res, path) => {
         const assertion = form.get('client_assertion') ?? '';
         sent.push(assertion);
         const grant = form.get('grant_type');
-        if (url.pathname === '/par' || (grant === 'authorization_code' && refuse.exchange) || (grant === 'refresh_token' && refuse.refresh)) {
+        if (path === '/par' || (grant === 'authorization_code' && refuse.exchange) || (grant === 'refresh_token' && refuse.refresh)) {
           return quoting(res, assertion);
         }
         res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
         res.end(JSON.stringify({ access_token: `stub-at-${randomUUID()}`, token_type: 'bearer', expires_in: 3600, refresh_token: `stub-rt-${randomUUID()}` }));
-      });
-    });
+      }),
+      appSlot(),
+      appSlot(),
+    ]);
     const { privateJwk } = await clientKeyPair('ES256', 'stub-key');
     const options = (slot: AppSlot, extra: Partial<AuthOptions> = {}): AuthOptions => ({
       server: { authorizationEndpoint: `${stub.url}/authorize`, tokenEndpoint: `${stub.url}/token`, pushedAuthorizationRequestEndpoint: `${stub.url}/par` },

@@ -99,9 +99,10 @@ export function whoami(app: Express): void {
 
 /**
  * A plain-OAuth server that misbehaves on purpose: its authorization endpoint answers at once with a fresh code (no
- * `iss`, no metadata), and every POST to its token endpoint goes to `onToken` with the parsed form.
+ * `iss`, no metadata), and every POST to its token endpoint (or to `/par`, for a PAR endpoint) goes to `onToken` with the
+ * parsed form and the path.
  */
-export async function startStubServer(onToken: (form: URLSearchParams, res: ServerResponse) => void): Promise<Listener> {
+export async function startStubServer(onToken: (form: URLSearchParams, res: ServerResponse, path: string) => void): Promise<Listener> {
   const stub = await listen();
   stub.handle((req, res) => {
     const url = new URL(req.url ?? '/', stub.url);
@@ -112,10 +113,10 @@ export async function startStubServer(onToken: (form: URLSearchParams, res: Serv
       res.writeHead(302, { location: back.href }).end();
       return;
     }
-    if (req.method === 'POST' && url.pathname === '/token') {
+    if (req.method === 'POST' && (url.pathname === '/token' || url.pathname === '/par')) {
       let body = '';
       req.on('data', (chunk: Buffer) => (body += chunk.toString()));
-      req.on('end', () => onToken(new URLSearchParams(body), res));
+      req.on('end', () => onToken(new URLSearchParams(body), res, url.pathname));
       return;
     }
     res.writeHead(404).end();
