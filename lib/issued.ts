@@ -22,12 +22,13 @@ const running = new Map<string, Slot>();
 
 /** The code of an authorization-code grant's request body, or the refresh token of a refresh grant's. */
 function grantCredential(body: unknown): string | undefined {
-  const parameters = body instanceof URLSearchParams ? body : typeof body === 'string' ? new URLSearchParams(body) : undefined;
-  switch (parameters?.get('grant_type')) {
+  // oauth4webapi sends every token request's form as URLSearchParams.
+  if (!(body instanceof URLSearchParams)) return undefined;
+  switch (body.get('grant_type')) {
     case 'authorization_code':
-      return parameters.get('code') ?? undefined;
+      return body.get('code') ?? undefined;
     case 'refresh_token':
-      return parameters.get('refresh_token') ?? undefined;
+      return body.get('refresh_token') ?? undefined;
     default:
       return undefined;
   }

@@ -100,13 +100,8 @@ export async function createLogin(
  */
 export async function endReplacedLogin(runtime: Runtime, req: Request, configuration: client.Configuration, { login, replaced }: NewLogin): Promise<void> {
   if (replaced === undefined || replaced.id === login.id) return;
-  let entry: Awaited<ReturnType<Runtime['tokenStore']['end']>> | undefined;
-  try {
-    entry = await runtime.tokenStore.end(replaced.id, sessionTtlSeconds(req));
-  } catch {
-    // The old session is gone whether or not its tombstone is written: another user's tokens are held by nobody now.
-    entry = undefined;
-  }
+  // The old session is gone whether or not its tombstone is written: another user's tokens are held by nobody now.
+  const entry = await runtime.tokenStore.end(replaced.id, sessionTtlSeconds(req)).catch(() => undefined);
   const before = subjectOf(replaced.claims).sub;
   const now = subjectOf(login.claims).sub;
   if (before === undefined || now === undefined || before === now) return;

@@ -127,6 +127,17 @@ describe('GET /login', () => {
     return { undo: () => void (redis.set = original), failures: () => failures };
   }
 
+  /** `GET /login` (as an API client) while the session write it makes fails, once; asserts that it did fail. */
+  async function loginWhileSessionWriteFails(browser: Browser, returnTo: string) {
+    const failure = failNextSessionWrite();
+    try {
+      return await browser.request(`${stack.appUrl}/login?returnTo=${returnTo}`, { headers: { accept: 'application/json' } });
+    } finally {
+      failure.undo();
+      expect(failure.failures()).toBe(1);
+    }
+  }
+
   test.each([
     ['a signed-in session without a pending login', async (browser: Browser) => void (await browser.login(`${stack.appUrl}/login?returnTo=/me`))],
     ['a session with a pending login', async (browser: Browser) => void (await browser.request(`${stack.appUrl}/login?returnTo=/first`))],
@@ -136,15 +147,7 @@ describe('GET /login', () => {
     const before = await sessionOf(browser);
     expect(before?.oauth).toBeDefined();
 
-    const failure = failNextSessionWrite();
-    let res: Awaited<ReturnType<Browser['request']>>;
-    try {
-      res = await browser.request(`${stack.appUrl}/login?returnTo=/second`, { headers: { accept: 'application/json' } });
-    } finally {
-      failure.undo();
-    }
-
-    expect(failure.failures()).toBe(1);
+    const res = await loginWhileSessionWriteFails(browser, '/second');
     expect(res.status).toBe(503);
     expect(JSON.parse(res.body)).toMatchObject({ error: 'session_unavailable' });
     expect(res.headers.get('location')).toBeNull();
@@ -153,15 +156,7 @@ describe('GET /login', () => {
 
   test('a first login whose session cannot be saved sets no cookie: it would name a session that was never stored', async () => {
     const browser = new Browser();
-    const failure = failNextSessionWrite();
-    let res: Awaited<ReturnType<Browser['request']>>;
-    try {
-      res = await browser.request(`${stack.appUrl}/login?returnTo=/me`, { headers: { accept: 'application/json' } });
-    } finally {
-      failure.undo();
-    }
-
-    expect(failure.failures()).toBe(1);
+    const res = await loginWhileSessionWriteFails(browser, '/me');
     expect(res.status).toBe(503);
     expect(res.headers.getSetCookie()).toEqual([]);
     expect(browser.cookie('127.0.0.1', 'connect.sid')).toBeUndefined();
