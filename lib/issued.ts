@@ -1,5 +1,6 @@
 import type * as client from 'openid-client';
 import type { RevocableTokens } from './revocation.js';
+import { serverFetch } from './transport.js';
 
 /**
  * Tokens a server issued in an answer that openid-client then refused: it checks a token response (its shape, the ID
@@ -35,13 +36,12 @@ function grantCredential(body: unknown): string | undefined {
 }
 
 /**
- * The configuration's fetch: Node's own, plus, for a grant running inside {@link withIssuedTokens}, a copy of the token
+ * The configuration's fetch: the library's own ({@link serverFetch}), plus, for a grant running inside {@link withIssuedTokens}, a copy of the token
  * answer's JSON body, read from a clone alongside the grant's own reading (not before it: a body that stalls must still
  * fail the grant as a timeout).
  */
 export const recordingFetch: client.CustomFetch = async (url, options) => {
-  // openid-client types the body with Uint8Array<ArrayBufferLike>, the DOM lib's BodyInit wants ArrayBuffer-backed views: the same values at run time.
-  const response = await fetch(url, { ...options, body: options.body as BodyInit | null });
+  const response = await serverFetch(url, options);
   // The token endpoint's answer: the first successful POST of the grant (a DPoP nonce retry follows a refused one).
   if (running.size > 0 && response.ok && options.method === 'POST') {
     const credential = grantCredential(options.body);

@@ -1,7 +1,8 @@
-import { compactVerify, createRemoteJWKSet, errors, type JWTVerifyGetKey } from 'jose';
+import { compactVerify, createRemoteJWKSet, customFetch, errors, type JWTVerifyGetKey } from 'jose';
 import { endpointRefusal } from './endpoints.js';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { ResolvedConfig } from './options.js';
+import { serverFetch } from './transport.js';
 
 /**
  * Signature algorithms accepted from the authorization server for the JWTs this library verifies (ID tokens, logout
@@ -51,7 +52,7 @@ export function createIssuerKeys(config: ResolvedConfig): IssuerKeys {
       // Discovery refuses such a jwks_uri (endpoints.ts); this keeps one that gets past it an answer, not a TypeError.
       const refusal = endpointRefusal('jwks_uri', jwksUri, config);
       if (refusal !== undefined) throw refusal;
-      const remote = createRemoteJWKSet(new URL(jwksUri), { timeoutDuration: Math.ceil(config.httpTimeout) });
+      const remote = createRemoteJWKSet(new URL(jwksUri), { timeoutDuration: Math.ceil(config.httpTimeout), [customFetch]: serverFetch });
       const getKey: JWTVerifyGetKey = async (header, token) => {
         try {
           return await remote(header, token);

@@ -4,6 +4,7 @@ import { checkDPoPSupport } from './dpop.js';
 import { checkEndpoints } from './endpoints.js';
 import { AuthError, AuthErrorCode } from './errors.js';
 import { recordingFetch } from './issued.js';
+import { serverFetch } from './transport.js';
 import type { ResolvedConfig, ResolvedServer } from './options.js';
 import { isNetworkError, isTimeout } from './upstream.js';
 
@@ -124,6 +125,7 @@ export function createServerResolver(config: ResolvedConfig): ServerResolver {
           algorithm: config.discovery,
           timeout: timeoutSeconds,
           execute: config.allowInsecureRequests ? [client.allowInsecureRequests] : [],
+          [client.customFetch]: serverFetch,
         });
         checkMetadata(config, configuration.serverMetadata());
       }

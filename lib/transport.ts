@@ -1,0 +1,164 @@
+import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { promisify } from 'node:util';
+import { brotliDecompress, unzip } from 'node:zlib';
+
+/**
+ * The library's own calls to the authorization server (discovery, the key set, token, revocation, PAR) go over
+ * `node:http`/`node:https`, not Node's `fetch`.
+ *
+ * Why: reading any body through Node's fetch (undici's web streams, even `new Response(text).json()`) detaches an
+ * ArrayBuffer, and on V8 the first detach in a process invalidates the `ArrayBufferDetaching` protector for good. From
+ * then on every typed-array and Buffer operation of every request pays a check it skipped before (socket reads, HTTP
+ * parsing, connect-redis's replies, express-session's hashing). One detach cost a bare express-session app about 2 %
+ * of its throughput (bench/FIXES.md §9); openid-client and jose would pay it at the first login of every process.
+ *
+ * The answer is read whole here and handed over as a {@link BufferedResponse}: a real `Response` (status, headers,
+ * `instanceof`) whose body methods read the buffered bytes instead of a stream. Redirects are never followed (every
+ * caller asks for `redirect: 'manual'`), and failures look like fetch's: `TypeError('fetch failed')` with the cause
+ * when the server cannot be reached, `TypeError('terminated')` when the answer is cut off, the signal's reason when it
+ * aborts. `req.auth.fetch()` and `fetchUser`'s `fetch` stay Node's fetch: their answers are the app's, streamed.
+ */
+export interface ServerRequest {
+  method?: string;
+  headers?: Record<string, string> | Headers;
+  body?: ArrayBuffer | Uint8Array | string | URLSearchParams | ReadableStream | null;
+  redirect?: string;
+  signal?: AbortSignal | null;
+}
+
+const decoder = new TextDecoder();
+const inflate = promisify(unzip);
+const unbrotli = promisify(brotliDecompress);
+
+/** A `Response` over bytes already read: reading it never touches a web stream. */
+export class BufferedResponse extends Response {
+  readonly #bytes: Uint8Array;
+
+  constructor(bytes: Uint8Array, init: ResponseInit) {
+    super(null, init);
+    this.#bytes = bytes;
+  }
+
+  override async arrayBuffer(): Promise<ArrayBuffer> {
+    // A copy of its own: a small Buffer may be a view into Node's shared pool.
+    return new Uint8Array(this.#bytes).buffer;
+  }
+
+  override async blob(): Promise<Blob> {
+    return new Blob([new Uint8Array(this.#bytes)], { type: this.headers.get('content-type') ?? '' });
+  }
+
+  override async text(): Promise<string> {
+    // fetch's text(): UTF-8, a byte-order mark dropped, invalid sequences replaced.
+    return decoder.decode(this.#bytes);
+  }
+
+  override async json(): Promise<unknown> {
+    return JSON.parse(await this.text());
+  }
+
+  override clone(): BufferedResponse {
+    return new BufferedResponse(this.#bytes, { status: this.status, statusText: this.statusText, headers: this.headers });
+  }
+}
+
+function requestBody(body: ServerRequest['body'], headers: Record<string, string>): Buffer | undefined {
+  if (body === undefined || body === null) return undefined;
+  const typed = (value: string, type: string) => {
+    headers['content-type'] ??= type;
+    return Buffer.from(value, 'utf8');
+  };
+  if (typeof body === 'string') return typed(body, 'text/plain;charset=UTF-8');
+  if (body instanceof URLSearchParams) return typed(body.toString(), 'application/x-www-form-urlencoded;charset=UTF-8');
+  if (body instanceof Uint8Array) return Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  if (body instanceof ArrayBuffer) return Buffer.from(body);
+  // oauth4webapi and jose never send a stream; a body this cannot send must not go out empty.
+  throw new TypeError('The server request has a body of a kind it cannot send (a stream).');
+}
+
+/** The answer's content codings undone, as fetch does; a coding it does not know leaves the bytes as they came. */
+async function decoded(bytes: Buffer, contentEncoding: string | undefined): Promise<Buffer> {
+  const codings = (contentEncoding ?? '').split(',').map((coding) => coding.trim().toLowerCase()).filter((coding) => coding !== '' && coding !== 'identity');
+  let out = bytes;
+  for (const coding of codings.reverse()) {
+    if (coding === 'gzip' || coding === 'x-gzip' || coding === 'deflate') out = await inflate(out);
+    else if (coding === 'br') out = await unbrotli(out);
+    else return bytes;
+  }
+  return out;
+}
+
+function responseOf(res: IncomingMessage, bytes: Uint8Array): BufferedResponse {
+  const headers = new Headers();
+  for (let i = 0; i + 1 < res.rawHeaders.length; i += 2) headers.append(res.rawHeaders[i]!, res.rawHeaders[i + 1]!);
+  const status = res.statusCode ?? 0;
+  try {
+    return new BufferedResponse(bytes, { status, statusText: res.statusMessage ?? '', headers });
+  } catch {
+    // A reason phrase fetch would not carry; the status is what counts.
+    return new BufferedResponse(bytes, { status, headers });
+  }
+}
+
+/**
+ * Sends one request to the authorization server and resolves with its whole answer (see the module's comment above).
+ * Fits openid-client's and jose's `customFetch`.
+ */
+export function serverFetch(url: string, options: ServerRequest = {}): Promise<Response> {
+  return new Promise<Response>((resolve, reject) => {
+    const signal = options.signal ?? undefined;
+    if (signal?.aborted === true) return reject(signal.reason);
+    let target: URL;
+    let headers: Record<string, string>;
+    let body: Buffer | undefined;
+    try {
+      target = new URL(url);
+      if (target.protocol !== 'https:' && target.protocol !== 'http:') throw new TypeError(`${target.protocol} is not http: or https:`);
+      headers = Object.fromEntries(new Headers(options.headers ?? {}));
+      body = requestBody(options.body, headers);
+    } catch (err) {
+      return reject(new TypeError('fetch failed', { cause: err }));
+    }
+    if (body !== undefined) headers['content-length'] = String(body.byteLength);
+
+    let settled = false;
+    const settle = (outcome: () => void) => {
+      if (settled) return;
+      settled = true;
+      signal?.removeEventListener('abort', onAbort);
+      outcome();
+    };
+    const fail = (err: unknown) => settle(() => reject(err));
+    const onAbort = () => {
+      fail(signal!.reason);
+      request.destroy();
+    };
+
+    const send = target.protocol === 'https:' ? httpsRequest : httpRequest;
+    const request = send(target, { method: options.method ?? 'GET', headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('error', (err) => fail(new TypeError('terminated', { cause: err })));
+      res.on('close', () => {
+        if (!res.complete) fail(new TypeError('terminated', { cause: new Error('The connection closed before the answer was complete.') }));
+      });
+      res.on('end', () => {
+        decoded(Buffer.concat(chunks), res.headers['content-encoding']).then(
+          (bytes) => settle(() => {
+            try {
+              resolve(responseOf(res, bytes));
+            } catch (err) {
+              // A status fetch refuses (outside 200–599).
+              reject(new TypeError('fetch failed', { cause: err }));
+            }
+          }),
+          (err: unknown) => fail(new TypeError('terminated', { cause: err })),
+        );
+      });
+    });
+    request.on('error', (err) => fail(new TypeError('fetch failed', { cause: err })));
+    signal?.addEventListener('abort', onAbort, { once: true });
+    request.end(body);
+  });
+}

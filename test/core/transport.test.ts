@@ -1,0 +1,195 @@
+/**
+ * The library's own calls to the authorization server go over node:http(s), not Node's fetch (lib/transport.ts): fetch
+ * detaches an ArrayBuffer when it reads a body, which turns a V8 fast path off for the whole process. These tests hold
+ * the transport to what fetch did for openid-client, oauth4webapi and jose, and show, in a process of its own on plain
+ * node, that a login, a refresh and a logout leave that fast path on.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { brotliCompressSync, gzipSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { serverFetch } from '../../lib/transport.js';
+import { isNetworkError, isTimeout } from '../../lib/upstream.js';
+import { listen, startStack, type Listener, type Stack } from '../helpers/app.js';
+import { Browser } from '../helpers/browser.js';
+import { getJson, readLogin, refreshingProvider, REFRESH_SKEW, waitUntilDue } from '../refresh/support.js';
+
+describe('serverFetch', () => {
+  let server: Listener;
+  let handler: (req: IncomingMessage, res: ServerResponse, body: string) => void;
+
+  beforeAll(async () => {
+    server = await listen();
+    server.handle((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (chunk: Buffer) => chunks.push(chunk));
+      req.on('end', () => handler(req, res, Buffer.concat(chunks).toString('utf8')));
+    });
+  });
+  afterAll(() => server.close());
+
+  test('answers a real Response whose body methods read the whole answer, as often as they are called on clones', async () => {
+    handler = (_req, res) => {
+      res.writeHead(201, 'Made', [['content-type', 'application/json'], ['www-authenticate', 'DPoP error="use_dpop_nonce"'], ['www-authenticate', 'Bearer realm="x"']]);
+      res.end('\uFEFF{"a":"é"}');
+    };
+    const response = await serverFetch(`${server.url}/x`, { redirect: 'manual' });
+    expect(response).toBeInstanceOf(Response);
+    expect(Object.prototype.toString.call(response)).toBe('[object Response]');
+    expect([response.status, response.statusText, response.ok]).toEqual([201, 'Made', true]);
+    expect(response.headers.get('www-authenticate')).toBe('DPoP error="use_dpop_nonce", Bearer realm="x"');
+    const copy = response.clone();
+    // fetch's text(): UTF-8 with the byte-order mark dropped.
+    expect(await response.json()).toEqual({ a: 'é' });
+    expect(await copy.text()).toBe('{"a":"é"}');
+    const bytes = new Uint8Array(await copy.arrayBuffer());
+    expect(bytes.byteLength).toBe(Buffer.byteLength('\uFEFF{"a":"é"}'));
+    expect((await copy.blob()).type).toBe('application/json');
+  });
+
+  test('sends the method, headers and body; a form gets its content type and every body its length', async () => {
+    const seen: Array<{ method?: string; type?: string; length?: string; custom?: string; body: string }> = [];
+    handler = (req, res, body) => {
+      seen.push({ method: req.method, type: req.headers['content-type'], length: req.headers['content-length'], custom: req.headers['x-custom'] as string, body });
+      res.end();
+    };
+    await serverFetch(server.url, { method: 'POST', headers: { 'x-custom': 'yes' }, body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: 'a b' }) });
+    await serverFetch(server.url, { method: 'POST', headers: new Headers({ 'content-type': 'application/jwt' }), body: new TextEncoder().encode('é.x.y').subarray(2) });
+    await serverFetch(server.url, { method: 'PUT', body: 'plain' });
+    await serverFetch(server.url, { method: 'POST', body: new Uint8Array([104, 105]).buffer });
+    expect(seen).toEqual([
+      { method: 'POST', type: 'application/x-www-form-urlencoded;charset=UTF-8', length: '42', custom: 'yes', body: 'grant_type=refresh_token&refresh_token=a+b' },
+      { method: 'POST', type: 'application/jwt', length: '4', body: '.x.y' },
+      { method: 'PUT', type: 'text/plain;charset=UTF-8', length: '5', body: 'plain' },
+      { method: 'POST', length: '2', body: 'hi' },
+    ]);
+    await expect(serverFetch(server.url, { method: 'POST', body: new ReadableStream() })).rejects.toThrow(expect.objectContaining({ name: 'TypeError', message: 'fetch failed' }));
+  });
+
+  test('undoes gzip, deflate and br as fetch does, and leaves a coding it does not know alone', async () => {
+    const json = '{"keys":[]}';
+    const bodies: Record<string, Buffer> = { gzip: gzipSync(json), br: brotliCompressSync(json), unknown: Buffer.from(json) };
+    handler = (req, res) => {
+      const coding = req.url!.slice(1);
+      res.writeHead(200, { 'content-encoding': coding === 'unknown' ? 'zstd-ish' : coding });
+      res.end(bodies[coding]);
+    };
+    for (const coding of ['gzip', 'br', 'unknown']) expect(await (await serverFetch(`${server.url}/${coding}`)).text()).toBe(json);
+  });
+
+  test('never follows a redirect: the 3xx is the answer', async () => {
+    handler = (_req, res) => {
+      res.writeHead(302, { location: '/elsewhere' });
+      res.end();
+    };
+    const response = await serverFetch(server.url, { redirect: 'manual' });
+    expect([response.status, response.headers.get('location')]).toEqual([302, '/elsewhere']);
+  });
+
+  test('fails like fetch: unreachable is "fetch failed", cut off is "terminated", both network errors to the library', async () => {
+    const closed = createNetServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    const { port } = closed.address() as AddressInfo;
+    await new Promise<void>((resolve) => closed.close(() => resolve()));
+    const refused = await serverFetch(`http://127.0.0.1:${port}/`).catch((err: unknown) => err);
+    expect(refused).toMatchObject({ name: 'TypeError', message: 'fetch failed', cause: { code: 'ECONNREFUSED' } });
+    expect(isNetworkError(refused)).toBe(true);
+
+    handler = (_req, res) => {
+      res.writeHead(200, { 'content-length': '100' });
+      res.write('{"access_token":');
+      setTimeout(() => res.socket?.destroy(), 20);
+    };
+    const cut = await serverFetch(server.url).catch((err: unknown) => err);
+    expect(cut).toMatchObject({ name: 'TypeError', message: 'terminated' });
+    expect(isNetworkError(cut)).toBe(true);
+
+    await expect(serverFetch('ftp://127.0.0.1/')).rejects.toThrow(expect.objectContaining({ message: 'fetch failed' }));
+  });
+
+  test('a status fetch cannot represent is a failed request, not a made-up answer', async () => {
+    handler = (_req, res) => {
+      res.writeHead(699);
+      res.end();
+    };
+    await expect(serverFetch(server.url)).rejects.toThrow(expect.objectContaining({ name: 'TypeError', message: 'fetch failed' }));
+  });
+
+  test('the signal aborts before sending, while waiting for the headers and while the body comes, with its reason', async () => {
+    await expect(serverFetch(server.url, { signal: AbortSignal.abort(new Error('gone')) })).rejects.toThrow('gone');
+
+    handler = () => undefined; // never answers
+    const waiting = await serverFetch(server.url, { signal: AbortSignal.timeout(100) }).catch((err: unknown) => err);
+    expect(isTimeout(waiting)).toBe(true);
+
+    handler = (_req, res) => {
+      res.writeHead(200, { 'content-length': '100' });
+      res.write('{"access_token":'); // and stalls
+    };
+    const stalled = await serverFetch(server.url, { signal: AbortSignal.timeout(100) }).catch((err: unknown) => err);
+    expect(isTimeout(stalled)).toBe(true);
+  });
+});
+
+describe('in a process on plain node', () => {
+  const FIXTURE = fileURLToPath(new URL('./fixtures/plain-node-app.mjs', import.meta.url));
+  const DIST = fileURLToPath(new URL('../../dist/index.js', import.meta.url));
+  let stack: Stack;
+  let port: number;
+
+  beforeAll(async () => {
+    // The app process's port, known before the provider registers its callback.
+    const probe = createNetServer();
+    await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+    port = (probe.address() as AddressInfo).port;
+    await new Promise<void>((resolve) => probe.close(() => resolve()));
+    stack = await startStack({
+      provider: { configuration: refreshingProvider },
+      auth: { refreshSkew: REFRESH_SKEW },
+      extraRedirectUris: [`http://127.0.0.1:${port}/callback`],
+    });
+  });
+  afterAll(() => stack?.close());
+
+  test('a login, a refresh and a logout never detach an ArrayBuffer (V8 keeps its ArrayBufferDetaching fast path)', async () => {
+    expect(existsSync(DIST)).toBe(true); // `npm test` builds dist/ first (pretest)
+    const { redis: _redis, ...auth } = stack.authOptions;
+    const config = { redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', sessionPrefix: stack.sessionPrefix, port, auth: { ...auth, redirectUri: `http://127.0.0.1:${port}/callback` } };
+    const child = spawn(process.execPath, ['--trace-protector-invalidation', FIXTURE], { env: { ...process.env, APP_CONFIG: JSON.stringify(config) }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    try {
+      const url = await new Promise<string>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`the app process did not start: ${output}`)), 20_000);
+        child.stdout.on('data', () => {
+          const match = /READY (\S+)/.exec(output);
+          if (match?.[1] !== undefined) {
+            clearTimeout(timer);
+            resolve(match[1]);
+          }
+        });
+        child.once('exit', (code) => reject(new Error(`the app process exited (${String(code)}): ${output}`)));
+      });
+      const browser = new Browser();
+      // Discovery, the key set (the ID token's signature) and the code exchange.
+      expect((await browser.login(`${url}/login?returnTo=/me`)).status).toBe(200);
+      const before = await readLogin(stack, browser);
+      await waitUntilDue(before.tokens);
+      const refreshed = await getJson(browser, `${url}/token`);
+      expect(refreshed.status).toBe(200);
+      expect(refreshed.body.accessToken).not.toBe(before.tokens.accessToken);
+      // Revocation of both tokens.
+      const logout = await browser.request(`${url}/logout`, { method: 'POST', headers: { origin: url, accept: 'application/json' } });
+      expect(logout.status).toBeLessThan(400);
+    } finally {
+      child.kill('SIGTERM');
+      await exited;
+    }
+    expect(output).not.toMatch(/Invalidating protector cell ArrayBufferDetaching/);
+  }, 60_000);
+});
