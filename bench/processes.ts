@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { compiledScript, compileLibrary } from './compile.js';
 import type { AutocannonJob, AutocannonOutcome, BurstJob, BurstOutcome } from './load.js';
 import type { AppConfig, AppKind, FromApp, ToApp } from './apps/protocol.js';
 
@@ -11,6 +12,17 @@ export const PROFILE_DIR = join(here, 'profiles');
 
 function nodeArgs(script: string, extra: string[] = []): string[] {
   return ['--import', 'tsx', ...extra, join(here, script)];
+}
+
+/** `BENCH_LIB` for a process: `lib`, else the environment's, compiled (a copy's `lib/index.ts` cannot run on plain `node`). */
+function libraryEnv(lib: string | undefined): NodeJS.ProcessEnv {
+  const path = lib ?? process.env.BENCH_LIB;
+  return path === undefined ? {} : { BENCH_LIB: compileLibrary(path) };
+}
+
+/** Apps and the in-process case run compiled, on plain `node` (bench/compile.ts says why). */
+function compiledArgs(script: string, extra: string[] = []): string[] {
+  return [...extra, compiledScript(script)];
 }
 
 /** One app in its own process. */
@@ -38,9 +50,9 @@ export class AppProcess<K extends AppKind = AppKind> {
    */
   static async start<K extends AppKind>(name: string, contender: K, cpus?: string, lib?: string): Promise<AppProcess<K>> {
     const flags = process.env.BENCH_APP_NODE_FLAGS?.split(' ').filter(Boolean) ?? [];
-    const command = [process.execPath, ...nodeArgs('apps/main.ts', flags), contender];
+    const command = [process.execPath, ...compiledArgs('apps/main.ts', flags), contender];
     if (cpus !== undefined) command.unshift('taskset', '-c', cpus);
-    const env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'production', ...(lib === undefined ? {} : { BENCH_LIB: lib }) };
+    const env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'production', ...libraryEnv(lib) };
     const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env });
     const app = new AppProcess(name, contender, child);
     const message = await app.#next();
@@ -139,7 +151,7 @@ export class LoadProcess {
 /** Runs a bench script in a child process with `input` on stdin; resolves with its stdout. */
 export function runScript(script: string, input: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, nodeArgs(script), { stdio: ['pipe', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, compiledArgs(script), { stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, ...libraryEnv(undefined) } });
     const out: Buffer[] = [];
     child.stdout.on('data', (chunk: Buffer) => out.push(chunk));
     child.on('error', reject);

@@ -1,5 +1,6 @@
 /**
- * Entry of one app process: `node --import tsx bench/apps/main.ts <contender>`.
+ * Entry of one app process: `node bench/.compiled/bench/apps/main.js <contender>`, compiled by bench/compile.ts (plain
+ * `node`, as in production; not tsx, whose loader changes how V8 runs the whole process).
  *
  * The process listens first and reports its port, because the provider must register the callback URL before the
  * app can be configured against it; the orchestrator then sends the configuration over IPC.
@@ -23,7 +24,7 @@ function send(message: FromApp): void {
 }
 
 if (!(contender in builders) || process.send === undefined) {
-  console.error(`usage: node --import tsx bench/apps/main.ts <${Object.keys(builders).join('|')}> (spawned with an IPC channel)`);
+  console.error(`usage: node bench/.compiled/bench/apps/main.js <${Object.keys(builders).join('|')}> (spawned with an IPC channel)`);
   process.exit(2);
 }
 
