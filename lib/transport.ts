@@ -1,17 +1,12 @@
-import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
-import { promisify } from 'node:util';
-import { brotliDecompress, unzip } from 'node:zlib';
-
-/**
+/*
  * The library's own calls to the authorization server (discovery, the key set, token, revocation, PAR) go over
  * `node:http`/`node:https`, not Node's `fetch`.
  *
  * Why: reading any body through Node's fetch (undici's web streams, even `new Response(text).json()`) detaches an
  * ArrayBuffer, and on V8 the first detach in a process invalidates the `ArrayBufferDetaching` protector for good. From
  * then on every typed-array and Buffer operation of every request pays a check it skipped before (socket reads, HTTP
- * parsing, connect-redis's replies, express-session's hashing). One detach cost a bare express-session app about 2 %
- * of its throughput (bench/FIXES.md §9); openid-client and jose would pay it at the first login of every process.
+ * parsing, connect-redis's replies, express-session's hashing). One detach cost a bare express-session app 1–3 % of
+ * its throughput (bench/FIXES.md §9); through openid-client and jose every process would pay it from its first login.
  *
  * The answer is read whole here and handed over as a {@link BufferedResponse}: a real `Response` (status, headers,
  * `instanceof`) whose body methods read the buffered bytes instead of a stream. Redirects are never followed (every
@@ -19,6 +14,12 @@ import { brotliDecompress, unzip } from 'node:zlib';
  * when the server cannot be reached, `TypeError('terminated')` when the answer is cut off, the signal's reason when it
  * aborts. `req.auth.fetch()` and `fetchUser`'s `fetch` stay Node's fetch: their answers are the app's, streamed.
  */
+import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { promisify } from 'node:util';
+import { brotliDecompress, unzip } from 'node:zlib';
+
+/** The request of {@link serverFetch}: the part of fetch's `RequestInit` that openid-client and jose send. */
 export interface ServerRequest {
   method?: string;
   headers?: Record<string, string> | Headers;

@@ -4,11 +4,14 @@
  * the transport to what fetch did for openid-client, oauth4webapi and jose, and show, in a process of its own on plain
  * node, that a login, a refresh and a logout leave that fast path on.
  */
-import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer as createHttpsServer } from 'node:https';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { brotliCompressSync, gzipSync } from 'node:zlib';
+import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { serverFetch } from '../../lib/transport.js';
@@ -71,13 +74,13 @@ describe('serverFetch', () => {
 
   test('undoes gzip, deflate and br as fetch does, and leaves a coding it does not know alone', async () => {
     const json = '{"keys":[]}';
-    const bodies: Record<string, Buffer> = { gzip: gzipSync(json), br: brotliCompressSync(json), unknown: Buffer.from(json) };
+    const bodies: Record<string, Buffer> = { gzip: gzipSync(json), deflate: deflateSync(json), br: brotliCompressSync(json), unknown: Buffer.from(json) };
     handler = (req, res) => {
       const coding = req.url!.slice(1);
       res.writeHead(200, { 'content-encoding': coding === 'unknown' ? 'zstd-ish' : coding });
       res.end(bodies[coding]);
     };
-    for (const coding of ['gzip', 'br', 'unknown']) expect(await (await serverFetch(`${server.url}/${coding}`)).text()).toBe(json);
+    for (const coding of ['gzip', 'deflate', 'br', 'unknown']) expect(await (await serverFetch(`${server.url}/${coding}`)).text()).toBe(json);
   });
 
   test('never follows a redirect: the 3xx is the answer', async () => {
@@ -108,6 +111,27 @@ describe('serverFetch', () => {
     expect(isNetworkError(cut)).toBe(true);
 
     await expect(serverFetch('ftp://127.0.0.1/')).rejects.toThrow(expect.objectContaining({ message: 'fetch failed' }));
+  });
+
+  test('verifies the server certificate over https: a self-signed one is refused before anything is sent', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'server-fetch-'));
+    let received = 0;
+    const tls = createHttpsServer((_req, res) => {
+      received++;
+      res.end('{}');
+    });
+    try {
+      execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
+      tls.setSecureContext({ key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) });
+      await new Promise<void>((resolve) => tls.listen(0, '127.0.0.1', resolve));
+      const url = `https://127.0.0.1:${(tls.address() as AddressInfo).port}/`;
+      const refused = await serverFetch(url, { method: 'POST', body: new URLSearchParams({ client_secret: 'x' }) }).catch((err: unknown) => err);
+      expect(refused).toMatchObject({ name: 'TypeError', message: 'fetch failed', cause: { code: 'DEPTH_ZERO_SELF_SIGNED_CERT' } });
+      expect(received).toBe(0);
+    } finally {
+      tls.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test('a status fetch cannot represent is a failed request, not a made-up answer', async () => {
