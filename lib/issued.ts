@@ -65,8 +65,12 @@ export async function withIssuedTokens<T>(credential: string, grant: () => Promi
     return await grant();
   } catch (err) {
     const body = (await slot.body) as { access_token?: unknown; refresh_token?: unknown } | undefined;
-    if (typeof body?.access_token === 'string') {
-      onIssued({ accessToken: body.access_token, ...(typeof body.refresh_token === 'string' ? { refreshToken: body.refresh_token } : {}) });
+    // Either token alone is worth revoking: openid-client refuses an answer without an access token, and the refresh
+    // token such an answer carries is a live grant all the same.
+    const accessToken = typeof body?.access_token === 'string' ? body.access_token : undefined;
+    const refreshToken = typeof body?.refresh_token === 'string' ? body.refresh_token : undefined;
+    if (accessToken !== undefined || refreshToken !== undefined) {
+      onIssued({ ...(accessToken === undefined ? {} : { accessToken }), ...(refreshToken === undefined ? {} : { refreshToken }) });
     }
     throw err;
   } finally {

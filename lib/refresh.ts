@@ -231,7 +231,14 @@ export function createRefresher(runtime: RefreshServices): Refresher {
       );
     } catch (caught) {
       const err = refreshError(caught, [refreshToken, record.tokens.accessToken, config.clientSecret]);
-      if (err.code !== AuthErrorCode.LOGIN_REQUIRED) throw err;
+      if (err.code !== AuthErrorCode.LOGIN_REQUIRED) {
+        // An answer refused for its shape (no access token, say) that rotated the refresh token: the new one is held by
+        // nobody, so it is revoked; the login keeps the old one, spent now, and ends at its next use. An answer that
+        // did not rotate leaves the login's refresh token valid: nothing of it is revoked, since revoking its access
+        // token alone may end the whole grant at some servers (RFC 7009 §2.1).
+        if (issued?.refreshToken !== undefined && issued.refreshToken !== refreshToken) await revokeUnused(runtime.server(), issued);
+        throw err;
+      }
       const ended = endsLoginError(err);
       if (isDeadRefreshToken(err.error) && rereadAllowed) {
         // A sibling may have rotated the refresh token under us (its lease and ours overlapped): believe the server only

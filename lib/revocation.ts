@@ -1,8 +1,11 @@
 import * as client from 'openid-client';
 import type { StoredTokens } from './tokens.js';
 
-/** What revocation needs of a token set. */
-export type RevocableTokens = Pick<StoredTokens, 'accessToken' | 'refreshToken'>;
+/**
+ * What revocation needs of a token set. The access token is optional for an answer the server issued without one (a
+ * refused answer can still carry a live refresh token).
+ */
+export type RevocableTokens = Partial<Pick<StoredTokens, 'accessToken' | 'refreshToken'>>;
 
 /**
  * Revokes a login's refresh token and access token at the server's `revocation_endpoint` (RFC 7009), when it has
@@ -18,7 +21,9 @@ export async function revokeTokens(configuration: client.Configuration, tokens: 
   if (tokens.refreshToken !== undefined) {
     requests.push(client.tokenRevocation(configuration, tokens.refreshToken, { token_type_hint: 'refresh_token' }));
   }
-  requests.push(client.tokenRevocation(configuration, tokens.accessToken, { token_type_hint: 'access_token' }));
+  if (tokens.accessToken !== undefined) {
+    requests.push(client.tokenRevocation(configuration, tokens.accessToken, { token_type_hint: 'access_token' }));
+  }
   const results = await Promise.allSettled(requests);
   return results.filter((r) => r.status === 'fulfilled').length;
 }

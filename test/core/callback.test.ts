@@ -526,6 +526,16 @@ describe('a callback that fails after the code exchange revokes the tokens it go
     }
   });
 
+  test('an answer with a refresh token but no access token: 400 token_exchange_failed, and that refresh token is revoked', async () => {
+    const before = revocations.answered;
+    const { res, issued } = await inMode(stub, 'dropAccessToken', failedCallback);
+    expect(res.status).toBe(400);
+    expect(JSON.parse(res.body)).toMatchObject({ error: 'token_exchange_failed' });
+    expect(issued).toHaveLength(1);
+    await revocations.answeredAtLeast(before + 1);
+    expect(await tryRefresh(failing.provider.issuer, issued[0]!.refresh_token!)).toEqual({ status: 400, error: 'invalid_grant' });
+  });
+
   test('an exchange that failed revokes nothing: there are no tokens', async () => {
     const before = revocations.answered;
     const { res, issued } = await inMode(stub, 'fail500', failedCallback);

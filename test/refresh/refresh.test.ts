@@ -294,6 +294,18 @@ describe('refresh on expiry (one process, Redis)', () => {
     await expectLastRefreshRevoked(stack.provider);
   });
 
+  test('a refresh answer without an access token: 502 refresh_failed, the refresh token it rotated to is revoked, and the login ends at its next use', async () => {
+    const browser = await login();
+    const before = await readLogin(stack, browser);
+    const result = await inMode(stub, 'dropAccessToken', () => getJson(browser, `${stack.appUrl}/api/refresh`));
+    expect(result).toMatchObject({ status: 502, body: { error: 'refresh_failed' } });
+    // Nobody holds the rotated refresh token: left alive, it would be a grant no client knows of.
+    await expectLastRefreshRevoked(stack.provider);
+    // The login's own refresh token was spent by that rotation: the next use ends the login instead of serving it.
+    const next = await getJson(browser, `${stack.appUrl}/api/refresh`);
+    await expectLoginEnded(stack, browser, before.id, next, /invalid_grant/);
+  });
+
   test('a refreshed ID token issued a little before the one it replaces, within clockTolerance (another server node), is accepted', async () => {
     const browser = await login();
     const before = await readLogin(stack, browser);

@@ -62,14 +62,15 @@ export function refreshErrors(provider: TestProvider): number {
   return provider.events.filter((e) => e.name === 'grant.error' && grantType(e.args) === 'refresh_token').length;
 }
 
-export type StubMode = 'pass' | 'fail500' | 'hang' | 'hold' | 'swapSub' | 'reclaim' | 'foreignKey' | 'clientRefused';
+export type StubMode = 'pass' | 'fail500' | 'hang' | 'hold' | 'swapSub' | 'reclaim' | 'foreignKey' | 'clientRefused' | 'dropAccessToken';
 
 /**
  * A provider misbehaving on purpose, in front of its token endpoint: answering 500, hanging until the client goes
  * away (the request never reaches the grant handler), holding a granted answer until released (the refresh token is
  * rotated at the provider, the client has not heard yet), swapping the refreshed ID token's `sub` (re-signed with the
  * provider's own key, so that only the §12.2 check can catch it), or re-signing the refreshed ID token unchanged with
- * a key of its own under the provider's `kid` (only a signature check can catch it). Counts every POST to the token
+ * a key of its own under the provider's `kid` (only a signature check can catch it), or leaving the access token out of
+a granted answer (`dropAccessToken`: the refresh token it keeps is live at the provider). Counts every POST to the token
  * endpoint. With `keysDown`, the provider's key set (`/jwks`) answers 503. Its revocation endpoint can fail (503) or
  * hold each request until released (`revocation`).
  */
@@ -168,6 +169,12 @@ export function installTokenStub(tp: TestProvider): TokenStub {
         const released = new Promise<void>((resolve) => held.push(resolve));
         notifyHang();
         await released;
+        return;
+      }
+      case 'dropAccessToken': {
+        await next();
+        const { access_token: _dropped, ...rest } = ctx.body as Record<string, unknown>;
+        ctx.body = rest;
         return;
       }
       case 'swapSub':
