@@ -36,9 +36,8 @@ function grantCredential(body: unknown): string | undefined {
 }
 
 /**
- * The configuration's fetch: the library's own ({@link serverFetch}), plus, for a grant running inside {@link withIssuedTokens}, a copy of the token
- * answer's JSON body, read from a clone alongside the grant's own reading (not before it: a body that stalls must still
- * fail the grant as a timeout).
+ * The configuration's fetch: the library's own ({@link serverFetch}), plus, for a grant running inside
+ * {@link withIssuedTokens}, a copy of the token answer's JSON body, read from a clone of the answer.
  */
 export const recordingFetch: client.CustomFetch = async (url, options) => {
   const response = await serverFetch(url, options);

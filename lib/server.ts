@@ -4,8 +4,8 @@ import { checkDPoPSupport } from './dpop.js';
 import { checkEndpoints } from './endpoints.js';
 import { AuthError, AuthErrorCode } from './errors.js';
 import { recordingFetch } from './issued.js';
-import { serverFetch } from './transport.js';
 import type { ResolvedConfig, ResolvedServer } from './options.js';
+import { serverFetch } from './transport.js';
 import { isNetworkError, isTimeout } from './upstream.js';
 
 /** Resolves the openid-client `Configuration` once and shares it; a failure is not cached. */
