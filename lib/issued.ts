@@ -68,9 +68,7 @@ export async function withIssuedTokens<T>(credential: string, grant: () => Promi
     // token such an answer carries is a live grant all the same.
     const accessToken = typeof body?.access_token === 'string' ? body.access_token : undefined;
     const refreshToken = typeof body?.refresh_token === 'string' ? body.refresh_token : undefined;
-    if (accessToken !== undefined || refreshToken !== undefined) {
-      onIssued({ ...(accessToken === undefined ? {} : { accessToken }), ...(refreshToken === undefined ? {} : { refreshToken }) });
-    }
+    if (accessToken !== undefined || refreshToken !== undefined) onIssued({ accessToken, refreshToken });
     throw err;
   } finally {
     running.delete(credential);

@@ -18,6 +18,7 @@ import { serverFetch } from '../../lib/transport.js';
 import { isNetworkError, isTimeout } from '../../lib/upstream.js';
 import { listen, startStack, type Listener, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
+import { nextLine } from '../helpers/child-process.js';
 import { getJson, readLogin, refreshingProvider, REFRESH_SKEW, waitUntilDue } from '../refresh/support.js';
 
 describe('serverFetch', () => {
@@ -188,17 +189,10 @@ describe('in a process on plain node', () => {
     child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
     try {
-      const url = await new Promise<string>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`the app process did not start: ${output}`)), 20_000);
-        child.stdout.on('data', () => {
-          const match = /READY (\S+)/.exec(output);
-          if (match?.[1] !== undefined) {
-            clearTimeout(timer);
-            resolve(match[1]);
-          }
-        });
-        child.once('exit', (code) => reject(new Error(`the app process exited (${String(code)}): ${output}`)));
+      const ready = await nextLine(child, /READY (\S+)/, 20_000).catch((err: Error) => {
+        throw new Error(`${err.message}: ${output}`);
       });
+      const url = ready[1]!;
       const browser = new Browser();
       // Discovery, the key set (the ID token's signature) and the code exchange.
       expect((await browser.login(`${url}/login?returnTo=/me`)).status).toBe(200);

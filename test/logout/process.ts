@@ -1,6 +1,7 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { AuthOptions } from '../../lib/index.js';
+import { nextLine } from '../helpers/child-process.js';
 
 /** A real second app process (see fixtures/app-process.ts), sharing Redis with the test process. */
 export interface AppProcess {
@@ -11,28 +12,6 @@ export interface AppProcess {
 }
 
 const FIXTURE = fileURLToPath(new URL('./fixtures/app-process.ts', import.meta.url));
-
-function nextLine(child: ChildProcess, pattern: RegExp, timeoutMs = 15_000): Promise<RegExpExecArray> {
-  return new Promise((resolve, reject) => {
-    let buffered = '';
-    const timer = setTimeout(() => finish(new Error(`app process did not print ${pattern} in time`)), timeoutMs);
-    const onData = (chunk: Buffer) => {
-      buffered += chunk.toString('utf8');
-      const match = pattern.exec(buffered);
-      if (match) finish(undefined, match);
-    };
-    const onExit = (code: number | null) => finish(new Error(`app process exited (${code}) before printing ${pattern}`));
-    function finish(err?: Error, match?: RegExpExecArray) {
-      clearTimeout(timer);
-      child.stdout?.off('data', onData);
-      child.off('exit', onExit);
-      if (err) reject(err);
-      else resolve(match!);
-    }
-    child.stdout?.on('data', onData);
-    child.once('exit', onExit);
-  });
-}
 
 export async function spawnAppProcess(): Promise<AppProcess> {
   const child = spawn(process.execPath, ['--import', 'tsx', '--no-warnings', FIXTURE], {
