@@ -54,9 +54,14 @@ export interface CommandCost {
 }
 
 export interface LoginCost {
-  /** Median app-process CPU per complete login, milliseconds. */
+  /** Median app-process CPU per complete login over the process's first logins (`loginRounds` × `logins`), milliseconds. */
   cpuMs: number;
   perRound: number[];
+  /**
+   * The same after `loginWarmup` more logins, over `loginRounds` rounds of `warmLogins`: a process whose login code is
+   * compiled. Absent in results written before it was measured.
+   */
+  warm?: { cpuMs: number; perRound: number[] };
   /** Redis commands per login (all of them, `INFO commandstats`), and per command. */
   redisCommands: number;
   redisBreakdown: Record<string, number>;
