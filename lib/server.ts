@@ -6,7 +6,7 @@ import { AuthError, AuthErrorCode } from './errors.js';
 import { recordingFetch } from './issued.js';
 import type { ResolvedConfig, ResolvedServer } from './options.js';
 import { serverFetch } from './transport.js';
-import { isNetworkError, isTimeout } from './upstream.js';
+import { isAnswerTooLarge, isNetworkError, isTimeout } from './upstream.js';
 
 /** Resolves the openid-client `Configuration` once and shares it; a failure is not cached. */
 export type ServerResolver = () => Promise<client.Configuration>;
@@ -90,6 +90,10 @@ function discoveryError(config: ResolvedConfig, err: unknown): AuthError {
   const at = config.server === undefined && config.issuer !== undefined ? ` (${discoveryUrl(config.issuer, config.discovery)})` : '';
   if (isTimeout(err)) {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 504, `The authorization server did not answer discovery${at} in time.`, { cause: err });
+  }
+  if (isAnswerTooLarge(err)) {
+    // Not a metadata document (those are kilobytes): most likely `issuer` names some other resource.
+    return new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, `The authorization server metadata${at} is larger than 1 MiB and was not read: check that \`issuer\` names the authorization server.`, { cause: err });
   }
   if (isNetworkError(err)) {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The authorization server could not be reached for discovery${at}.`, { cause: err });

@@ -11,8 +11,9 @@
  * The answer is read whole here and handed over as a {@link BufferedResponse}: a real `Response` (status, headers,
  * `instanceof`) whose body methods read the buffered bytes instead of a stream. Redirects are never followed (every
  * caller asks for `redirect: 'manual'`), and failures look like fetch's: `TypeError('fetch failed')` with the cause
- * when the server cannot be reached, `TypeError('terminated')` when the answer is cut off, the signal's reason when it
- * aborts. `req.auth.fetch()` and `fetchUser`'s `fetch` stay Node's fetch: their answers are the app's, streamed.
+ * when the server cannot be reached, `TypeError('terminated')` when the answer is cut off (by the server, or here when
+ * it exceeds {@link MAX_ANSWER_BYTES}), the signal's reason when it aborts. `req.auth.fetch()` and `fetchUser`'s `fetch`
+ * stay Node's fetch: their answers are the app's, streamed.
  */
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
@@ -27,6 +28,13 @@ export interface ServerRequest {
   redirect?: string;
   signal?: AbortSignal | null;
 }
+
+/**
+ * The most the library reads of one answer, before and after decoding. Discovery documents, key sets and token answers
+ * are kilobytes; an answer without end (a misconfigured URL, a broken or hostile server, a small gzip that inflates to
+ * gigabytes) must not fill the process's memory before anything could refuse it.
+ */
+export const MAX_ANSWER_BYTES = 1024 * 1024;
 
 const decoder = new TextDecoder();
 const inflate = promisify(unzip);
@@ -78,14 +86,27 @@ function requestBody(body: ServerRequest['body'], headers: Record<string, string
   throw new TypeError('The server request has a body of a kind it cannot send (a stream).');
 }
 
+/** Why an answer was cut off here: it exceeded {@link MAX_ANSWER_BYTES} (the cause of a `TypeError('terminated')`). */
+export class AnswerTooLarge extends RangeError {
+  constructor() {
+    super(`The authorization server's answer is larger than ${MAX_ANSWER_BYTES} bytes; it was not read further.`);
+  }
+}
+
 /** The answer's content codings undone, as fetch does; a coding it does not know leaves the bytes as they came. */
 async function decoded(bytes: Buffer, contentEncoding: string | undefined): Promise<Buffer> {
   const codings = (contentEncoding ?? '').split(',').map((coding) => coding.trim().toLowerCase()).filter((coding) => coding !== '' && coding !== 'identity');
   let out = bytes;
-  for (const coding of codings.reverse()) {
-    if (coding === 'gzip' || coding === 'x-gzip' || coding === 'deflate') out = await inflate(out);
-    else if (coding === 'br') out = await unbrotli(out);
-    else return bytes;
+  // zlib stops at the limit by itself (ERR_BUFFER_TOO_LARGE) instead of inflating a bomb whole.
+  const limit = { maxOutputLength: MAX_ANSWER_BYTES };
+  try {
+    for (const coding of codings.reverse()) {
+      if (coding === 'gzip' || coding === 'x-gzip' || coding === 'deflate') out = await inflate(out, limit);
+      else if (coding === 'br') out = await unbrotli(out, limit);
+      else return bytes;
+    }
+  } catch (err) {
+    throw (err as { code?: unknown }).code === 'ERR_BUFFER_TOO_LARGE' ? new AnswerTooLarge() : err;
   }
   return out;
 }
@@ -139,7 +160,17 @@ export function serverFetch(url: string, options: ServerRequest = {}): Promise<R
     const send = target.protocol === 'https:' ? httpsRequest : httpRequest;
     const request = send(target, { method: options.method ?? 'GET', headers }, (res) => {
       const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      let received = 0;
+      const refuse = () => {
+        fail(new TypeError('terminated', { cause: new AnswerTooLarge() }));
+        request.destroy();
+      };
+      if (Number(res.headers['content-length']) > MAX_ANSWER_BYTES) return refuse();
+      res.on('data', (chunk: Buffer) => {
+        received += chunk.byteLength;
+        if (received > MAX_ANSWER_BYTES) return refuse();
+        chunks.push(chunk);
+      });
       res.on('error', (err) => fail(new TypeError('terminated', { cause: err })));
       res.on('close', () => {
         if (!res.complete) fail(new TypeError('terminated', { cause: new Error('The connection closed before the answer was complete.') }));

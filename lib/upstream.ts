@@ -1,5 +1,6 @@
 import * as client from 'openid-client';
 import { AuthError, AuthErrorCode } from './errors.js';
+import { AnswerTooLarge } from './transport.js';
 
 /** oauth4webapi codes that only ID-token validation raises. */
 const ID_TOKEN_CODES = new Set(['OAUTH_JWT_TIMESTAMP_CHECK_FAILED', 'OAUTH_JWT_CLAIM_COMPARISON_FAILED', 'OAUTH_KEY_SELECTION_FAILED']);
@@ -53,6 +54,11 @@ export function isNetworkError(err: unknown): boolean {
       (e.name === 'TypeError' && /fetch failed|network|^terminated$/i.test(String(e.message))) ||
       (typeof e.code === 'string' && DROPPED_CODES.has(e.code)),
   );
+}
+
+/** True when the answer was cut off for its size (`MAX_ANSWER_BYTES`, 1 MiB); also a network error to {@link isNetworkError}. */
+export function isAnswerTooLarge(err: unknown): boolean {
+  return chain(err).some((e) => e instanceof AnswerTooLarge);
 }
 
 /**

@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { serverFetch } from '../../lib/transport.js';
+import { MAX_ANSWER_BYTES, serverFetch } from '../../lib/transport.js';
 import { isNetworkError, isTimeout } from '../../lib/upstream.js';
 import { listen, startStack, type Listener, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
@@ -133,6 +133,43 @@ describe('serverFetch', () => {
       tls.close();
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  test('reads at most MAX_ANSWER_BYTES of an answer, before and after decoding: more is a cut-off answer, a network error', async () => {
+    const limit = MAX_ANSWER_BYTES;
+    const chunk = Buffer.alloc(64 * 1024, 0x61);
+    let declaredBodySent = false;
+    handler = (req, res) => {
+      if (req.url === '/declared') {
+        // Announces too much, sends a little and waits: refused on the header, without waiting for the rest.
+        res.writeHead(200, { 'content-length': String(limit + 1) });
+        res.write('{"keys":[');
+        declaredBodySent = true;
+      } else if (req.url === '/endless') {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        const pump = setInterval(() => (res.destroyed ? clearInterval(pump) : res.write(chunk)), 1);
+      } else if (req.url === '/bomb') {
+        res.writeHead(200, { 'content-encoding': 'gzip' });
+        res.end(gzipSync(Buffer.alloc(limit + 1, 0x20)));
+      } else if (req.url === '/bomb-br') {
+        res.writeHead(200, { 'content-encoding': 'br' });
+        res.end(brotliCompressSync(Buffer.alloc(limit + 1, 0x20)));
+      } else if (req.url === '/fits-gzip') {
+        res.writeHead(200, { 'content-encoding': 'gzip' });
+        res.end(gzipSync(Buffer.alloc(limit, 0x61)));
+      } else {
+        res.end(Buffer.alloc(limit, 0x61));
+      }
+    };
+    for (const path of ['/declared', '/endless', '/bomb', '/bomb-br']) {
+      const refused = await serverFetch(`${server.url}${path}`, { signal: AbortSignal.timeout(5000) }).catch((err: unknown) => err);
+      expect(refused).toMatchObject({ name: 'TypeError', message: 'terminated', cause: { name: 'RangeError', message: expect.stringContaining(`larger than ${limit} bytes`) } });
+      expect(isNetworkError(refused)).toBe(true);
+    }
+    expect(declaredBodySent).toBe(true);
+    // Up to the limit, whole.
+    expect((await (await serverFetch(`${server.url}/fits`)).arrayBuffer()).byteLength).toBe(limit);
+    expect((await (await serverFetch(`${server.url}/fits-gzip`)).text()).length).toBe(limit);
   });
 
   test('a status fetch cannot represent is a failed request, not a made-up answer', async () => {

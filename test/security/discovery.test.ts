@@ -251,6 +251,34 @@ test('a metadata request that is never answered times out after httpTimeout: 504
   }
 });
 
+test('metadata larger than 1 MiB (an answer without end) is not read whole: 502 discovery_failed, naming the limit', async () => {
+  const chunk = Buffer.alloc(64 * 1024, 0x20);
+  let sent = 0;
+  const endless = createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.write('{"issuer":"');
+    const pump = setInterval(() => {
+      if (res.destroyed) return clearInterval(pump);
+      sent += chunk.byteLength;
+      res.write(chunk);
+    }, 1);
+  });
+  await new Promise<void>((resolve) => endless.listen(0, '127.0.0.1', resolve));
+  try {
+    const { port } = endless.address() as AddressInfo;
+    const failure = await discoveryFailure({ issuer: `http://127.0.0.1:${port}`, httpTimeout: 10_000 });
+    expect([failure.code, failure.status]).toEqual(['discovery_failed', 502]);
+    expect(failure.message).toBe(
+      `The authorization server metadata (http://127.0.0.1:${port}/.well-known/openid-configuration) is larger than 1 MiB and was not read: check that \`issuer\` names the authorization server.`,
+    );
+    // Cut off just past the limit, not read until the server stopped or the timeout ran out.
+    expect(sent).toBeLessThan(16 * 1024 * 1024);
+  } finally {
+    endless.closeAllConnections();
+    await new Promise<void>((resolve) => endless.close(() => resolve()));
+  }
+});
+
 // checkDPoPSupport has tests of its own (providers/dpop); this one is that discovery runs it.
 test('dpop on, and metadata listing DPoP proof algorithms without ES256, is refused at discovery: 502 discovery_failed', async () => {
   rogue.metadata.dpop_signing_alg_values_supported = ['PS256'];
