@@ -100,10 +100,15 @@ export type ClientPrivateKey = JWK | ClientPrivateKeyOptions;
  * (`await response.json()`, not the Response; not a Map, a Date, a class instance or an array, nor anything whose
  * `toJSON()` gives something else): otherwise, as on a rejection, the login fails with `user_fetch_failed`, and the
  * tokens just issued are revoked (best effort). The login waits for the hook: bound a slow body with `fetch`'s `signal`.
+ * Return what the app uses, not a whole profile: the session is read, parsed and hashed on every request, and in the
+ * bench every 100 B of it cost about 1 % of the app's throughput (bench/FIXES.md §10).
  *
  * @example
  * ```ts
- * fetchUser: async (tokens, { fetch }) => (await fetch('https://api.github.com/user')).json(),
+ * fetchUser: async (tokens, { fetch }) => {
+ *   const profile = (await (await fetch('https://api.github.com/user')).json()) as { id: number; login: string; name: string | null };
+ *   return { id: profile.id, login: profile.login, name: profile.name };
+ * },
  * ```
  */
 export type FetchUser = (tokens: TokenSet, helpers: { fetch: ResourceFetch }) => Promise<object>;
