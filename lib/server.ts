@@ -5,7 +5,7 @@ import { checkEndpoints } from './endpoints.js';
 import { AuthError, AuthErrorCode } from './errors.js';
 import { recordingFetch } from './issued.js';
 import type { ResolvedConfig, ResolvedServer } from './options.js';
-import { serverFetch } from './transport.js';
+import { MAX_ANSWER_BYTES, serverFetch } from './transport.js';
 import { isAnswerTooLarge, isNetworkError, isTimeout } from './upstream.js';
 
 /** Resolves the openid-client `Configuration` once and shares it; a failure is not cached. */
@@ -93,7 +93,7 @@ function discoveryError(config: ResolvedConfig, err: unknown): AuthError {
   }
   if (isAnswerTooLarge(err)) {
     // Not a metadata document (those are kilobytes): most likely `issuer` names some other resource.
-    return new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, `The authorization server metadata${at} is larger than 1 MiB and was not read: check that \`issuer\` names the authorization server.`, { cause: err });
+    return new AuthError(AuthErrorCode.DISCOVERY_FAILED, 502, `The authorization server metadata${at} is larger than ${MAX_ANSWER_BYTES / 1024 / 1024} MiB and was not read: check that \`issuer\` names the authorization server.`, { cause: err });
   }
   if (isNetworkError(err)) {
     return new AuthError(AuthErrorCode.IDP_UNREACHABLE, 502, `The authorization server could not be reached for discovery${at}.`, { cause: err });

@@ -70,7 +70,7 @@ export type StubMode = 'pass' | 'fail500' | 'hang' | 'hold' | 'swapSub' | 'recla
  * rotated at the provider, the client has not heard yet), swapping the refreshed ID token's `sub` (re-signed with the
  * provider's own key, so that only the §12.2 check can catch it), or re-signing the refreshed ID token unchanged with
  * a key of its own under the provider's `kid` (only a signature check can catch it), or leaving the access token out of
-a granted answer (`dropAccessToken`: the refresh token it keeps is live at the provider). Counts every POST to the token
+ * a granted answer (`dropAccessToken`: the refresh token it keeps is live at the provider). Counts every POST to the token
  * endpoint. With `keysDown`, the provider's key set (`/jwks`) answers 503. Its revocation endpoint can fail (503) or
  * hold each request until released (`revocation`).
  */
