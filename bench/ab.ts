@@ -3,8 +3,9 @@
  *
  *   npm run bench:ab -- <A> <B>
  *
- * A side is `floor`, `floor-layers`, `floor-fetch` (bench/apps/protocol.ts), `library` (this checkout's `lib/`) or
- * `library=<path to another copy's lib/index.ts>` (e.g. a `git archive` of an earlier commit). Only the two apps run,
+ * A side is `floor`, `floor-layers`, `floor-fetch`, `floor-import` (bench/apps/protocol.ts), `library` (this
+ * checkout's `lib/`) or `library=<path to another copy's lib/index.ts>` (e.g. a `git archive` of an earlier commit).
+ * Only the two apps run,
  * each in its own process on the pinned core, loaded at the same time from two load generators that swap sides every
  * round, so both processes have the same history. The whole comparison runs twice, in fresh processes, once with each
  * side started first (the order alone moved a ratio by about 1 % in trials). Each comparison logs in like the full
@@ -42,8 +43,8 @@ const LOAD: LoadSettings = { connections: intFromEnv('BENCH_CONNECTIONS', 10), w
 function parseVariant(arg: string | undefined): Variant {
   const [kind, lib] = (arg ?? '').split(/=(.*)/s) as [string, string | undefined];
   if (kind === 'library') return { label: arg!, kind, lib: lib === undefined || lib === '' ? THIS_LIBRARY : lib };
-  if ((kind === 'floor' || kind === 'floor-layers' || kind === 'floor-fetch') && lib === undefined) return { label: arg!, kind };
-  console.error('usage: npm run bench:ab -- <A> <B>   (each: floor | floor-layers | floor-fetch | library | library=<path to lib/index.ts>)');
+  if ((kind === 'floor' || kind === 'floor-layers' || kind === 'floor-fetch' || kind === 'floor-import') && lib === undefined) return { label: arg!, kind };
+  console.error('usage: npm run bench:ab -- <A> <B>   (each: floor | floor-layers | floor-fetch | floor-import | library | library=<path to lib/index.ts>)');
   process.exit(2);
 }
 

@@ -14,10 +14,21 @@ const builders: Record<AppKind, () => Promise<{ build(config: AppConfig): Promis
   library: () => import('./library.js'),
   floor: () => import('./floor.js'),
   'floor-layers': () => import('./floor.js').then((m) => ({ build: (config: AppConfig) => m.build(config, { layers: true }) })),
+  'floor-import': () => importFirst().then(() => import('./floor.js')),
   'floor-fetch': () => import('./floor.js').then((m) => ({ build: (config: AppConfig) => m.build(config, { fetchFirst: true }) })),
   'eoc-cookie': () => import('./eoc.js').then((m) => ({ build: (config: AppConfig) => m.build(config, 'cookie') })),
   'eoc-redis': () => import('./eoc.js').then((m) => ({ build: (config: AppConfig) => m.build(config, 'redis') })),
 };
+
+/**
+ * What `floor-import` imports before the floor: the library (as the library's app does, without mounting it), or the
+ * comma-separated module specifiers of `BENCH_IMPORT` instead (to take the library's import apart: bench/FIXES.md §12).
+ */
+async function importFirst(): Promise<void> {
+  const modules = process.env.BENCH_IMPORT?.split(',').filter(Boolean) ?? [];
+  if (modules.length === 0) await (await import('./common.js')).importLibrary();
+  for (const module of modules) await import(module);
+}
 
 function send(message: FromApp): void {
   process.send?.(message);

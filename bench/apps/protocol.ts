@@ -7,9 +7,11 @@ export type Contender = 'library' | 'floor' | 'eoc-cookie' | 'eoc-redis';
  * Apps that are not contenders but take the floor apart: `floor-layers` (the paired case) is the floor plus one
  * pass-through middleware mounted with `app.use()` and one pass-through guard on the route, the structure every
  * middleware-plus-guard library adds (`app.use(auth())`, `requireAuth()`); `floor-fetch` (for `npm run bench:ab`) is
- * the floor that made one `fetch()` to the provider before serving, as openid-client does at every login.
+ * the floor that made one `fetch()` to the provider before serving, as openid-client does at every login;
+ * `floor-import` (for `npm run bench:ab`) is the floor in a process that imported the library without mounting it, or
+ * the modules named in `BENCH_IMPORT` instead.
  */
-export type Reference = 'floor-layers' | 'floor-fetch';
+export type Reference = 'floor-layers' | 'floor-fetch' | 'floor-import';
 
 export type AppKind = Contender | Reference;
 
