@@ -102,6 +102,38 @@ describe('POST /logout, from states a plain login does not reach', () => {
     expect(await tryRefresh(stack.provider.issuer, refreshToken)).toEqual({ status: 400, error: 'invalid_grant' });
   });
 
+  test("a failure to write the login's tombstone does not fail the logout: the session goes, and the tokens it holds are revoked", async () => {
+    const { browser, cookie, accessToken, refreshToken } = await loggedIn();
+    const loginId = ((await storedSession(stack.redis, stack.sessionPrefix, cookie))?.oauth as { login: { id: string } }).login.id;
+    // The token store ends a login with one EVAL on its key: that one fails.
+    const client = stack.redis as unknown as { eval: (...args: unknown[]) => Promise<unknown> };
+    const evaluate = client.eval.bind(client);
+    let failures = 0;
+    client.eval = async (...args: unknown[]) => {
+      if (String(args[2]).endsWith(`tokens:${loginId}`)) {
+        failures++;
+        throw new Error('Connection is closed.');
+      }
+      return evaluate(...args);
+    };
+    let response;
+    try {
+      response = await postLogout(browser, stack.appUrl);
+    } finally {
+      client.eval = evaluate;
+    }
+
+    expect(failures).toBe(1);
+    expect(response.status).toBe(303);
+    expect(response.headers.get('location')).toBe('/goodbye?from=logout');
+    expect(await storedSession(stack.redis, stack.sessionPrefix, cookie)).toBeNull();
+    expect(sessionCookie(browser, stack.appUrl)).toBeUndefined();
+    // Without a tombstone, revocation is what keeps the login's tokens from outliving it.
+    expect(JSON.parse((await stack.redis.get(`${stack.authOptions.keyPrefix}tokens:${loginId}`)) ?? 'null')).not.toMatchObject({ ended: true });
+    expect(await userinfoStatus(stack.provider.issuer, accessToken)).toBe(401);
+    expect(await tryRefresh(stack.provider.issuer, refreshToken)).toEqual({ status: 400, error: 'invalid_grant' });
+  });
+
   test('a failure to clean the back-channel index does not fail the logout: the session is gone already', async () => {
     const { browser, cookie } = await loggedIn();
     const client = stack.redis as unknown as { srem: (...args: unknown[]) => Promise<unknown> };

@@ -267,3 +267,35 @@ test('a refresh answer without an ID token keeps the loginâ€™s ID token (logoutâ
   expect(record.tokens.idToken).toBe('id-token-of-the-login');
   expect(await runtime.tokenStore.read(login.id)).toMatchObject({ v: 2, tokens: { idToken: 'id-token-of-the-login' } });
 });
+
+test('a lock other processes keep for two leases ends the wait with refresh_failed (503); the login stays, and a later call refreshes', async () => {
+  const keyPrefix = `test:${randomUUID()}:`;
+  const runtime = server.runtime(redis, keyPrefix);
+  const { login, refreshToken } = await expiredLogin(runtime);
+  const lease = leaseMs(runtime.config);
+  // Holders that never store a version, one after another: to the waiting process, one lock that never comes free.
+  const lockKey = `${keyPrefix}lock:${login.id}`;
+  await redis.set(lockKey, 'other-processes', 'PX', 4 * lease);
+  const presentedBefore = server.presented.length;
+
+  const started = Date.now();
+  const failure = await runtime.refresher.current(login, { force: false, ttlSeconds: 600 }).then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+
+  expect(failure).toBeInstanceOf(AuthError);
+  expect(failure).toMatchObject({ code: 'refresh_failed', status: 503 });
+  expect((failure as AuthError).message).toMatch(/too long/);
+  expect(endsLogin(failure)).toBe(false);
+  // It waited out two leases, the most a live holder could need for two refreshes, and sent nothing meanwhile.
+  expect(Date.now() - started).toBeGreaterThanOrEqual(2 * lease);
+  expect(server.presented.length).toBe(presentedBefore);
+  expect(await runtime.tokenStore.read(login.id)).toMatchObject({ v: 1, tokens: { refreshToken } });
+
+  // Once the lock is free, the next call refreshes with the login's refresh token.
+  await redis.del(lockKey);
+  const record = await runtime.refresher.current(login, { force: false, ttlSeconds: 600 });
+  expect(record.v).toBe(2);
+  expect(server.presented.slice(presentedBefore)).toEqual([refreshToken]);
+}, 20_000);
