@@ -4,7 +4,7 @@ import { Browser } from '../helpers/browser.js';
 import { buildApp, CLIENT_ID, CLIENT_SECRET, listen, mountApp, sessionCookie, startStack, type Stack } from '../helpers/app.js';
 import { startProvider } from '../helpers/provider.js';
 import { loginUntilCallback } from '../helpers/security.js';
-import { me, postLogout, sessionIdOf, storedSession, tryRefresh, userinfoStatus } from './support.js';
+import { me, postLogout, sessionIdOf, storedSession, tryRefresh, userinfoStatus, withFailingCommand } from './support.js';
 
 let stack: Stack;
 beforeAll(async () => {
@@ -106,22 +106,12 @@ describe('POST /logout, from states a plain login does not reach', () => {
     const { browser, cookie, accessToken, refreshToken } = await loggedIn();
     const loginId = ((await storedSession(stack.redis, stack.sessionPrefix, cookie))?.oauth as { login: { id: string } }).login.id;
     // The token store ends a login with one EVAL on its key: that one fails.
-    const client = stack.redis as unknown as { eval: (...args: unknown[]) => Promise<unknown> };
-    const evaluate = client.eval.bind(client);
-    let failures = 0;
-    client.eval = async (...args: unknown[]) => {
-      if (String(args[2]).endsWith(`tokens:${loginId}`)) {
-        failures++;
-        throw new Error('Connection is closed.');
-      }
-      return evaluate(...args);
-    };
-    let response;
-    try {
-      response = await postLogout(browser, stack.appUrl);
-    } finally {
-      client.eval = evaluate;
-    }
+    const { result: response, failures } = await withFailingCommand(
+      stack.redis,
+      'eval',
+      () => postLogout(browser, stack.appUrl),
+      (args) => String(args[2]).endsWith(`tokens:${loginId}`),
+    );
 
     expect(failures).toBe(1);
     expect(response.status).toBe(303);
@@ -136,19 +126,7 @@ describe('POST /logout, from states a plain login does not reach', () => {
 
   test('a failure to clean the back-channel index does not fail the logout: the session is gone already', async () => {
     const { browser, cookie } = await loggedIn();
-    const client = stack.redis as unknown as { srem: (...args: unknown[]) => Promise<unknown> };
-    const srem = client.srem.bind(client);
-    let failures = 0;
-    client.srem = async () => {
-      failures++;
-      throw new Error('Connection is closed.');
-    };
-    let response;
-    try {
-      response = await postLogout(browser, stack.appUrl);
-    } finally {
-      client.srem = srem;
-    }
+    const { result: response, failures } = await withFailingCommand(stack.redis, 'srem', () => postLogout(browser, stack.appUrl));
 
     expect(failures).toBeGreaterThan(0);
     expect(response.status).toBe(303);

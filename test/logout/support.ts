@@ -162,3 +162,28 @@ export async function userinfoStatus(issuer: string, accessToken: string): Promi
   await response.arrayBuffer();
   return response.status;
 }
+
+/**
+ * Runs `use` while one command of `redis` fails as on a dropped connection, for the calls `applies` picks (all of them
+ * unless told); gives back what `use` returned and how many calls failed. The command is restored whatever happens.
+ */
+export async function withFailingCommand<T>(
+  redis: Redis,
+  command: 'eval' | 'srem',
+  use: () => Promise<T>,
+  applies: (args: unknown[]) => boolean = () => true,
+): Promise<{ result: T; failures: number }> {
+  const client = redis as unknown as Record<typeof command, (...args: unknown[]) => Promise<unknown>>;
+  const original = client[command];
+  let failures = 0;
+  client[command] = async (...args: unknown[]) => {
+    if (!applies(args)) return original.apply(redis, args);
+    failures++;
+    throw new Error('Connection is closed.');
+  };
+  try {
+    return { result: await use(), failures };
+  } finally {
+    client[command] = original;
+  }
+}
