@@ -22,7 +22,8 @@ const builders: Record<AppKind, () => Promise<{ build(config: AppConfig): Promis
 
 /**
  * What `floor-import` imports before the floor: the library (as the library's app does, without mounting it), or the
- * comma-separated module specifiers of `BENCH_IMPORT` instead (to take the library's import apart: bench/FIXES.md §12).
+ * comma-separated module specifiers of `BENCH_IMPORT` instead, package names or absolute paths (to take the library's
+ * import apart: bench/FIXES.md §12).
  */
 async function importFirst(): Promise<void> {
   const modules = process.env.BENCH_IMPORT?.split(',').filter(Boolean) ?? [];
