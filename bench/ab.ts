@@ -3,19 +3,19 @@
  *
  *   npm run bench:ab -- <A> <B>
  *
- * A side is `floor`, `floor-layers`, `floor-fetch`, `floor-import` (bench/apps/protocol.ts), `library` (this
- * checkout's `lib/`) or `library=<path to another copy's lib/index.ts>` (e.g. a `git archive` of an earlier commit).
- * Only the two apps run,
- * each in its own process on the pinned core, loaded at the same time from two load generators that swap sides every
- * round, so both processes have the same history. The whole comparison runs twice, in fresh processes, once with each
- * side started first (the order alone moved a ratio by about 1 % in trials). Each comparison logs in like the full
- * run: a library side for real against an in-process provider (so a copy stores the session in its own format), a
+ * A side is `floor`, `floor-layers`, `floor-fetch`, `floor-import` (bench/apps/protocol.ts), `library` (this checkout's
+ * `lib/`) or `library=<path to another copy's lib/index.ts>` (e.g. a `git archive` of an earlier commit). Only the two
+ * apps run, each in its own process on the pinned core, loaded at the same time from two load generators that swap
+ * sides every round, so both processes have the same history. The whole comparison runs twice, in fresh processes, once
+ * with each side started first (the order alone moved a ratio by about 1 % in trials). Each comparison logs in like the
+ * full run: a library side for real against an in-process provider (so a copy stores the session in its own format), a
  * floor side with the claims the library serves. Prints B ÷ A per round and the medians; writes nothing.
  * `npm run bench:ab -- floor floor` shows what the method reads when there is no difference.
  *
  * Knobs: `BENCH_AB_ROUNDS` (12 per order), `BENCH_WARMUP` (2 s unmeasured before the first round),
  * `BENCH_PAIRED_DURATION` (2 s measured per round), `BENCH_PAIRED_WARMUP` (1 s unmeasured before each),
- * `BENCH_CONNECTIONS` (10 per app), `BENCH_PIN=0`.
+ * `BENCH_CONNECTIONS` (10 per app), `BENCH_PIN=0`; `BENCH_IMPORT` (what `floor-import` imports instead of the library:
+ * bench/apps/main.ts).
  */
 import { fileURLToPath } from 'node:url';
 import { startProvider, type TestProvider } from '../test/helpers/provider.js';
