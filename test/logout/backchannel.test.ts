@@ -18,6 +18,7 @@ import {
   sessionIdOf,
   signLogoutToken,
   storedSession,
+  withFailingCommand,
 } from './support.js';
 
 // Two real app processes behind one "load balancer": A runs in this test process, B is a child process. They share
@@ -258,6 +259,42 @@ describe('back-channel logout across two app processes', () => {
     }
     // The session that write brought back is gone again. (The browser itself may have logged in anew meanwhile: its
     // redirect to /me can find the session gone and go through the provider's still-open session.)
+    expect(await redis.exists(`${sessionPrefix}${String(sessionId)}`)).toBe(0);
+    expect(JSON.parse((await redis.get(`${keyPrefix}tokens:${String(loginId)}`)) ?? 'null')).toEqual({ v: Number.MAX_SAFE_INTEGER, ended: true });
+  });
+
+  test("when that logout fails to end the login (its tombstone write fails), the check after express-session's last save ends it", async () => {
+    let loginId: string | undefined;
+    let sessionId: string | undefined;
+    let logoutStatus: number | undefined;
+    // The logout comes to this process, just before express-session's last write, and marks the session ended; then
+    // its tombstone write fails (503, nothing destroyed: the provider would retry). The callback's own check after that
+    // write is then all that stands between the login and a session that lives on.
+    storeA.beforeLoginWrite(2, async (id, saved) => {
+      const login = (saved as unknown as { oauth: { login: { id: string; claims: { sid: string; sub: string } } } }).oauth.login;
+      loginId = login.id;
+      sessionId = id;
+      const token = await signLogoutToken(provider, logoutClaims(provider.issuer, { sid: login.claims.sid, sub: login.claims.sub }));
+      logoutStatus = (await sendLogoutToken(appA.url, token)).status;
+    });
+    let tombstoneWrites = 0;
+    const { failures } = await withFailingCommand(
+      redis,
+      'eval',
+      async () => {
+        await new Browser().login(`${appA.url}/login?returnTo=/me`, { login: 'ivan' });
+        await storeA.hookedWrite;
+        for (let i = 0; i < 50 && (await redis.exists(`${sessionPrefix}${String(sessionId)}`)) === 1; i++) {
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+      },
+      // The first tombstone write for a login fails; the next goes through.
+      (args) => String(args[2]).startsWith(`${keyPrefix}tokens:`) && tombstoneWrites++ === 0,
+    );
+
+    expect(storeA.hookPending).toBe(false);
+    expect(failures).toBe(1);
+    expect(logoutStatus).toBe(503);
     expect(await redis.exists(`${sessionPrefix}${String(sessionId)}`)).toBe(0);
     expect(JSON.parse((await redis.get(`${keyPrefix}tokens:${String(loginId)}`)) ?? 'null')).toEqual({ v: Number.MAX_SAFE_INTEGER, ended: true });
   });
