@@ -123,6 +123,37 @@ function cookieOf(browser: Browser): string {
   return value;
 }
 
+/** What {@link logoutBeforeLastWrite} saw: the login and session it logged out, and the logout's answer. */
+interface LastWriteLogout {
+  loginId?: string;
+  sessionId?: string;
+  status?: number;
+}
+
+/**
+ * Sends `appUrl` a logout of the login A is saving, just before express-session's last write of its session (after the
+ * callback's own checks); what it saw is filled in as it runs.
+ */
+function logoutBeforeLastWrite(appUrl: string): LastWriteLogout {
+  const seen: LastWriteLogout = {};
+  storeA.beforeLoginWrite(2, async (id, saved) => {
+    const login = (saved as unknown as { oauth: { login: { id: string; claims: { sid: string; sub: string } } } }).oauth.login;
+    seen.loginId = login.id;
+    seen.sessionId = id;
+    const token = await signLogoutToken(provider, logoutClaims(provider.issuer, { sid: login.claims.sid, sub: login.claims.sub }));
+    seen.status = (await sendLogoutToken(appUrl, token)).status;
+  });
+  return seen;
+}
+
+/** Waits for the callback's check after express-session's last write: until the session is gone, or about a second. */
+async function afterLastWrite(sessionId: string | undefined): Promise<void> {
+  await storeA.hookedWrite;
+  for (let i = 0; i < 50 && (await redis.exists(`${sessionPrefix}${String(sessionId)}`)) === 1; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
 describe('back-channel logout across two app processes', () => {
   test("the provider's own back-channel call, after its end-session flow, logs the user out of both processes", async () => {
     // Logged in through A (the index is written by this process); the back-channel call goes to B.
@@ -234,59 +265,33 @@ describe('back-channel logout across two app processes', () => {
   });
 
   test("a logout landing between the callback's save and express-session's own save at the end does not leave the login alive", async () => {
-    let loginId: string | undefined;
-    let sessionId: string | undefined;
-    let logoutStatus: number | undefined;
-    // The logout runs just before express-session writes the regenerated session once more (after the callback's
-    // checks): it finds the login saved, ends it and destroys the session, which that write then brings back.
-    storeA.beforeLoginWrite(2, async (id, saved) => {
-      const login = (saved as unknown as { oauth: { login: { id: string; claims: { sid: string; sub: string } } } }).oauth.login;
-      loginId = login.id;
-      sessionId = id;
-      const token = await signLogoutToken(provider, logoutClaims(provider.issuer, { sid: login.claims.sid, sub: login.claims.sub }));
-      logoutStatus = (await sendLogoutToken(appB.url, token)).status;
-    });
-    const browser = new Browser();
+    // The logout finds the login saved, ends it and destroys the session, which express-session's last write then
+    // brings back.
+    const logout = logoutBeforeLastWrite(appB.url);
 
-    await browser.login(`${appA.url}/login?returnTo=/me`, { login: 'heidi' });
+    await new Browser().login(`${appA.url}/login?returnTo=/me`, { login: 'heidi' });
 
     expect(storeA.hookPending).toBe(false);
-    expect(logoutStatus).toBe(200);
-    // The callback finishes its clean-up just after express-session's last write: give it a moment.
-    await storeA.hookedWrite;
-    for (let i = 0; i < 50 && (await redis.exists(`${sessionPrefix}${String(sessionId)}`)) === 1; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
+    expect(logout.status).toBe(200);
+    await afterLastWrite(logout.sessionId);
     // The session that write brought back is gone again. (The browser itself may have logged in anew meanwhile: its
     // redirect to /me can find the session gone and go through the provider's still-open session.)
-    expect(await redis.exists(`${sessionPrefix}${String(sessionId)}`)).toBe(0);
-    expect(JSON.parse((await redis.get(`${keyPrefix}tokens:${String(loginId)}`)) ?? 'null')).toEqual({ v: Number.MAX_SAFE_INTEGER, ended: true });
+    expect(await redis.exists(`${sessionPrefix}${String(logout.sessionId)}`)).toBe(0);
+    expect(JSON.parse((await redis.get(`${keyPrefix}tokens:${String(logout.loginId)}`)) ?? 'null')).toEqual({ v: Number.MAX_SAFE_INTEGER, ended: true });
   });
 
   test("when that logout fails to end the login (its tombstone write fails), the check after express-session's last save ends it", async () => {
-    let loginId: string | undefined;
-    let sessionId: string | undefined;
-    let logoutStatus: number | undefined;
-    // The logout comes to this process, just before express-session's last write, and marks the session ended; then
-    // its tombstone write fails (503, nothing destroyed: the provider would retry). The callback's own check after that
-    // write is then all that stands between the login and a session that lives on.
-    storeA.beforeLoginWrite(2, async (id, saved) => {
-      const login = (saved as unknown as { oauth: { login: { id: string; claims: { sid: string; sub: string } } } }).oauth.login;
-      loginId = login.id;
-      sessionId = id;
-      const token = await signLogoutToken(provider, logoutClaims(provider.issuer, { sid: login.claims.sid, sub: login.claims.sub }));
-      logoutStatus = (await sendLogoutToken(appA.url, token)).status;
-    });
+    // This time the logout comes to this process and marks the session ended, then its tombstone write fails (503,
+    // nothing destroyed: the provider would retry). The callback's own check after that write is then all that stands
+    // between the login and a session that lives on.
+    const logout = logoutBeforeLastWrite(appA.url);
     let tombstoneWrites = 0;
     const { failures } = await withFailingCommand(
       redis,
       'eval',
       async () => {
         await new Browser().login(`${appA.url}/login?returnTo=/me`, { login: 'ivan' });
-        await storeA.hookedWrite;
-        for (let i = 0; i < 50 && (await redis.exists(`${sessionPrefix}${String(sessionId)}`)) === 1; i++) {
-          await new Promise((resolve) => setTimeout(resolve, 20));
-        }
+        await afterLastWrite(logout.sessionId);
       },
       // The first tombstone write for a login fails; the next goes through.
       (args) => String(args[2]).startsWith(`${keyPrefix}tokens:`) && tombstoneWrites++ === 0,
@@ -294,9 +299,9 @@ describe('back-channel logout across two app processes', () => {
 
     expect(storeA.hookPending).toBe(false);
     expect(failures).toBe(1);
-    expect(logoutStatus).toBe(503);
-    expect(await redis.exists(`${sessionPrefix}${String(sessionId)}`)).toBe(0);
-    expect(JSON.parse((await redis.get(`${keyPrefix}tokens:${String(loginId)}`)) ?? 'null')).toEqual({ v: Number.MAX_SAFE_INTEGER, ended: true });
+    expect(logout.status).toBe(503);
+    expect(await redis.exists(`${sessionPrefix}${String(logout.sessionId)}`)).toBe(0);
+    expect(JSON.parse((await redis.get(`${keyPrefix}tokens:${String(logout.loginId)}`)) ?? 'null')).toEqual({ v: Number.MAX_SAFE_INTEGER, ended: true });
   });
 
   test("the check after express-session's last save runs even when the browser has gone away meanwhile", async () => {
@@ -322,10 +327,7 @@ describe('back-channel logout across two app processes', () => {
 
     expect(storeA.hookPending).toBe(false);
     // express-session's last write has brought the session back; the check after it must remove it again.
-    await storeA.hookedWrite;
-    for (let i = 0; i < 50 && (await redis.exists(`${sessionPrefix}${String(sessionId)}`)) === 1; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
+    await afterLastWrite(sessionId);
     expect(await redis.exists(`${sessionPrefix}${String(sessionId)}`)).toBe(0);
   });
 
