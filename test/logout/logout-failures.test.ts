@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { Browser } from '../helpers/browser.js';
 import { buildApp, CLIENT_ID, CLIENT_SECRET, listen, sessionCookie, startStack, type Listener, type Stack } from '../helpers/app.js';
 import { getJson, installTokenStub, readLogin, readRecord, startRefreshStack, tokenKey, waitUntilDue, type TokenStub } from '../refresh/support.js';
-import { logoutClaims, logoutProviderConfiguration, me, postLogout, sendLogoutToken, signLogoutToken, storedSession } from './support.js';
+import { firstOnly, logoutClaims, logoutProviderConfiguration, me, postLogout, sendLogoutToken, signLogoutToken, storedSession, withFailingCommand } from './support.js';
 
 describe('a logout while a refresh is in flight', () => {
   let stack: Stack;
@@ -189,21 +189,6 @@ describe('logouts when the session store fails', () => {
     return { browser, token: await signLogoutToken(stack.provider, logoutClaims(stack.provider.issuer, { sub })) };
   }
 
-  /** Makes the next call of one Redis command fail when `applies` says so; returns a counter and the undo. */
-  function failOnce(command: 'smembers' | 'set' | 'srem' | 'del', applies: (args: unknown[]) => boolean) {
-    const redis = stack.redis as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
-    const original = redis[command]!.bind(redis);
-    const seen = { failures: 0 };
-    redis[command] = async (...args: unknown[]) => {
-      if (seen.failures === 0 && applies(args)) {
-        seen.failures++;
-        throw new Error('Connection is closed.');
-      }
-      return original(...args);
-    };
-    return { seen, restore: () => void (redis[command] = original) };
-  }
-
   test.each([
     ['looking up the sessions to end', 'smembers' as const, () => true],
     ['claiming the jti', 'set' as const, (args: unknown[]) => String(args[0]).includes('once:logout-jti:')],
@@ -211,15 +196,10 @@ describe('logouts when the session store fails', () => {
     ['destroying the sessions', 'del' as const, (args: unknown[]) => String(args[0]).startsWith(stack.sessionPrefix)],
   ])('a back-channel logout that failed in %s succeeds when the server retries the same token', async (_step, command, applies) => {
     const { browser, token } = await loggedInWithLogoutToken();
-    const failing = failOnce(command, applies);
-    try {
-      const first = await sendLogoutToken(stack.appUrl, token);
-      expect(first.status).toBe(503);
-      expect(await first.json()).toMatchObject({ error: 'session_unavailable' });
-    } finally {
-      failing.restore();
-    }
-    expect(failing.seen.failures).toBe(1);
+    const { result: first, failures } = await withFailingCommand(stack.redis, command, () => sendLogoutToken(stack.appUrl, token), firstOnly(applies));
+    expect(first.status).toBe(503);
+    expect(await first.json()).toMatchObject({ error: 'session_unavailable' });
+    expect(failures).toBe(1);
     expect((await me(browser, stack.appUrl)).status).toBe(200);
 
     // Back-Channel Logout 1.0 §2.8: the server may retry. The retry is not a replay: the sessions are still alive.
@@ -314,13 +294,9 @@ describe('logouts when the session store fails', () => {
 
   test('a back-channel logout whose sessions are gone succeeds even when the index cleanup fails, and stays used', async () => {
     const { browser, token } = await loggedInWithLogoutToken();
-    const failing = failOnce('srem', () => true);
-    try {
-      expect((await sendLogoutToken(stack.appUrl, token)).status).toBe(200);
-    } finally {
-      failing.restore();
-    }
-    expect(failing.seen.failures).toBe(1);
+    const { result: answer, failures } = await withFailingCommand(stack.redis, 'srem', () => sendLogoutToken(stack.appUrl, token), firstOnly());
+    expect(answer.status).toBe(200);
+    expect(failures).toBe(1);
     expect((await me(browser, stack.appUrl)).status).toBe(401);
     // The jti was not given back: the same token, replayed, cannot end sessions the user creates later.
     const later = await loggedInWithLogoutToken();
@@ -364,20 +340,14 @@ describe('logouts when the session store fails', () => {
     const { sub } = (session!.oauth as { login: { claims: { sub: string } } }).login.claims;
 
     // connect-redis destroys a session with DEL: that one command fails, once.
-    const redis = stack.redis as unknown as { del: (...args: unknown[]) => Promise<unknown> };
-    const del = redis.del.bind(redis);
-    let failures = 0;
-    redis.del = async (...args: unknown[]) => {
-      if (String(args[0]).startsWith(stack.sessionPrefix) && failures++ === 0) throw new Error('Connection is closed.');
-      return del(...args);
-    };
-    try {
-      const failed = await postLogout(browser, stack.appUrl);
-      expect(failed.status).toBe(503);
-      expect(failed.body).toContain('session_unavailable');
-    } finally {
-      redis.del = del;
-    }
+    const { result: failed, failures } = await withFailingCommand(
+      stack.redis,
+      'del',
+      () => postLogout(browser, stack.appUrl),
+      firstOnly((args) => String(args[0]).startsWith(stack.sessionPrefix)),
+    );
+    expect(failed.status).toBe(503);
+    expect(failed.body).toContain('session_unavailable');
     expect(failures).toBe(1);
     expect((await me(browser, stack.appUrl)).status).toBe(200);
 

@@ -169,7 +169,7 @@ export async function userinfoStatus(issuer: string, accessToken: string): Promi
  */
 export async function withFailingCommand<T>(
   redis: Redis,
-  command: 'eval' | 'srem',
+  command: 'eval' | 'srem' | 'smembers' | 'set' | 'del',
   use: () => Promise<T>,
   applies: (args: unknown[]) => boolean = () => true,
 ): Promise<{ result: T; failures: number }> {
@@ -186,4 +186,14 @@ export async function withFailingCommand<T>(
   } finally {
     client[command] = original;
   }
+}
+
+/** For {@link withFailingCommand}: picks the first call that `applies` picks, and no other. */
+export function firstOnly(applies: (args: unknown[]) => boolean = () => true): (args: unknown[]) => boolean {
+  let picked = false;
+  return (args) => {
+    if (picked || !applies(args)) return false;
+    picked = true;
+    return true;
+  };
 }
