@@ -20,7 +20,7 @@ import {
 } from './session.js';
 import { indexLogin, subjectOf, type LoginSubject, type SessionIndex } from './session-index.js';
 import { storeUnavailable } from './store-errors.js';
-import { backchannelEndTtl, newestTokens, sessionTtlSeconds } from './token-store.js';
+import { endedLoginTtl, newestTokens, sessionTtlSeconds } from './token-store.js';
 import { sessionCopy, type StoredTokens } from './tokens.js';
 import type { Transaction } from './transaction.js';
 import { loadUser } from './user.js';
@@ -33,6 +33,8 @@ export interface NewLogin {
   readonly exchangedAt: number;
   /** The login the session held before, which this one replaces. */
   readonly replaced: LoginState | undefined;
+  /** How long the session lives in its store once saved (seconds): its token-store key's TTL. */
+  readonly ttlSeconds: number;
 }
 
 /**
@@ -84,9 +86,10 @@ export async function createLogin(
     tokens: sessionCopy(tokens),
     ...(transaction.dpopKey === undefined ? {} : { dpopKey: transaction.dpopKey }),
   };
-  await runtime.tokenStore.create(login, tokens, sessionTtlSeconds(req));
+  const ttlSeconds = sessionTtlSeconds(req);
+  await runtime.tokenStore.create(login, tokens, ttlSeconds);
   state.login = login;
-  return { session, login, exchangedAt, replaced };
+  return { session, login, exchangedAt, replaced, ttlSeconds };
 }
 
 /**
@@ -142,10 +145,10 @@ export async function completeLogin(runtime: Runtime, req: Request, created: New
  * nobody is left to answer, and the response does not wait for it.
  */
 function checkAfterLastSave(runtime: Runtime, index: SessionIndex, store: Store, created: NewLogin): void {
-  const { session, login } = created;
+  const { session } = created;
   const sessionId = session.id;
   afterEachSave(session, async () => {
-    if (await index.wasEnded(sessionId, loginSubjectOf(created))) await endLogin(runtime, login, () => destroyStoredSession(store, sessionId));
+    if (await index.wasEnded(sessionId, loginSubjectOf(created))) await endLogin(runtime, created, () => destroyStoredSession(store, sessionId));
   });
 }
 
@@ -155,9 +158,12 @@ function loginSubjectOf({ login, exchangedAt }: NewLogin): LoginSubject {
   return { ...subjectOf(login.claims), issuedAt: typeof iat === 'number' ? iat : undefined, exchangedAt };
 }
 
-/** Ends a login for good: a tombstone in the token store (no copy of it can be refreshed), and its session destroyed. */
-async function endLogin(runtime: Runtime, login: LoginState, destroy: () => Promise<void>): Promise<void> {
-  await Promise.allSettled([runtime.tokenStore.end(login.id, backchannelEndTtl(runtime.config)), destroy()]);
+/**
+ * Ends a login for good: a tombstone in the token store (no copy of it can be refreshed, as long as a copy of its
+ * session saved back could live), and its session destroyed.
+ */
+async function endLogin(runtime: Runtime, { login, ttlSeconds }: NewLogin, destroy: () => Promise<void>): Promise<void> {
+  await Promise.allSettled([runtime.tokenStore.end(login.id, endedLoginTtl(runtime.config, ttlSeconds)), destroy()]);
 }
 
 /**
@@ -165,6 +171,6 @@ async function endLogin(runtime: Runtime, login: LoginState, destroy: () => Prom
  * session save still in flight cannot bring back a login that refreshes) and its session. Best effort: the store may be
  * what failed; the caller answers with the original error either way.
  */
-export async function abandonLogin(runtime: Runtime, { session, login }: NewLogin): Promise<void> {
-  await endLogin(runtime, login, () => destroySession(session));
+export async function abandonLogin(runtime: Runtime, created: NewLogin): Promise<void> {
+  await endLogin(runtime, created, () => destroySession(created.session));
 }

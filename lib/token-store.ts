@@ -58,11 +58,20 @@ export function newestTokens(entry: StoreEntry | undefined, login: LoginState): 
 }
 
 /**
- * How long a back-channel logout's tombstone lasts: as long as the index that let it find the login (a session of
- * that login could live that long), and at least connect-redis's default session TTL.
+ * How long the tombstone of a login ended outside its own request lasts (a back-channel logout, a failed or logged-out
+ * callback), in seconds: at least `sessionTtl`, what a copy of the login's session saved back now would live (a request
+ * in flight that saves it after the logout gives it a full `maxAge`; a tombstone gone before it would let that copy
+ * refresh again from its session's tokens), and at least `sessionIndexTtl`, as long as a back-channel logout could
+ * find one of the login's sessions.
  */
-export function backchannelEndTtl(config: ResolvedConfig): number {
-  return Math.max(config.sessionIndexTtl, DEFAULT_SESSION_TTL_SECONDS);
+export function endedLoginTtl(config: ResolvedConfig, sessionTtl: number): number {
+  return Math.max(config.sessionIndexTtl, sessionTtl);
+}
+
+/** The parts of a session (express-session's object, or its stored JSON) that decide its TTL in the store. */
+interface SessionLike {
+  cookie?: { expires?: unknown; originalMaxAge?: unknown };
+  touch?: () => void;
 }
 
 /**
@@ -71,12 +80,25 @@ export function backchannelEndTtl(config: ResolvedConfig): number {
  * else one day). Token-store keys get this TTL, so they never outlive the session they belong to, nor die long before.
  */
 export function sessionTtlSeconds(req: Request): number {
-  const session = (req as { session?: { cookie?: { expires?: unknown; originalMaxAge?: unknown }; touch?: () => void } }).session;
+  const session = (req as { session?: SessionLike }).session;
   // During a request the cookie still carries the expiry of the session's last save; express-session resets it to a
   // full maxAge (touch) before it saves or touches the session at the end. Reset it now, as it will be then.
   if (typeof session?.cookie?.originalMaxAge === 'number' && typeof session.touch === 'function') session.touch();
-  const store = (req as { sessionStore?: { ttl?: unknown } }).sessionStore;
-  const storeTtl = store?.ttl;
+  return storeTtlSeconds((req as { sessionStore?: unknown }).sessionStore, session);
+}
+
+/**
+ * {@link sessionTtlSeconds} for a session read from the store (another browser's, as a back-channel logout reads it):
+ * what it would live if a request that loaded it saved it back now, with its cookie reset to a full `maxAge`.
+ */
+export function storedSessionTtlSeconds(store: unknown, session: SessionLike | null | undefined): number {
+  const maxAge = session?.cookie?.originalMaxAge;
+  const touched = typeof maxAge === 'number' ? { ...session, cookie: { ...session?.cookie, expires: new Date(Date.now() + maxAge) } } : session;
+  return storeTtlSeconds(store, touched ?? undefined);
+}
+
+function storeTtlSeconds(store: unknown, session: SessionLike | undefined): number {
+  const storeTtl = (store as { ttl?: unknown } | undefined)?.ttl;
   let ttl: unknown;
   if (typeof storeTtl === 'function') {
     try {

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { NextFunction, Request, Response } from 'express';
-import type { Store } from 'express-session';
+import type { SessionData, Store } from 'express-session';
 import { AuthError, AuthErrorCode } from '../errors.js';
 import type { LogoutTokenVerifier } from '../logout-token.js';
 import { reportError, setNoStore } from '../respond.js';
@@ -8,7 +8,7 @@ import { issuerKey, type Runtime } from '../runtime.js';
 import { destroyStoredSession, SESSION_KEY, type OAuthSessionState } from '../session.js';
 import { storeUnavailable } from '../store-errors.js';
 import type { SessionIndex } from '../session-index.js';
-import { backchannelEndTtl } from '../token-store.js';
+import { endedLoginTtl, storedSessionTtlSeconds } from '../token-store.js';
 import { nowSeconds } from '../tokens.js';
 import { sanitisedCause } from '../upstream.js';
 
@@ -57,17 +57,16 @@ async function readLogoutToken(req: Request): Promise<string> {
   return values[0] as string;
 }
 
-function loginIdInStore(store: Store, id: string): Promise<string | undefined> {
-  return new Promise((resolve, reject) =>
-    store.get(id, (err: unknown, session) =>
-      err ? reject(err) : resolve((session as { [SESSION_KEY]?: OAuthSessionState } | null | undefined)?.[SESSION_KEY]?.login?.id),
-    ),
-  );
+type StoredSession = SessionData & { [SESSION_KEY]?: OAuthSessionState };
+
+function storedSession(store: Store, id: string): Promise<StoredSession | undefined> {
+  return new Promise((resolve, reject) => store.get(id, (err: unknown, session) => (err ? reject(err) : resolve((session ?? undefined) as StoredSession | undefined))));
 }
 
 /**
  * Ends the logins of these sessions in the token store too (a tombstone, not a deletion): their refresh tokens are
- * gone, and a copy of a session that a request in flight saves back after the logout can never be refreshed.
+ * gone, and a copy of a session that a request in flight saves back after the logout can never be refreshed (the
+ * tombstone lasts at least as long as such a copy would).
  * Every session is also marked, first: one may belong to a login whose callback has not saved it yet, or will save it
  * once more (express-session writes a regenerated session again when the response ends), after the reads or the
  * destroy below; that callback checks the mark after its saves (lib/new-login.ts). Marked before the sessions are
@@ -75,9 +74,12 @@ function loginIdInStore(store: Store, id: string): Promise<string | undefined> {
  */
 async function endLogins(runtime: Runtime, index: SessionIndex, store: Store, ids: readonly string[]): Promise<void> {
   await index.markEnded(ids);
-  const loginIds = await Promise.all(ids.map((id) => loginIdInStore(store, id)));
+  const sessions = await Promise.all(ids.map((id) => storedSession(store, id)));
   await Promise.all(
-    loginIds.filter((id): id is string => id !== undefined).map((id) => runtime.tokenStore.end(id, backchannelEndTtl(runtime.config))),
+    sessions.map((session) => {
+      const loginId = session?.[SESSION_KEY]?.login?.id;
+      return loginId === undefined ? undefined : runtime.tokenStore.end(loginId, endedLoginTtl(runtime.config, storedSessionTtlSeconds(store, session)));
+    }),
   );
 }
 
