@@ -5,8 +5,12 @@ import { startStack, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 
 let stack: Stack;
+/** What the app's `onError` saw of each error: its code, and the library's session state at that moment. */
+const reported: Array<{ code: string; oauth: unknown }> = [];
 beforeAll(async () => {
-  stack = await startStack();
+  stack = await startStack({
+    auth: { onError: (err, req) => void reported.push({ code: err.code, oauth: structuredClone((req.session as { oauth?: unknown } | undefined)?.oauth) }) },
+  });
 });
 afterAll(async () => stack.close());
 
@@ -152,6 +156,8 @@ describe('GET /login', () => {
     expect(JSON.parse(res.body)).toMatchObject({ error: 'session_unavailable' });
     expect(res.headers.get('location')).toBeNull();
     expect((await sessionOf(browser))?.oauth).toEqual(before?.oauth);
+    // Nor does the app's error handling find, in the request's session, a login whose authorization request was never sent.
+    expect(reported.at(-1)).toEqual({ code: 'session_unavailable', oauth: before?.oauth });
   });
 
   test('a first login whose session cannot be saved sets no cookie: it would name a session that was never stored', async () => {
@@ -160,6 +166,7 @@ describe('GET /login', () => {
     expect(res.status).toBe(503);
     expect(res.headers.getSetCookie()).toEqual([]);
     expect(browser.cookie('127.0.0.1', 'connect.sid')).toBeUndefined();
+    expect(reported.at(-1)).toEqual({ code: 'session_unavailable', oauth: undefined });
   });
 
   test('sessions hold no tokens before login completes', async () => {

@@ -73,15 +73,22 @@ describe('serverFetch', () => {
     await expect(serverFetch(server.url, { method: 'POST', body: new ReadableStream() })).rejects.toThrow(expect.objectContaining({ name: 'TypeError', message: 'fetch failed' }));
   });
 
-  test('undoes gzip, deflate and br as fetch does, and leaves a coding it does not know alone', async () => {
+  test('undoes gzip, deflate and br as fetch does, several in the reverse of the order applied, and leaves a coding it does not know alone', async () => {
     const json = '{"keys":[]}';
-    const bodies: Record<string, Buffer> = { gzip: gzipSync(json), deflate: deflateSync(json), br: brotliCompressSync(json), unknown: Buffer.from(json) };
+    const bodies: Record<string, Buffer> = {
+      gzip: gzipSync(json),
+      deflate: deflateSync(json),
+      br: brotliCompressSync(json),
+      // Content-Encoding lists codings in the order they were applied: gzip first, then br.
+      'gzip, br': brotliCompressSync(gzipSync(json)),
+      unknown: Buffer.from(json),
+    };
     handler = (req, res) => {
-      const coding = req.url!.slice(1);
+      const coding = decodeURIComponent(req.url!.slice(1));
       res.writeHead(200, { 'content-encoding': coding === 'unknown' ? 'zstd-ish' : coding });
       res.end(bodies[coding]);
     };
-    for (const coding of ['gzip', 'deflate', 'br', 'unknown']) expect(await (await serverFetch(`${server.url}/${coding}`)).text()).toBe(json);
+    for (const coding of Object.keys(bodies)) expect(await (await serverFetch(`${server.url}/${encodeURIComponent(coding)}`)).text()).toBe(json);
   });
 
   test('never follows a redirect: the 3xx is the answer', async () => {

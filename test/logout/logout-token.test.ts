@@ -425,6 +425,31 @@ describe('back-channel request shape', () => {
     expect(JSON.parse(answer.body)).toMatchObject({ error: 'invalid_request' });
   });
 
+  test('a declared Content-Length over the limit is refused at once, without waiting for a body that may never come', async () => {
+    const { port } = new URL(stack.appUrl);
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const request = httpRequest(
+        { host: '127.0.0.1', port, method: 'POST', path: '/backchannel-logout', headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': '1000000' } },
+        (response) => {
+          let body = '';
+          response.setEncoding('utf8');
+          response.on('data', (chunk: string) => (body += chunk));
+          response.on('end', () => resolve({ status: response.statusCode ?? 0, body }));
+        },
+      );
+      request.on('error', reject);
+      // Only the start of the declared million bytes: the answer must not wait for the rest.
+      request.write('logout_token=');
+      request.setTimeout(5_000, () => {
+        request.destroy();
+        reject(new Error('no answer while the declared body was still outstanding'));
+      });
+    });
+
+    expect(answer.status).toBe(400);
+    expect(JSON.parse(answer.body)).toMatchObject({ error: 'invalid_request' });
+  });
+
   test('works behind an app-wide form parser that already read the body', async () => {
     const app = express();
     app.use(express.urlencoded({ extended: false }));

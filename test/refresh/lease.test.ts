@@ -299,3 +299,22 @@ test('a lock other processes keep for two leases ends the wait with refresh_fail
   expect(record.v).toBe(2);
   expect(server.presented.slice(presentedBefore)).toEqual([refreshToken]);
 }, 20_000);
+
+test('a forced refresh that joins a refresh of an older session copy, which ends on the version it has seen, refreshes once more', async () => {
+  const runtime = server.runtime(redis, `test:${randomUUID()}:`);
+  const { login } = await expiredLogin(runtime);
+  const second = await runtime.refresher.current(login, { force: false, ttlSeconds: 600 });
+  // This request's session holds version 2 already; another request still carries the copy read before it (version 1).
+  const seen: LoginState = { ...login, version: second.v, tokens: sessionCopy(second.tokens) };
+  const presentedBefore = server.presented.length;
+
+  const stale = runtime.refresher.current(login, { force: false, ttlSeconds: 600 });
+  const forced = runtime.refresher.current(seen, { force: true, ttlSeconds: 600 });
+
+  // The stale copy's refresh is satisfied by version 2 without a token request; the forced one is not.
+  expect(await stale).toMatchObject({ v: 2 });
+  const record = await forced;
+  expect(record.v).toBe(3);
+  expect(record.tokens.accessToken).not.toBe(second.tokens.accessToken);
+  expect(server.presented.slice(presentedBefore)).toEqual([second.tokens.refreshToken]);
+});

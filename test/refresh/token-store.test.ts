@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { resolveOptions } from '../../lib/options.js';
-import { createTokenStore, FINAL_VERSION, type TokenStore } from '../../lib/token-store.js';
+import { createTokenStore, FINAL_VERSION, newestTokens, type TokenStore } from '../../lib/token-store.js';
 import { sessionCopy } from '../../lib/tokens.js';
 import { connectRedis, startStack, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
@@ -67,6 +67,31 @@ describe.each(stores)('TokenStore.write() %s', (_name, makeStore: () => TokenSto
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect(await store.read(id)).toEqual({ v: 1, tokens, claims: undefined });
   });
+});
+
+test('with redis, an entry whose version is not a whole number from 1 to 2^53 - 1 counts as absent: the store holds only what the library wrote', async () => {
+  const keyPrefix = `test:${randomUUID()}:`;
+  const store = createTokenStore(resolveOptions({ ...base, redis, keyPrefix }));
+  for (const v of [0, -1, 1.5, 2 ** 53, '2']) {
+    const id = randomUUID();
+    await redis.set(`${keyPrefix}tokens:${id}`, JSON.stringify({ v, tokens }), 'EX', 60);
+    expect(await store.read(id)).toBeUndefined();
+  }
+  const id = randomUUID();
+  await redis.set(`${keyPrefix}tokens:${id}`, JSON.stringify({ v: 2, tokens }), 'EX', 60);
+  expect(await store.read(id)).toEqual({ v: 2, tokens });
+});
+
+test("what a logout revokes: the store's whole set unless it is older than the session's copy (a store that lost writes), or ended", () => {
+  const stored = { accessToken: 'access-1', tokenType: 'Bearer', refreshToken: 'refresh-1', idToken: 'id-1' };
+  const login = { id: randomUUID(), tokens: sessionCopy(tokens), version: 2 };
+  expect(newestTokens({ v: 2, tokens: stored }, login)).toEqual(stored);
+  expect(newestTokens({ v: 3, tokens: stored }, login)).toEqual(stored);
+  expect(newestTokens({ v: 1, tokens: stored }, login)).toMatchObject(tokens);
+  expect(newestTokens({ v: FINAL_VERSION, ended: true }, login)).toMatchObject(tokens);
+  expect(newestTokens(undefined, login)).toMatchObject(tokens);
+  // A login's own first version: a session copy without a version is version 1.
+  expect(newestTokens({ v: 1, tokens: stored }, { ...login, version: undefined })).toEqual(stored);
 });
 
 test('with redis, the tombstone carries the TTL it was given', async () => {

@@ -112,3 +112,13 @@ test('a same-origin POST logs out (control)', async () => {
   expect((await readSession(stack.redis, stack.sessionPrefix, sid))?.oauth?.login).toBeUndefined();
   expect((await browser.request(`${stack.appUrl}/`)).body).toBe('hello anonymous');
 });
+
+test('a POST the user started outside any page (Sec-Fetch-Site: none, which no page can cause) logs out, whatever its Origin says', async () => {
+  const browser = await loggedIn();
+  const sid = browserSessionId(browser, stack.appUrl)!;
+
+  const response = await browser.request(logoutUrl(), { method: 'POST', headers: { origin: 'null', 'sec-fetch-site': 'none' } });
+
+  expect(response.status).toBe(303);
+  expect((await readSession(stack.redis, stack.sessionPrefix, sid))?.oauth?.login).toBeUndefined();
+});

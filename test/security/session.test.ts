@@ -14,6 +14,7 @@ import type { Express } from 'express';
 import { buildApp, startStack, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
 import { browserSessionId, loginUntilCallback, readSession } from '../helpers/security.js';
+import { postLogout } from '../logout/support.js';
 
 /** The README's recommendation. */
 const RECOMMENDED_COOKIE = { secure: 'auto', sameSite: 'lax', httpOnly: true } as const;
@@ -77,6 +78,19 @@ test('behind a TLS-terminating proxy with trust proxy, the cookie is Secure, at 
   for (const response of [started, landed]) {
     expect(cookieAttributes(response.headers.getSetCookie())).toEqual({ httpOnly: true, sameSite: 'lax', secure: true });
   }
+});
+
+test('behind a TLS-terminating proxy, POST /logout clears the cookie with the attributes it was set with, Secure included (browsers refuse a SameSite=None cookie without it)', async () => {
+  const browser = new Browser();
+  browser.headers = { ...browser.headers, 'x-forwarded-proto': 'https' };
+  await browser.login(`${stack.appUrl}/login?returnTo=/me`);
+
+  const response = await postLogout(browser, stack.appUrl);
+
+  expect(response.status).toBe(303);
+  const cleared = response.headers.getSetCookie().filter((cookie) => cookie.startsWith('connect.sid=;'));
+  expect(cleared).toHaveLength(1);
+  expect(cookieAttributes(cleared)).toEqual({ httpOnly: true, sameSite: 'lax', secure: true });
 });
 
 /** TLS without a certificate (pre-shared key, TLS 1.2): real HTTPS for express-session, no openssl needed. */
