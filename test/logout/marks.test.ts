@@ -4,7 +4,7 @@
  * (when the mark was written against when the login's code exchange was sent).
  */
 import { randomUUID } from 'node:crypto';
-import { afterAll, describe, expect, test } from '@jest/globals';
+import { afterAll, describe, expect, jest, test } from '@jest/globals';
 import { createSessionIndex } from '../../lib/session-index.js';
 import { connectRedis } from '../helpers/app.js';
 
@@ -43,5 +43,21 @@ describe('the marks a logout leaves for the logins it may have missed', () => {
     const sessionId = randomUUID();
     await index.markEnded([sessionId]);
     expect(await index.wasEnded(sessionId, { sub: `user-${randomUUID()}`, issuedAt: T + 60, exchangedAt: Date.now() + 1000 })).toBe(true);
+  });
+
+  test('a mark of the same iat made earlier but written later (two deliveries racing) does not move the mark back in time', async () => {
+    const sub = `user-${randomUUID()}`;
+    const now = Date.now();
+    const clock = jest.spyOn(Date, 'now');
+    try {
+      clock.mockReturnValue(now + 5000);
+      await index.markLoggedOut({ sub }, T);
+      clock.mockReturnValue(now);
+      await index.markLoggedOut({ sub }, T);
+    } finally {
+      clock.mockRestore();
+    }
+    // A login of that second whose code exchange was sent between the two marks is ended by the later one.
+    expect(await index.wasEnded(randomUUID(), { sub, issuedAt: T, exchangedAt: now + 2000 })).toBe(true);
   });
 });
