@@ -1,4 +1,4 @@
-import { createServer, request as httpRequest } from 'node:http';
+import { createServer, request as httpRequest, type ClientRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, jest, test } from '@jest/globals';
 import { RedisStore } from 'connect-redis';
@@ -402,11 +402,15 @@ describe('back-channel request shape', () => {
     expect((await me(browser, stack.appUrl)).status).toBe(200);
   });
 
-  test('an oversized body sent chunked, without a Content-Length, is refused with 400 invalid_request', async () => {
+  /**
+   * A form POST to the back-channel route with `headers`, its body written by `send` (which may leave it unfinished);
+   * the answer, or a rejection when none comes within 5 seconds.
+   */
+  function postForm(headers: Record<string, string>, send: (request: ClientRequest) => void): Promise<{ status: number; body: string }> {
     const { port } = new URL(stack.appUrl);
-    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+    return new Promise((resolve, reject) => {
       const request = httpRequest(
-        { host: '127.0.0.1', port, method: 'POST', path: '/backchannel-logout', headers: { 'content-type': 'application/x-www-form-urlencoded', 'transfer-encoding': 'chunked' } },
+        { host: '127.0.0.1', port, method: 'POST', path: '/backchannel-logout', headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers } },
         (response) => {
           let body = '';
           response.setEncoding('utf8');
@@ -416,6 +420,16 @@ describe('back-channel request shape', () => {
       );
       // The server may answer and close before all of it is sent.
       request.on('error', reject);
+      request.setTimeout(5_000, () => {
+        request.destroy();
+        reject(new Error('no answer within 5 seconds'));
+      });
+      send(request);
+    });
+  }
+
+  test('an oversized body sent chunked, without a Content-Length, is refused with 400 invalid_request', async () => {
+    const answer = await postForm({ 'transfer-encoding': 'chunked' }, (request) => {
       request.write('logout_token=');
       for (let i = 0; i < 20; i++) request.write('a'.repeat(1024));
       request.end();
@@ -426,25 +440,8 @@ describe('back-channel request shape', () => {
   });
 
   test('a declared Content-Length over the limit is refused at once, without waiting for a body that may never come', async () => {
-    const { port } = new URL(stack.appUrl);
-    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-      const request = httpRequest(
-        { host: '127.0.0.1', port, method: 'POST', path: '/backchannel-logout', headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': '1000000' } },
-        (response) => {
-          let body = '';
-          response.setEncoding('utf8');
-          response.on('data', (chunk: string) => (body += chunk));
-          response.on('end', () => resolve({ status: response.statusCode ?? 0, body }));
-        },
-      );
-      request.on('error', reject);
-      // Only the start of the declared million bytes: the answer must not wait for the rest.
-      request.write('logout_token=');
-      request.setTimeout(5_000, () => {
-        request.destroy();
-        reject(new Error('no answer while the declared body was still outstanding'));
-      });
-    });
+    // Only the start of the declared million bytes: the answer must not wait for the rest.
+    const answer = await postForm({ 'content-length': '1000000' }, (request) => request.write('logout_token='));
 
     expect(answer.status).toBe(400);
     expect(JSON.parse(answer.body)).toMatchObject({ error: 'invalid_request' });
