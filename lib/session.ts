@@ -1,5 +1,5 @@
 import type { Request } from 'express';
-import type { Session, Store } from 'express-session';
+import type { Session, SessionData, Store } from 'express-session';
 import type { JWK } from 'jose';
 import { AuthError, AuthErrorCode } from './errors.js';
 import type { PackedTokens } from './tokens.js';
@@ -77,6 +77,14 @@ function wrap(operation: string, method: 'save' | 'regenerate' | 'destroy') {
 
 export const saveSession = wrap('save', 'save');
 export const destroySession = wrap('destroy', 'destroy');
+
+/** A session as its store holds it: express-session's data and the library's slot. */
+export type StoredSession = SessionData & { [SESSION_KEY]?: OAuthSessionState };
+
+/** Reads a session from the store by id (another browser's session: `req.session` is not it). */
+export function readStoredSession(store: Store, id: string): Promise<StoredSession | undefined> {
+  return new Promise((resolve, reject) => store.get(id, (err: unknown, session) => (err ? reject(err) : resolve((session ?? undefined) as StoredSession | undefined))));
+}
 
 /** Destroys a session in the store by id (another browser's session: `req.session` is not it). */
 export function destroyStoredSession(store: Store, id: string): Promise<void> {

@@ -1,11 +1,11 @@
 import { createHash } from 'node:crypto';
 import type { NextFunction, Request, Response } from 'express';
-import type { SessionData, Store } from 'express-session';
+import type { Store } from 'express-session';
 import { AuthError, AuthErrorCode } from '../errors.js';
 import type { LogoutTokenVerifier } from '../logout-token.js';
 import { reportError, setNoStore } from '../respond.js';
 import { issuerKey, type Runtime } from '../runtime.js';
-import { destroyStoredSession, SESSION_KEY, type OAuthSessionState } from '../session.js';
+import { destroyStoredSession, readStoredSession, SESSION_KEY } from '../session.js';
 import { storeUnavailable } from '../store-errors.js';
 import type { SessionIndex } from '../session-index.js';
 import { endedLoginTtl, storedSessionTtlSeconds } from '../token-store.js';
@@ -57,12 +57,6 @@ async function readLogoutToken(req: Request): Promise<string> {
   return values[0] as string;
 }
 
-type StoredSession = SessionData & { [SESSION_KEY]?: OAuthSessionState };
-
-function storedSession(store: Store, id: string): Promise<StoredSession | undefined> {
-  return new Promise((resolve, reject) => store.get(id, (err: unknown, session) => (err ? reject(err) : resolve((session ?? undefined) as StoredSession | undefined))));
-}
-
 /**
  * Ends the logins of these sessions in the token store too (a tombstone, not a deletion): their refresh tokens are
  * gone, and a copy of a session that a request in flight saves back after the logout can never be refreshed (the
@@ -74,7 +68,7 @@ function storedSession(store: Store, id: string): Promise<StoredSession | undefi
  */
 async function endLogins(runtime: Runtime, index: SessionIndex, store: Store, ids: readonly string[]): Promise<void> {
   await index.markEnded(ids);
-  const sessions = await Promise.all(ids.map((id) => storedSession(store, id)));
+  const sessions = await Promise.all(ids.map((id) => readStoredSession(store, id)));
   await Promise.all(
     sessions.map((session) => {
       const loginId = session?.[SESSION_KEY]?.login?.id;
