@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { mountApp, startStack, type Stack } from '../helpers/app.js';
 import { unpackTokens } from '../../lib/tokens.js';
-import { Browser } from '../helpers/browser.js';
+import { Browser, type BrowserResponse } from '../helpers/browser.js';
 import { logRevocations, tokenResponses, type RevocationLog } from '../helpers/provider.js';
 import { browserSessionId, editSession, plantTransaction, readSession } from '../helpers/security.js';
-import { tryRefresh, userinfoStatus } from '../logout/support.js';
+import { firstOnly, tryRefresh, userinfoStatus, withFailingCommand } from '../logout/support.js';
 import { inMode, installTokenStub, type TokenStub } from '../refresh/support.js';
 
 let stack: Stack;
@@ -305,13 +305,13 @@ describe('a callback that fails after the code exchange revokes the tokens it go
   afterAll(async () => failing.close());
 
   /** Runs a login and its callback: the answer, how long it took, and the token response the provider sent for the code. */
-  async function failedCallback(beforeCallback: () => void = () => undefined) {
+  /** A login whose callback fails; `during` runs the callback request (to fail a Redis command meanwhile, say). */
+  async function failedCallback(during: (callback: () => Promise<BrowserResponse>) => Promise<BrowserResponse> = (callback) => callback()) {
     const browser = json(new Browser());
     const pending = await browser.login(`${failing.appUrl}/login?returnTo=/me`, { stopAtCallback: isCallback });
-    beforeCallback();
     const exchanges = tokenResponses(failing.provider).length;
     const started = Date.now();
-    const res = await browser.request(pending.steps.at(-1)!.location!);
+    const res = await during(() => browser.request(pending.steps.at(-1)!.location!));
     const elapsed = Date.now() - started;
     const issued = tokenResponses(failing.provider).slice(exchanges);
     expect((await browser.request(`${failing.appUrl}/me`)).status).toBe(401);
@@ -446,23 +446,6 @@ describe('a callback that fails after the code exchange revokes the tokens it go
     return entries.some((entry) => entry?.tokens?.accessToken === accessToken);
   }
 
-  /** Once armed, makes the next Redis call of `command` whose first argument contains `keyPart` fail, once. */
-  function failOnce(command: 'exists' | 'set', keyPart: string) {
-    const redis = failing.redis as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
-    const original = redis[command]!.bind(redis);
-    let armed = false;
-    let failures = 0;
-    redis[command] = async (...args: unknown[]) => {
-      if (armed && String(args[0]).includes(keyPart)) {
-        armed = false;
-        failures++;
-        throw new Error('Connection is closed.');
-      }
-      return original(...args);
-    };
-    return { arm: () => void (armed = true), undo: () => void (redis[command] = original), failures: () => failures };
-  }
-
   test('Redis fails to index the login for back-channel logout: 503, the tokens are revoked and no login is left', async () => {
     const redis = failing.redis as unknown as { multi: (...args: unknown[]) => { sadd: (...a: unknown[]) => unknown; exec: () => Promise<unknown> } };
     const multi = redis.multi.bind(redis);
@@ -499,18 +482,18 @@ describe('a callback that fails after the code exchange revokes the tokens it go
     ['Redis fails to save the session', 'set', ':sess:'],
     ['Redis cannot say whether a back-channel logout came during the login', 'exists', 'logout:ended:'],
   ] as const)('%s: 503, the tokens are revoked and no login is left', async (_case, command, keyPart) => {
-    const failure = failOnce(command, keyPart);
     const before = revocations.answered;
-    try {
-      const { res, issued } = await failedCallback(failure.arm);
-      expect(res.status).toBe(503);
-      expect(JSON.parse(res.body)).toMatchObject({ error: 'session_unavailable' });
-      await expectRevoked(issued, before);
-      expect(await liveLoginWith(issued[0]!.access_token)).toBe(false);
-    } finally {
-      failure.undo();
-    }
-    expect(failure.failures()).toBe(1);
+    let failures = 0;
+    const { res, issued } = await failedCallback(async (callback) => {
+      const failed = await withFailingCommand(failing.redis, command, callback, firstOnly((args) => String(args[0]).includes(keyPart)));
+      failures = failed.failures;
+      return failed.result;
+    });
+    expect(failures).toBe(1);
+    expect(res.status).toBe(503);
+    expect(JSON.parse(res.body)).toMatchObject({ error: 'session_unavailable' });
+    await expectRevoked(issued, before);
+    expect(await liveLoginWith(issued[0]!.access_token)).toBe(false);
   });
 
   test('an ID token refused inside the exchange (a wrong nonce): 400 invalid_id_token, and the tokens it came with are revoked', async () => {
@@ -604,21 +587,12 @@ describe('signing in again over a login', () => {
     const oldToken = unpackTokens(before.tokens)!.accessToken;
     expect(await userinfoStatus(stack.provider.issuer, oldToken)).toBe(200);
     // The tombstone's write (a script on the old login's token key) fails once.
-    const redis = stack.redis as unknown as { eval: (...args: unknown[]) => Promise<unknown> };
-    const original = redis.eval;
-    let failures = 0;
-    redis.eval = async (...args: unknown[]) => {
-      if (failures === 0 && String(args[2]).endsWith(`tokens:${before.id}`)) {
-        failures++;
-        throw new Error('Connection is closed.');
-      }
-      return original.apply(stack.redis, args);
-    };
-    try {
-      await signInAgain(browser, 'sven');
-    } finally {
-      redis.eval = original;
-    }
+    const { failures } = await withFailingCommand(
+      stack.redis,
+      'eval',
+      () => signInAgain(browser, 'sven'),
+      firstOnly((args) => String(args[2]).endsWith(`tokens:${before.id}`)),
+    );
 
     expect(failures).toBe(1);
     const after = await loginOf(browser);

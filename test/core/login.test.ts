@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { NextFunction, Request, Response } from 'express';
 import { startStack, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
+import { firstOnly, withFailingCommand } from '../logout/support.js';
 
 let stack: Stack;
 /** What the app's `onError` saw of each error: its code, and the library's session state at that moment. */
@@ -116,30 +117,16 @@ describe('GET /login', () => {
     expect(browser.cookie('127.0.0.1', 'connect.sid')).toBeUndefined();
   });
 
-  /** Makes the next session write (a Redis SET of a session key) fail, once. */
-  function failNextSessionWrite(): { undo(): void; failures(): number } {
-    const redis = stack.redis as unknown as { set: (...args: unknown[]) => Promise<unknown> };
-    const original = redis.set;
-    let failures = 0;
-    redis.set = async (...args: unknown[]) => {
-      if (failures === 0 && String(args[0]).startsWith(stack.sessionPrefix)) {
-        failures++;
-        throw new Error('Connection is closed.');
-      }
-      return original.apply(stack.redis, args);
-    };
-    return { undo: () => void (redis.set = original), failures: () => failures };
-  }
-
   /** `GET /login` (as an API client) while the session write it makes fails, once; asserts that it did fail. */
   async function loginWhileSessionWriteFails(browser: Browser, returnTo: string) {
-    const failure = failNextSessionWrite();
-    try {
-      return await browser.request(`${stack.appUrl}/login?returnTo=${returnTo}`, { headers: { accept: 'application/json' } });
-    } finally {
-      failure.undo();
-      expect(failure.failures()).toBe(1);
-    }
+    const { result, failures } = await withFailingCommand(
+      stack.redis,
+      'set',
+      () => browser.request(`${stack.appUrl}/login?returnTo=${returnTo}`, { headers: { accept: 'application/json' } }),
+      firstOnly((args) => String(args[0]).startsWith(stack.sessionPrefix)),
+    );
+    expect(failures).toBe(1);
+    return result;
   }
 
   test.each([

@@ -169,7 +169,7 @@ export async function userinfoStatus(issuer: string, accessToken: string): Promi
  */
 export async function withFailingCommand<T>(
   redis: Redis,
-  command: 'eval' | 'srem' | 'smembers' | 'set' | 'del',
+  command: 'eval' | 'srem' | 'smembers' | 'set' | 'del' | 'exists',
   use: () => Promise<T>,
   applies: (args: unknown[]) => boolean = () => true,
 ): Promise<{ result: T; failures: number }> {
