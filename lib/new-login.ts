@@ -20,7 +20,7 @@ import {
 } from './session.js';
 import { indexLogin, subjectOf, type LoginSubject, type SessionIndex } from './session-index.js';
 import { storeUnavailable } from './store-errors.js';
-import { endedLoginTtl, newestTokens, sessionTtlSeconds } from './token-store.js';
+import { loginLifetimeSeconds, newestTokens, sessionTtlSeconds } from './token-store.js';
 import { sessionCopy, type StoredTokens } from './tokens.js';
 import type { Transaction } from './transaction.js';
 import { loadUser } from './user.js';
@@ -123,7 +123,7 @@ export async function endReplacedLogin(runtime: Runtime, req: Request, configura
  */
 export async function completeLogin(runtime: Runtime, req: Request, created: NewLogin): Promise<void> {
   const { session } = created;
-  const indexed = await indexLogin(runtime.sessionIndex, runtime.config, session);
+  const indexed = await indexLogin(runtime.sessionIndex, loginLifetimeSeconds(runtime.config, created.ttlSeconds), session);
   await saveSession(session);
   const index = runtime.sessionIndex;
   if (!indexed || index === undefined) return;
@@ -163,7 +163,7 @@ function loginSubjectOf({ login, exchangedAt }: NewLogin): LoginSubject {
  * session saved back could live), and its session destroyed.
  */
 async function endLogin(runtime: Runtime, { login, ttlSeconds }: NewLogin, destroy: () => Promise<void>): Promise<void> {
-  await Promise.allSettled([runtime.tokenStore.end(login.id, endedLoginTtl(runtime.config, ttlSeconds)), destroy()]);
+  await Promise.allSettled([runtime.tokenStore.end(login.id, loginLifetimeSeconds(runtime.config, ttlSeconds)), destroy()]);
 }
 
 /**

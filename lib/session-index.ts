@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
-import type { ResolvedConfig } from './options.js';
 import { writableState, type SessionWithState } from './session.js';
 import { storeUnavailable } from './store-errors.js';
 
@@ -182,18 +181,17 @@ function failedReply(replies: Array<[Error | null, unknown]> | null): void {
 }
 
 /**
- * Indexes the login just written to `session` (at the callback, after the session id was rotated), and says whether it
- * did. When Redis fails, the login is removed again before the error leaves: a login that back-channel logout could
- * not find must not exist.
+ * Indexes the login just written to `session` (at the callback, after the session id was rotated) for `ttlSeconds`
+ * (`loginLifetimeSeconds`: as long as its session can live), and says whether it did. When Redis fails, the login is
+ * removed again before the error leaves: a login that back-channel logout could not find must not exist.
  */
-export async function indexLogin(index: SessionIndex | undefined, config: ResolvedConfig, session: SessionWithState): Promise<boolean> {
+export async function indexLogin(index: SessionIndex | undefined, ttlSeconds: number, session: SessionWithState): Promise<boolean> {
   const state = writableState(session);
   if (index === undefined || state.login === undefined) return false;
   const subject = subjectOf(state.login.claims);
   if (subject.sid === undefined && subject.sub === undefined) return false;
-  const cookieTtl = typeof session.cookie.originalMaxAge === 'number' ? Math.ceil(session.cookie.originalMaxAge / 1000) : 0;
   try {
-    await index.add(session.id, subject, Math.max(config.sessionIndexTtl, cookieTtl));
+    await index.add(session.id, subject, ttlSeconds);
   } catch (err) {
     delete state.login;
     throw storeUnavailable(err, 'Redis is unavailable; the sign-in was not completed. Try again.');

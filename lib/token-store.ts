@@ -47,7 +47,7 @@ export interface TokenStore {
 export const FINAL_VERSION = Number.MAX_SAFE_INTEGER;
 
 /** connect-redis's TTL when neither the store's `ttl` nor the cookie say otherwise. */
-export const DEFAULT_SESSION_TTL_SECONDS = 86_400;
+const DEFAULT_SESSION_TTL_SECONDS = 86_400;
 
 /**
  * The newest tokens of a login whose store entry was just ended (`entry`: what `end()` returned): the store's set when
@@ -58,13 +58,13 @@ export function newestTokens(entry: StoreEntry | undefined, login: LoginState): 
 }
 
 /**
- * How long the tombstone of a login ended outside its own request lasts (a back-channel logout, a failed or logged-out
- * callback), in seconds: at least `sessionTtl`, what a copy of the login's session saved back now would live (a request
- * in flight that saves it after the logout gives it a full `maxAge`; a tombstone gone before it would let that copy
- * refresh again from its session's tokens), and at least `sessionIndexTtl`, as long as a back-channel logout could
- * find one of the login's sessions.
+ * How long what a back-channel logout needs of a login lasts, in seconds: its index entries (so that the logout can find
+ * its session) and the tombstone of a login ended outside its own request (a back-channel logout, a failed or
+ * logged-out callback). At least `sessionTtl`, how long the login's session lives in its store once saved (a copy that
+ * a request in flight saves back after the logout gets that too, and must find the tombstone for as long as it lives),
+ * and at least `sessionIndexTtl`.
  */
-export function endedLoginTtl(config: ResolvedConfig, sessionTtl: number): number {
+export function loginLifetimeSeconds(config: ResolvedConfig, sessionTtl: number): number {
   return Math.max(config.sessionIndexTtl, sessionTtl);
 }
 
@@ -91,10 +91,10 @@ export function sessionTtlSeconds(req: Request): number {
  * {@link sessionTtlSeconds} for a session read from the store (another browser's, as a back-channel logout reads it):
  * what it would live if a request that loaded it saved it back now, with its cookie reset to a full `maxAge`.
  */
-export function storedSessionTtlSeconds(store: unknown, session: SessionLike | null | undefined): number {
+export function storedSessionTtlSeconds(store: unknown, session: SessionLike | undefined): number {
   const maxAge = session?.cookie?.originalMaxAge;
   const touched = typeof maxAge === 'number' ? { ...session, cookie: { ...session?.cookie, expires: new Date(Date.now() + maxAge) } } : session;
-  return storeTtlSeconds(store, touched ?? undefined);
+  return storeTtlSeconds(store, touched);
 }
 
 function storeTtlSeconds(store: unknown, session: SessionLike | undefined): number {

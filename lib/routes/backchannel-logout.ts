@@ -8,7 +8,7 @@ import { issuerKey, type Runtime } from '../runtime.js';
 import { destroyStoredSession, readStoredSession, SESSION_KEY } from '../session.js';
 import { storeUnavailable } from '../store-errors.js';
 import type { SessionIndex } from '../session-index.js';
-import { endedLoginTtl, storedSessionTtlSeconds } from '../token-store.js';
+import { loginLifetimeSeconds, storedSessionTtlSeconds } from '../token-store.js';
 import { nowSeconds } from '../tokens.js';
 import { sanitisedCause } from '../upstream.js';
 
@@ -72,7 +72,7 @@ async function endLogins(runtime: Runtime, index: SessionIndex, store: Store, id
   await Promise.all(
     sessions.map((session) => {
       const loginId = session?.[SESSION_KEY]?.login?.id;
-      return loginId === undefined ? undefined : runtime.tokenStore.end(loginId, endedLoginTtl(runtime.config, storedSessionTtlSeconds(store, session)));
+      return loginId === undefined ? undefined : runtime.tokenStore.end(loginId, loginLifetimeSeconds(runtime.config, storedSessionTtlSeconds(store, session)));
     }),
   );
 }

@@ -148,6 +148,18 @@ describe('the back-channel index of a session that outlives sessionIndexTtl', ()
       await long.close();
     }
   });
+
+  test("lives as long as connect-redis keeps a session without maxAge (its ttl, a day), when that is longer", async () => {
+    const short = await startStack({ auth: { sessionIndexTtl: 60 } });
+    try {
+      await short.browser.login(`${short.appUrl}/login?returnTo=/me`);
+      const subKeys = await short.redis.keys(`${short.authOptions.keyPrefix}logout:sub:*`);
+      expect(subKeys).toHaveLength(1);
+      expect(await short.redis.ttl(subKeys[0]!)).toBeGreaterThan(24 * 60 * 60 - 60);
+    } finally {
+      await short.close();
+    }
+  });
 });
 
 describe('a session cookie set with its own Path and Domain', () => {
