@@ -10,6 +10,7 @@ import { backchannelLogoutRoute, backchannelMethodNotAllowed } from './routes/ba
 import { logoutMethodNotAllowed, logoutRoute } from './routes/logout.js';
 import { postLogoutRoute } from './routes/post-logout.js';
 import { createRuntime } from './runtime.js';
+import { createSaveCheck } from './save-check.js';
 import { requireSession } from './session.js';
 import { checkSessionCookie, uninitializedSessionProbe } from './warnings.js';
 
@@ -30,6 +31,9 @@ function mountedUnderPath(baseUrl: string): AuthError {
  * Options are validated here, once: a mistake throws a `TypeError` at startup. An insecure express-session setup
  * (`saveUninitialized: true`; in production a cookie without `Secure`, or the MemoryStore; …) is reported once per
  * process through `process.emitWarning` (type `ExpressOAuthPkceWarning`) as soon as requests show it.
+ * The session store `req.sessionStore` names gets its `set` wrapped at the first request (once per store): each write
+ * of a session holding a login is followed by one token-store read, and a session a logout destroyed meanwhile is
+ * destroyed again (README, "Requests in flight").
  *
  * @example
  * ```ts
@@ -59,6 +63,7 @@ export function auth(options: AuthOptions): Router {
       ? undefined
       : backchannelLogoutRoute(runtime, runtime.sessionIndex, createLogoutTokenVerifier(config, runtime.server, runtime.keys));
   const probeSession = uninitializedSessionProbe();
+  const checkSavesOf = createSaveCheck(runtime.tokenStore);
 
   // AuthErrors become clean 4xx/5xx answers here; anything else goes on to the app's error handling.
   function renderAuthError(err: unknown, req: Request, res: Response, next: NextFunction): void {
@@ -111,6 +116,7 @@ export function auth(options: AuthOptions): Router {
       renderAuthError(err, req, res, next);
       return;
     }
+    checkSavesOf(req.sessionStore);
     req.auth = new RequestAuth(req, runtime);
     if (path === config.callbackPath) {
       if (req.method === 'GET') return run(callback, req, res, next);

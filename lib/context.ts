@@ -3,8 +3,8 @@ import { AuthError, AuthErrorCode } from './errors.js';
 import { fetchResource, resourceRequest, type ResourceRequestInit } from './resource.js';
 import { endsLogin, needsRefresh } from './refresh.js';
 import type { Runtime } from './runtime.js';
-import { afterEachSave, destroyStoredSession, readState, type LoginState, type SessionWithState } from './session.js';
-import { FINAL_VERSION, sessionTtlSeconds } from './token-store.js';
+import { readState, type LoginState } from './session.js';
+import { sessionTtlSeconds } from './token-store.js';
 import { publicTokens, sessionCopy, unpackTokens, type StoredTokens, type TokenSet } from './tokens.js';
 
 /**
@@ -130,9 +130,6 @@ declare global {
   }
 }
 
-// Sessions whose saves already end with the check of #endIfLoggedOutMeanwhile: one check per save, however many copies.
-const checkedSaves = new WeakSet<object>();
-
 /** @internal The per-request `req.auth`. Cheap to build: every getter reads the session lazily. */
 export class RequestAuth implements AuthContext {
   readonly #req: Request;
@@ -218,8 +215,9 @@ export class RequestAuth implements AuthContext {
       // A new version goes into the session; so does the current one when the session's copy could not be read.
       if (state?.login?.id === login.id && ((state.login.version ?? 1) !== record.v || unpackTokens(state.login.tokens) === undefined)) {
         const { claims: _previous, ...rest } = state.login;
+        // express-session saves the session as the response ends; a logout meanwhile is caught after that save
+        // (save-check.ts), as after any other write of a session that holds a login.
         state.login = { ...rest, tokens: sessionCopy(record.tokens), version: record.v, ...(record.claims === undefined ? {} : { claims: record.claims }) };
-        this.#endIfLoggedOutMeanwhile(login.id);
       }
       return record.tokens;
     } catch (err) {
@@ -229,27 +227,6 @@ export class RequestAuth implements AuthContext {
       }
       throw err;
     }
-  }
-
-  /**
-   * The session copy just written makes express-session save the whole session as the response ends, and a logout
-   * (`POST /logout`, back-channel, in any process) may have destroyed the session meanwhile: the app's answer can take
-   * long (an API call with the new token), and that save would bring the ended login back, claims, tokens and all.
-   * Every such logout writes its final tombstone before it destroys the session, so once that save is done, a final
-   * tombstone means the session was (or is being) destroyed: destroyed again, after the save. One token-store read per
-   * request that wrote a copy (a refresh, a repaired copy); none on the hot path.
-   */
-  #endIfLoggedOutMeanwhile(loginId: string): void {
-    const session = (this.#req as { session?: SessionWithState }).session;
-    if (session === undefined || checkedSaves.has(session)) return;
-    checkedSaves.add(session);
-    const sessionId = session.id;
-    const store = this.#req.sessionStore;
-    const { tokenStore } = this.#runtime;
-    afterEachSave(session, async () => {
-      const entry = await tokenStore.read(loginId);
-      if (entry?.ended && entry.v === FINAL_VERSION) await destroyStoredSession(store, sessionId);
-    });
   }
 
   toJSON(): { isAuthenticated: boolean } {

@@ -19,6 +19,7 @@ import {
   type SessionWithState,
 } from './session.js';
 import { indexLogin, subjectOf, type LoginSubject, type SessionIndex } from './session-index.js';
+import { checkedElsewhere } from './save-check.js';
 import { storeUnavailable } from './store-errors.js';
 import { loginLifetimeSeconds, newestTokens, sessionTtlSeconds } from './token-store.js';
 import { sessionCopy, type StoredTokens } from './tokens.js';
@@ -123,6 +124,7 @@ export async function endReplacedLogin(runtime: Runtime, req: Request, configura
  */
 export async function completeLogin(runtime: Runtime, req: Request, created: NewLogin): Promise<void> {
   const { session } = created;
+  checkedElsewhere(session);
   const indexed = await indexLogin(runtime.sessionIndex, loginLifetimeSeconds(runtime.config, created.ttlSeconds), session);
   await saveSession(session);
   const index = runtime.sessionIndex;

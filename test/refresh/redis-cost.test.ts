@@ -105,6 +105,20 @@ test('getAccessToken() with a valid session copy costs no Redis command beyond e
   expect(withToken.filter((c) => c.includes(String(stack.authOptions.keyPrefix)))).toEqual([]);
 });
 
+test('a request that writes the session of a login reads its token-store entry once after the write; an anonymous one does not', async () => {
+  const browser = await loggedIn();
+  const login = await readLogin(stack, browser);
+
+  // /api/slow-write adds the app's own data to the session, so express-session writes it (SET) as the response ends.
+  const written = await commandsDuring(async () => expect((await getJson(browser, `${stack.appUrl}/api/slow-write`)).status).toBe(200));
+  const anonymous = await commandsDuring(async () => expect((await getJson(new Browser(), `${stack.appUrl}/api/slow-write`)).status).toBe(200));
+
+  // The read looks for a logout's tombstone: the session may have been destroyed while the request was at work.
+  expect(written.map((c) => c.split(' ')[0]?.toLowerCase())).toEqual(['get', 'set', 'get']);
+  expect(written[2]).toBe(`get ${String(stack.authOptions.keyPrefix)}tokens:${login.id}`);
+  expect(anonymous.map((c) => c.split(' ')[0]?.toLowerCase())).toEqual(['set']);
+});
+
 test('a login writes the token store once, with the key prefix and a TTL', async () => {
   const browser = new Browser();
   const loginCommands = await commandsDuring(async () => expect((await browser.login(`${stack.appUrl}/login?returnTo=/me`)).status).toBe(200));
