@@ -15,7 +15,7 @@
  * it exceeds {@link MAX_ANSWER_BYTES}), the signal's reason when it aborts. `req.auth.fetch()` and `fetchUser`'s `fetch`
  * stay Node's fetch: their answers are the app's, streamed.
  */
-import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { promisify } from 'node:util';
 import { brotliDecompress, unzip } from 'node:zlib';
@@ -35,6 +35,12 @@ export interface ServerRequest {
  * gigabytes) must not fill the process's memory before anything could refuse it.
  */
 export const MAX_ANSWER_BYTES = 1024 * 1024;
+
+/**
+ * How many kept-alive connections that turn out closed one request may try before it fails: each try drops a dead
+ * connection from the agent's pool, and a request that met this many has met a server that resets more than idle ones.
+ */
+const MAX_STALE_CONNECTIONS = 4;
 
 const decoder = new TextDecoder();
 const inflate = promisify(unzip);
@@ -158,39 +164,60 @@ export function serverFetch(url: string, options: ServerRequest = {}): Promise<R
     };
 
     const send = target.protocol === 'https:' ? httpsRequest : httpRequest;
-    const request = send(target, { method: options.method ?? 'GET', headers }, (res) => {
-      const chunks: Buffer[] = [];
-      let received = 0;
-      const refuse = () => {
-        fail(new TypeError('terminated', { cause: new AnswerTooLarge() }));
-        request.destroy();
-      };
-      if (Number(res.headers['content-length']) > MAX_ANSWER_BYTES) return refuse();
-      res.on('data', (chunk: Buffer) => {
-        received += chunk.byteLength;
-        if (received > MAX_ANSWER_BYTES) return refuse();
-        chunks.push(chunk);
+    let request: ClientRequest;
+    const attempt = (reusedBefore: number) => {
+      let answered = false;
+      const current = send(target, { method: options.method ?? 'GET', headers }, (res) => {
+        answered = true;
+        const chunks: Buffer[] = [];
+        let received = 0;
+        const refuse = () => {
+          fail(new TypeError('terminated', { cause: new AnswerTooLarge() }));
+          current.destroy();
+        };
+        if (Number(res.headers['content-length']) > MAX_ANSWER_BYTES) return refuse();
+        res.on('data', (chunk: Buffer) => {
+          received += chunk.byteLength;
+          if (received > MAX_ANSWER_BYTES) return refuse();
+          chunks.push(chunk);
+        });
+        res.on('error', (err) => fail(new TypeError('terminated', { cause: err })));
+        res.on('close', () => {
+          if (!res.complete) fail(new TypeError('terminated', { cause: new Error('The connection closed before the answer was complete.') }));
+        });
+        res.on('end', () => {
+          decoded(Buffer.concat(chunks), res.headers['content-encoding']).then(
+            (bytes) => settle(() => {
+              try {
+                resolve(responseOf(res, bytes));
+              } catch (err) {
+                // A status fetch refuses (outside 200–599).
+                reject(new TypeError('fetch failed', { cause: err }));
+              }
+            }),
+            (err: unknown) => fail(new TypeError('terminated', { cause: err })),
+          );
+        });
       });
-      res.on('error', (err) => fail(new TypeError('terminated', { cause: err })));
-      res.on('close', () => {
-        if (!res.complete) fail(new TypeError('terminated', { cause: new Error('The connection closed before the answer was complete.') }));
+      request = current;
+      current.on('error', (err) => {
+        // A kept-alive connection that the server closed while it sat idle, just as this request went out on it (the
+        // agent and the server each time idle connections out; the server's close can cross the request). Sent again,
+        // as Node's documentation of `request.reusedSocket` shows: the server closed for being idle and never read the
+        // request; in the rare case that it read it and failed, a second try ends no worse than the lost answer (a spent
+        // code or refresh token is refused). Each failed connection leaves the agent's pool; a fresh one that fails is
+        // the server's answer.
+        const code = (err as { code?: unknown }).code;
+        if (!answered && !settled && current.reusedSocket && (code === 'ECONNRESET' || code === 'EPIPE') && reusedBefore < MAX_STALE_CONNECTIONS) {
+          attempt(reusedBefore + 1);
+          return;
+        }
+        // Node reports a connection lost mid-answer here first: the answer was cut off, as fetch says it.
+        fail(new TypeError(answered ? 'terminated' : 'fetch failed', { cause: err }));
       });
-      res.on('end', () => {
-        decoded(Buffer.concat(chunks), res.headers['content-encoding']).then(
-          (bytes) => settle(() => {
-            try {
-              resolve(responseOf(res, bytes));
-            } catch (err) {
-              // A status fetch refuses (outside 200–599).
-              reject(new TypeError('fetch failed', { cause: err }));
-            }
-          }),
-          (err: unknown) => fail(new TypeError('terminated', { cause: err })),
-        );
-      });
-    });
-    request.on('error', (err) => fail(new TypeError('fetch failed', { cause: err })));
+      current.end(body);
+    };
     signal?.addEventListener('abort', onAbort, { once: true });
-    request.end(body);
+    attempt(0);
   });
 }

@@ -121,6 +121,61 @@ describe('serverFetch', () => {
     await expect(serverFetch('ftp://127.0.0.1/')).rejects.toThrow(expect.objectContaining({ message: 'fetch failed' }));
   });
 
+  test('a kept-alive connection that the server resets as the request goes out is tried again on a new connection; a new one that fails is not', async () => {
+    // Requests served so far on each connection: a reset on one that served before is what a server's idle timeout
+    // crossing the request looks like from here (the agent keeps connections alive).
+    const served = new WeakMap<object, number>();
+    const attempts: Array<{ method?: string; body: string; reused: boolean }> = [];
+    let reset: 'none' | 'reused' | 'all' | 'mid-answer' = 'none';
+    handler = (req, res, body) => {
+      const before = served.get(req.socket) ?? 0;
+      served.set(req.socket, before + 1);
+      attempts.push({ method: req.method, body, reused: before > 0 });
+      if (reset === 'mid-answer') {
+        res.writeHead(200, { 'content-length': '100' });
+        res.write('{"access_token":');
+        setTimeout(() => req.socket.resetAndDestroy(), 20);
+        return;
+      }
+      if (reset === 'all' || (reset === 'reused' && before > 0)) {
+        req.socket.resetAndDestroy();
+        return;
+      }
+      res.end('ok');
+    };
+    expect(await (await serverFetch(`${server.url}/warm`)).text()).toBe('ok');
+
+    reset = 'reused';
+    attempts.length = 0;
+    const response = await serverFetch(`${server.url}/token`, { method: 'POST', body: new URLSearchParams({ code: 'c' }) });
+    expect([response.status, await response.text()]).toEqual([200, 'ok']);
+    // The same request twice: on the kept-alive connection (reset), then on a new one, answered.
+    expect(attempts).toEqual([
+      { method: 'POST', body: 'code=c', reused: true },
+      { method: 'POST', body: 'code=c', reused: false },
+    ]);
+
+    reset = 'all';
+    attempts.length = 0;
+    const failed = await serverFetch(`${server.url}/token`, { method: 'POST', body: 'x' }).catch((err: unknown) => err);
+    expect(failed).toMatchObject({ name: 'TypeError', message: 'fetch failed', cause: { code: 'ECONNRESET' } });
+    // The kept-alive connection left by the answer above, then one new connection, whose reset is the answer.
+    expect(attempts.map((a) => a.reused)).toEqual([true, false]);
+
+    // A reset once the answer has begun: the server read the request and acted on it, so it is never sent again.
+    reset = 'none';
+    expect(await (await serverFetch(`${server.url}/warm`)).text()).toBe('ok');
+    reset = 'mid-answer';
+    attempts.length = 0;
+    const cut = await serverFetch(`${server.url}/token`, { method: 'POST', body: 'x' }).catch((err: unknown) => err);
+    expect(cut).toMatchObject({ name: 'TypeError', message: 'terminated', cause: { code: 'ECONNRESET' } });
+    // Node reports the reset to the request before the answer's end: a second try would be on its way now, and reach
+    // the server before a request sent after it.
+    reset = 'none';
+    expect(await (await serverFetch(`${server.url}/after`)).text()).toBe('ok');
+    expect(attempts.map((a) => a.method)).toEqual(['POST', 'GET']);
+  });
+
   test('verifies the server certificate over https: a self-signed one is refused before anything is sent', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'server-fetch-'));
     let received = 0;

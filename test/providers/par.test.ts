@@ -230,7 +230,9 @@ describe('a PAR endpoint that fails after a transaction is already pending', () 
     const calls = pushed;
     const second = await app.browser.request(`${app.url}/login`, { headers: { accept: 'application/json' } });
 
-    expect(pushed).toBe(calls + 1);
+    // Dropped without an answer on the kept-alive connection of the first push, which is what the server closing an
+    // idle connection as the request goes out looks like: sent once more, on a new connection, dropped again.
+    expect(pushed).toBe(calls + (failure === 'drop' ? 2 : 1));
     expect(second.status).toBe(status);
     expect(JSON.parse(second.body)).toMatchObject({ error: code });
     expect(await pending()).toBe(before);
