@@ -190,6 +190,8 @@ describe('auth() options', () => {
     ['token_endpoint_auth_method', 'clientAuthMethod'],
     ['post_logout_redirect_uri', 'postLogoutRedirect'],
     ['redirect', 'redirectUri'],
+    // Two pairs of swapped letters: two edits, not four, so still within reach of a guess.
+    ['cleint_secert', 'clientSecret'],
   ])('unknown option `%s`: did you mean `%s`?', (name, meant) => {
     expect(attempt({ [name]: 'x' })).toThrow(`unknown option \`${name}\` (did you mean \`${meant}\`?)`);
   });
@@ -207,6 +209,8 @@ describe('auth() options', () => {
 
   test('a name like no option gets no guess', () => {
     expect(attempt({ colour: 'blue' })).toThrow(/unknown option `colour`\. Known options:/);
+    // Two edits from `dpop`: for a name this short that is no likeness, and "did you mean `dpop`" would mislead.
+    expect(attempt({ app: {} })).toThrow(/unknown option `app`\. Known options:/);
   });
 
   test('a non-object is refused', () => {
