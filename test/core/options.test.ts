@@ -61,6 +61,9 @@ describe('auth() options', () => {
     ['unknown route', { routes: { callback: '/cb' } }, [], /unknown route `routes.callback`/],
     ['route that is not a path', { routes: { login: 'login' } }, [], /routes.login` must be a plain path/],
     ['route with a pattern', { routes: { login: '/login/:id' } }, [], /routes.login` must be a plain path/],
+    // At '/', the logout route would answer every visit to the home page with 405 and take every form posted there.
+    ['route at the root', { routes: { logout: '/' } }, [], /routes.logout` must be a plain path/],
+    ['route with an empty segment', { routes: { login: '//login' } }, [], /routes.login` must be a plain path/],
     ['colliding routes', { routes: { login: '/callback' } }, [], /^express-oauth-pkce: `routes.login` and the callback path of `redirectUri` are both '\/callback': the route paths must differ/],
     ['three colliding routes', { routes: { login: '/auth', logout: '/auth' }, redirectUri: 'https://app.example.com/auth' }, [], /`routes.login`, `routes.logout` and the callback path of `redirectUri` are all '\/auth'/],
     // As written: parsing would add a '/' to the bare origin.
@@ -142,6 +145,7 @@ describe('auth() options', () => {
   // server that compares exactly (RFC 9700 §4.1.3). The message gives the form to register and configure.
   test.each<[string, string]>([
     ['https://App.Example.com:443/cb', 'https://app.example.com/cb'],
+    ['https://App.example.com/callback', 'https://app.example.com/callback'],
     ['https://app.example.com/call back', 'https://app.example.com/call%20back'],
     ['https://app.example.com/auth/../callback', 'https://app.example.com/callback'],
     [' https://app.example.com/callback', 'https://app.example.com/callback'],
@@ -259,6 +263,9 @@ describe('auth() options: unsafe or broken values that must not start', () => {
     ['an infinite httpTimeout', { httpTimeout: Number.POSITIVE_INFINITY }, [], /`httpTimeout` must be a non-negative number of milliseconds/],
     ['a clockTolerance that is NaN', { clockTolerance: Number.NaN }, [], /`clockTolerance` must be a non-negative number of seconds/],
     ['a keyPrefix that is not a string', { keyPrefix: 7 }, [], /`keyPrefix` must be a string/],
+    // RFC 6749 §3.3 leaves '"' and '\' out of scope tokens: a server would refuse the login with invalid_scope.
+    ['a scope with a double quote', { scope: 'openid "email"' }, [], /`scope` must be space-separated scope tokens/],
+    ['a scope with a backslash', { scope: 'openid read\\write' }, [], /`scope` must be space-separated scope tokens/],
     ['routes as an array', { routes: ['/login'] }, [], /`routes` must be an object/],
     ['authorizationParams as an array', { authorizationParams: [['prompt', 'login']] }, [], /`authorizationParams` must be an object of string values/],
     ['a max_age too large to compare', { authorizationParams: { max_age: '9'.repeat(20) } }, [], /max_age` must be a whole number of seconds/],
