@@ -81,6 +81,8 @@ describe('logout options', () => {
     ['a tiny sessionIndexTtl', { sessionIndexTtl: 5 }, /sessionIndexTtl/],
     ['a postLogout path equal to the logout path', { idpLogout: true, routes: { postLogout: '/logout' } }, /`routes.logout` \(by default\) and `routes.postLogout` are both '\/logout': the route paths must differ/],
     ['an unknown route', { routes: { logoutCallback: '/x' } }, /unknown route `routes.logoutCallback`/],
+    // The back-channel route takes only POSTs from the server: a browser landing there after logout would get a 405 page.
+    ['postLogoutRedirect on the back-channel logout route', { redis, postLogoutRedirect: '/backchannel-logout' }, /`postLogoutRedirect` '\/backchannel-logout' is the `routes.backchannelLogout` path/],
   ])('%s is refused at startup', (_name, extra, message) => {
     expect(() => resolveOptions({ ...base, ...extra })).toThrow(message);
   });
