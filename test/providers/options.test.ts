@@ -72,6 +72,25 @@ describe('privateKey', () => {
     expect(config.privateKey).toMatchObject({ kid: 'rsa', alg: 'PS256', audience: 'token_endpoint' });
   });
 
+  // A server that registered the key for one algorithm refuses assertions signed with another (invalid_client at the
+  // first login): the one the key names, or the only one its curve allows, is what it signs with.
+  test('the algorithm a JWK names is kept; an EC or OKP key signs with the algorithm of its curve', async () => {
+    const { privateJwk } = await clientKeyPair('RS256', 'rsa');
+    const named = resolveOptions({ ...base, issuer: 'https://idp.example.com', privateKey: { ...privateJwk, alg: 'PS384' } });
+    expect(named.privateKey?.alg).toBe('PS384');
+    const curves: Array<[string, string]> = [
+      ['P-256', 'ES256'],
+      ['P-384', 'ES384'],
+      ['P-521', 'ES512'],
+    ];
+    for (const [namedCurve, alg] of curves) {
+      const pem = generateKeyPairSync('ec', { namedCurve }).privateKey.export({ format: 'pem', type: 'pkcs8' }).toString();
+      expect(resolveOptions({ ...base, issuer: 'https://idp.example.com', privateKey: { key: pem, kid: namedCurve } }).privateKey?.alg).toBe(alg);
+    }
+    const ed25519 = generateKeyPairSync('ed25519').privateKey.export({ format: 'jwk' });
+    expect(resolveOptions({ ...base, issuer: 'https://idp.example.com', privateKey: { ...ed25519, kid: 'ed' } }).privateKey?.alg).toBe('EdDSA');
+  });
+
   test('mistakes are TypeErrors that never quote the key', async () => {
     const { privateJwk, publicJwk } = await clientKeyPair('RS256', 'k1');
     const { kid: _kid, ...withoutKid } = privateJwk;
