@@ -182,6 +182,7 @@ beforeAll(() => {
     ['strict-as-true-then-none', 'development'],
     ['development-defaults', 'development'],
     ['app-env-production', 'development'],
+    ['app-env-development', 'production'],
     ['app-uses-session', 'production'],
     ['returning-browser', 'development'],
     ['insecure-by-hand', 'production'],
@@ -266,6 +267,12 @@ test("sameSite: true is express-session's Strict and warns as such; another app'
 
 test('in development the MemoryStore, no Secure and no SameSite warn about nothing', async () => {
   expect(await codes('development-defaults')).toEqual([]);
+});
+
+// Express reads NODE_ENV into the env setting, and an app may set its own: that is what the README calls production.
+test("an app whose env setting is development is not production under NODE_ENV=production: the MemoryStore, no Secure and no SameSite warn about nothing", async () => {
+  expect(cookieAttributes((await report('app-env-development')).setCookies)).toEqual({ httpOnly: true, sameSite: undefined, secure: false });
+  expect(await codes('app-env-development')).toEqual([]);
 });
 
 test("production is what the app's env setting says, not only NODE_ENV; sameSite: false is no SameSite attribute", async () => {
