@@ -186,6 +186,7 @@ beforeAll(() => {
     ['app-uses-session', 'production'],
     ['returning-browser', 'development'],
     ['insecure-by-hand', 'production'],
+    ['insecure-all-https', 'production'],
   ] as const) {
     const running = runScenario(scenario, env);
     running.catch(() => undefined); // reported by the test that awaits it
@@ -223,10 +224,16 @@ test('allowInsecureRequests: true in production warns at startup, once per proce
   expect(insecure).toHaveLength(1);
   expect(insecure[0]!.message).toMatch(/`allowInsecureRequests: true` with NODE_ENV=production.*plain http.*\(http: here: http:\/\/localhost:\d+\/, http:\/\/127\.0\.0\.1:\d+\/callback\).*remove `allowInsecureRequests`/);
   expect((await report('recommended')).warnings.map((w) => w.code)).toContain(INSECURE_REQUESTS);
-  // A server by hand has no issuer to name: its endpoints are what travel over http.
+  // A server by hand has no issuer to name: its endpoints are what travel over http. Its https: endpoint is no news.
   const byHand = (await report('insecure-by-hand')).warnings.filter((w) => w.code === INSECURE_REQUESTS);
   expect(byHand).toHaveLength(1);
   expect(byHand[0]!.message).toMatch(/\(http: here: http:\/\/localhost:\d+\/auth, http:\/\/localhost:\d+\/token, http:\/\/127\.0\.0\.1:\d+\/callback\)/);
+  expect(byHand[0]!.message).not.toContain('https://idp.example.com/revoke');
+  // Every configured URL https: still warned, since the endpoints discovered later may be http:, and said so.
+  const allHttps = (await report('insecure-all-https')).warnings.filter((w) => w.code === INSECURE_REQUESTS);
+  expect(allHttps).toHaveLength(1);
+  expect(allHttps[0]!.message).toMatch(/with NODE_ENV=production.*\(every configured URL is https: now, but endpoints the metadata names may not be\)/);
+  expect(allHttps[0]!.message).not.toContain('http: here');
   expect((await report('strict')).warnings.map((w) => w.code)).not.toContain(INSECURE_REQUESTS);
   expect((await report('script-readable-cross-site')).warnings.map((w) => w.code)).not.toContain(INSECURE_REQUESTS);
 });
