@@ -210,6 +210,8 @@ test('production with saveUninitialized: true, no Secure, the MemoryStore and no
     'EXPRESS_OAUTH_PKCE_MEMORY_STORE',
     'EXPRESS_OAUTH_PKCE_SAVE_UNINITIALIZED',
   ]);
+  // Named as the library's TypeErrors and log lines are: a search of the logs for 'express-oauth-pkce' finds all three.
+  for (const warning of (await report('insecure')).warnings) expect(warning.message).toMatch(/^express-oauth-pkce: /);
   const messages = (await report('insecure')).warnings.map((w) => w.message).join('\n');
   // Actionable, and without a session id, cookie value or secret.
   expect(messages).toContain("secure: 'auto'");
