@@ -153,6 +153,31 @@ describe('refresh', () => {
     expect(JSON.stringify(answer.body)).not.toContain(refreshToken);
   });
 
+  test('an error code that echoes the refresh token keeps it redacted, as a description does', async () => {
+    // `error` is meant to be a fixed ASCII code, but a server can put anything there, and it reaches the message.
+    let refreshToken = '';
+    const answer = await refresh((form) => {
+      refreshToken = form.get('refresh_token') ?? '';
+      return json(400, { error: `invalid_request:${refreshToken}` });
+    });
+
+    expect(refreshToken).toMatch(/^stub-rt-/);
+    expect(answer.status).toBe(502);
+    expect(answer.body).toMatchObject({
+      error: 'refresh_failed',
+      error_description: 'The token endpoint refused the refresh: invalid_request:[redacted].',
+      upstream_error: 'invalid_request:[redacted]',
+    });
+  });
+
+  test('a JWE an error quotes (five parts: an encrypted ID token, say) is redacted whole, as a signed JWT is', async () => {
+    const jwe = [b64u('{"alg":"RSA-OAEP-256","enc":"A256GCM"}'), b64u('wrapped key'), b64u('iv'), b64u('ciphertext of the claims'), b64u('tag')].join('.');
+    const answer = await refresh(json(400, { error: 'invalid_request', error_description: `cannot use ${jwe} here` }));
+
+    expect(answer.status).toBe(502);
+    expect(answer.body).toMatchObject({ error: 'refresh_failed', upstream_error_description: 'cannot use [redacted] here' });
+  });
+
   test('a 200 answer with another error is a refusal that keeps the login: 502 refresh_failed naming the upstream error', async () => {
     const answer = await refresh(json(200, { error: 'unsupported_token_type', error_description: 'Not this one.' }));
 
@@ -215,6 +240,16 @@ describe('refresh', () => {
     expect(result.body).toMatchObject({ error: 'refresh_failed', error_description: 'The refresh response was refused: it is not JSON.' });
     // The cause still says what failed, without the body.
     expect(String(result.body.printed)).toContain('SyntaxError: invalid JSON');
+    expect(String(result.body.printed)).not.toContain(LEAK);
+    expect(await whoami()).toEqual({ isAuthenticated: true });
+  });
+
+  test("a body that is not JSON keeps where the parser stopped in the cause: its position, not the parser's quote", async () => {
+    const result = await refresh({ status: 200, type: 'application/json', body: `{"access_token":"stub-at" "refresh_token":"${LEAK}newRefreshToken"}` });
+
+    expect(result.status).toBe(502);
+    expect(result.body).toMatchObject({ error: 'refresh_failed', error_description: 'The refresh response was refused: it is not JSON.' });
+    expect(String(result.body.printed)).toMatch(/SyntaxError: invalid JSON at position \d+ \(the parser's message is withheld: it quotes the input\)/);
     expect(String(result.body.printed)).not.toContain(LEAK);
     expect(await whoami()).toEqual({ isAuthenticated: true });
   });
