@@ -15,7 +15,7 @@ import { inspectDeep } from '../helpers/security.js';
 import { appSlot, clearSessions, startStubServer, stubClientOptions, type AppSlot } from './support.js';
 
 /** A token-endpoint answer; `stall` sends the headers and half a body, then nothing; `reset` drops the connection after them. */
-type Answer = { status: number; type: string; body: string } | 'stall' | 'reset';
+type Answer = { status: number; type: string; body: string; headers?: Record<string, string> } | 'stall' | 'reset';
 
 let stub: Listener;
 let app: AppSlot;
@@ -38,7 +38,7 @@ function send(res: ServerResponse, answer: Answer): void {
     if (answer === 'reset') setTimeout(() => res.socket?.destroy(), 50);
     return;
   }
-  res.writeHead(answer.status, { 'content-type': answer.type, 'cache-control': 'no-store' }).end(answer.body);
+  res.writeHead(answer.status, { 'content-type': answer.type, 'cache-control': 'no-store', ...answer.headers }).end(answer.body);
 }
 
 function tokens(): Answer {
@@ -217,6 +217,26 @@ describe('refresh', () => {
     expect(result.status).toBe(502);
     expect(result.body).toMatchObject({ error: 'refresh_failed' });
     expect(String(result.body.error_description)).toMatch(/^The token endpoint refused this client/);
+    expect(await whoami()).toEqual({ isAuthenticated: true });
+  });
+
+  // openid-client throws on a challenge before reading the body: the challenge, and its status, are all there is.
+  test.each<[string, string, string, Record<string, string>]>([
+    ['without an error code', 'Basic realm="stub"', 'HTTP 401', {}],
+    [
+      'naming the error and its description',
+      'Basic realm="stub", error="invalid_client", error_description="client authentication failed"',
+      'invalid_client',
+      { upstream_error: 'invalid_client', upstream_error_description: 'client authentication failed' },
+    ],
+  ])('a 401 challenge (WWW-Authenticate) %s is the client refused, not the end of this login: 502 refresh_failed, the login is kept', async (_case, challenge, reason, upstream) => {
+    const result = await refresh({ status: 401, type: 'application/json', body: '{"error":"invalid_grant"}', headers: { 'www-authenticate': challenge } });
+
+    expect(result.status).toBe(502);
+    expect(result.body).toMatchObject({ error: 'refresh_failed', ...upstream });
+    expect(String(result.body.error_description)).toBe(
+      `The token endpoint refused this client (${reason}): check its credentials, authentication method and registration at the authorization server.`,
+    );
     expect(await whoami()).toEqual({ isAuthenticated: true });
   });
 
