@@ -116,3 +116,17 @@ test.each([
   const after = await app.browser.request(`${app.url}/whoami`);
   expect(JSON.parse(after.body)).toMatchObject({ isAuthenticated: false });
 });
+
+test('a challenge with another status than 401 and no error code is not blamed on the client: 400 token_exchange_failed', async () => {
+  // RFC 6749 §5.2 pairs a challenge with 401 for a client that failed to authenticate; on any other status it says
+  // nothing about the client's credentials, so the page must not send the operator to check them.
+  answer = { status: 400, type: 'application/json', body: '{}', headers: { 'www-authenticate': 'Bearer realm="stub"' } };
+  const result = await app.browser.follow(`${app.url}/login?returnTo=/whoami`);
+
+  expect(tokenRequests).toHaveLength(1);
+  expect(result.status).toBe(400);
+  expect(result.body).toContain('<code>token_exchange_failed</code>');
+  expect(/<p>(.*?)<\/p>/.exec(result.body)?.[1]).toMatch(/^The token response was refused: /);
+  const after = await app.browser.request(`${app.url}/whoami`);
+  expect(JSON.parse(after.body)).toMatchObject({ isAuthenticated: false });
+});
