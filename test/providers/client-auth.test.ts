@@ -1,6 +1,6 @@
 import { createPrivateKey, randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
-import { afterAll, beforeAll, beforeEach, describe, expect, test } from '@jest/globals';
+import { afterAll, beforeAll, beforeEach, describe, expect, jest, test } from '@jest/globals';
 import type { Redis } from 'ioredis';
 import type { ClientMetadata } from 'oidc-provider';
 import { decodeProtectedHeader, importJWK, jwtVerify } from 'jose';
@@ -208,6 +208,17 @@ describe('the advertised methods, checked without a provider', () => {
     );
   });
 
+  test('a server that lists no assertion algorithms takes private_key_jwt with any: there is no list to check against', async () => {
+    const { privateJwk } = await clientKeyPair('ES256', 'k1');
+    const listed = { ...metadata, token_endpoint_auth_methods_supported: ['private_key_jwt'] };
+
+    expect(() => checkClientAuthSupport(config({ privateKey: privateJwk }), listed)).not.toThrow();
+    // Control: a list without the key's algorithm is refused.
+    expect(() => checkClientAuthSupport(config({ privateKey: privateJwk }), { ...listed, token_endpoint_auth_signing_alg_values_supported: ['RS256'] })).toThrow(
+      expect.objectContaining({ code: 'discovery_failed' }),
+    );
+  });
+
   test('none is not checked: servers that take public clients often leave it out of their list', () => {
     const listed = { ...metadata, token_endpoint_auth_methods_supported: ['client_secret_basic', 'private_key_jwt'] };
     expect(() => checkClientAuthSupport(config({}), listed)).not.toThrow();
@@ -272,6 +283,20 @@ describe('the private_key_jwt assertion', () => {
     await (await clientAuthentication(config))(configuration.serverMetadata(), { client_id: 'app' }, body, new Headers());
 
     await expect(jwtVerify(body.get('client_assertion')!, await importJWK(publicJwk, 'RS256'), { audience: as.token_endpoint })).resolves.toBeDefined();
+  });
+
+  // The process holds the key for as long as it runs: a key object that cannot be exported cannot leak its private
+  // part through code that gets hold of it (a debugger, a dependency, a careless log).
+  test('signs with a non-extractable key', async () => {
+    const { privateJwk } = await clientKeyPair('ES256', 'kid-1');
+    const sign = jest.spyOn(crypto.subtle, 'sign');
+    try {
+      await assertionOf(privateJwk);
+      expect(sign).toHaveBeenCalledTimes(1);
+      expect(sign.mock.calls[0]![1]).toMatchObject({ type: 'private', extractable: false });
+    } finally {
+      sign.mockRestore();
+    }
   });
 
   test('an Ed25519 key signs as EdDSA', async () => {
