@@ -116,6 +116,24 @@ test('a server whose metadata lists PKCE methods without S256 is refused: no aut
   }
 });
 
+test('a server whose metadata lists no PKCE method at all ([]) is refused, saying it lists none', async () => {
+  // An empty list is a list: unlike an absent one, it says the server takes no challenge method.
+  rogue.metadata.code_challenge_methods_supported = [];
+  const app = await startRogueStack({ rogue });
+  try {
+    const seen = { redis: app.redis, sessionPrefix: app.sessionPrefix, traffic: rogue.traffic };
+    const refused = await expectRefusal(seen, () => app.browser.request(`${app.appUrl}/login`), {
+      status: 502,
+      code: 'discovery_failed',
+      calls: ['GET /.well-known/openid-configuration'],
+    });
+    expect(refused.body).toContain('(code_challenge_methods_supported: none)');
+  } finally {
+    rogue.reset();
+    await app.close();
+  }
+});
+
 test('a server that does not advertise PKCE methods still gets S256 (no downgrade to plain or none)', async () => {
   delete rogue.metadata.code_challenge_methods_supported;
   const app = await startRogueStack({ rogue });
