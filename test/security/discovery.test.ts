@@ -69,6 +69,20 @@ test('metadata without response_type=code is refused', async () => {
   await refusedAtLogin((m) => (m.response_types_supported = ['id_token', 'token']), /response_type=code/);
 });
 
+// RFC 8414 §2 requires the member, but leaving it out says nothing against `code`: like an absent PKCE list, not refused.
+test('metadata that does not list response_types_supported is used: a login starts', async () => {
+  delete rogue.metadata.response_types_supported;
+  const app = await startRogueStack({ rogue });
+  try {
+    const started = await app.browser.request(`${app.appUrl}/login`);
+    expect(started.status).toBe(302);
+    expect(new URL(started.headers.get('location')!).origin).toBe(rogue.issuer);
+  } finally {
+    rogue.reset();
+    await app.close();
+  }
+});
+
 test('metadata without the configured client authentication method is refused (no silent switch)', async () => {
   await refusedAtLogin((m) => (m.token_endpoint_auth_methods_supported = ['client_secret_post']), /client_secret_basic/);
 });
@@ -151,6 +165,14 @@ test('an unreachable issuer: the message names the discovery URL of RFC 8414 too
   const failure = await discoveryFailure({ issuer: `${closed.url}/tenant`, discovery: 'oauth2' });
   expect(failure.code).toBe('idp_unreachable');
   expect(failure.message).toBe(`The authorization server could not be reached for discovery (${closed.url}/.well-known/oauth-authorization-server/tenant).`);
+});
+
+test('an unreachable issuer without a path: the message names the RFC 8414 document at the root (oauth2)', async () => {
+  const closed = await listen();
+  await closed.close();
+  const failure = await discoveryFailure({ issuer: closed.url, discovery: 'oauth2' });
+  expect(failure.code).toBe('idp_unreachable');
+  expect(failure.message).toBe(`The authorization server could not be reached for discovery (${closed.url}/.well-known/oauth-authorization-server).`);
 });
 
 /**
