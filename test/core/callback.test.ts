@@ -276,6 +276,34 @@ describe('GET /callback', () => {
     }
   });
 
+  // fetchUser is app code that calls an API: it needs the access token only, and whatever it is handed may end up in
+  // its logs or errors. The refresh token outlives the login's access tokens; the ID token is personal data.
+  test('fetchUser is handed the access token, its type, expiry and scope: never the refresh token or the ID token', async () => {
+    const handed: unknown[] = [];
+    const withHook = mountApp(stack.listener, stack.provider.issuer, {
+      auth: {
+        fetchUser: async (tokens) => {
+          handed.push(tokens);
+          return { name: 'Alice' };
+        },
+      },
+    });
+    try {
+      const landed = await withHook.browser.login(`${withHook.appUrl}/login?returnTo=/me`);
+      expect(landed.status).toBe(200);
+      const issued = tokenResponses(stack.provider).at(-1) as { access_token: string; refresh_token?: string; id_token?: string };
+      // The premise: the server did issue both.
+      expect([typeof issued.refresh_token, typeof issued.id_token]).toEqual(['string', 'string']);
+
+      expect(handed).toHaveLength(1);
+      expect(Object.keys(handed[0] as object).sort()).toEqual(['accessToken', 'expiresAt', 'scope', 'tokenType']);
+      expect(handed[0]).toMatchObject({ accessToken: issued.access_token, tokenType: 'Bearer' });
+    } finally {
+      stack.listener.handle(stack.app);
+      withHook.redis.disconnect();
+    }
+  });
+
   test('unsafe returnTo values land on /', async () => {
     for (const returnTo of ['//evil.example', '/\\evil.example', 'https://evil.example/', 'javascript:alert(1)', '/%2F%2Fevil.example', '/\t/evil.example']) {
       const browser = new Browser();
