@@ -57,6 +57,8 @@ export interface AppOptions {
   session?: Partial<SessionOptions>;
   /** Adds routes after auth(). */
   routes?: (app: Express) => void;
+  /** Adds routes between express-session and auth(): their requests never pass through auth(). */
+  routesBeforeAuth?: (app: Express) => void;
 }
 
 export const SESSION_SECRET = 'test-session-secret-not-for-production';
@@ -73,6 +75,7 @@ export function buildApp(options: AppOptions): Express {
       ...options.session,
     }),
   );
+  options.routesBeforeAuth?.(app);
   app.use(auth(options.auth));
   app.get('/', (req, res) => {
     res.type('text').send(req.auth.isAuthenticated ? `hello ${String(req.auth.claims?.sub)}` : 'hello anonymous');

@@ -6,58 +6,38 @@
  * such a copy again.
  */
 import { afterAll, beforeAll, describe, expect, jest, test } from '@jest/globals';
-import express, { type Express } from 'express';
+import express from 'express';
 import session from 'express-session';
 import { RedisStore } from 'connect-redis';
-import { auth, requireAuth } from '../../lib/index.js';
-import { connectRedis, listen, sessionCookie, SESSION_SECRET, startStack, type Listener, type Stack } from '../helpers/app.js';
+import { auth } from '../../lib/index.js';
+import { buildApp, connectRedis, listen, sessionCookie, SESSION_SECRET, startStack, type Listener, type Stack } from '../helpers/app.js';
 import { Browser } from '../helpers/browser.js';
-import { logoutClaims, logoutProviderConfiguration, me, postLogout, sendLogoutToken, signLogoutToken, storedSession } from './support.js';
+import { refreshRoutes } from '../refresh/fixtures/routes.js';
+import { Gate, logoutClaims, logoutProviderConfiguration, me, postLogout, sendLogoutToken, signLogoutToken, storedSession } from './support.js';
 
-/** Holds a request between loading its session and modifying it, until the test opens it. */
-class Gate {
-  #entered!: () => void;
-  #open!: () => void;
-  readonly entered = new Promise<void>((resolve) => (this.#entered = resolve));
-  readonly opened = new Promise<void>((resolve) => (this.#open = resolve));
-  enter(): Promise<void> {
-    this.#entered();
-    return this.opened;
-  }
-  open(): void {
-    this.#open();
-  }
-}
-
-/** `POST /cart` (behind `requireAuth()`): waits at the gate, then writes the app's own data into the session. */
-function cartRoute(app: Express, gate: () => Gate | undefined, path = '/cart'): void {
-  app.post(path, requireAuth(), async (req, res) => {
-    await gate()?.enter();
-    (req.session as unknown as { cart?: string[] }).cart = ['book'];
-    res.json({ ok: true });
-  });
-}
+/** `/api/slow-write` (the refresh tests' route) waits at the test's gate after loading the session, then writes to it. */
+const slowWrite = (gate: () => Gate | undefined) => ({ slowWrite: async () => gate()?.enter() });
 
 describe('a session written back by a request in flight when its login ended', () => {
   let stack: Stack;
   let gate: Gate | undefined;
   beforeAll(async () => {
-    stack = await startStack({ provider: { configuration: logoutProviderConfiguration }, routes: (app) => cartRoute(app, () => gate) });
+    stack = await startStack({ provider: { configuration: logoutProviderConfiguration }, routes: (app) => refreshRoutes(app, slowWrite(() => gate)) });
   });
   afterAll(async () => {
     gate?.open();
     await stack.close();
   });
 
-  /** A logged-in browser whose `POST /cart` has loaded the session and waits at the gate. */
-  async function cartInFlight(user: string) {
+  /** A logged-in browser whose `/api/slow-write` has loaded the session and waits at the gate. */
+  async function writeInFlight(user: string) {
     const browser = new Browser();
     await browser.login(`${stack.appUrl}/login?returnTo=/me`, { login: user });
     const cookie = sessionCookie(browser, stack.appUrl)!;
     gate = new Gate();
-    const cart = browser.request(`${stack.appUrl}/cart`, { method: 'POST', headers: { origin: stack.appUrl } });
+    const write = browser.request(`${stack.appUrl}/api/slow-write`);
     await gate.entered;
-    return { browser, cookie, cart };
+    return { browser, cookie, write };
   }
 
   test.each([
@@ -70,25 +50,25 @@ describe('a session written back by a request in flight when its login ended', (
       },
     ],
   ])('%s: the copy that request writes is destroyed again, and is no login', async (how, logout) => {
-    const user = `cart-${how.length}`;
-    const { browser, cookie, cart } = await cartInFlight(user);
+    const user = `writer-${how.length}`;
+    const { browser, cookie, write } = await writeInFlight(user);
     await logout(browser, user);
     expect(await storedSession(stack.redis, stack.sessionPrefix, cookie)).toBeNull();
 
     gate!.open();
-    expect((await cart).status).toBe(200);
-    // The write happened (express-session saved the cart, and the login with it), and the check after it destroyed
+    expect((await write).status).toBe(200);
+    // The write happened (express-session saved the app's data, and the login with it), and the check after it destroyed
     // it again before the response ended: the browser's next request cannot find it.
     expect(await storedSession(stack.redis, stack.sessionPrefix, cookie)).toBeNull();
     expect((await me(new Browser(), stack.appUrl, `connect.sid=${cookie}`)).status).toBe(401);
   });
 
   test('without a logout, the write keeps the login and the app data (control)', async () => {
-    const { cookie, cart } = await cartInFlight('cart-kept');
+    const { cookie, write } = await writeInFlight('write-kept');
     gate!.open();
-    expect((await cart).status).toBe(200);
+    expect((await write).status).toBe(200);
     const kept = await storedSession(stack.redis, stack.sessionPrefix, cookie);
-    expect(kept?.cart).toEqual(['book']);
+    expect(kept?.lastVisit).toEqual(expect.any(Number));
     expect((await me(new Browser(), stack.appUrl, `connect.sid=${cookie}`)).status).toBe(200);
   });
 });
@@ -102,15 +82,12 @@ describe('the check covers every write through the session store, once auth() ha
     // The same sessions served by an app whose session-writing route is mounted before auth(): its requests never
     // pass through auth().
     early = await listen();
-    const app = express();
-    app.use(session({ store: new RedisStore({ client: stack.redis, prefix: stack.sessionPrefix }), secret: SESSION_SECRET, resave: false, saveUninitialized: false }));
-    app.post('/early-cart', async (req, res) => {
-      await gate?.enter();
-      (req.session as unknown as { cart?: string[] }).cart = ['book'];
-      res.json({ ok: true });
+    const app = buildApp({
+      redis: stack.redis,
+      sessionPrefix: stack.sessionPrefix,
+      auth: stack.authOptions,
+      routesBeforeAuth: (before) => refreshRoutes(before, slowWrite(() => gate)),
     });
-    app.use(auth(stack.authOptions));
-    app.get('/me', requireAuth(), (req, res) => res.json(req.auth.claims));
     early.handle(app);
   });
   afterAll(async () => {
@@ -128,12 +105,12 @@ describe('the check covers every write through the session store, once auth() ha
     expect((await new Browser().request(`${early.url}/me`, { headers })).status).toBe(200);
 
     gate = new Gate();
-    const cart = new Browser().request(`${early.url}/early-cart`, { method: 'POST', headers });
+    const write = new Browser().request(`${early.url}/api/slow-write`, { headers });
     await gate.entered;
     expect((await postLogout(browser, stack.appUrl)).status).toBe(303);
     expect(await storedSession(stack.redis, stack.sessionPrefix, cookie)).toBeNull();
     gate.open();
-    expect((await cart).status).toBe(200);
+    expect((await write).status).toBe(200);
 
     expect(await storedSession(stack.redis, stack.sessionPrefix, cookie)).toBeNull();
     expect((await new Browser().request(`${early.url}/me`, { headers })).status).toBe(401);

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { Browser } from '../helpers/browser.js';
 import { buildApp, CLIENT_ID, CLIENT_SECRET, listen, sessionCookie, startStack, type Listener, type Stack } from '../helpers/app.js';
 import { getJson, installTokenStub, readLogin, readRecord, startRefreshStack, tokenKey, waitUntilDue, type TokenStub } from '../refresh/support.js';
-import { firstOnly, logoutClaims, logoutProviderConfiguration, me, postLogout, sendLogoutToken, signLogoutToken, storedSession, withFailingCommand } from './support.js';
+import { firstOnly, Gate, logoutClaims, logoutProviderConfiguration, me, postLogout, sendLogoutToken, signLogoutToken, storedSession, withFailingCommand } from './support.js';
 
 describe('a logout while a refresh is in flight', () => {
   let stack: Stack;
@@ -69,23 +69,16 @@ describe('a logout while a refresh is in flight', () => {
 describe('a logout while a request whose refresh is done is still at work', () => {
   let stack: Stack;
   /** Holds `/api/token-then-slow` after its refresh, until the test lets it answer. */
-  let gate: { entered: Promise<void>; enter: () => void; open: () => void; opened: Promise<void> };
-  function newGate() {
-    let enter!: () => void;
-    let open!: () => void;
-    const entered = new Promise<void>((resolve) => (enter = resolve));
-    const opened = new Promise<void>((resolve) => (open = resolve));
-    gate = { entered, enter, opened, open };
-  }
+  let gate: Gate;
   beforeAll(async () => {
-    stack = await startRefreshStack({}, { afterToken: async () => (gate.enter(), gate.opened) });
+    stack = await startRefreshStack({}, { afterToken: () => gate.enter() });
   });
   /**
    * A logged-in browser whose request to `/api/token-then-slow` has refreshed its login (version 2 is stored, and in the
    * request's copy of the session) and is held calling an API with the token, until `gate.open()`.
    */
   async function refreshedAndAtWork() {
-    newGate();
+    gate = new Gate();
     const browser = new Browser();
     await browser.login(`${stack.appUrl}/login?returnTo=/me`);
     const cookie = sessionCookie(browser, stack.appUrl)!;

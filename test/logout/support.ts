@@ -197,3 +197,20 @@ export function firstOnly(applies: (args: unknown[]) => boolean = () => true): (
     return true;
   };
 }
+
+/** Holds a request at a point of the test's choosing (`enter()` from the app's route) until the test calls `open()`. */
+export class Gate {
+  #entered!: () => void;
+  #open!: () => void;
+  /** Resolves once the request has reached the gate. */
+  readonly entered = new Promise<void>((resolve) => (this.#entered = resolve));
+  readonly opened = new Promise<void>((resolve) => (this.#open = resolve));
+  /** For the route: says it is there, and waits until the test opens the gate. */
+  enter(): Promise<void> {
+    this.#entered();
+    return this.opened;
+  }
+  open(): void {
+    this.#open();
+  }
+}
